@@ -1,0 +1,5 @@
+"""python -m riskd"""
+
+from riskd.cli import main
+
+raise SystemExit(main())

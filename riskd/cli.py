@@ -1,0 +1,241 @@
+"""The `riskd` command: run, check, once, sim, audit, schema.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 config error (systemd will not restart on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from riskd import __version__, config, engine, rules as rules_mod
+from riskd.audit import AuditTrail, configure_console
+from riskd.errors import ConfigError, RiskdError, StateError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
+EXAMPLES = Path(__file__).parent / "examples"
+# The demo runs the examples that make sense at any hour (the trading-window example would
+# flatten every account outside New York trading hours).
+DEMO_RULES = ("eod-trim.yaml", "loss-cap.yaml", "daily-loss-limit.yaml", "trailing-drawdown.yaml", "size-cap.yaml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="riskd", description="Risk daemon for NinjaTrader 8 accounts through the CrossTrade API.")
+    parser.add_argument("--version", action="version", version=f"riskd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
+    run.add_argument("--dry-run", action="store_true", help="decide and audit everything, send no order-changing request")
+    run.add_argument("--sim", action="store_true", help="start the embedded CrossTrade simulator and trade against it")
+
+    check = sub.add_parser("check", help="validate the config and every rule file")
+    check.add_argument("-c", "--config")
+
+    once = sub.add_parser("once", help="one evaluation now; print the decisions and the next firings")
+    once.add_argument("-c", "--config")
+    once.add_argument("--dry-run", action="store_true")
+    once.add_argument("--sim", action="store_true", help=argparse.SUPPRESS)
+
+    sim = sub.add_parser("sim", help="the CrossTrade simulator as a standalone HTTP server")
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--scenario", help="scenario YAML (default: the bundled demo)")
+
+    audit = sub.add_parser("audit", help="read audit trails: filter, summarise, verify")
+    audit.add_argument("file", nargs="?", help="audit trail (default: the config's audit_log, else ./audit.jsonl)")
+    audit.add_argument("-c", "--config")
+    audit.add_argument("--rule")
+    audit.add_argument("--account")
+    audit.add_argument("--instrument")
+    audit.add_argument("--event")
+    audit.add_argument("--since", help="ISO time or date (UTC unless an offset is given)")
+    audit.add_argument("--until")
+    audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    audit.add_argument("--summary", action="store_true", help="per rule and day: firings, closes, contracts, P&L at close")
+    audit.add_argument("--verify", action="store_true", help="check seq and the hash chain; exit 1 at the first bad line")
+    audit.add_argument("--follow", action="store_true", help="keep printing new lines")
+
+    sub.add_parser("schema", help="print the JSON Schema of rule files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
+    handler = {"run": cmd_run, "check": cmd_check, "once": cmd_once, "sim": cmd_sim, "audit": cmd_audit, "schema": cmd_schema}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"riskd: {len(exc.problems)} problem(s); nothing was started", file=sys.stderr)
+        return EXIT_CONFIG
+    except StateError as exc:
+        print(f"riskd: state: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except RiskdError as exc:
+        print(f"riskd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace, *, demo_ok: bool = False) -> config.Settings:
+    path = config.find(getattr(args, "config", None))
+    if path is None:
+        if demo_ok:
+            return demo_settings()
+        raise ConfigError([config.Problem("riskd.yaml", 1, 1, "", "no config file: pass -c FILE, set RISKD_CONFIG, or create ./riskd.yaml")])
+    return config.load(path)
+
+
+def demo_settings() -> config.Settings:
+    """The demo: embedded simulator, the shipped examples, audit.jsonl and state/ in the current directory."""
+    spec = config.ConfigSpec(rules=[str(EXAMPLES / name) for name in DEMO_RULES], crosstrade=config.CrossTradeSpec(base_url=config.SIM))
+    return config.from_spec(spec, None, base=Path.cwd())
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    loaded, hashes = rules_mod.load(settings.rules, settings.zone)
+    print(f"ok: {len(loaded)} rules in {len(hashes)} files")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(rules_mod.schema(), indent=2))
+    return EXIT_OK
+
+
+def _start_sim(settings: config.Settings, stack: ExitStack) -> tuple[config.Settings, str]:
+    """Start the embedded simulator; return settings pointed at it and its (random) token."""
+    from dataclasses import replace
+
+    from riskd.sim import DEMO_SCENARIO, SimServer, Simulator, load_scenario
+
+    token = secrets.token_urlsafe(24)
+    scenario = load_scenario(settings.scenario or DEMO_SCENARIO)
+    server = stack.enter_context(SimServer(Simulator(scenario, token=token), host="127.0.0.1", port=0))
+    return replace(settings, base_url=server.base_url), token
+
+
+def _token(settings: config.Settings) -> str:
+    token = config.read_token(settings)
+    if not token:
+        raise ConfigError([config.Problem(str(settings.path or "riskd.yaml"), 1, 1, "crosstrade.token_env",
+                                          f"no API token: set ${settings.token_env} or provide the systemd credential 'crosstrade-token'")])
+    return token
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from riskd.daemon import Daemon, build_ticker, state_dir_for
+    from riskd.state import Store
+
+    configure_console()
+    settings = _settings(args, demo_ok=args.sim)
+    loaded, hashes = rules_mod.load(settings.rules, settings.zone)  # a bad policy stops here: no API call
+    dry_run = args.dry_run or settings.dry_run
+    with ExitStack() as stack:
+        if args.sim or settings.simulated:
+            settings, token = _start_sim(settings, stack)
+        else:
+            token = _token(settings)
+        audit = AuditTrail(settings.audit_log, secrets=[token], on_error=_audit_failed)
+        stack.callback(audit.close)
+        store = Store(state_dir_for(settings, dry_run))
+        stack.callback(store.close)
+        ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
+        stack.callback(ticker.client.close)
+        daemon = Daemon(settings, ticker, audit, hashes)
+        daemon.install_signals()
+        return daemon.run()
+
+
+def _audit_failed(event: str, exc: Exception) -> None:
+    import structlog
+
+    structlog.get_logger("riskd").error(event, error=f"{exc.__class__.__name__}: {exc}", note="kept in memory; written when the trail is writable again")
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from riskd.daemon import build_ticker, engine_settings, state_dir_for, utc_now
+    from riskd.state import Store
+
+    configure_console()
+    settings = _settings(args, demo_ok=args.sim)
+    loaded, _ = rules_mod.load(settings.rules, settings.zone)
+    dry_run = args.dry_run or settings.dry_run
+    with ExitStack() as stack:
+        if args.sim or settings.simulated:
+            settings, token = _start_sim(settings, stack)
+        else:
+            token = _token(settings)
+        audit = AuditTrail(settings.audit_log, secrets=[token], on_error=_audit_failed)
+        stack.callback(audit.close)
+        if dry_run:  # a dry look must not take the running daemon's state lock, nor change its state
+            store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            store.save(Store.peek(state_dir_for(settings, False)), utc_now())
+        else:
+            store = Store(settings.state_dir)
+        stack.callback(store.close)
+        ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
+        stack.callback(ticker.client.close)
+        state_before = ticker.state
+        decisions = ticker.tick("once")
+        if decisions is None:
+            print("riskd: no usable snapshot from the API (see the audit trail's api_error)", file=sys.stderr)
+            return EXIT_FAILURE
+        now = utc_now()
+        _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, engine_settings(settings)), loaded, now, dry_run)
+        return EXIT_OK
+
+
+def _print_once(decisions: list[Any], rows: list[dict[str, Any]], loaded: list[Any], now: Any, dry_run: bool) -> None:
+    print(f"decisions{' (dry run: nothing sent)' if dry_run else ''}:")
+    if not decisions:
+        print("  none")
+    for d in decisions:
+        target = d.account + (f" {d.instrument}" if d.instrument else "")
+        print(f"  {d.kind:10} {d.rule:28} {target:24} {d.action}" + (f"  ({d.reason})" if d.reason else ""))
+    print("rules:")
+    for row in rows:
+        seen = ", ".join(f"{k}={_fmt(v)}" for k, v in (row.get("seen") or {}).items())
+        dist = ", ".join(f"{k} {v:+g} to go" for k, v in (row.get("distance") or {}).items())
+        nxt = f" next {row['next']}" if row.get("next") else ""
+        print(f"  {row['rule']:28} {row['target']:24} {row['status']:8} {seen}{'; ' + dist if dist else ''}{nxt}")
+    print("next scheduled firings:")
+    timed = sorted(((engine.next_occurrence(r, now), r.name) for r in loaded if r.at is not None and r.enabled), key=lambda x: x[0])
+    for when, name in timed or []:
+        print(f"  {when.isoformat()}  {name}")
+    if not timed:
+        print("  none")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from riskd.sim import serve
+
+    return serve(args.port, args.scenario, args.host)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from riskd import trail
+
+    path = args.file
+    if path is None:
+        found = config.find(args.config)
+        path = config.load(found).audit_log if found else "audit.jsonl"
+    return trail.main(Path(path), args)

@@ -1,0 +1,268 @@
+"""The composition root: wires settings, rules, client, engine, executor, store and audit together,
+schedules ticks with APScheduler 3.x, and handles signals (SIGTERM/SIGINT stop, SIGHUP reload).
+
+`Ticker` does one tick (read the clock once, poll, settle unknown outcomes, evaluate, act);
+`Daemon` decides when ticks run and swaps rule sets on reload.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from riskd import __version__, engine, rules as rules_mod
+from riskd.actions import Executor
+from riskd.audit import AuditTrail
+from riskd.config import Settings
+from riskd.crosstrade import AUTH, CrossTradeClient, parse_snapshot
+from riskd.engine import EngineSettings, State
+from riskd.errors import ApiError, ConfigError
+from riskd.model import Decision, Rule, Snapshot
+from riskd.state import Store
+
+log = structlog.get_logger("riskd")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def engine_settings(settings: Settings) -> EngineSettings:
+    return EngineSettings(zone=settings.zone, session_start=settings.session_start, misfire_grace=settings.misfire_grace)
+
+
+@dataclass
+class Health:
+    """What the console summary, `riskd once` and the watchdog need to know."""
+
+    ticks: int = 0
+    polls_ok: int = 0
+    polls_failed: int = 0
+    firings: int = 0
+    last_ok: datetime | None = None
+    stale: bool = False
+    consecutive_failures: int = 0
+    next_poll_at: datetime | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+class Ticker:
+    """One tick at a time: poll -> settle -> evaluate -> act, all with the same `now`."""
+
+    def __init__(self, settings: Settings, rules: list[Rule], client: CrossTradeClient, executor: Executor,
+                 store: Store, audit: AuditTrail, clock: Callable[[], datetime] = utc_now):
+        self.settings = settings
+        self.rules = rules
+        self.client = client
+        self.executor = executor
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self.engine_settings = engine_settings(settings)
+        self.state: State = store.load()
+        self.health = Health()
+        self.last_snapshot: Snapshot | None = None
+        self.lock = threading.Lock()
+
+    def tick(self, reason: str = "poll") -> list[Decision] | None:
+        """Run one tick; return its decisions, or None when no usable snapshot was read."""
+        with self.lock:
+            now = self.clock()
+            if reason == "poll" and self.health.next_poll_at and now < self.health.next_poll_at:
+                return None  # backing off after API errors
+            self.health.ticks += 1
+            snapshot = self._poll(now)
+            if snapshot is None:
+                return None
+            self.last_snapshot = snapshot
+            state = self.executor.resolve(snapshot, self.state, now)
+            decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
+            for d in decisions:
+                self._audit_decision(d)
+            self.store.save(state, now)
+            for d in decisions:
+                if d.kind == "fire":
+                    self.health.firings += 1
+                    state = self.executor.act(d, snapshot, state, now)
+            self.state = state
+            return decisions
+
+    def _poll(self, now: datetime) -> Snapshot | None:
+        reply = self.client.get_snapshot()
+        error = reply.error
+        snapshot = None
+        if reply.ok:
+            try:
+                snapshot = parse_snapshot(reply.response, now)
+            except ApiError as exc:
+                error = f"unexpected snapshot: {exc}"
+        if snapshot is not None:
+            self.health.polls_ok += 1
+            self.health.latencies_ms.append(reply.latency_ms)
+            del self.health.latencies_ms[:-2000]
+            self.health.consecutive_failures = 0
+            self.health.next_poll_at = None
+            self.health.last_ok = now
+            if self.health.stale:
+                self.health.stale = False
+                self.audit.emit("recovered", path=reply.path, after_failures=self.health.polls_failed)
+                log.info("recovered", path=reply.path)
+            return snapshot
+        self.health.polls_failed += 1
+        self.health.consecutive_failures += 1
+        delay = self._backoff(reply.retry_after)
+        self.health.next_poll_at = now + timedelta(seconds=delay)
+        retry = "none: the token was refused; fix the credential" if reply.outcome == AUTH else f"next poll in {delay:.2f}s"
+        self.audit.emit("api_error", path=reply.path, status=reply.status, error=error, outcome=reply.outcome,
+                        response=reply.response if reply.status else None, consecutive=self.health.consecutive_failures, retry=retry)
+        (log.error if reply.outcome == AUTH else log.warning)("api_error", path=reply.path, status=reply.status, error=error, retry=retry)
+        since = self.health.last_ok
+        if not self.health.stale and (since is None or now - since >= self.settings.stale_after) and self.health.consecutive_failures > 1:
+            self.health.stale = True
+            self.audit.emit("stale", last_ok=since.isoformat() if since else None, stale_after_s=self.settings.stale_after.total_seconds())
+            log.error("stale", last_ok=since.isoformat() if since else None)
+        return None
+
+    def _backoff(self, retry_after: float | None) -> float:
+        """Exponential backoff with jitter from the poll interval, capped at twice of it (or Retry-After)."""
+        base = self.settings.poll_interval
+        delay = min(base * 2, base * 0.5 * 2 ** self.health.consecutive_failures) * random.uniform(0.8, 1.0)
+        return max(delay, retry_after or 0.0)
+
+    def _audit_decision(self, d: Decision) -> None:
+        common: dict[str, Any] = {"rule": d.rule, "key": d.key, "account": d.account, "instrument": d.instrument,
+                                  "action": d.action, "dry_run": d.dry_run or self.executor.dry_run}
+        if d.kind == "fire":
+            self.audit.emit("fired", **common, inputs=d.inputs, threshold=d.threshold, local_time=d.local_time,
+                            reason=d.reason, orders=[o.body() | {"kind": o.kind} for o in d.orders], covers=list(d.covers))
+            log.info("fired", rule=d.rule, account=d.account, instrument=d.instrument, action=d.action)
+        else:
+            self.audit.emit(d.kind, **common, reason=d.reason, inputs=d.inputs or None)
+            if d.kind == "missed":
+                log.warning("missed", rule=d.rule, reason=d.reason)
+
+    def swap_rules(self, rules: list[Rule]) -> None:
+        with self.lock:
+            self.rules = rules
+
+
+class Daemon:
+    """Schedules the ticker (poll interval + one cron job per `at` rule) and handles signals."""
+
+    def __init__(self, settings: Settings, ticker: Ticker, audit: AuditTrail, hashes: dict[str, str]):
+        self.settings = settings
+        self.ticker = ticker
+        self.audit = audit
+        self.hashes = hashes
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(4)},
+            job_defaults={"coalesce": True, "max_instances": 1},
+            timezone=timezone.utc,
+        )
+        self._wake = threading.Event()
+        self._stop_reason: str | None = None
+        self._reload = False
+
+    def _safe_tick(self, reason: str) -> None:
+        try:
+            self.ticker.tick(reason)
+        except Exception as exc:  # a tick must never kill the scheduler; the next one tries again
+            self.audit.emit("tick_failed", reason=reason, error=f"{exc.__class__.__name__}: {exc}")
+            log.exception("tick_failed", reason=reason)
+
+    def _schedule_timed(self) -> None:
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("at:"):
+                job.remove()
+        for rule in self.ticker.rules:
+            if rule.at is None or not rule.enabled:
+                continue
+            days = ",".join(["mon", "tue", "wed", "thu", "fri", "sat", "sun"][d] for d in sorted(rule.days))
+            trigger = CronTrigger(day_of_week=days, hour=rule.at.hour, minute=rule.at.minute, second=rule.at.second, timezone=rule.zone)
+            self.scheduler.add_job(self._safe_tick, trigger, args=[f"at:{rule.name}"], id=f"at:{rule.name}",
+                                   misfire_grace_time=int(self.settings.misfire_grace.total_seconds()) or 1)
+
+    def next_firings(self) -> list[tuple[str, datetime]]:
+        return sorted(((job.id[3:], job.next_run_time) for job in self.scheduler.get_jobs() if job.id.startswith("at:")), key=lambda x: x[1])
+
+    def reload(self) -> bool:
+        """Reload the rule files: all or nothing. Return True when the new rules are running."""
+        try:
+            new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone)
+        except ConfigError as exc:
+            self.audit.emit("rules_rejected", source=[str(p) for p in self.settings.rules], errors=[str(p) for p in exc.problems],
+                            kept_rules=len(self.ticker.rules))
+            log.error("rules_rejected", errors=[str(p) for p in exc.problems], kept_rules=len(self.ticker.rules))
+            return False
+        self.ticker.swap_rules(new_rules)
+        self.hashes = hashes
+        self._schedule_timed()
+        self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload")
+        log.info("rules_loaded", rule_count=len(new_rules), reason="reload")
+        return True
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload = True
+        self._wake.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def run(self, on_ready: Callable[[], None] = lambda: None) -> int:
+        """Run until a stop signal; return the exit code."""
+        self.audit.emit("started", version=__version__, config=str(self.settings.path) if self.settings.path else None,
+                        pid=os.getpid(), dry_run=self.ticker.executor.dry_run, base_url=self.settings.base_url,
+                        poll_interval_s=self.settings.poll_interval)
+        self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=self.hashes, rule_count=len(self.ticker.rules), reason="start")
+        log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
+                 dry_run=self.ticker.executor.dry_run)
+        self._safe_tick("start")
+        self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.poll_interval), args=["poll"], id="poll",
+                               misfire_grace_time=max(1, int(self.settings.poll_interval)))
+        self._schedule_timed()
+        self.scheduler.start()
+        on_ready()
+        while self._stop_reason is None:
+            self._wake.wait()
+            self._wake.clear()
+            if self._reload:
+                self._reload = False
+                self.reload()
+        self.scheduler.shutdown(wait=True)  # an in-flight tick (and its action) completes first
+        self.audit.emit("stopped", reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
+                        firings=self.ticker.health.firings)
+        log.info("stopped", reason=self._stop_reason)
+        return 0
+
+
+def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: AuditTrail, *, dry_run: bool,
+                 store: Store, transport: Any = None, clock: Callable[[], datetime] = utc_now) -> Ticker:
+    from riskd.crosstrade import TokenBucket
+
+    client = CrossTradeClient(settings.base_url, token, timeout=settings.timeout,
+                              bucket=TokenBucket(settings.rate_per_second, settings.rate_burst), transport=transport)
+    executor = Executor(client, audit, store, dry_run=dry_run)
+    return Ticker(settings, rules, client, executor, store, audit, clock=clock)
+
+
+def state_dir_for(settings: Settings, dry_run: bool) -> Path:
+    """A daemon-wide dry run keeps its own state, so its markers never suppress a live firing."""
+    return settings.state_dir / "dry-run" if dry_run else settings.state_dir

@@ -1,0 +1,610 @@
+"""The pure core: evaluate(rules, state, snapshot, now) -> (decisions, new state).
+
+No I/O and no clock: `now` comes in, decisions and the next state go out. The daemon sends the
+orders of each "fire" decision and, once the API acknowledged them, folds them back with
+`acknowledge`, which is what makes a firing count.
+
+Firing semantics (SPEC §3 "When a rule fires"):
+- a rule is evaluated per target: per matched position when it has a position condition or a
+  per-position action (close, reduce_to), per account otherwise;
+- `at` rules fire once per occurrence for the targets in scope at that instant; an occurrence found
+  later than `misfire_grace` is `missed` (if the rule already existed then);
+- other rules fire on the edge: while their conditions hold and the target carries no fired marker;
+  conditions seen false clear the marker (re-arm); a reopened position is a new target;
+- `for` holds a condition continuously before firing;
+- a lock (set when a `lock: true` firing is acknowledged) closes any position in scope at once;
+- on one target in one tick, the most severe action wins (flatten > close all > partial, ties by
+  file order); the others are `superseded` and counted as done when the winner is acknowledged;
+- everything resets at the session boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta
+from fnmatch import fnmatchcase
+from functools import lru_cache
+from typing import Any, Callable, Iterable
+
+from riskd.model import Account, Decision, Order, Position, Rule, Severity, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """The parts of riskd.yaml the engine needs."""
+
+    zone: Any
+    session_start: time = time(18, 0)
+    misfire_grace: timedelta = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Everything the engine remembers between ticks. Treat the dicts as read-only.
+
+    fired:       edge/lock firing key -> ISO time acknowledged
+    pending:     `for` hold key -> ISO time the conditions started to hold
+    occurrences: "rule@occurrence" -> {target key: "pending" | "done" | "gone"}
+    peaks:       account (lower case) -> session P&L peak
+    locks:       "rule|account" -> ISO time the lock was set
+    first_seen:  "account|INSTRUMENT" -> ISO time the position was first seen (also its identity)
+    known:       rule name -> [digest, ISO time first loaded]
+    inflight:    firing keys whose last action has an unresolved outcome: never fire them again
+    """
+
+    session: str | None = None
+    fired: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)
+    occurrences: dict[str, dict[str, str]] = field(default_factory=dict)
+    peaks: dict[str, float] = field(default_factory=dict)
+    locks: dict[str, str] = field(default_factory=dict)
+    first_seen: dict[str, str] = field(default_factory=dict)
+    known: dict[str, list[str]] = field(default_factory=dict)
+    inflight: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "fired": self.fired,
+            "pending": self.pending,
+            "occurrences": self.occurrences,
+            "peaks": self.peaks,
+            "locks": self.locks,
+            "first_seen": self.first_seen,
+            "known": self.known,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "State":
+        return cls(**{k: data[k] for k in cls.__slots__ if k in data and k != "inflight"})  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------
+# Time.
+
+
+def session_of(now: datetime, settings: EngineSettings) -> str:
+    """Given a UTC instant, return the trading date of its session (the day after an 18:00 start)."""
+    local = now.astimezone(settings.zone)
+    day = local.date()
+    if local.time() >= settings.session_start:
+        day += timedelta(days=1)
+    return day.isoformat()
+
+
+def _instant(day: date, at: time, zone: Any) -> datetime:
+    return datetime.combine(day, at, tzinfo=zone)
+
+
+def last_occurrence(rule: Rule, now: datetime) -> datetime | None:
+    """Given an `at` rule and an instant, return its latest occurrence at or before it (local wall time)."""
+    local = now.astimezone(rule.zone)
+    for back in range(8):
+        day = local.date() - timedelta(days=back)
+        if day.weekday() in rule.days:
+            occ = _instant(day, rule.at, rule.zone)
+            if occ <= now:
+                return occ
+    return None
+
+
+def next_occurrence(rule: Rule, now: datetime) -> datetime | None:
+    """Given an `at` rule and an instant, return its first occurrence strictly after it."""
+    local = now.astimezone(rule.zone)
+    for ahead in range(8):
+        day = local.date() + timedelta(days=ahead)
+        if day.weekday() in rule.days:
+            occ = _instant(day, rule.at, rule.zone)
+            if occ > now:
+                return occ
+    return None
+
+
+def _in_window(window: tuple[time, time], moment: time) -> bool:
+    start, end = window
+    return start <= moment < end if start < end else (moment >= start or moment < end)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scope.
+
+
+@lru_cache(maxsize=65536)
+def _account_matches(patterns: tuple[str, ...], account: str) -> bool:
+    name = account.lower()
+    return any(p == "*" or fnmatchcase(name, p) for p in patterns)
+
+
+@lru_cache(maxsize=65536)
+def _instrument_matches(patterns: tuple[str, ...], instrument: str) -> bool:
+    name = instrument.upper()
+    root = name.split(" ", 1)[0]
+    for p in patterns:
+        if p == "*":
+            return True
+        if any(c in p for c in "*?["):
+            if fnmatchcase(name, p):
+                return True
+        elif " " in p:
+            if name == p:
+                return True
+        elif root == p:
+            return True
+    return False
+
+
+def in_scope(rule: Rule, account: str, instrument: str | None = None) -> bool:
+    """Does the rule's account (and, given one, instrument) filter match?"""
+    if not _account_matches(rule.accounts, account):
+        return False
+    return instrument is None or _instrument_matches(rule.instruments, instrument)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions: an explicit registry, name -> pure function(spec, target) -> (holds, inputs).
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    account: Account
+    position: Position | None
+    now: datetime
+    local: datetime
+    days: frozenset[int]
+    peak: float
+    first_seen: datetime | None
+
+
+def _between(spec: tuple[time, time], t: Target) -> tuple[bool, dict[str, Any]]:
+    local = t.local.time().replace(microsecond=0)
+    return t.local.weekday() in t.days and _in_window(spec, local), {"local_time": local.isoformat()}
+
+
+def _outside(spec: tuple[time, time], t: Target) -> tuple[bool, dict[str, Any]]:
+    local = t.local.time().replace(microsecond=0)
+    return t.local.weekday() in t.days and not _in_window(spec, local), {"local_time": local.isoformat()}
+
+
+def _position_pnl(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
+    value = t.position.unrealized_pnl  # type: ignore[union-attr]
+    return spec.holds(value), {"position_pnl": value}
+
+
+def _position_size(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
+    size = t.position.quantity  # type: ignore[union-attr]
+    return size > spec.above, {"position_size": size}
+
+
+def _position_age(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
+    age = (t.now - t.first_seen) if t.first_seen else timedelta(0)
+    return age > spec.above, {"position_age_s": round(age.total_seconds(), 3)}
+
+
+def _account_pnl(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
+    value = t.account.pnl(spec.basis, spec.net_of_commission)
+    return spec.holds(value), {"account_pnl": value, "basis": spec.basis, "net_of_commission": spec.net_of_commission}
+
+
+def drawdown_floor(spec: Any, peak: float) -> float:
+    """Given an account_drawdown spec and the session peak, return the P&L at which it fires."""
+    kind, amount = spec.limit
+    return peak - (amount * peak if kind == "percent" else amount)
+
+
+def _account_drawdown(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
+    pnl = t.account.pnl()
+    floor = drawdown_floor(spec, t.peak)
+    armed = t.peak >= spec.after
+    return armed and pnl <= floor, {"account_pnl": pnl, "peak": t.peak, "floor": floor, "armed": armed}
+
+
+CONDITIONS: dict[str, Callable[[Any, Target], tuple[bool, dict[str, Any]]]] = {
+    "between": _between,
+    "outside": _outside,
+    "position_pnl": _position_pnl,
+    "position_size": _position_size,
+    "position_age": _position_age,
+    "account_pnl": _account_pnl,
+    "account_drawdown": _account_drawdown,
+}
+
+
+def _describe(spec: Any) -> Any:
+    """A condition's parameters as plain JSON values, for the audit trail."""
+    if hasattr(spec, "model_fields"):
+        return {k: _describe(v) for k, v in vars(spec).items() if v is not None}
+    if isinstance(spec, (tuple, list)):
+        return [_describe(x) for x in spec]
+    if isinstance(spec, time):
+        return spec.isoformat()
+    if isinstance(spec, timedelta):
+        return spec.total_seconds()
+    return spec
+
+
+def check(rule: Rule, target: Target) -> tuple[bool, dict[str, Any]]:
+    """Given a rule and a target, return (all conditions hold, the inputs seen)."""
+    holds = True
+    inputs: dict[str, Any] = {}
+    for name, spec in rule.conditions:
+        ok, seen = CONDITIONS[name](spec, target)
+        inputs.update(seen)
+        holds = holds and ok
+    if rule.action.kind == "reduce_to" and target.position is not None:
+        holds = holds and target.position.quantity > rule.action.amount
+    return holds, inputs
+
+
+def threshold_of(rule: Rule) -> dict[str, Any]:
+    out = {name: _describe(spec) for name, spec in rule.conditions}
+    if rule.at is not None:
+        out["at"] = rule.at.isoformat()
+    if rule.hold is not None:
+        out["for_s"] = rule.hold.total_seconds()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Orders.
+
+
+def orders_for(rule: Rule, account: Account, position: Position | None) -> tuple[Order, ...]:
+    """Given a rule and a target, return the API calls its action needs."""
+    action, name = rule.action, account.name
+    if action.kind == "flatten":
+        if position is not None:
+            return (Order("flatten", name, position.instrument),)
+        if rule.instruments == ("*",):
+            return (Order("flatten", name),)
+        return tuple(Order("flatten", name, p.instrument) for p in account.positions if in_scope(rule, name, p.instrument))
+    assert position is not None
+    inst = position.instrument
+    if action.kind == "reduce_to":
+        orders: list[Order] = [Order("close", name, inst, quantity=position.quantity - action.amount)]
+    elif action.amount == "all":
+        orders = [Order("close", name, inst)]
+    elif isinstance(action.amount, float):
+        orders = [Order("close", name, inst, percent=action.amount)]
+    else:
+        orders = [Order("close", name, inst, quantity=action.amount)]
+    if action.cancel_orders:
+        orders.append(Order("cancel_orders", name, inst))
+    return tuple(orders)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def _position_key(account: str, instrument: str) -> str:
+    return f"{account.lower()}|{instrument.upper()}"
+
+
+class _Tick:
+    """The working set of one evaluation: the old state in, the new maps being built."""
+
+    def __init__(self, state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings):
+        self.old = state
+        self.snapshot = snapshot
+        self.now = now
+        self.settings = settings
+        self.fired: dict[str, str] = {}
+        self.pending: dict[str, str] = {}
+        self.occurrences = dict(state.occurrences)
+        self.decisions: list[Decision] = []
+        self.first_seen: dict[str, str] = {}
+        for account in snapshot.accounts:
+            for pos in account.positions:
+                key = _position_key(account.name, pos.instrument)
+                self.first_seen[key] = state.first_seen.get(key) or now.isoformat()
+        self.peaks = dict(state.peaks)
+        for account in snapshot.accounts:
+            name = account.name.lower()
+            self.peaks[name] = max(self.peaks.get(name, 0.0), account.pnl())
+
+    def target(self, rule: Rule, account: Account, position: Position | None) -> Target:
+        seen = None
+        if position is not None:
+            seen = datetime.fromisoformat(self.first_seen[_position_key(account.name, position.instrument)])
+        return Target(
+            account=account,
+            position=position,
+            now=self.now,
+            local=self.now.astimezone(rule.zone),
+            days=rule.days,
+            peak=self.peaks.get(account.name.lower(), 0.0),
+            first_seen=seen,
+        )
+
+    def target_key(self, rule: Rule, account: Account, position: Position | None) -> str:
+        if position is None:
+            return account.name
+        pkey = _position_key(account.name, position.instrument)
+        return f"{account.name}|{position.instrument}|{self.first_seen[pkey]}"
+
+    def decide(self, kind: str, rule: Rule, key: str, account: Account, position: Position | None, inputs: dict[str, Any], **extra: Any) -> None:
+        if position is not None:
+            inputs = {**inputs, "position": position.as_dict()}
+        inputs.setdefault("account_pnl", account.pnl())
+        self.decisions.append(
+            Decision(
+                kind=kind,
+                rule=rule.name,
+                key=key,
+                account=account.name,
+                instrument=position.instrument if position is not None else None,
+                action=rule.action.describe(),
+                severity=rule.action.severity,
+                orders=orders_for(rule, account, position) if kind == "fire" else (),
+                inputs=inputs,
+                threshold=threshold_of(rule),
+                dry_run=rule.dry_run,
+                lock=rule.action.lock,
+                local_time=self.now.astimezone(rule.zone).isoformat(timespec="milliseconds"),
+                **extra,
+            )
+        )
+
+    def targets(self, rule: Rule) -> Iterable[tuple[Account, Position | None]]:
+        for account in self.snapshot.accounts:
+            if not _account_matches(rule.accounts, account.name):
+                continue
+            if rule.per_position:
+                for pos in account.positions:
+                    if pos.quantity > 0 and _instrument_matches(rule.instruments, pos.instrument):
+                        yield account, pos
+            else:
+                yield account, None
+
+    def edge(self, rule: Rule) -> None:
+        for account, position in self.targets(rule):
+            key = f"{rule.name}|{self.target_key(rule, account, position)}"
+            holds, inputs = check(rule, self.target(rule, account, position))
+            if not holds:
+                continue  # markers and holds not carried over: the rule re-arms for this target
+            if key in self.old.fired:
+                self.fired[key] = self.old.fired[key]
+                continue
+            if rule.hold is not None:
+                since = self.old.pending.get(key) or self.now.isoformat()
+                self.pending[key] = since
+                if self.now - datetime.fromisoformat(since) < rule.hold:
+                    continue
+                inputs["held_s"] = round((self.now - datetime.fromisoformat(since)).total_seconds(), 3)
+            if key not in self.old.inflight:
+                self.decide("fire", rule, key, account, position, inputs)
+
+    def timed(self, rule: Rule) -> None:
+        occ = last_occurrence(rule, self.now)
+        if occ is None:
+            return
+        okey = f"{rule.name}@{occ.isoformat()}"
+        record = self.occurrences.get(okey)
+        if record is None:
+            known_since = datetime.fromisoformat(self.old.known.get(rule.name, ["", self.now.isoformat()])[1])
+            late = self.now - occ
+            if late <= self.settings.misfire_grace:
+                record = {}
+                for account, position in self.targets(rule):
+                    holds, _ = check(rule, self.target(rule, account, position))
+                    if holds:
+                        record[self.target_key(rule, account, position)] = "pending"
+                if not record:
+                    self._skip(rule, okey, "no target in scope at the scheduled time")
+            else:
+                record = {}
+                if occ >= known_since - self.settings.misfire_grace:
+                    self._skip(rule, okey, f"riskd was not running at {occ.isoformat()} (found {late.total_seconds():.0f}s late, misfire_grace {self.settings.misfire_grace.total_seconds():.0f}s)", kind="missed")
+            self.occurrences[okey] = record
+        if "pending" not in record.values():
+            return
+        record = dict(record)
+        present = {self.target_key(rule, a, p): (a, p) for a, p in self.targets(rule)}
+        for tkey, status in record.items():
+            if status != "pending":
+                continue
+            if tkey not in present:
+                record[tkey] = "gone"
+                continue
+            account, position = present[tkey]
+            _, inputs = check(rule, self.target(rule, account, position))
+            key = f"{okey}|{tkey}"
+            if key not in self.old.inflight:
+                self.decide("fire", rule, key, account, position, {**inputs, "scheduled": occ.isoformat()})
+        self.occurrences[okey] = record
+
+    def _skip(self, rule: Rule, key: str, reason: str, kind: str = "skipped") -> None:
+        self.decisions.append(
+            Decision(kind=kind, rule=rule.name, key=key, account="*", instrument=None, action=rule.action.describe(),
+                     severity=rule.action.severity, threshold=threshold_of(rule), reason=reason, dry_run=rule.dry_run)
+        )
+
+    def enforce_locks(self, rules_by_name: dict[str, Rule]) -> None:
+        for lock_key in self.old.locks:
+            rule_name, account_name = lock_key.split("|", 1)
+            rule = rules_by_name.get(rule_name)
+            account = self.snapshot.account(account_name)
+            if rule is None or account is None:
+                continue
+            for position in account.positions:
+                if position.quantity <= 0 or not _instrument_matches(rule.instruments, position.instrument):
+                    continue
+                key = f"{rule.name}!lock|{self.target_key(rule, account, position)}"
+                if key in self.old.fired:
+                    self.fired[key] = self.old.fired[key]
+                elif key not in self.old.inflight:
+                    self.decisions.append(
+                        Decision(kind="fire", rule=rule.name, key=key, account=account.name, instrument=position.instrument,
+                                 action="lock: flatten", severity=Severity.FLATTEN,
+                                 orders=(Order("flatten", account.name, position.instrument),),
+                                 inputs={"position": position.as_dict(), "locked_since": self.old.locks[lock_key]},
+                                 threshold=threshold_of(rule), reason="position opened while the account is locked",
+                                 dry_run=rule.dry_run)
+                    )
+
+
+def _arbitrate(decisions: list[Decision], order: dict[str, int]) -> list[Decision]:
+    """Most severe firing per target wins; the rest become `superseded` and are covered by the winner."""
+    fires = [d for d in decisions if d.kind == "fire"]
+    others = [d for d in decisions if d.kind != "fire"]
+    fires.sort(key=lambda d: (-d.severity, order.get(d.rule, 0)))
+    covered: dict[str, set[str | None]] = {}
+    winners: list[Decision] = []
+    losers: list[tuple[Decision, int]] = []
+    for d in fires:
+        if not d.orders:  # nothing open in scope: counts at once, covers nothing
+            winners.append(d)
+            continue
+        acct = d.account.lower()
+        cover = covered.setdefault(acct, set())
+        instruments = {o.instrument.upper() if o.instrument else None for o in d.orders}
+        if None in cover or (instruments and instruments <= cover):
+            by = next(i for i, w in enumerate(winners) if w.account.lower() == acct and (None in _touches(w) or instruments & _touches(w)))
+            losers.append((d, by))
+            continue
+        if instruments - {None} and cover:
+            d = replace(d, orders=tuple(o for o in d.orders if (o.instrument or "").upper() not in cover))
+        cover |= instruments if instruments else {None}
+        winners.append(d)
+    for loser, by in losers:
+        winner = winners[by]
+        winners[by] = replace(winner, covers=winner.covers + (loser.key,))
+        others.append(replace(loser, kind="superseded", orders=(), reason=f"rule {winner.rule} ({winner.action}) covers this target"))
+    return winners + others
+
+
+def _touches(d: Decision) -> set[str | None]:
+    return {o.instrument.upper() if o.instrument else None for o in d.orders}
+
+
+def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings) -> tuple[list[Decision], State]:
+    """Given the rules, the remembered state, a fresh snapshot and the current instant, return the
+    decisions of this tick and the state to remember (fired markers only change on `acknowledge`)."""
+    session = session_of(now, settings)
+    if state.session != session:
+        state = State(session=session, known=state.known, inflight=state.inflight)
+    known = {}
+    for rule in rules:
+        entry = state.known.get(rule.name)
+        known[rule.name] = entry if entry and entry[0] == rule.digest else [rule.digest, now.isoformat()]
+    changed = {name for name, entry in state.known.items() if known.get(name) != entry}
+    if changed:  # a rule edited or removed: its markers go, unchanged rules keep theirs
+        state = _forget(state, changed)
+    state = replace(state, known=known)
+
+    tick = _Tick(state, snapshot, now, settings)
+    for rule in rules:
+        if not rule.enabled:
+            continue
+        if rule.at is not None:
+            tick.timed(rule)
+        else:
+            tick.edge(rule)
+    by_name = {r.name: r for r in rules if r.enabled}
+    tick.enforce_locks(by_name)
+    decisions = _arbitrate(tick.decisions, {r.name: r.index for r in rules})
+    new_state = replace(
+        state,
+        fired=tick.fired,
+        pending=tick.pending,
+        occurrences=tick.occurrences,
+        peaks=tick.peaks,
+        first_seen=tick.first_seen,
+        locks={k: v for k, v in state.locks.items() if k.split("|", 1)[0] in by_name},
+    )
+    return decisions, new_state
+
+
+def _forget(state: State, names: set[str]) -> State:
+    def keep(key: str) -> bool:
+        return key.split("|", 1)[0].split("@", 1)[0].split("!", 1)[0] not in names
+
+    return replace(
+        state,
+        fired={k: v for k, v in state.fired.items() if keep(k)},
+        pending={k: v for k, v in state.pending.items() if keep(k)},
+        occurrences={k: v for k, v in state.occurrences.items() if keep(k)},
+        locks={k: v for k, v in state.locks.items() if keep(k)},
+    )
+
+
+def acknowledge(state: State, decision: Decision, now: datetime) -> State:
+    """Given the state and a fire decision the API acknowledged, return the state that counts it
+    (and the firings it covered) as done, and sets its lock."""
+    fired = dict(state.fired)
+    occurrences = dict(state.occurrences)
+    for key in (decision.key, *decision.covers):
+        okey, _, tkey = key.partition("|")
+        if "@" in okey:
+            record = dict(occurrences.get(okey, {}))
+            record[tkey] = "done"
+            occurrences[okey] = record
+        else:
+            fired[key] = now.isoformat()
+    locks = state.locks
+    if decision.lock and "!lock" not in decision.key:
+        locks = {**locks, f"{decision.rule}|{decision.account.lower()}": now.isoformat()}
+    return replace(state, fired=fired, occurrences=occurrences, locks=locks)
+
+
+def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings) -> list[dict[str, Any]]:
+    """Given the same inputs as evaluate, return per rule and target what was seen and how far it is from firing."""
+    _, state = evaluate(rules, state, snapshot, now, settings)
+    tick = _Tick(state, snapshot, now, settings)
+    rows: list[dict[str, Any]] = []
+    for rule in rules:
+        if not rule.enabled:
+            rows.append({"rule": rule.name, "target": "-", "status": "disabled"})
+            continue
+        targets = list(tick.targets(rule))
+        for account, position in targets:
+            holds, inputs = check(rule, tick.target(rule, account, position))
+            key = f"{rule.name}|{tick.target_key(rule, account, position)}"
+            status = "fired" if key in state.fired else ("holds" if holds else "armed")
+            rows.append({
+                "rule": rule.name,
+                "target": account.name + (f" {position.instrument}" if position else ""),
+                "status": "timed" if rule.at is not None else status,
+                "seen": inputs,
+                "threshold": threshold_of(rule),
+                "distance": _distance(rule, inputs),
+                "next": next_occurrence(rule, now).isoformat() if rule.at is not None else None,  # type: ignore[union-attr]
+            })
+        if not targets:
+            rows.append({"rule": rule.name, "target": "-", "status": "no target in scope",
+                         "next": next_occurrence(rule, now).isoformat() if rule.at is not None else None})  # type: ignore[union-attr]
+    return rows
+
+
+def _distance(rule: Rule, inputs: dict[str, Any]) -> dict[str, float]:
+    """How far each dollar/size threshold is from being crossed (positive = not yet)."""
+    out: dict[str, float] = {}
+    for name, spec in rule.conditions:
+        if name in ("position_pnl", "account_pnl") and name in inputs:
+            value = inputs[name]
+            out[name] = round(value - spec.below if spec.below is not None else spec.above - value, 2)
+        elif name == "position_size" and "position_size" in inputs:
+            out[name] = spec.above + 1 - inputs["position_size"]
+        elif name == "account_drawdown" and "floor" in inputs:
+            out[name] = round(inputs["account_pnl"] - inputs["floor"], 2)
+    return out

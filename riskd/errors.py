@@ -1,0 +1,55 @@
+"""The exception tree of riskd.
+
+    RiskdError
+    ├── ConfigError        riskd.yaml or a rule file is invalid (exit 78); carries every located problem
+    ├── StateError         the state store is unreadable, corrupt or from a newer riskd (exit 1)
+    └── ApiError           a CrossTrade call could not be made or understood
+        └── AuthError      401/403: the token is wrong; retrying will not help
+
+Messages never contain the API token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class RiskdError(Exception):
+    """Base class of every error riskd raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One located problem in a config or rule file, printed as FILE:LINE:COL: [rule NAME:] FIELD: message."""
+
+    file: str
+    line: int
+    col: int
+    field: str
+    message: str
+    rule: str | None = None
+
+    def __str__(self) -> str:
+        rule = f"rule {self.rule}: " if self.rule else ""
+        field = f"{self.field}: " if self.field else ""
+        return f"{self.file}:{self.line}:{self.col}: {rule}{field}{self.message}"
+
+
+class ConfigError(RiskdError):
+    """The configuration or a rule file is invalid; `problems` lists every one of them, in file order."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class StateError(RiskdError):
+    """The state store in state_dir cannot be used."""
+
+
+class ApiError(RiskdError):
+    """A CrossTrade request failed before a usable answer was read."""
+
+
+class AuthError(ApiError):
+    """CrossTrade refused the token (401/403)."""

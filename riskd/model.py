@@ -1,0 +1,212 @@
+"""Plain data that flows between riskd's parts: what the API showed, and what the engine decided.
+
+Frozen dataclasses with no I/O and no riskd imports, so every other module can depend on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One open position as the API reported it (`quantity` unsigned, the side in `side`)."""
+
+    account: str
+    instrument: str
+    side: str  # "Long" | "Short" | "Flat"
+    quantity: int
+    average_price: float
+    market_price: float
+    unrealized_pnl: float
+
+    @property
+    def root(self) -> str:
+        """The root symbol: `MES` for `MES 12-26`."""
+        return self.instrument.split(" ", 1)[0].upper()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.account.lower(), self.instrument.upper())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "instrument": self.instrument,
+            "side": self.side,
+            "quantity": self.quantity,
+            "average_price": self.average_price,
+            "market_price": self.market_price,
+            "unrealized_pnl": self.unrealized_pnl,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One account's session figures (from the snapshot's `item`) and its open positions."""
+
+    name: str
+    realized_pnl: float
+    unrealized_pnl: float
+    commission: float
+    net_liquidation: float
+    positions: tuple[Position, ...] = ()
+
+    def pnl(self, basis: str = "total", net_of_commission: bool = False) -> float:
+        """Given a basis (total|realized|unrealized), return the session P&L on it."""
+        value = {
+            "total": self.realized_pnl + self.unrealized_pnl,
+            "realized": self.realized_pnl,
+            "unrealized": self.unrealized_pnl,
+        }[basis]
+        return value - self.commission if net_of_commission else value
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every account and its positions, read in one request at `taken_at` (UTC)."""
+
+    taken_at: datetime
+    accounts: tuple[Account, ...]
+
+    def account(self, name: str) -> Account | None:
+        lowered = name.lower()
+        return next((a for a in self.accounts if a.name.lower() == lowered), None)
+
+    def position(self, account: str, instrument: str) -> Position | None:
+        acct = self.account(account)
+        if acct is None:
+            return None
+        wanted = instrument.upper()
+        return next((p for p in acct.positions if p.instrument.upper() == wanted), None)
+
+
+class Severity(IntEnum):
+    """How much an action closes; the most severe action on a target wins."""
+
+    PARTIAL = 1  # close N%, close N, reduce_to
+    CLOSE_ALL = 2
+    FLATTEN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """One API call the engine wants made.
+
+    kind is "close" (POST accounts/{account}/positions/close), "flatten" (POST
+    accounts/{account}/positions/flatten, instrument optional) or "cancel_orders".
+    """
+
+    kind: str
+    account: str
+    instrument: str | None = None
+    quantity: int | None = None
+    percent: float | None = None  # a fraction, 0 < percent <= 1
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if self.instrument is not None:
+            body["instrument"] = self.instrument
+        if self.quantity is not None:
+            body["quantity"] = self.quantity
+        if self.percent is not None:
+            body["percent"] = self.percent
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the engine decided for one rule and one target at one tick.
+
+    kind: "fire" (act: send `orders`), "superseded" (a more severe firing covers it),
+    "missed" (a timed occurrence passed while riskd was down, beyond misfire_grace),
+    "skipped" (nothing to do, with `reason`).
+    `key` identifies the firing: the same key is never acted on twice.
+    """
+
+    kind: str
+    rule: str
+    key: str
+    account: str
+    instrument: str | None
+    action: str
+    severity: Severity
+    orders: tuple[Order, ...] = ()
+    inputs: dict[str, Any] = field(default_factory=dict)
+    threshold: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    dry_run: bool = False
+    lock: bool = False
+    covers: tuple[str, ...] = ()  # keys of superseded firings that this one satisfies
+    local_time: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A rule's `then`: kind is "close", "reduce_to" or "flatten".
+
+    For close, `amount` is "all", a fraction 0 < f <= 1 (from `N%`), or an int number of contracts;
+    for reduce_to it is the int size to keep.
+    """
+
+    kind: str
+    amount: Any = None
+    cancel_orders: bool = False
+    lock: bool = False
+
+    @property
+    def severity(self) -> Severity:
+        if self.kind == "flatten":
+            return Severity.FLATTEN
+        if self.kind == "close" and self.amount == "all":
+            return Severity.CLOSE_ALL
+        return Severity.PARTIAL
+
+    @property
+    def per_position(self) -> bool:
+        return self.kind in ("close", "reduce_to")
+
+    def describe(self) -> str:
+        if self.kind == "flatten":
+            text = "flatten"
+        elif self.kind == "reduce_to":
+            text = f"reduce_to {self.amount}"
+        elif isinstance(self.amount, float):
+            text = f"close {self.amount * 100:g}%"
+        else:
+            text = f"close {self.amount}"
+        if self.cancel_orders:
+            text += " +cancel_orders"
+        if self.lock:
+            text += " +lock"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One validated rule, ready for the engine.
+
+    `conditions` holds (name, params) pairs for every `when` key except the time-of-day event `at`
+    and the modifiers; `days` are weekday numbers (Monday = 0); `zone` is a tzinfo.
+    """
+
+    name: str
+    index: int
+    source: str
+    accounts: tuple[str, ...]
+    instruments: tuple[str, ...]
+    conditions: tuple[tuple[str, Any], ...]
+    action: Action
+    zone: Any
+    days: frozenset[int]
+    at: Any = None  # datetime.time or None
+    hold: Any = None  # datetime.timedelta or None
+    enabled: bool = True
+    dry_run: bool = False
+    digest: str = ""
+
+    @property
+    def per_position(self) -> bool:
+        return self.action.per_position or any(name.startswith("position_") for name, _ in self.conditions)

@@ -1,0 +1,209 @@
+"""Persistent state in SQLite (WAL) under state_dir: the engine's memory and the action intents.
+
+- `engine`: one JSON document (fired markers, holds, occurrences, peaks, locks, first-seen times),
+  replaced atomically whenever it changes;
+- `intents`: one row per firing acted on: written BEFORE the first request, completed after the
+  answer. A row still `sending` or `unknown` is an outcome riskd does not know (timeout, crash);
+  it is resolved against the next snapshot: a changed position means done, an unchanged one is
+  retried. That is what makes "never twice for one firing" survive kill -9.
+
+The schema is versioned with PRAGMA user_version and migrated forward on open. A store that is
+corrupt or from a newer riskd is a StateError (exit 1), never silently discarded. A lock file keeps
+a second riskd off the same state_dir.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from riskd.engine import State
+from riskd.errors import StateError
+from riskd.model import Decision, Order
+
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, str] = {
+    1: """
+        CREATE TABLE engine (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
+        CREATE TABLE intents (
+            key TEXT PRIMARY KEY,
+            rule TEXT NOT NULL,
+            account TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            seen TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        );
+        CREATE INDEX intents_status ON intents (status);
+    """,
+}
+OPEN_STATUSES = ("sending", "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    key: str
+    decision: Decision
+    seen: dict[str, int]
+    status: str
+
+
+def fingerprint(decision: Decision, positions: dict[str, int]) -> dict[str, int]:
+    """Given a decision and {INSTRUMENT: quantity} of its account, return the quantities its orders touch."""
+    if any(o.instrument is None for o in decision.orders):
+        return dict(positions)
+    touched = {o.instrument.upper() for o in decision.orders if o.instrument}
+    return {inst: positions.get(inst, 0) for inst in sorted(touched)}
+
+
+def _decision_to_json(d: Decision) -> str:
+    return json.dumps({
+        "rule": d.rule, "key": d.key, "account": d.account, "instrument": d.instrument, "action": d.action,
+        "severity": int(d.severity), "lock": d.lock, "covers": list(d.covers),
+        "orders": [{"kind": o.kind, "account": o.account, "instrument": o.instrument, "quantity": o.quantity, "percent": o.percent} for o in d.orders],
+    })
+
+
+def _decision_from_json(text: str) -> Decision:
+    from riskd.model import Severity
+
+    raw = json.loads(text)
+    return Decision(
+        kind="fire", rule=raw["rule"], key=raw["key"], account=raw["account"], instrument=raw["instrument"],
+        action=raw["action"], severity=Severity(raw["severity"]), lock=raw["lock"], covers=tuple(raw["covers"]),
+        orders=tuple(Order(**o) for o in raw["orders"]),
+    )
+
+
+class Store:
+    """The state store of one state_dir. Not thread-safe: the daemon uses it from the tick only."""
+
+    def __init__(self, state_dir: Path):
+        self.dir = state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self._lockfile = open(state_dir / "riskd.lock", "a+")  # noqa: SIM115
+        except OSError as exc:
+            raise StateError(f"cannot use state_dir {state_dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lockfile.close()
+            raise StateError(f"another riskd is running with state_dir {state_dir} (lock held on riskd.lock)") from None
+        self.path = state_dir / "riskd.sqlite3"
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # serialized by the ticker lock
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+            self._db.execute("SELECT count(*) FROM intents").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StateError(f"state store {self.path} is unreadable ({exc}); move it aside to start fresh, keeping it for review") from None
+        self._saved_doc: str | None = None
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(f"state store {self.path} has schema {version}, newer than this riskd ({SCHEMA_VERSION}); upgrade riskd")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            for statement in MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {target}")
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
+            self._db = None  # type: ignore[assignment]
+        lock = getattr(self, "_lockfile", None)
+        if lock is not None and not lock.closed:
+            lock.close()
+
+    @staticmethod
+    def peek(state_dir: Path) -> State:
+        """Read the engine state of a state_dir without taking its lock or changing it (for `riskd once --dry-run`)."""
+        path = state_dir / "riskd.sqlite3"
+        if not path.exists():
+            return State()
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT doc FROM engine WHERE id = 1").fetchone()
+            finally:
+                db.close()
+            return State.from_json(json.loads(row[0])) if row else State()
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            raise StateError(f"state store {path} is unreadable ({exc.__class__.__name__})") from None
+
+    # engine state ------------------------------------------------------------------------------
+
+    def load(self) -> State:
+        try:
+            row = self._db.execute("SELECT doc FROM engine WHERE id = 1").fetchone()
+            state = State.from_json(json.loads(row[0])) if row else State()
+        except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
+            raise StateError(f"state store {self.path} holds an unreadable engine state ({exc.__class__.__name__}); move it aside to start fresh") from None
+        self._saved_doc = row[0] if row else None
+        return state
+
+    def save(self, state: State, now: datetime) -> None:
+        doc = json.dumps(state.to_json(), sort_keys=True)
+        if doc == self._saved_doc:
+            return
+        self._db.execute(
+            "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+            (doc, now.isoformat()),
+        )
+        self._saved_doc = doc
+
+    # intents -----------------------------------------------------------------------------------
+
+    def begin(self, decision: Decision, seen: dict[str, int], now: datetime) -> None:
+        """Record that riskd is about to act on `decision` (before any request leaves)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO intents (key, rule, account, decision, seen, status, created, updated) VALUES (?, ?, ?, ?, ?, 'sending', ?, ?)",
+            (decision.key, decision.rule, decision.account, _decision_to_json(decision), json.dumps(seen), now.isoformat(), now.isoformat()),
+        )
+
+    def finish(self, key: str, status: str, now: datetime, state: State | None = None) -> None:
+        """Record an intent's outcome (done | failed | unknown), with the state that counts it, atomically."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE intents SET status = ?, updated = ? WHERE key = ?", (status, now.isoformat(), key))
+            if state is not None:
+                doc = json.dumps(state.to_json(), sort_keys=True)
+                self._db.execute(
+                    "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+                    (doc, now.isoformat()),
+                )
+                self._saved_doc = doc
+
+    def open_intents(self) -> list[Intent]:
+        rows = self._db.execute(
+            "SELECT key, decision, seen, status FROM intents WHERE status IN (?, ?) ORDER BY created", OPEN_STATUSES
+        ).fetchall()
+        return [Intent(key, _decision_from_json(decision), json.loads(seen), status) for key, decision, seen, status in rows]
+
+    def prune(self, before: datetime) -> None:
+        """Forget finished intents older than `before` (they are in the audit trail)."""
+        self._db.execute("DELETE FROM intents WHERE status NOT IN (?, ?) AND updated < ?", (*OPEN_STATUSES, before.isoformat()))
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.glob("riskd.sqlite3*") if p.exists())
+
+
+def positions_by_instrument(snapshot_account: Any) -> dict[str, int]:
+    if snapshot_account is None:
+        return {}
+    return {p.instrument.upper(): p.quantity for p in snapshot_account.positions}
+

@@ -1,0 +1,195 @@
+"""YAML documents that remember where every value came from.
+
+Given a file, `load` returns the Python data and the composed node tree; `validate` turns the data
+into a frozen pydantic model and reports EVERY problem at once as a located `Problem`
+(file:line:col, the rule it belongs to, the field, and a fix). YAML 1.1 traps are closed:
+`15:55` stays the string "15:55" (not the base-60 integer 955) and duplicate keys are errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from riskd.errors import ConfigError, Problem
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without sexagesimal numbers: `at: 15:55` reads as the string "15:55"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+class Document:
+    """A parsed YAML file: `data` (plain Python) and `node` (the composed tree with marks)."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.text = text
+        self.problems: list[Problem] = []
+        self.node: yaml.Node | None = None
+        self.data: Any = None
+        try:
+            loader = _Loader(text)
+            try:
+                self.node = loader.get_single_node()
+                if self.node is not None:
+                    self._check_duplicates(self.node)
+                    self.data = loader.construct_document(self.node)
+            finally:
+                loader.dispose()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            what = exc.problem or "invalid YAML"
+            self.problems.append(Problem(str(path), line, col, "", f"YAML syntax error: {what}"))
+            self.node = None
+            self.data = None
+
+    def _check_duplicates(self, node: yaml.Node) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        first = seen[key.value].start_mark.line + 1
+                        self.problems.append(self.problem_at(key, str(key.value), f"duplicate key (first set on line {first}); keep one"))
+                    seen[key.value] = key
+                self._check_duplicates(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                self._check_duplicates(item)
+
+    def problem_at(self, node: yaml.Node | None, field: str, message: str, rule: str | None = None) -> Problem:
+        mark = node.start_mark if node is not None else None
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return Problem(str(self.path), line, col, field, message, rule)
+
+    def locate(self, loc: tuple[Any, ...], *, key: bool = False) -> yaml.Node | None:
+        """Given a path of keys/indexes, return the deepest node that exists along it.
+
+        With key=True and a path ending in a mapping key, return the key's node (for unknown keys).
+        """
+        node = self.node
+        for i, part in enumerate(loc):
+            last = i == len(loc) - 1
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                        node = k if (last and key) else v
+                        break
+                else:
+                    return node
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+            else:
+                return node
+        return node
+
+
+def read(path: Path) -> Document:
+    """Given a path, return its Document; raise ConfigError if the file cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(str(path), 1, 1, "", f"cannot read file: {exc.__class__.__name__}: {exc.strerror or exc}")]) from None
+    return Document(path, text)
+
+
+def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.5)
+        hint = f"did you mean '{guess[0]}'?" if guess else f"allowed keys: {', '.join(sorted(allowed))}"
+        return f"unknown key '{loc[-1]}'; {hint}"
+    if kind == "missing":
+        return "required key is missing"
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return msg
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Given a model and a path into it, return the keys allowed in the mapping at that path."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """Find the BaseModel inside Optional[...] / list[...] / Annotated[...]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    for meta in getattr(annotation, "__metadata__", ()) or ():
+        found = _model_in(meta)
+        if found is not None:
+            return found
+    origin = getattr(annotation, "__origin__", None)
+    return _model_in(origin) if origin is not None and origin is not annotation else None
+
+
+def validate(
+    doc: Document,
+    model: type[M],
+    *,
+    field_of: Callable[[tuple[Any, ...]], tuple[str | None, str, tuple[Any, ...]]] = lambda loc: (None, ".".join(map(str, loc)), loc),
+    context: dict[str, Any] | None = None,
+) -> M | None:
+    """Given a Document and a model, return the validated model, or None with doc.problems filled.
+
+    `field_of(loc)` maps a pydantic error location to (rule name, field label, yaml path).
+    """
+    if doc.problems:
+        return None
+    data = doc.data if doc.data is not None else {}
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or "[" in p)))
+            rule, label, yaml_path = field_of(loc)
+            node = doc.locate(yaml_path, key=err["type"] == "extra_forbidden")
+            doc.problems.append(doc.problem_at(node, label, _message(err, model, loc), rule))
+        doc.problems.sort(key=lambda p: (p.line, p.col))
+        return None
