@@ -248,7 +248,7 @@ class Simulator:
         else:
             self.set_rate_limit(rl["per_second"], rl["burst"])
         for acc in sc["accounts"]:
-            a = self.add_account(acc["name"], cash=acc["cash"])
+            a = self._add_account(acc["name"], acc["cash"])
             for p in acc["positions"]:
                 self._open(a, p["instrument"], p["quantity"] * (1 if p["side"] == "long" else -1),
                            p["price"], commission=False)
@@ -298,8 +298,11 @@ class Simulator:
 
     # ------------------------------------------------------------------ controls
 
-    def add_account(self, name: str, cash: float = 50000.0) -> _Account:
+    def add_account(self, name: str, cash: float = 50000.0) -> None:
         """Create an (empty) account. Names are unique case-insensitively."""
+        self._add_account(name, cash)
+
+    def _add_account(self, name: str, cash: float) -> _Account:
         if not isinstance(name, str) or not name.strip() or "/" in name:
             raise ValueError(f"bad account name {name!r}")
         with self._lock:
@@ -481,7 +484,7 @@ class Simulator:
         return float(sum((self._unrealized_pos(p)[1] for p in acc.positions.values()), 0.0))
 
     def _sorted_positions(self, acc: _Account) -> list[_Position]:
-        return list(acc.positions.values())
+        return list(acc.positions.values())  # insertion (opening) order
 
     def _position_dict(self, acc: _Account, pos: _Position) -> dict[str, Any]:
         px, unreal = self._unrealized_pos(pos)

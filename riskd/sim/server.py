@@ -200,7 +200,14 @@ class SimServer:
         httpd, thread = self._httpd, self._thread
         self._httpd = self._thread = None
         if httpd is not None:
-            httpd.shutdown()
+            # shutdown() waits for serve_forever's next poll; a throwaway connection wakes it now.
+            stopper = threading.Thread(target=httpd.shutdown, daemon=True)
+            stopper.start()
+            try:
+                socket.create_connection(httpd.server_address[:2], timeout=0.2).close()
+            except OSError:
+                pass
+            stopper.join()
             httpd.server_close()
         if thread is not None:
             thread.join(timeout=5)
