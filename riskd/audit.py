@@ -96,6 +96,9 @@ class AuditTrail:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             self._seq, self._hash, torn = last_link(Path(target))
         self._last: dict[str, Any] = {}
+        # called with every line as written (notifications, metrics); must not block. A failing
+        # observer goes to on_error and never stops the trail or the tick that emitted the line.
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         self._logger = structlog.wrap_logger(
             _LineSink(self),
             processors=[self._stamp, self._scrub, self._chain, _render],
@@ -128,7 +131,13 @@ class AuditTrail:
         """Write one audit line; return it as written."""
         with self._lock:
             self._logger.msg(event, **fields)
-            return self._last
+            line = self._last
+        for observe in self.observers:
+            try:
+                observe(line)
+            except Exception as exc:  # noqa: BLE001 - an observer must never break the trail
+                self._on_error("audit_observer_failed", exc)
+        return line
 
     def _open(self) -> TextIO:
         if self._stream is None:
@@ -172,10 +181,13 @@ class _LineSink:
         self._trail._write(text, durable=self._trail._last.get("event") in DURABLE_EVENTS)
 
 
-def configure_console(json_output: bool | None = None, level: str = "info") -> None:
-    """structlog for the console (journald): JSON lines when not a TTY, readable on a TTY."""
+def configure_console(json_output: bool | None = None, level: str = "info", stream: TextIO | None = None) -> None:
+    """structlog for the console: JSON lines to stdout (journald) when not a TTY, readable on a TTY.
+
+    `stream` defaults to stdout; the daemon passes stderr when the audit trail itself goes to stdout."""
+    stream = stream or sys.stdout
     if json_output is None:
-        json_output = not sys.stderr.isatty()
+        json_output = not stream.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -185,7 +197,7 @@ def configure_console(json_output: bool | None = None, level: str = "info") -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
 

@@ -141,8 +141,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from riskd.daemon import Daemon, build_ticker, state_dir_for
     from riskd.state import Store
 
-    configure_console()
+    from riskd.notify import Notifier
+
     settings = _settings(args, demo_ok=args.sim)
+    configure_console(stream=sys.stderr if settings.audit_log == "-" else sys.stdout)  # stdout is journald's
     loaded, hashes = rules_mod.load(settings.rules, settings.zone)  # a bad policy stops here: no API call
     dry_run = args.dry_run or settings.dry_run
     with ExitStack() as stack:
@@ -150,13 +152,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             settings, token = _start_sim(settings, stack)
         else:
             token = _token(settings)
-        audit = AuditTrail(settings.audit_log, secrets=[token], on_error=_audit_failed)
+        notifier = Notifier.from_settings(settings)  # a missing webhook URL is a config error (78)
+        stack.callback(notifier.close, 0.0)
+        audit = AuditTrail(settings.audit_log, secrets=[token, *notifier.secrets], on_error=_audit_failed)
         stack.callback(audit.close)
         store = Store(state_dir_for(settings, dry_run))
         stack.callback(store.close)
         ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
         stack.callback(ticker.client.close)
-        daemon = Daemon(settings, ticker, audit, hashes)
+        daemon = Daemon(settings, ticker, audit, hashes, notifier=notifier)
         daemon.install_signals()
         return daemon.run()
 
@@ -164,14 +168,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _audit_failed(event: str, exc: Exception) -> None:
     import structlog
 
-    structlog.get_logger("riskd").error(event, error=f"{exc.__class__.__name__}: {exc}", note="kept in memory; written when the trail is writable again")
+    note = "kept in memory; written when the trail is writable again" if event == "audit_write_failed" else None
+    structlog.get_logger("riskd").error(event, error=f"{exc.__class__.__name__}: {exc}", note=note)
 
 
 def cmd_once(args: argparse.Namespace) -> int:
     from riskd.daemon import build_ticker, engine_settings, state_dir_for, utc_now
     from riskd.state import Store
 
-    configure_console()
+    configure_console(stream=sys.stderr)  # stdout carries the decisions
     settings = _settings(args, demo_ok=args.sim)
     loaded, _ = rules_mod.load(settings.rules, settings.zone)
     dry_run = args.dry_run or settings.dry_run

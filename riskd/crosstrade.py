@@ -144,6 +144,7 @@ class CrossTradeClient:
         self.bucket = bucket or TokenBucket(3.0, 20)
         self.poll_reserve = min(poll_reserve, self.bucket.burst - 1)
         self.timeout = timeout
+        self.observers: list[Callable[[Reply], None]] = []  # see every Reply (metrics); must not raise or block
         self._http = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {token}", "User-Agent": f"riskd/{__version__}"},
@@ -157,6 +158,12 @@ class CrossTradeClient:
     # -- transport -----------------------------------------------------------------------------
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool) -> Reply:
+        reply = self._exchange(method, path, body, action=action)
+        for observe in self.observers:
+            observe(reply)
+        return reply
+
+    def _exchange(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool) -> Reply:
         if action:
             if not self.bucket.wait(self.timeout):
                 return Reply(method, path, body, None, 0.0, UNSENT, error="client rate budget exhausted")
