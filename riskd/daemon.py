@@ -7,6 +7,7 @@ schedules ticks with APScheduler 3.x, and handles signals (SIGTERM/SIGINT stop, 
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -286,8 +287,10 @@ class Daemon:
         log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
                  dry_run=self.ticker.executor.dry_run)
         self._safe_tick("start")
-        self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.poll_interval), args=["poll"], id="poll",
-                               misfire_grace_time=max(1, int(self.settings.poll_interval)))
+        gc.collect()
+        gc.freeze()  # startup objects live forever: keep them out of every later GC pass (shorter tick tails)
+        self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.poll_interval, start_date=poll_phase(self.settings.poll_interval)),
+                               args=["poll"], id="poll", misfire_grace_time=max(1, int(self.settings.poll_interval)))
         self._schedule_timed()
         if self.settings.summary_interval > 0:
             self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval), id="summary")
@@ -327,6 +330,15 @@ class Daemon:
         log.info("metrics_listening", address=f"{host}:{bound}", url=f"http://{host if ':' not in host else f'[{host}]'}:{bound}/metrics")
         if host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("metrics_exposed", address=f"{host}:{bound}", note="the endpoint is not on loopback; firewall it")
+
+
+def poll_phase(interval: float, now: datetime | None = None) -> datetime:
+    """The phase of the poll ticks (APScheduler runs them at start + k * interval, the first one
+    within an interval from now): half an interval off whole seconds, where `at` rules fire, so a
+    timed tick does not wait for a poll tick to release the ticker."""
+    now = now or utc_now()
+    offset = (interval / 2) % 1.0 or 0.5
+    return now.replace(microsecond=0) + timedelta(seconds=offset)
 
 
 def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: AuditTrail, *, dry_run: bool,

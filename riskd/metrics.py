@@ -14,6 +14,7 @@ Observers run on the tick thread: they only count, never block or do I/O.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from typing import Any, Callable
@@ -74,6 +75,7 @@ class Telemetry:
         bucket.set_function(lambda: self._bucket_level())
         Info("riskd_build", "riskd version", registry=r).info({"version": __version__})
         ProcessCollector(registry=r)
+        self._lock = threading.Lock()  # ticks, the reload and the summary job run on different threads
         self._window_start = clock()
         self._latencies: deque[float] = deque(maxlen=50_000)  # bounded even if nobody reads the window
         self._counts = dict.fromkeys(("ticks", "polls_ok", "polls_failed", "firings", "failures", "errors"), 0)
@@ -86,15 +88,17 @@ class Telemetry:
     def on_reply(self, reply: Reply) -> None:
         status = str(reply.status) if reply.status is not None else reply.outcome
         self.api_seconds.labels(endpoint_of(reply.path), status).observe(reply.latency_ms / 1000)
-        if reply.status is not None:
-            self._latencies.append(reply.latency_ms)
-        if reply.ok and reply.method == "GET" and reply.path == "accounts/snapshot":
-            self._counts["polls_ok"] += 1
+        with self._lock:
+            if reply.status is not None:
+                self._latencies.append(reply.latency_ms)
+            if reply.ok and reply.method == "GET" and reply.path == "accounts/snapshot":
+                self._counts["polls_ok"] += 1
 
     def on_tick(self, reason: str, seconds: float, ticker: Any) -> None:
         """After a tick that returned: its duration and what the ticker saw."""
         self.tick_seconds.labels("poll" if reason == "poll" else ("timed" if reason.startswith("at:") else reason)).observe(seconds)
-        self._counts["ticks"] += 1
+        with self._lock:
+            self._counts["ticks"] += 1
         snapshot = ticker.last_snapshot
         if snapshot is not None:
             self._accounts = len(snapshot.accounts)
@@ -106,6 +110,10 @@ class Telemetry:
         self.rules.set(len(ticker.rules))
 
     def on_audit(self, line: dict[str, Any]) -> None:
+        with self._lock:
+            self._count_audit(line)
+
+    def _count_audit(self, line: dict[str, Any]) -> None:
         event = line.get("event")
         if event == "fired":
             self.firings.labels(line.get("rule", "")).inc()
@@ -134,12 +142,17 @@ class Telemetry:
 
     def window(self) -> dict[str, Any]:
         """Return the figures since the last call (for the summary line) and start a new window."""
-        now = self._clock()
-        latencies = list(self._latencies)
+        with self._lock:
+            now = self._clock()
+            latencies = list(self._latencies)
+            counts = self._counts
+            self._window_start, start = now, self._window_start
+            self._latencies.clear()
+            self._counts = dict.fromkeys(counts, 0)
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
         out: dict[str, Any] = {
-            "window_s": round(now - self._window_start, 1),
-            **self._counts,
+            "window_s": round(now - start, 1),
+            **counts,
             "api_calls": len(latencies),
             "api_p50_ms": round(p50, 1) if p50 is not None else None,
             "api_p99_ms": round(p99, 1) if p99 is not None else None,
@@ -148,9 +161,6 @@ class Telemetry:
             "positions": self._positions,
             "stale": self._stale,
         }
-        self._window_start = now
-        self._latencies.clear()
-        self._counts = dict.fromkeys(self._counts, 0)
         return out
 
 

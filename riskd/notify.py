@@ -284,6 +284,7 @@ class Notifier:
         self.webhooks = list(webhooks)
         self._clock = clock
         self._muted: dict[str, float] = {}
+        self._lock = threading.Lock()  # audit lines come from tick threads and the reload
 
     @classmethod
     def from_settings(cls, settings: Settings, *, env: dict[str, str] | None = None, transport: httpx.BaseTransport | None = None,
@@ -305,13 +306,14 @@ class Notifier:
             return
         key = _mute_key(message)
         if key is not None:
-            now = self._clock()
-            if now - self._muted.get(key, -MUTE_REPEATS - 1) < MUTE_REPEATS:
-                return
-            self._muted[key] = now
-            if len(self._muted) > 10_000:  # bounded: forget the oldest half
-                for old in sorted(self._muted, key=self._muted.__getitem__)[:5_000]:
-                    del self._muted[old]
+            with self._lock:
+                now = self._clock()
+                if now - self._muted.get(key, -MUTE_REPEATS - 1) < MUTE_REPEATS:
+                    return
+                self._muted[key] = now
+                if len(self._muted) > 10_000:  # bounded: forget the oldest half
+                    for old in sorted(self._muted, key=self._muted.__getitem__)[:5_000]:
+                        del self._muted[old]
         for hook in self.webhooks:
             if message.kind in hook.target.events:
                 hook.put(message)
