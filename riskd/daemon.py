@@ -295,6 +295,10 @@ class Daemon:
         if self.settings.summary_interval > 0:
             self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval), id="summary")
         self._start_metrics()
+        interval = self.systemd.watchdog_interval
+        if interval is not None and self.settings.poll_interval > interval / 2:
+            log.error("watchdog_too_short", watchdog_s=interval, poll_interval_s=self.settings.poll_interval,
+                      fix="ticks feed the watchdog: set WatchdogSec= to at least twice poll_interval (systemctl edit riskd)")
         self.scheduler.start()
         self.systemd.ready(self.status())
         on_ready()
