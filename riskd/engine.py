@@ -243,7 +243,7 @@ CONDITIONS: dict[str, Callable[[Any, Target], tuple[bool, dict[str, Any]]]] = {
 
 def _describe(spec: Any) -> Any:
     """A condition's parameters as plain JSON values, for the audit trail."""
-    if hasattr(spec, "model_fields"):
+    if hasattr(type(spec), "model_fields"):
         return {k: _describe(v) for k, v in vars(spec).items() if v is not None}
     if isinstance(spec, (tuple, list)):
         return [_describe(x) for x in spec]

@@ -461,17 +461,26 @@ def load(sources: Path | tuple[Path, ...], default_zone: Any) -> tuple[list[Rule
     files = rule_files(sources)
     if not files:
         raise ConfigError([Problem(str(sources), 1, 1, "rules", "no *.yaml or *.yml rule files found")])
-    problems: list[Problem] = []
-    rules: list[Rule] = []
-    hashes: dict[str, str] = {}
-    names: dict[str, str] = {}
+    docs: list[yamldoc.Document] = []
+    unreadable: list[Problem] = []
     for path in files:
         try:
-            doc = yamldoc.read(path)
+            docs.append(yamldoc.read(path))
         except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        hashes[str(path)] = hashlib.sha256(doc.text.encode()).hexdigest()
+            unreadable.extend(exc.problems)
+    rules = _compile(docs, default_zone, unreadable)
+    return rules, {str(doc.path): hashlib.sha256(doc.text.encode()).hexdigest() for doc in docs}
+
+
+def parse(text: str, default_zone: Any, source: str = "<rules>") -> list[Rule]:
+    """Given the text of one rule file, return its rules; raise ConfigError as `load` does."""
+    return _compile([yamldoc.Document(Path(source), text)], default_zone, [])
+
+
+def _compile(docs: list[yamldoc.Document], default_zone: Any, problems: list[Problem]) -> list[Rule]:
+    rules: list[Rule] = []
+    names: dict[str, str] = {}
+    for doc in docs:
         if doc.node is None and not doc.problems:
             doc.problems.append(doc.problem_at(None, "", "empty rule file; write rules: followed by a list of rules (see rules/README.md)"))
         specs = yamldoc.validate(doc, RuleFile, field_of=lambda loc, doc=doc: _field_of(doc, loc))
@@ -484,7 +493,7 @@ def load(sources: Path | tuple[Path, ...], default_zone: Any) -> tuple[list[Rule
             if name in names:
                 doc.problems.append(doc.problem_at(node, "name", f"duplicate rule name (first defined at {names[name]}); rename one", name))
             else:
-                names[name] = f"{path}:{node.start_mark.line + 1 if node is not None else 1}"
+                names[name] = f"{doc.path}:{node.start_mark.line + 1 if node is not None else 1}"
         doc.problems.sort(key=lambda p: (p.line, p.col))
         problems.extend(doc.problems)
         if specs is None or doc.problems:
@@ -495,7 +504,7 @@ def load(sources: Path | tuple[Path, ...], default_zone: Any) -> tuple[list[Rule
             rules.append(_build(spec, len(rules), names[spec.name], default_zone, digest))
     if problems:
         raise ConfigError(problems)
-    return rules, hashes
+    return rules
 
 
 def _field_of(doc: yamldoc.Document, loc: tuple[Any, ...]) -> tuple[str | None, str, tuple[Any, ...]]:

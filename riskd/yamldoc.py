@@ -3,7 +3,8 @@
 Given a file, `load` returns the Python data and the composed node tree; `validate` turns the data
 into a frozen pydantic model and reports EVERY problem at once as a located `Problem`
 (file:line:col, the rule it belongs to, the field, and a fix). YAML 1.1 traps are closed:
-`15:55` stays the string "15:55" (not the base-60 integer 955) and duplicate keys are errors.
+`15:55` stays the string "15:55" (not the base-60 integer 955), only true/false are booleans (so
+`name: off` is a name and `flatten: yes` is an error, not a silent True), and duplicate keys are errors.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver(  # YAML 1.2 booleans only: `name: off` is a name, `flatten: yes` is an error
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:int",
     re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
