@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
+from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from riskd import yamldoc
@@ -175,13 +176,18 @@ def _drawdown_limit(value: Any) -> Any:
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    raise ValueError(f"invalid value {value!r}; write true or false")
+    raise ValueError(f"invalid value {value!r}; write true or false{_unquoted(value)}")
 
 
 def _true_only(value: Any) -> bool:
     if value is True:
         return True
-    raise ValueError(f"invalid value {value!r}; write true (to not flatten, choose another action)")
+    shown = str(value).lower() if isinstance(value, bool) else repr(value)
+    raise ValueError(f"invalid value {shown}; write true{_unquoted(value)}; to not flatten, choose another action")
+
+
+def _unquoted(value: Any) -> str:
+    return " (unquoted; yes/no/on/off are text)" if isinstance(value, str) else ""
 
 
 def _name(value: Any) -> str:
@@ -257,7 +263,9 @@ class _RuleModel(_Spec):
     expected: ClassVar[str] = "a mapping"
 
     @classmethod
-    def _cross(cls, raw: dict[str, Any]) -> Cross:
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
+        """Cross-field problems of a raw mapping; `misspelt` when it has an unknown key (which may be
+        the missing choice, so "give one of" problems are left to the unknown-key message)."""
         return []
 
     @model_validator(mode="wrap")
@@ -272,7 +280,8 @@ class _RuleModel(_Spec):
                     nulls.add(key)
                     hint = "this key needs a value" if fields[key].is_required() else "give a value, or remove the key"
                     extra.append(_error("null_value", (key,), f"empty value; {hint}", value))
-            extra += [_error("cross_field", loc, message, data) for loc, message in cls._cross(data)]
+            misspelt = any(key not in fields for key in data)
+            extra += [_error("cross_field", loc, message, data) for loc, message in cls._cross(data, misspelt)]
         try:
             result = handler(data)
         except ValidationError as exc:
@@ -304,8 +313,8 @@ class Level(_RuleModel):
     above: Money | None = Field(None, description="holds when the value is more than this (dollars)")
 
     @classmethod
-    def _cross(cls, raw: dict[str, Any]) -> Cross:
-        if ("below" in raw) == ("above" in raw):
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
+        if ("below" in raw) == ("above" in raw) and not (misspelt and "below" not in raw):
             return [((), "give exactly one of 'below' or 'above' (write two rules for a band)")]
         return []
 
@@ -369,10 +378,11 @@ class When(_RuleModel):
     hold: Duration | None = Field(None, alias="for", description="the other conditions must hold this long before firing")
 
     @classmethod
-    def _cross(cls, raw: dict[str, Any]) -> Cross:
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
         problems: Cross = []
         if not any(k in raw for k in CONDITION_KEYS):
-            problems.append(((), f"no condition given; add one of: {', '.join(CONDITION_KEYS)}"))
+            if not misspelt:
+                problems.append(((), f"no condition given; add one of: {', '.join(CONDITION_KEYS)}"))
         elif not any(k in raw for k in CLOCK_KEYS):
             for key in ("days", "timezone"):
                 if key in raw:
@@ -386,7 +396,13 @@ class Then(_RuleModel):
     """The action: exactly one of close, reduce_to, flatten; plus cancel_orders and lock."""
 
     expected: ClassVar[str] = "a mapping with one action such as {close: all}"
-    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": [k]} for k in ACTION_KEYS]})
+    model_config = ConfigDict(json_schema_extra={
+        "oneOf": [{"required": [k]} for k in ACTION_KEYS],
+        "not": {"required": ["flatten", "cancel_orders"], "properties": {"cancel_orders": {"const": True}}},
+        "if": {"required": ["lock"], "properties": {"lock": {"const": True}}},
+        "then": {"anyOf": [{"required": ["flatten"]},
+                           {"required": ["close"], "properties": {"close": {"anyOf": [{"const": "all"}, {"type": "string", "pattern": r"^100(\.0+)?%$"}]}}}]},
+    })
 
     close: CloseAmount | None = Field(None, description="per matched position: all, N% (rounded up by the API) or N contracts")
     reduce_to: PositiveContracts | None = Field(None, description="per matched position larger than N: close the excess")
@@ -395,10 +411,10 @@ class Then(_RuleModel):
     lock: Flag = Field(False, description="for the rest of the session, close any position that opens in scope")
 
     @classmethod
-    def _cross(cls, raw: dict[str, Any]) -> Cross:
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
         problems: Cross = []
         chosen = [k for k in ACTION_KEYS if k in raw]
-        if len(chosen) != 1:
+        if len(chosen) > 1 or (not chosen and not misspelt):
             found = f" (found {', '.join(chosen)})" if chosen else ""
             problems.append(((), f"give exactly one of 'close', 'reduce_to' or 'flatten'{found}"))
         if raw.get("cancel_orders") is True and "flatten" in raw:
@@ -416,8 +432,8 @@ class RuleSpec(_RuleModel):
     name: Name = Field(description="unique across all rule files; [a-z0-9_-]+")
     accounts: Accounts = Field(("*",), description="account names or globs, case-insensitive")
     instruments: Instruments = Field(("*",), description="roots (MES), contracts ('MES 12-26') or globs")
-    when: When
-    then: Then
+    when: When = Field(description="conditions: every one given must hold")
+    then: Then = Field(description="the action: exactly one of close, reduce_to, flatten")
     enabled: Flag = Field(True, description="false switches the rule off")
     dry_run: Flag = Field(False, description="decide and audit, but send nothing")
 
@@ -428,9 +444,22 @@ class RuleFile(_RuleModel):
     rules: list[RuleSpec] = Field(description="the rules of this file, in order; each item starts with '- name:'")
 
 
+class _SchemaGenerator(GenerateJsonSchema):
+    """A key may be left out but never written empty, so optional keys are not nullable."""
+
+    def nullable_schema(self, schema: Any) -> Any:
+        return self.generate_inner(schema["schema"])
+
+    def default_schema(self, schema: Any) -> Any:
+        out = super().default_schema(schema)
+        if "default" in out and out["default"] is None:
+            del out["default"]
+        return out
+
+
 def schema() -> dict[str, Any]:
     """Return the JSON Schema of a rule file (draft 2020-12), for editors."""
-    doc = RuleFile.model_json_schema(by_alias=True)
+    doc = RuleFile.model_json_schema(by_alias=True, schema_generator=_SchemaGenerator)
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     doc["title"] = "riskd rule file"
     return doc

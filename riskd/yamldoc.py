@@ -146,7 +146,8 @@ def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) 
             return f"unknown key '{loc[-1]}'; did you mean '{guess[0]}'?"
         return f"unknown key '{loc[-1]}'; allowed keys: {', '.join(sorted(allowed))}"
     if kind == "missing":
-        return "required key is missing"
+        found = _model_at(model, loc)
+        return "required key is missing" + (f"; add {found.expected}" if hasattr(found, "expected") else "")
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         found = _model_at(model, loc)
         return f"expected {getattr(found, 'expected', 'a mapping')}, got {_describe(err['input'])}"
