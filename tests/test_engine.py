@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from pathlib import Path
 
 import pytest
-from harness import CHICAGO, MORNING, NY, SETTINGS, Harness, acct, bodies, fires, ny, pos, rule, seconds
+from rulekit import CHICAGO, MORNING, NY, SETTINGS, Harness, acct, bodies, fires, ny, pos, rule, seconds
 
 from riskd import engine
 from riskd.engine import EngineSettings

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from harness import Harness, acct, fires, ny, pos, rule
+from rulekit import Harness, acct, fires, ny, pos, rule
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

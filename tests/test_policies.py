@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import NY, Harness, acct, bodies, fires, ny, pos, seconds
+from rulekit import NY, Harness, acct, bodies, fires, ny, pos, seconds
 
 from riskd import rules
 

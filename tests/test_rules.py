@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import jsonschema
 import pytest
 from conftest import run_cli, write_policy
-from harness import NY, policy, rule
+from rulekit import NY, policy, rule
 
 from riskd import rules, yamldoc
 from riskd.errors import ConfigError
