@@ -1,0 +1,66 @@
+"""The `riskd` command line: exit codes and what each verb prints."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli, write_policy
+
+
+def test_cli_usage_error_exits_2():
+    assert run_cli("frobnicate").returncode == 2
+    assert run_cli("run", "--no-such-flag").returncode == 2
+
+
+def test_cli_no_config_found_exits_78(tmp_path):
+    result = run_cli("check", cwd=tmp_path)
+    assert result.returncode == 78
+    assert "no config file" in result.stderr
+
+
+def test_schema_prints_a_json_schema_of_rule_files():
+    result = run_cli("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "riskd rule file" and "rules" in schema["properties"]
+
+
+def test_run_without_a_token_exits_78_and_calls_nothing(tmp_path, sim_factory):
+    sim, server = sim_factory({"accounts": [{"name": "Sim101"}]})
+    config = write_policy(tmp_path, server.base_url, [{"name": "cap", "when": {"account_pnl": {"below": -1}}, "then": {"flatten": True}}])
+    result = run_cli("run", "-c", str(config))
+    assert result.returncode == 78
+    assert "no API token: set $CROSSTRADE_TOKEN" in result.stderr
+    assert sim.request_log() == []
+
+
+def test_once_dry_run_prints_the_decision_and_sends_nothing(tmp_path, sim_factory, token):
+    scenario = {"accounts": [{"name": "Sim101", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 2, "price": 6000.0}]}],
+                "prices": {"MES 12-26": 5900.0}}
+    sim, server = sim_factory(scenario)
+    rules = [
+        {"name": "mes-loss-cap", "instruments": "MES", "when": {"position_pnl": {"below": -500}}, "then": {"close": "all"}},
+        {"name": "trim", "when": {"at": "15:55", "days": "daily"}, "then": {"close": "50%"}},
+    ]
+    config = write_policy(tmp_path, server.base_url, rules)
+    result = run_cli("once", "-c", str(config), "--dry-run", env={"CROSSTRADE_TOKEN": token})
+    assert result.returncode == 0, result.stderr
+    assert "fire" in result.stdout and "mes-loss-cap" in result.stdout and "Sim101 MES 12-26" in result.stdout
+    assert "position_pnl=-1000.00" in result.stdout
+    assert "next scheduled firings:" in result.stdout and "trim" in result.stdout.split("next scheduled firings:")[1]
+    assert [r.method for r in sim.request_log()] == ["GET"]  # one snapshot, no order-changing request
+    assert sim.positions()[0]["quantity"] == 2
+
+
+def test_once_acts_when_not_dry(tmp_path, sim_factory, token):
+    scenario = {"accounts": [{"name": "Sim101", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 2, "price": 6000.0}]}],
+                "prices": {"MES 12-26": 5900.0}}
+    sim, server = sim_factory(scenario)
+    rules = [{"name": "mes-loss-cap", "instruments": "MES", "when": {"position_pnl": {"below": -500}}, "then": {"close": "all"}}]
+    config = write_policy(tmp_path, server.base_url, rules)
+    result = run_cli("once", "-c", str(config), env={"CROSSTRADE_TOKEN": token})
+    assert result.returncode == 0, result.stderr
+    assert sim.positions() == []
+    again = run_cli("once", "-c", str(config), env={"CROSSTRADE_TOKEN": token})
+    assert again.returncode == 0
+    assert len([r for r in sim.request_log() if r.method == "POST"]) == 1  # the fired marker persisted in state_dir
