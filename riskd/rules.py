@@ -536,6 +536,18 @@ def _compile(docs: list[yamldoc.Document], default_zone: Any, problems: list[Pro
     return rules
 
 
+def changes(old: list[Rule], new: list[Rule]) -> dict[str, list[str]]:
+    """Given the running rules and the reloaded ones, return the names that keep their state
+    (`unchanged`: same text), start over (`changed`), are `added` and `removed`."""
+    before, after = {r.name: r.digest for r in old}, {r.name: r.digest for r in new}
+    return {
+        "unchanged": [n for n in after if before.get(n) == after[n]],
+        "changed": [n for n in after if n in before and before[n] != after[n]],
+        "added": [n for n in after if n not in before],
+        "removed": [n for n in before if n not in after],
+    }
+
+
 def _field_of(doc: yamldoc.Document, loc: tuple[Any, ...]) -> tuple[str | None, str, tuple[Any, ...]]:
     """Map a pydantic location to (rule name, field label within the rule, yaml path)."""
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):

@@ -83,7 +83,8 @@ def test_run_sighup_broken_file_keeps_old_rules_firing_and_good_file_applies_new
     sim.set_price("MES 12-26", 5900.0)  # the remaining 2 MES lots lose $200 more: mes-trim already fired for them
     policy.write_text(yaml.safe_dump({"rules": [mes_trim, es_cap]}))
     proc.signal(signal.SIGHUP)
-    proc.wait_for("rules_loaded", reason="reload", timeout=5)
+    loaded = proc.wait_for("rules_loaded", reason="reload", timeout=5)[0]
+    assert (loaded["unchanged"], loaded["changed"], loaded["added"], loaded["removed"]) == (["mes-trim"], [], ["es-cap"], [])
     sim.set_price("ES 12-26", 5985.0)  # 1 lot x $50 x -15 = -$750
     proc.wait_for("action", ok=True, instrument="ES 12-26", timeout=5)
     polls = len(sim.request_log()) + 3

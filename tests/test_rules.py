@@ -197,3 +197,9 @@ def test_rules_readme_documents_every_key_of_the_schema():
     walk(rules.schema())
     missing = sorted(k for k in keys if not re.search(rf"`{k}`", readme))
     assert missing == []
+
+
+def test_changes_names_rules_that_keep_their_state_and_those_that_start_over():
+    old = policy(rule("same") + rule("edited") + rule("gone"))
+    new = policy("  # reordered, commented\n" + rule("edited", "position_pnl: {below: -400}") + rule("same") + rule("fresh"))
+    assert rules.changes(old, new) == {"unchanged": ["same"], "changed": ["edited"], "added": ["fresh"], "removed": ["gone"]}
