@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import yaml
-from conftest import wait_until, write_policy
+from conftest import run_cli, wait_until, write_policy
 
 POLL = 0.3
 
@@ -91,3 +93,26 @@ def test_run_sighup_broken_file_keeps_old_rules_firing_and_good_file_applies_new
     wait_until(lambda: len(sim.request_log()) >= polls, timeout=5)
     assert [r.body for r in _posts(sim)] == [{"instrument": "MES 12-26", "percent": 0.5}, {"instrument": "ES 12-26"}]  # mes-trim kept its marker
     assert proc.stop() == 0
+
+
+def test_once_explains_value_threshold_distance_and_next_firing_per_rule_and_target(tmp_path, sim_factory, token):
+    scenario = {"accounts": [{"name": "Sim101", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 2, "price": 6000.0}]}],
+                "prices": {"MES 12-26": 5970.0}}
+    sim, server = sim_factory(scenario)
+    at = (datetime.now(ZoneInfo("America/New_York")) + timedelta(hours=6)).strftime("%H:%M")  # never due during the test
+    rules = [
+        {"name": "mes-loss-cap", "instruments": "MES", "when": {"position_pnl": {"below": -500}}, "then": {"close": "all"}},
+        {"name": "trim", "when": {"at": at, "days": "daily"}, "then": {"close": "50%"}},
+    ]
+    result = run_cli("once", "-c", str(write_policy(tmp_path, server.base_url, rules)), "--dry-run", env={"CROSSTRADE_TOKEN": token})
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert "decisions (dry run: nothing sent):" in lines and "none" in lines
+    cap = lines.index(next(line for line in lines if line.startswith("mes-loss-cap")))
+    assert lines[cap].split() == ["mes-loss-cap", "Sim101", "MES", "12-26", "not", "met"]
+    assert lines[cap + 1] == "position_pnl=-300.00  (below -500.00)  $200.00 to go"
+    trim = lines.index(next(line for line in lines if line.startswith("trim ")))
+    assert lines[trim].split()[-1] == "timed" and lines[trim + 1].startswith("at=") and f"({at}:00)  next 20" in lines[trim + 1]
+    upcoming = lines[lines.index("next scheduled firings:") + 1]
+    assert upcoming.split()[1] == "trim" and upcoming.endswith(")") and "(in " in upcoming
+    assert [r.method for r in sim.request_log()] == ["GET"]

@@ -109,7 +109,7 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.y*ml")))
-def test_shipped_policy_scenario(name):
+def test_shipped_policy_scenario_behaves_as_documented(name):
     assert name in SCENARIOS, f"rules/{name} is shipped without a scenario test: add one to SCENARIOS"
     SCENARIOS[name]()
 

@@ -130,7 +130,7 @@ def test_parse_every_key_becomes_the_typed_rule_the_engine_reads():
     ("position_size: {above: 10}", "reduce_to: 10", lambda r: r.action.kind == "reduce_to" and r.action.amount == 10),
     ('outside: ["09:30", "16:00"], for: 5s', "close: all", lambda r: r.hold == timedelta(seconds=5)),
 ])
-def test_parse_valid_forms(when, then, check):
+def test_parse_valid_forms_become_the_expected_rule(when, then, check):
     (r,) = policy(rule("r", when, then))
     assert check(r)
 
