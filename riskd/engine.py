@@ -8,14 +8,21 @@ Firing semantics (SPEC §3 "When a rule fires"):
 - a rule is evaluated per target: per matched position when it has a position condition or a
   per-position action (close, reduce_to), per account otherwise;
 - `at` rules fire once per occurrence for the targets in scope at that instant; an occurrence found
-  later than `misfire_grace` is `missed` (if the rule already existed then);
+  later than `misfire_grace` is `missed` (if the rule already existed then). An occurrence is the
+  first instant the rule zone's clock reads `at` on that day (DST: the end of a spring-forward gap,
+  the first of two fall-back times);
 - other rules fire on the edge: while their conditions hold and the target carries no fired marker;
-  conditions seen false clear the marker (re-arm); a reopened position is a new target;
+  conditions seen false clear the marker (re-arm); a reopened position is a new target; an account
+  missing from a snapshot keeps its markers and first-seen times;
 - `for` holds a condition continuously before firing;
+- `between` windows that wrap midnight belong to the day they open on (for `days`);
 - a lock (set when a `lock: true` firing is acknowledged) closes any position in scope at once;
 - on one target in one tick, the most severe action wins (flatten > close all > partial, ties by
-  file order); the others are `superseded` and counted as done when the winner is acknowledged;
-- everything resets at the session boundary.
+  file order); the others are `superseded`: counted as done when a winner that closes everything
+  (flatten, close all) is acknowledged, evaluated again next tick after a partial winner;
+- markers, holds, peaks, locks and first-seen times reset at the session boundary; occurrence
+  records are keyed by instant and kept (8 days), so a past session's occurrence is never `missed`;
+- a rule whose digest changed (edited) forgets its state; unchanged rules keep theirs.
 """
 
 from __future__ import annotations
