@@ -256,6 +256,13 @@ def _error(kind: str, loc: tuple[Any, ...], message: str, value: Any) -> InitErr
     return InitErrorDetails(type=PydanticCustomError(kind, "{message}", {"message": message}), loc=loc, input=value)
 
 
+def _again(err: Any) -> InitErrorDetails:
+    """An error of a nested model, to raise again together with this model's own."""
+    if err["type"] in ("null_value", "cross_field"):  # ours: not in pydantic's registry of error types
+        return _error(err["type"], err["loc"], err["msg"], err["input"])
+    return InitErrorDetails(type=err["type"], loc=err["loc"], input=err["input"], ctx=err.get("ctx", {}))  # type: ignore[typeddict-item]
+
+
 class _RuleModel(_Spec):
     """A part of the rule language. `expected` says what a value of this type looks like (for error
     messages); `_cross` returns the cross-field problems of a raw mapping as (location, message)."""
@@ -287,8 +294,7 @@ class _RuleModel(_Spec):
         except ValidationError as exc:
             if not extra:
                 raise
-            errors = [InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {}))  # type: ignore[typeddict-item]
-                      for e in exc.errors() if not (len(e["loc"]) == 1 and e["loc"][0] in nulls)]
+            errors = [_again(e) for e in exc.errors() if not (len(e["loc"]) == 1 and e["loc"][0] in nulls)]
             raise ValidationError.from_exception_data(exc.title, errors + extra) from None
         if extra:
             raise ValidationError.from_exception_data(cls.__name__, extra)

@@ -12,6 +12,9 @@ from zoneinfo import ZoneInfo
 
 import jsonschema
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import run_cli, write_policy
 from rulekit import NY, policy, rule
 
@@ -203,3 +206,27 @@ def test_changes_names_rules_that_keep_their_state_and_those_that_start_over():
     old = policy(rule("same") + rule("edited") + rule("gone"))
     new = policy("  # reordered, commented\n" + rule("edited", "position_pnl: {below: -400}") + rule("same") + rule("fresh"))
     assert rules.changes(old, new) == {"unchanged": ["same"], "changed": ["edited"], "added": ["fresh"], "removed": ["gone"]}
+
+
+# Whatever a trader writes, the loader answers with rules or located problems, never a crash.
+_KEYS = ["name", "accounts", "instruments", "when", "then", "enabled", "dry_run", "at", "between", "outside", "position_pnl",
+         "position_size", "position_age", "account_pnl", "account_drawdown", "days", "timezone", "for", "below", "above",
+         "basis", "net_of_commission", "limit", "after", "close", "reduce_to", "flatten", "cancel_orders", "lock", "hold", "x"]
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 12), st.floats(allow_nan=True), st.sampled_from(
+    ["all", "50%", "0%", "15:55", "25:00", "weekdays", "mon", "America/New_York", "Mars/Base", "MES", "ESZ26", "3s", "total", "cap", ""]))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)),
+                       max_leaves=12)
+_RULE = st.fixed_dictionaries({"name": st.sampled_from(["a", "b", "Bad Name", 3])},
+                              optional={k: _VALUES for k in ("when", "then", "accounts", "instruments", "enabled")})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.fixed_dictionaries({"rules": st.lists(_RULE, max_size=3)}), _VALUES))
+def test_parse_any_document_gives_rules_or_located_problems(data):
+    text = yaml.safe_dump(data, sort_keys=False)
+    try:
+        loaded = rules.parse(text, NY)
+    except ConfigError as err:
+        assert err.problems and all(p.line >= 1 and p.col >= 1 and p.message for p in err.problems)
+    else:
+        assert all(r.name for r in loaded)
