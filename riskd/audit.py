@@ -458,8 +458,8 @@ class AuditTrail:
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         st = os.fstat(fd)
         self._fd, self._ino, self._ident = fd, st.st_ino, (st.st_ino, st.st_dev)
-        if fresh:
-            _fsync_dir(self.path.parent)
+        if fresh and self._durable != frozenset():
+            _fsync_dir(self.path.parent)  # the new file's name survives a power loss too
         if self._head_fd is None:
             assert self.head_path is not None
             try:
