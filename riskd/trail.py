@@ -257,8 +257,8 @@ def _check_line(line: dict[str, Any], body: bytes, where: str, index: int, first
     expected = state["expected"]
     if seq != expected:
         if seq > expected:
-            raise _Bad(f"{where}: seq {seq} where {expected} was expected: seq {expected}..{seq - 1} are missing "
-                       f"(deleted), or lines were reordered")
+            gap = f"seq {expected} is" if seq - 1 == expected else f"seq {expected}..{seq - 1} are"
+            raise _Bad(f"{where}: seq {seq} where {expected} was expected: {gap} missing (deleted), or lines were reordered")
         raise _Bad(f"{where}: seq {seq} where {expected} was expected: a line was inserted, duplicated or reordered")
     if "previous_hash" in line and line["previous_hash"] != state["prev"]:
         raise _Bad(f"{where}: seq {seq} says the previous file ended with hash {str(line['previous_hash'])[:16]}..., "
@@ -552,8 +552,9 @@ def build_filter(args: argparse.Namespace, now: datetime | None = None) -> Filte
     )
 
 
-def main(files: list[Path], args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+def main(files: list[Path], args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """`riskd audit`: 0 ok, 1 a bad trail (or a missing file), 2 a bad argument."""
+    out = out or sys.stdout
     if args.verify:
         verdict = verify(files)
         for note in verdict.notes:
