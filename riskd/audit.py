@@ -298,6 +298,7 @@ class AuditTrail:
         )
         with self._lock:
             self._drain(check=True)  # open now: repair a torn end, report an unwritable trail early
+        self._console.info("audit_opened", trail=self.target, **self.head())  # the journal anchors the chain too
 
     # processors -------------------------------------------------------------------------------
 
