@@ -244,7 +244,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
-        signal.signal(signal.SIGUSR1, lambda *_: self.audit.request_reopen())  # logrotate's postrotate
+        signal.signal(signal.SIGUSR1, lambda *_: (self.audit.request_reopen(), self._wake.set()))  # logrotate's postrotate
 
     def run(self, on_ready: Callable[[], None] = lambda: None) -> int:
         """Run until a stop signal; return the exit code."""
@@ -266,6 +266,7 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self.reload()
+            self.audit.flush()  # reopen after SIGUSR1 now, not at the next line
         self.scheduler.shutdown(wait=True)  # an in-flight tick (and its action) completes first
         self.audit.emit("stopped", reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
                         firings=self.ticker.health.firings)

@@ -253,7 +253,7 @@ def test_console_log_is_scrubbed_of_the_token(tmp_path, token, capsys):
         except RuntimeError:
             structlog.get_logger("riskd").exception("tick_failed")
     finally:
-        audit_mod.configure_console(json_output=True)
+        structlog.reset_defaults()  # the console of the other tests is not this test's captured stderr
     err = capsys.readouterr().err
     assert "api_error" in err and "tick_failed" in err and token not in err
 
@@ -439,3 +439,18 @@ def test_run_full_disk_while_a_rule_fires_still_closes_and_reports_the_failure(t
         assert verdict is not None and verdict.ok, verdict.message
     else:
         assert '"audit_line_unwritten"' in console and '"action"' in console and '"fired"' in console
+
+
+def test_run_sigusr1_after_logrotate_renamed_the_trail_continues_the_chain_in_a_new_file(tmp_path, sim_factory, riskd_factory, token):
+    sim, server = sim_factory({"accounts": [{"name": "Sim101"}], "rate_limit": None})
+    proc = riskd_factory(write_policy(tmp_path, server.base_url, [], poll_interval="200ms"), token)
+    proc.wait_for("rules_loaded")
+    proc.audit_path.rename(tmp_path / "audit.jsonl.1")  # logrotate's rename, then its postrotate:
+    proc.signal(signal.SIGUSR1)
+    rotated = proc.wait_for("rotated", timeout=5)[0]
+    assert rotated["previous_file"] == str(tmp_path / "audit.jsonl.1")
+    assert proc.stop() == 0
+    assert read_audit(tmp_path / "audit.jsonl.1")[-1]["hash"] == rotated["previous_hash"]
+    assert read_audit(proc.audit_path)[-1]["event"] == "stopped"
+    verdict = verify([proc.audit_path, tmp_path / "audit.jsonl.1"])
+    assert verdict.ok, verdict.message
