@@ -250,7 +250,8 @@ class Daemon:
         """Run until a stop signal; return the exit code."""
         self.audit.emit("started", version=__version__, config=str(self.settings.path) if self.settings.path else None,
                         pid=os.getpid(), dry_run=self.ticker.executor.dry_run, base_url=self.settings.base_url,
-                        poll_interval_s=self.settings.poll_interval)
+                        poll_interval_s=self.settings.poll_interval, timezone=str(self.settings.zone),
+                        session_start=self.settings.session_start.isoformat(timespec="minutes"))
         self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=self.hashes, rule_count=len(self.ticker.rules), reason="start")
         log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
                  dry_run=self.ticker.executor.dry_run)

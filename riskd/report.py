@@ -57,9 +57,15 @@ def collect(lines: Iterable[dict[str, Any]], day: str) -> Day:
     """Given trail lines in order and a trading day, return what the page shows for that day."""
     days = Days()
     result = Day(day)
+    in_force: dict[str, Any] | None = None  # the rules loaded before the day began still apply in it
     for line in lines:
         if days(line) != day:
+            if line.get("event") == "rules_loaded" and not result.lines:
+                in_force = line
             continue
+        if in_force is not None:
+            result.rules_loaded.append(in_force)
+            in_force = None
         result.lines.append(line)
         event = line.get("event")
         ts = line_time(line)
@@ -257,8 +263,8 @@ def _rules(day: Day, w: Any) -> None:
         latest: dict[str, tuple[str, str]] = {}
         for line in day.rules_loaded:
             for name, digest in (line.get("files") or {}).items():
-                latest[name] = (str(digest), str(line.get("ts", ""))[11:19])
-        w("<table><tr><th>rule file</th><th>SHA-256</th><th>loaded</th></tr>")
+                latest[name] = (str(digest), str(line.get("ts", ""))[:19].replace("T", " "))
+        w("<table><tr><th>rule file</th><th>SHA-256</th><th>loaded (UTC)</th></tr>")
         for name, (digest, ts) in sorted(latest.items()):
             w(f"<tr><td>{_e(name)}</td><td><code>{_e(digest)}</code></td><td>{_e(ts)}</td></tr>")
         w("</table>")

@@ -6,7 +6,8 @@ first `seq`, whatever order they are named in; gzip, bzip2 and xz files are read
 
 The "day" of the summary and of `riskd report` is the trading session (trade date) riskd recorded
 on the line (`session`, on `fired` and `sample` lines; an `action` takes the session of the firing
-it belongs to), else the UTC date: a UTC date would cut the evening session in two.
+it belongs to), else the session its time falls in (zone and session start from the `started`
+line). A UTC date would cut the evening session in two.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time as dtime, timedelta, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from riskd.audit import GENESIS, HEAD_SUFFIX, chain_hash, render
 
@@ -353,7 +355,7 @@ class Filter:
                 return False
             if self.until and (moment > self.until[0] if self.until[1] else moment >= self.until[0]):
                 return False
-        if self.day and (day or day_of(line)) != self.day:
+        if self.day and day != self.day:
             return False
         return True
 
@@ -369,26 +371,48 @@ def instrument_matches(pattern: str, instrument: Any) -> bool:
     return fnmatchcase(name, pattern)
 
 
-def day_of(line: dict[str, Any]) -> str:
-    return str(line.get("session") or str(line.get("ts", ""))[:10])
+def session_date(moment: datetime, zone: Any, start: dtime) -> str:
+    """The trade date of the session holding `moment` (as riskd's engine defines it: a session
+    starting at `start` local time belongs to the next calendar day)."""
+    local = moment.astimezone(zone)
+    day = local.date() + timedelta(days=1 if local.time() >= start else 0)
+    return day.isoformat()
+
+
+DEFAULT_ZONE, DEFAULT_SESSION_START = "America/New_York", dtime(18, 0)
 
 
 class Days:
-    """Assigns each line its trading day: its own `session`, the session of its firing (by `key`)
-    for action lines, else its UTC date. Feed lines in order."""
+    """Assigns each line its trading day: its own `session`; for an action, the session of its
+    firing (by `key`); else the session its time falls in, with the zone and session start of the
+    latest `started` line (riskd's defaults before one is seen). Feed lines in order."""
 
     def __init__(self) -> None:
         self._by_key: dict[str, str] = {}
+        self._zone: Any = ZoneInfo(DEFAULT_ZONE)
+        self._start = DEFAULT_SESSION_START
 
     def __call__(self, line: dict[str, Any]) -> str:
         key = line.get("key")
+        if line.get("event") == "started":
+            self._learn(line)
         if line.get("session"):
             if key and line.get("event") == "fired":
                 self._by_key[str(key)] = str(line["session"])
             return str(line["session"])
         if key and str(key) in self._by_key:
             return self._by_key[str(key)]
-        return day_of(line)
+        moment = line_time(line)
+        return session_date(moment, self._zone, self._start) if moment else ""
+
+    def _learn(self, started: dict[str, Any]) -> None:
+        try:
+            if started.get("timezone"):
+                self._zone = ZoneInfo(str(started["timezone"]))
+            if started.get("session_start"):
+                self._start = dtime.fromisoformat(str(started["session_start"]))
+        except (ValueError, KeyError, ZoneInfoNotFoundError):
+            pass
 
 
 # ---------------------------------------------------------------------------------------------
