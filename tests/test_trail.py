@@ -294,7 +294,7 @@ def test_trading_day_is_the_session_trade_date_not_the_utc_date():
     evening = {"event": "api_error", "ts": "2026-03-09T22:30:00.000Z"}  # 18:30 New York: Tuesday's session
     assert days(evening) == "2026-03-10"
     assert days({"event": "api_error", "ts": "2026-03-09T21:59:00.000Z"}) == "2026-03-09"
-    days({"event": "started", "ts": "2026-03-09T00:00:00.000Z", "timezone": "Europe/Berlin", "session_start": "23:30"})
-    assert days(evening) == "2026-03-09"  # 23:30 Berlin: still Monday's session there
+    days({"event": "started", "ts": "2026-03-09T00:00:00.000Z", "timezone": "Europe/Berlin", "session_start": "23:45"})
+    assert days(evening) == "2026-03-09"  # 23:30 in Berlin, before its 23:45 session start
     assert days({"event": "fired", "key": "k", "session": "2026-03-12", "ts": "2026-03-09T22:30:00.000Z"}) == "2026-03-12"
     assert days({"event": "action", "key": "k", "ts": "2026-03-09T22:30:01.000Z"}) == "2026-03-12"  # its firing's day
