@@ -81,7 +81,7 @@ SECRET_KEYS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api_key", "apikey",
     "token", "access_token", "refresh_token", "password", "secret", "client_secret",
 })
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=-]{8,}")
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,8 +314,12 @@ class AuditTrail:
         """Queue one audit line and write what can be written; return the line (its `seq` and
         `hash` are set once it is chained, at once unless the trail is unwritable)."""
         with self._lock:
-            line = self._logger.msg(event, **fields)
-            return line
+            try:
+                line: dict[str, Any] = self._logger.msg(event, **fields)
+                return line
+            except Exception as exc:  # never let the audit trail break a tick (and the close in it)
+                self._console.error("audit_emit_failed", audit_event=event, error=_describe(exc))
+                return {}
 
     def request_reopen(self) -> None:
         """Reopen the trail path before the next line (async-signal-safe: only sets a flag)."""
@@ -387,7 +391,7 @@ class AuditTrail:
                 if not self._pending:
                     self._complete()
             self._unlock()
-        except OSError as exc:
+        except Exception as exc:  # OSError above all (disk full, EFBIG, EROFS, lock held): hold and retry
             self._failed(exc)
             return
         if self._failing is not None:
@@ -582,7 +586,7 @@ class AuditTrail:
 
     # failures ---------------------------------------------------------------------------------
 
-    def _failed(self, exc: OSError) -> None:
+    def _failed(self, exc: Exception) -> None:
         requeued = False
         if self._pending and self._pending_line is not None and len(self._pending) == self._pending_len:
             # nothing of this line reached the file: unchain it, so another writer may go on

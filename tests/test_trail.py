@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RISKD, read_audit, run_cli, wait_until, write_policy
+from conftest import RISKD, read_audit, run_cli, write_policy
 from riskd.audit import AuditTrail
 from riskd.cli import main as cli_main
 from riskd.trail import parse_when, summary, read
