@@ -90,7 +90,6 @@ class Ticker:
             self.last_snapshot = snapshot
             state = self.executor.resolve(snapshot, self.state, now)
             decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
-            self._sample(snapshot, now, {d.account.lower() for d in decisions if d.kind == "fire"})
             for d in decisions:
                 self._audit_decision(d, now)
             self.store.save(state, now)
@@ -99,6 +98,7 @@ class Ticker:
                     self.health.firings += 1
                     state = self.executor.act(d, snapshot, state, now)
             self.state = state
+            self._sample(snapshot, now, {d.account.lower() for d in decisions if d.kind == "fire"})  # after acting: no delay
             return decisions
 
     def _poll(self, now: datetime) -> Snapshot | None:
@@ -144,8 +144,8 @@ class Ticker:
         return max(delay, retry_after or 0.0)
 
     def _sample(self, snapshot: Snapshot, now: datetime, firing: set[str]) -> None:
-        """Audit each account's session P&L once a minute (by the tick's clock) and at every firing,
-        so a day can be reconstructed (`riskd report`)."""
+        """Audit each account's session P&L as this tick's snapshot showed it (before any close),
+        once a minute by the tick's clock and at every firing, so a day can be reconstructed."""
         minute = now.replace(second=0, microsecond=0)
         session = engine.session_of(now, self.engine_settings)
         for account in snapshot.accounts:

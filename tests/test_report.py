@@ -127,10 +127,9 @@ def test_day_samples_once_a_minute_per_account_and_at_every_firing(trading_day):
         mine = [s for s in samples if s["account"] == account]
         assert {s["ts"][11:16] for s in mine} == minutes  # every minute of the session
         assert len(mine) <= len(minutes) + sum(f["account"] == account for f in fired)  # and not more often
-    for f in fired:  # the sample right before each firing shows the P&L the rule saw
-        before = [x for x in lines[:lines.index(f)] if x["event"] == "sample" and x["account"] == f["account"]][-1]
-        assert before["reason"] == "firing" and before["ts"][:19] == f["ts"][:19]
-        assert before["pnl"] == f["inputs"]["account_pnl"] and before["ts"] <= f["ts"]
+    for f in fired:  # a sample at each firing shows the P&L the rule saw (written after the close is sent)
+        (at,) = [x for x in samples if x["account"] == f["account"] and x["reason"] == "firing" and x["ts"][:19] == f["ts"][:19]]
+        assert at["pnl"] == f["inputs"]["account_pnl"] and at["seq"] > f["seq"]
     trim = next(f for f in fired if f["rule"] == "eod-trim")
     assert trim["ts"].startswith("2026-03-10T19:55:00") and trim["local_time"].startswith("2026-03-10T15:55:00.000-04:00")
 
