@@ -222,16 +222,15 @@ def _print_once(decisions: list[Any], rows: list[dict[str, Any]], loaded: list[A
     for d in decisions:
         target = d.account + (f" {d.instrument}" if d.instrument else "")
         print(f"  {d.kind:10} {d.rule:28} {target:24} {d.action}" + (f"  ({d.reason})" if d.reason else ""))
-    print("rules:")
+    print("rules (per target: value seen, threshold, distance to firing):")
     for row in rows:
-        seen = ", ".join(f"{k}={_fmt(v)}" for k, v in (row.get("seen") or {}).items())
-        dist = ", ".join(f"{k} {v:+g} to go" for k, v in (row.get("distance") or {}).items())
-        nxt = f" next {row['next']}" if row.get("next") else ""
-        print(f"  {row['rule']:28} {row['target']:24} {row['status']:8} {seen}{'; ' + dist if dist else ''}{nxt}")
+        print(f"  {row['rule']:28} {row['target']:24} {row['status']}")
+        for c in row["conditions"]:
+            print(f"      {c['name']}={_fmt(c['seen'])}  ({c['threshold']})  {c['distance']}")
     print("next scheduled firings:")
     timed = sorted(((engine.next_occurrence(r, now), r.name) for r in loaded if r.at is not None and r.enabled), key=lambda x: x[0])
-    for when, name in timed or []:
-        print(f"  {when.isoformat()}  {name}")
+    for when, name in timed:
+        print(f"  {when.isoformat()}  {name}  (in {engine.format_span(when - now)})")
     if not timed:
         print("  none")
 

@@ -225,10 +225,12 @@ class Daemon:
                             kept_rules=len(self.ticker.rules))
             log.error("rules_rejected", errors=[str(p) for p in exc.problems], kept_rules=len(self.ticker.rules))
             return False
+        changes = rules_mod.changes(self.ticker.rules, new_rules)
         self.ticker.swap_rules(new_rules)
         self.hashes = hashes
         self._schedule_timed()
-        self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload")
+        self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload",
+                        **changes)
         log.info("rules_loaded", rule_count=len(new_rules), reason="reload")
         return True
 
