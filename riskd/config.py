@@ -86,6 +86,7 @@ class ConfigSpec(_Spec):
     session_start: TimeOfDay = time(18, 0)
     rules: str | list[str] = "rules/"
     audit_log: str = "audit.jsonl"
+    audit_fsync: Literal["actions", "all", "none"] = Field("actions", description="fsync after: decisions, API calls and lifecycle lines (actions), every line (all), none")
     state_dir: str = "state/"
     misfire_grace: Duration = timedelta(seconds=60)
     stale_after: Duration = timedelta(seconds=10)
@@ -150,6 +151,7 @@ class Settings:
     stale_after: timedelta
     dry_run: bool
     scenario: Path | None = None
+    audit_fsync: str = "actions"
     notify: tuple[NotifyTarget, ...] = ()
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
     summary_interval: float = 60.0
@@ -208,6 +210,7 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         stale_after=spec.stale_after,
         dry_run=spec.dry_run,
         scenario=(root / ct.scenario).resolve() if ct.scenario else None,
+        audit_fsync=spec.audit_fsync,
         notify=tuple(_notify_target(t) for t in spec.notify),
         metrics=spec.metrics,
         summary_interval=spec.summary_interval.total_seconds(),

@@ -79,6 +79,7 @@ class Ticker:
         self.state: State = store.load()
         self.health = Health()
         self.last_snapshot: Snapshot | None = None
+        self._sampled: dict[str, datetime] = {}  # account (lower case) -> minute of its last `sample`
         self.lock = threading.Lock()
 
     def tick(self, reason: str = "poll") -> list[Decision] | None:
@@ -95,13 +96,14 @@ class Ticker:
             state = self.executor.resolve(snapshot, self.state, now)
             decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
             for d in decisions:
-                self._audit_decision(d)
+                self._audit_decision(d, now)
             self.store.save(state, now)
             for d in decisions:
                 if d.kind == "fire":
                     self.health.firings += 1
                     state = self.executor.act(d, snapshot, state, now)
             self.state = state
+            self._sample(snapshot, now, {d.account.lower() for d in decisions if d.kind == "fire"})  # after acting: no delay
             return decisions
 
     def _poll(self, now: datetime) -> Snapshot | None:
@@ -146,11 +148,28 @@ class Ticker:
         delay = min(base * 2, base * 0.5 * 2 ** self.health.consecutive_failures) * random.uniform(0.8, 1.0)
         return max(delay, retry_after or 0.0)
 
-    def _audit_decision(self, d: Decision) -> None:
+    def _sample(self, snapshot: Snapshot, now: datetime, firing: set[str]) -> None:
+        """Audit each account's session P&L as this tick's snapshot showed it (before any close),
+        once a minute by the tick's clock and at every firing, so a day can be reconstructed."""
+        minute = now.replace(second=0, microsecond=0)
+        session = engine.session_of(now, self.engine_settings)
+        for account in snapshot.accounts:
+            name = account.name.lower()
+            if self._sampled.get(name) == minute and name not in firing:
+                continue
+            self._sampled[name] = minute
+            self.audit.emit("sample", account=account.name, session=session, reason="firing" if name in firing else "minute",
+                            pnl=account.pnl(), realized=account.realized_pnl, unrealized=account.unrealized_pnl,
+                            commission=account.commission, net_liquidation=account.net_liquidation,
+                            positions=[{"instrument": p.instrument, "side": p.side, "quantity": p.quantity, "pnl": p.unrealized_pnl}
+                                       for p in account.positions])
+
+    def _audit_decision(self, d: Decision, now: datetime) -> None:
         common: dict[str, Any] = {"rule": d.rule, "key": d.key, "account": d.account, "instrument": d.instrument,
                                   "action": d.action, "dry_run": d.dry_run or self.executor.dry_run}
         if d.kind == "fire":
-            self.audit.emit("fired", **common, inputs=d.inputs, threshold=d.threshold, local_time=d.local_time,
+            self.audit.emit("fired", **common, session=engine.session_of(now, self.engine_settings), inputs=d.inputs,
+                            threshold=d.threshold, local_time=d.local_time,
                             reason=d.reason, orders=[o.body() | {"kind": o.kind} for o in d.orders], covers=list(d.covers))
             log.info("fired", rule=d.rule, account=d.account, instrument=d.instrument, action=d.action)
         else:
@@ -257,10 +276,12 @@ class Daemon:
             log.error("rules_rejected", errors=[str(p) for p in exc.problems], kept_rules=len(self.ticker.rules))
             self.systemd.ready(f"reload REJECTED ({len(exc.problems)} errors), old rules kept; " + self.status())
             return False
+        changes = rules_mod.changes(self.ticker.rules, new_rules)
         self.ticker.swap_rules(new_rules)
         self.hashes = hashes
         self._schedule_timed()
-        self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload")
+        self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload",
+                        **changes)
         log.info("rules_loaded", rule_count=len(new_rules), reason="reload")
         self.systemd.ready(self.status())
         return True
@@ -277,12 +298,14 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        signal.signal(signal.SIGUSR1, lambda *_: (self.audit.request_reopen(), self._wake.set()))  # logrotate's postrotate
 
     def run(self, on_ready: Callable[[], None] = lambda: None) -> int:
         """Run until a stop signal; return the exit code."""
         self.audit.emit("started", version=__version__, config=str(self.settings.path) if self.settings.path else None,
                         pid=os.getpid(), dry_run=self.ticker.executor.dry_run, base_url=self.settings.base_url,
-                        poll_interval_s=self.settings.poll_interval)
+                        poll_interval_s=self.settings.poll_interval, timezone=str(self.settings.zone),
+                        session_start=self.settings.session_start.isoformat(timespec="minutes"))
         self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=self.hashes, rule_count=len(self.ticker.rules), reason="start")
         log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
                  dry_run=self.ticker.executor.dry_run)
@@ -308,6 +331,7 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self.reload()
+            self.audit.flush()  # reopen after SIGUSR1 now, not at the next line
         self.systemd.stopping(f"stopping ({self._stop_reason}): finishing the tick in flight")
         self.scheduler.shutdown(wait=True)  # an in-flight tick (and its action) completes first
         self.audit.emit("stopped", reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,

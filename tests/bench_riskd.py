@@ -371,7 +371,7 @@ def bench_memory(ticks: int, workdir: Path) -> dict[str, Any]:
     settings = config.load(d / "riskd.yaml")
     loaded, _ = rules_mod.load(settings.rules, settings.zone)
     start = datetime(2026, 3, 9, 13, 0, tzinfo=timezone.utc)
-    audit = AuditTrail(str(d / "audit.jsonl"), fsync=False)
+    audit = AuditTrail(str(d / "audit.jsonl"))
     store = Store(d / "state")
     ticker = build_ticker(settings, loaded, TOKEN, audit, dry_run=False, store=store, transport=httpx.MockTransport(handler),
                           clock=lambda: start + timedelta(seconds=sim_now[0]))

@@ -230,8 +230,8 @@ def test_config_notify_targets_resolve_from_credential_env_or_url(tmp_path):
     ("notify:\n  - {name: a}\n", "notify.0: give exactly one of 'url_credential', 'url_env' or 'url'"),
     ("notify:\n  - {name: a, url_env: X, url: 'https://h/x'}\n", "(found url, url_env)"),
     ("notify:\n  - {name: a, url: 'ftp://secret-value'}\n", "url must start with http:// or https://"),
-    ("notify:\n  - {name: a, url_env: X, events: [fird]}\n", "notify.0.events.0: Input should be 'fired'"),
-    ("notify:\n  - {name: a, url_env: X, format: teams}\n", "notify.0.format: Input should be 'json', 'slack', 'discord' or 'ntfy'"),
+    ("notify:\n  - {name: a, url_env: X, events: [fird]}\n", "notify.0.events.0: invalid value 'fird'; write fired, failed, stale or rules_rejected"),
+    ("notify:\n  - {name: a, url_env: X, format: teams}\n", "notify.0.format: invalid value 'teams'; write json, slack, discord or ntfy"),
     ("notify:\n  - {name: a, url_env: X}\n  - {name: a, url_env: Y}\n", "duplicate notify target name(s): a"),
 ])
 def test_config_rejects_bad_notify_targets(tmp_path, text, expected):
