@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         if "tick" in only:
             sizes = [(10, 20), (10, 40)] if args.quick else [(50, 100), (100, 100), (50, 200)]
-            out["tick"] = tick_section(5 if args.quick else 50, work, sizes)
+            out["tick"] = tick_section(5 if args.quick else 200, work, sizes)
         if "reaction" in only:
             accounts = 4 if args.quick else 50
             r1 = bench_reaction(1000 if not args.quick else 300, args.breaches, accounts, 4, work / "reaction-1s")
