@@ -57,6 +57,9 @@ AUTH = "auth"  # 401/403: the token is refused; retrying will not help
 TRANSIENT_STATUSES = frozenset({408, 429})
 
 
+_EPSILON = 1e-9
+
+
 class TokenBucket:
     """A thread-safe token bucket: `burst` tokens, refilled at `per_second`.
 
@@ -89,8 +92,8 @@ class TokenBucket:
     def take(self, reserve: float = 0.0) -> bool:
         with self._lock:
             self._refill()
-            if self._tokens - 1 >= reserve:
-                self._tokens -= 1
+            if self._tokens - 1 >= reserve - _EPSILON:
+                self._tokens = max(0.0, self._tokens - 1)
                 return True
             return False
 
@@ -99,10 +102,10 @@ class TokenBucket:
         while True:
             with self._lock:
                 self._refill()
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                if self._tokens >= 1 - _EPSILON:  # float refills land a hair short of a whole token
+                    self._tokens = max(0.0, self._tokens - 1)
                     return True
-                needed = (1 - self._tokens) / self.per_second
+                needed = max((1 - self._tokens) / self.per_second, 1e-4)
             if self.clock() + needed > deadline:
                 return False
             self.sleep(needed)
