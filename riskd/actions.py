@@ -110,6 +110,9 @@ class Executor:
         self.clock = clock
         self._in_doubt: list[Intent] = []
         self._retry_at: dict[str, tuple[datetime, int]] = {}  # key -> (not before, rejected attempts)
+        # why the last action did not get through (408, 429, 5xx, timeout, refused, no budget): the
+        # ticker then sends no other action on that tick, so a sick API gets one probe per tick
+        self.unavailable: str | None = None
 
     def sender_for(self, decision: Decision) -> Sender:
         return self.dry if (self.dry_run or decision.dry_run) else self.live  # type: ignore[return-value]
@@ -175,6 +178,9 @@ class Executor:
             break
         finished = self.clock()
         outcome = last.outcome if last is not None else None
+        self.unavailable = None
+        if last is not None and (status == "unknown" or (status == "failed" and last.transient)):
+            self.unavailable = f"{last.status or last.outcome}: {last.error}"
         if status == "done":
             self._retry_at.pop(decision.key, None)
             state = acknowledge(state, decision, now)

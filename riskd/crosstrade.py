@@ -66,14 +66,21 @@ class TokenBucket:
     `take(reserve=n)` only succeeds while more than n tokens remain, so polls can leave
     headroom for actions; `wait(timeout)` blocks until a token is free (for actions).
     `clock` and `sleep` are injectable so tests can run it on a simulated clock.
+
+    `jitter_s`: the server's bucket sees each request when it arrives, not when it left. A request
+    that travels `d` seconds longer than the one after it leaves the server `d * per_second` tokens
+    short of what the client counted, so a client spending its last token exactly on time would be
+    refused (429). The bucket therefore only spends a token while `jitter_s * per_second` more
+    remain: the same rate and nearly the same burst, never over the server's limit.
     """
 
     def __init__(self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, jitter_s: float = 0.1):
         self.per_second = per_second
         self.burst = burst
         self.clock = clock
         self.sleep = sleep
+        self.margin = min(jitter_s * per_second, max(0.0, burst - 1.0))
         self._tokens = float(burst)
         self._stamp = clock()
         self._lock = threading.Lock()
@@ -92,7 +99,7 @@ class TokenBucket:
     def take(self, reserve: float = 0.0) -> bool:
         with self._lock:
             self._refill()
-            if self._tokens - 1 >= reserve - _EPSILON:
+            if self._tokens - 1 >= max(reserve, self.margin) - _EPSILON:
                 self._tokens = max(0.0, self._tokens - 1)
                 return True
             return False
@@ -102,10 +109,10 @@ class TokenBucket:
         while True:
             with self._lock:
                 self._refill()
-                if self._tokens >= 1 - _EPSILON:  # float refills land a hair short of a whole token
+                if self._tokens >= 1 + self.margin - _EPSILON:  # float refills land a hair short of a whole token
                     self._tokens = max(0.0, self._tokens - 1)
                     return True
-                needed = max((1 - self._tokens) / self.per_second, 1e-4)
+                needed = max((1 + self.margin - self._tokens) / self.per_second, 1e-4)
             if self.clock() + needed > deadline:
                 return False
             self.sleep(needed)
@@ -128,6 +135,7 @@ class Reply:
     error: str | None = None
     retry_after: float | None = None
     earlier: tuple[dict[str, Any], ...] = field(default=())
+    budget: bool = False  # held back by riskd's own rate bucket (nothing was wrong with the API)
 
     @property
     def ok(self) -> bool:
@@ -217,6 +225,7 @@ class CrossTradeClient:
         self.bucket = bucket or TokenBucket(3.0, 20)
         self.poll_reserve = min(poll_reserve, self.bucket.burst - 1)
         self.timeout = timeout
+        self.token_wait = timeout  # how long an action may wait for a rate token
         self.max_attempts = max_attempts
         self.stopping = stopping or threading.Event()
         self.blocked_until: float | None = None  # Retry-After of the last 429, on the bucket's clock
@@ -234,7 +243,7 @@ class CrossTradeClient:
     @property
     def budget_s(self) -> float:
         """The longest one `execute` may take: a wait for a token, then attempts and 429 back-offs."""
-        return self.timeout * (2 + self.max_attempts)
+        return self.token_wait + self.timeout * (1 + self.max_attempts)
 
     # -- transport -----------------------------------------------------------------------------
 
@@ -245,14 +254,16 @@ class CrossTradeClient:
             # never let URL normalisation turn a path into another one (accounts/../positions/flatten)
             return Reply(method, path, body, None, 0.0, REFUSED, error=f"refused: the request path would become {request.url.path}")
         if self.blocked_until is not None:
-            if self.bucket.clock() < self.blocked_until:
-                return Reply(method, path, body, None, 0.0, UNSENT, error="rate limited: waiting out Retry-After")
+            remaining = self.blocked_until - self.bucket.clock()
+            if remaining > 0:
+                return Reply(method, path, body, None, 0.0, UNSENT, error="rate limited: waiting out Retry-After",
+                             retry_after=remaining, budget=True)
             self.blocked_until = None
         if action:
-            if not self.bucket.wait(self.timeout):
-                return Reply(method, path, body, None, 0.0, UNSENT, error="client rate budget exhausted")
+            if not self.bucket.wait(self.token_wait):
+                return Reply(method, path, body, None, 0.0, UNSENT, error="client rate budget exhausted", budget=True)
         elif not self.bucket.take(reserve=self.poll_reserve):
-            return Reply(method, path, body, None, 0.0, UNSENT, error="client rate budget kept for actions")
+            return Reply(method, path, body, None, 0.0, UNSENT, error="client rate budget kept for actions", budget=True)
         if on_send is not None:
             on_send()
         started = time.perf_counter()

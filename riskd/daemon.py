@@ -128,10 +128,16 @@ class Ticker:
                     self._audit_decision(d)
             self.store.save(state, now)
             self.state = state
+            unavailable: str | None = None
             for d in decisions:
                 if d.kind != "fire":
                     continue
-                why = "riskd is stopping; the rule is evaluated again at start" if self.stopping.is_set() else self.executor.gate(d, now)
+                if self.stopping.is_set():
+                    why: str | None = "riskd is stopping; the rule is evaluated again at start"
+                elif unavailable:  # the bridge is down or the budget spent: one probe per tick, not a volley
+                    why = f"the API refused the previous action ({unavailable}); next tick"
+                else:
+                    why = self.executor.gate(d, now)
                 if why is not None:
                     self._defer(d, why)
                     continue
@@ -139,6 +145,7 @@ class Ticker:
                 self._audit_decision(d)
                 self.health.firings += 1
                 self.state = state = self.executor.act(d, snapshot, state, now)
+                unavailable = self.executor.unavailable
             self._save_health(now)
             return decisions
 
@@ -169,8 +176,15 @@ class Ticker:
                 self._save_health(now, force=True)
             return snapshot
         self.health.polls_failed += 1
-        self.health.consecutive_failures += 1
         self.health.last_error = error
+        if reply.budget:  # held back by riskd's own rate budget or a Retry-After: not an API failure
+            self.health.next_poll_at = now + timedelta(seconds=reply.retry_after) if reply.retry_after else None
+            retry = f"after Retry-After, in {reply.retry_after:.2f}s" if reply.retry_after else "next tick: the rate budget went to actions"
+            self.audit.emit("api_error", path=reply.path, status=None, error=error, outcome=reply.outcome,
+                            consecutive=self.health.consecutive_failures, retry=retry)
+            log.warning("api_error", path=reply.path, error=error, retry=retry)
+            return None
+        self.health.consecutive_failures += 1
         delay = self._backoff(reply)
         self.health.next_poll_at = now + timedelta(seconds=delay)
         if reply.outcome == AUTH:

@@ -71,7 +71,8 @@ class Rig:
     """
 
     def __init__(self, tmp: Path, token: str, scenario: dict[str, Any], rules: list[dict[str, Any]], *,
-                 start: datetime | None = None, clock: SimClock | None = None, fsync: bool = True, **settings: Any):
+                 start: datetime | None = None, clock: SimClock | None = None, fsync: bool = True,
+                 transport: Any = None, **settings: Any):
         self.tmp = tmp
         self.clock = clock or SimClock(start or datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc))  # a Tuesday, 10:00 New York
         self.sim = Simulator(scenario, token=token, clock=self.clock.monotonic)
@@ -86,6 +87,7 @@ class Rig:
         self.rules, _ = rules_mod.load(self.settings.rules, self.settings.zone)
         self.token = token
         self.fsync = fsync
+        self.transport = transport
         self.audit_path = Path(self.settings.audit_log)
         self.ticker: Ticker | None = None
         self.store: Store | None = None
@@ -98,7 +100,7 @@ class Rig:
         self.audit = AuditTrail(str(self.audit_path), secrets=[self.token], fsync=self.fsync, clock=self.clock.utc)
         self.store = Store(self.settings.state_dir)
         self.ticker = build_ticker(self.settings, self.rules, self.token, self.audit, dry_run=False, store=self.store,
-                                   clock=self.clock.utc, monotonic=self.clock.monotonic, sleep=self.clock.sleep)
+                                   transport=self.transport, clock=self.clock.utc, monotonic=self.clock.monotonic, sleep=self.clock.sleep)
         return self.ticker
 
     def stop_riskd(self) -> None:
