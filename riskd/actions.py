@@ -229,6 +229,7 @@ class Executor:
                             seen_before=intent.seen, seen_now=now_seen, previous_status=intent.status,
                             previous_outcome=intent.outcome, verdict=verdict)
         self._in_doubt = in_doubt
+        self._retry_at = {k: v for k, v in self._retry_at.items() if now - v[0] < REJECTED_BACKOFF_CAP}  # targets long gone
         inflight = frozenset(k for intent in in_doubt for k in (intent.key, *intent.decision.covers))
         return replace(state, inflight=inflight)
 

@@ -128,6 +128,8 @@ class Ticker:
                     self._audit_decision(d)
             self.store.save(state, now)
             self.state = state
+            fire_keys = {d.key for d in decisions if d.kind == "fire"}
+            self._deferred = {k: v for k, v in self._deferred.items() if k in fire_keys}
             unavailable: str | None = None
             for d in decisions:
                 if d.kind != "fire":
