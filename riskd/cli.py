@@ -48,19 +48,30 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--scenario", help="scenario YAML (default: the bundled demo)")
 
-    audit = sub.add_parser("audit", help="read audit trails: filter, summarise, verify")
-    audit.add_argument("file", nargs="?", help="audit trail (default: the config's audit_log, else ./audit.jsonl)")
+    audit = sub.add_parser("audit", help="read audit trails: filter, summarise, follow, verify",
+                           description="Read the audit trail. FILEs (any order; rotated and compressed ones too) default to the "
+                                       "config's audit_log and the files logrotate made of it.")
+    audit.add_argument("files", nargs="*", metavar="FILE", help="trail files (default: the config's audit_log, else ./audit.jsonl)")
     audit.add_argument("-c", "--config")
-    audit.add_argument("--rule")
-    audit.add_argument("--account")
-    audit.add_argument("--instrument")
-    audit.add_argument("--event")
-    audit.add_argument("--since", help="ISO time or date (UTC unless an offset is given)")
-    audit.add_argument("--until")
-    audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
-    audit.add_argument("--summary", action="store_true", help="per rule and day: firings, closes, contracts, P&L at close")
-    audit.add_argument("--verify", action="store_true", help="check seq and the hash chain; exit 1 at the first bad line")
-    audit.add_argument("--follow", action="store_true", help="keep printing new lines")
+    audit.add_argument("--rule", help="rule name (glob)")
+    audit.add_argument("--account", help="account name (glob, case-insensitive)")
+    audit.add_argument("--instrument", help="root (MES), contract (\"MES 12-26\") or glob")
+    audit.add_argument("--event", help="comma-separated events (fired,action,...); per-minute `sample` lines show only when named")
+    audit.add_argument("--all", action="store_true", help="show sample lines too")
+    audit.add_argument("--since", help="ISO time or date (UTC unless an offset is given), today, yesterday, or 90m/2h/3d ago")
+    audit.add_argument("--until", help="same forms; a date includes that whole day")
+    audit.add_argument("--date", help="one trading day (YYYY-MM-DD, the session's trade date)")
+    audit.add_argument("--json", action="store_true", help="JSON Lines instead of a table")
+    audit.add_argument("--summary", action="store_true", help="per trading day and rule: firings, closes, contracts closed, P&L at close")
+    audit.add_argument("--verify", action="store_true", help="check seq and the hash chain; exit 1 naming the first bad line")
+    audit.add_argument("--follow", "-f", action="store_true", help="keep printing new lines (across rotations)")
+
+    report = sub.add_parser("report", help="one self-contained HTML page for a trading day",
+                            description="Write one HTML page for a trading day: P&L charts with firings, actions and closedPositions.")
+    report.add_argument("files", nargs="*", metavar="FILE", help="trail files (default: the config's audit_log and its rotated files)")
+    report.add_argument("-c", "--config")
+    report.add_argument("--date", help="the trading day, YYYY-MM-DD (default: the latest in the trail)")
+    report.add_argument("-o", "--output", help="output file (default: riskd-report-DATE.html; - for stdout)")
 
     sub.add_parser("schema", help="print the JSON Schema of rule files")
     return parser
@@ -72,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
-    handler = {"run": cmd_run, "check": cmd_check, "once": cmd_once, "sim": cmd_sim, "audit": cmd_audit, "schema": cmd_schema}[args.command]
+    handler = {"run": cmd_run, "check": cmd_check, "once": cmd_once, "sim": cmd_sim, "audit": cmd_audit, "report": cmd_report,
+               "schema": cmd_schema}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -150,7 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             settings, token = _start_sim(settings, stack)
         else:
             token = _token(settings)
-        audit = AuditTrail(settings.audit_log, secrets=[token], on_error=_audit_failed)
+        configure_console(secrets=[token])
+        audit = _audit_trail(settings, token)
         stack.callback(audit.close)
         store = Store(state_dir_for(settings, dry_run))
         stack.callback(store.close)
@@ -161,10 +174,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return daemon.run()
 
 
-def _audit_failed(event: str, exc: Exception) -> None:
+def _audit_trail(settings: config.Settings, token: str) -> AuditTrail:
+    """The audit trail; write failures go to the console (journald) and never stop riskd."""
     import structlog
 
-    structlog.get_logger("riskd").error(event, error=f"{exc.__class__.__name__}: {exc}", note="kept in memory; written when the trail is writable again")
+    return AuditTrail(settings.audit_log, secrets=[token], console=structlog.get_logger("riskd.audit"), fsync=settings.audit_fsync)
 
 
 def cmd_once(args: argparse.Namespace) -> int:
@@ -180,7 +194,8 @@ def cmd_once(args: argparse.Namespace) -> int:
             settings, token = _start_sim(settings, stack)
         else:
             token = _token(settings)
-        audit = AuditTrail(settings.audit_log, secrets=[token], on_error=_audit_failed)
+        configure_console(secrets=[token])
+        audit = _audit_trail(settings, token)
         stack.callback(audit.close)
         if dry_run:  # a dry look must not take the running daemon's state lock, nor change its state
             store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())))
@@ -223,16 +238,15 @@ def _print_once(decisions: list[Any], rows: list[dict[str, Any]], loaded: list[A
     for d in decisions:
         target = d.account + (f" {d.instrument}" if d.instrument else "")
         print(f"  {d.kind:10} {d.rule:28} {target:24} {d.action}" + (f"  ({d.reason})" if d.reason else ""))
-    print("rules:")
+    print("rules (per target: value seen, threshold, distance to firing):")
     for row in rows:
-        seen = ", ".join(f"{k}={_fmt(v)}" for k, v in (row.get("seen") or {}).items())
-        dist = ", ".join(f"{k} {v:+g} to go" for k, v in (row.get("distance") or {}).items())
-        nxt = f" next {row['next']}" if row.get("next") else ""
-        print(f"  {row['rule']:28} {row['target']:24} {row['status']:8} {seen}{'; ' + dist if dist else ''}{nxt}")
+        print(f"  {row['rule']:28} {row['target']:24} {row['status']}")
+        for c in row["conditions"]:
+            print(f"      {c['name']}={_fmt(c['seen'])}  ({c['threshold']})  {c['distance']}")
     print("next scheduled firings:")
     timed = sorted(((engine.next_occurrence(r, now), r.name) for r in loaded if r.at is not None and r.enabled), key=lambda x: x[0])
-    for when, name in timed or []:
-        print(f"  {when.isoformat()}  {name}")
+    for when, name in timed:
+        print(f"  {when.isoformat()}  {name}  (in {engine.format_span(when - now)})")
     if not timed:
         print("  none")
 
@@ -247,11 +261,32 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return serve(args.port, args.scenario, args.host)
 
 
+def _trail_files(args: argparse.Namespace) -> list[Path]:
+    """The FILEs given, else the config's audit_log (or ./audit.jsonl) with its rotated files."""
+    from riskd import trail
+
+    if args.files:
+        return [Path(f) for f in args.files]
+    found = config.find(args.config)
+    live = Path(config.load(found).audit_log if found else "audit.jsonl")
+    if live == Path("-"):
+        raise RiskdError("audit_log is stdout (-): give the trail file to read")
+    try:
+        return trail.default_files(live)
+    except trail.TrailError as exc:
+        raise RiskdError(str(exc)) from None
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from riskd import trail
 
-    path = args.file
-    if path is None:
-        found = config.find(args.config)
-        path = config.load(found).audit_log if found else "audit.jsonl"
-    return trail.main(Path(path), args)
+    files = _trail_files(args)
+    if args.follow and not args.files:
+        files = files[-1:]  # like tail -f: the live file, then what is appended to it
+    return trail.main(files, args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from riskd import report
+
+    return report.main(_trail_files(args), args)

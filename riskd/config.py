@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from datetime import time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -49,6 +49,7 @@ class ConfigSpec(_Spec):
     session_start: TimeOfDay = time(18, 0)
     rules: str | list[str] = "rules/"
     audit_log: str = "audit.jsonl"
+    audit_fsync: Literal["actions", "all", "none"] = Field("actions", description="fsync after: decisions, API calls and lifecycle lines (actions), every line (all), none")
     state_dir: str = "state/"
     misfire_grace: Duration = timedelta(seconds=60)
     stale_after: Duration = timedelta(seconds=10)
@@ -82,6 +83,7 @@ class Settings:
     stale_after: timedelta
     dry_run: bool
     scenario: Path | None = None
+    audit_fsync: str = "actions"
 
     @property
     def simulated(self) -> bool:
@@ -137,6 +139,7 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         stale_after=spec.stale_after,
         dry_run=spec.dry_run,
         scenario=(root / ct.scenario).resolve() if ct.scenario else None,
+        audit_fsync=spec.audit_fsync,
     )
 
 

@@ -94,6 +94,7 @@ class Ticker:
         self.state: State = store.load()
         self.health = Health()
         self.last_snapshot: Snapshot | None = None
+        self._sampled: dict[str, datetime] = {}  # account (lower case) -> minute of its last `sample`
         self.lock = threading.Lock()
         self.stopping = client.stopping
         self.started_at: datetime | None = None
@@ -125,12 +126,13 @@ class Ticker:
                 self.store.prune(now - INTENTS_KEPT)
             for d in decisions:
                 if d.kind != "fire":
-                    self._audit_decision(d)
+                    self._audit_decision(d, now)
             self.store.save(state, now)
             self.state = state
             fire_keys = {d.key for d in decisions if d.kind == "fire"}
             self._deferred = {k: v for k, v in self._deferred.items() if k in fire_keys}
             unavailable: str | None = None
+            acted: set[str] = set()
             for d in decisions:
                 if d.kind != "fire":
                     continue
@@ -144,10 +146,12 @@ class Ticker:
                     self._defer(d, why)
                     continue
                 self._deferred.pop(d.key, None)
-                self._audit_decision(d)
+                self._audit_decision(d, now)
                 self.health.firings += 1
+                acted.add(d.account.lower())
                 self.state = state = self.executor.act(d, snapshot, state, now)
                 unavailable = self.executor.unavailable
+            self._sample(snapshot, now, acted)  # after acting: no delay
             self._save_health(now)
             return decisions
 
@@ -240,11 +244,28 @@ class Ticker:
         self._deferred[d.key] = why
         self.audit.emit("deferred", rule=d.rule, key=d.key, account=d.account, instrument=d.instrument, action=d.action, reason=why)
 
-    def _audit_decision(self, d: Decision) -> None:
+    def _sample(self, snapshot: Snapshot, now: datetime, firing: set[str]) -> None:
+        """Audit each account's session P&L as this tick's snapshot showed it (before any close),
+        once a minute by the tick's clock and at every firing, so a day can be reconstructed."""
+        minute = now.replace(second=0, microsecond=0)
+        session = engine.session_of(now, self.engine_settings)
+        for account in snapshot.accounts:
+            name = account.name.lower()
+            if self._sampled.get(name) == minute and name not in firing:
+                continue
+            self._sampled[name] = minute
+            self.audit.emit("sample", account=account.name, session=session, reason="firing" if name in firing else "minute",
+                            pnl=account.pnl(), realized=account.realized_pnl, unrealized=account.unrealized_pnl,
+                            commission=account.commission, net_liquidation=account.net_liquidation,
+                            positions=[{"instrument": p.instrument, "side": p.side, "quantity": p.quantity, "pnl": p.unrealized_pnl}
+                                       for p in account.positions])
+
+    def _audit_decision(self, d: Decision, now: datetime) -> None:
         common: dict[str, Any] = {"rule": d.rule, "key": d.key, "account": d.account, "instrument": d.instrument,
                                   "action": d.action, "dry_run": d.dry_run or self.executor.dry_run}
         if d.kind == "fire":
-            self.audit.emit("fired", **common, inputs=d.inputs, threshold=d.threshold, local_time=d.local_time,
+            self.audit.emit("fired", **common, session=engine.session_of(now, self.engine_settings), inputs=d.inputs,
+                            threshold=d.threshold, local_time=d.local_time,
                             reason=d.reason, orders=[o.body() | {"kind": o.kind} for o in d.orders], covers=list(d.covers))
             log.info("fired", rule=d.rule, account=d.account, instrument=d.instrument, action=d.action)
         else:
@@ -305,10 +326,12 @@ class Daemon:
                             kept_rules=len(self.ticker.rules))
             log.error("rules_rejected", errors=[str(p) for p in exc.problems], kept_rules=len(self.ticker.rules))
             return False
+        changes = rules_mod.changes(self.ticker.rules, new_rules)
         self.ticker.swap_rules(new_rules)
         self.hashes = hashes
         self._schedule_timed()
-        self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload")
+        self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload",
+                        **changes)
         log.info("rules_loaded", rule_count=len(new_rules), reason="reload")
         return True
 
@@ -325,12 +348,14 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+        signal.signal(signal.SIGUSR1, lambda *_: (self.audit.request_reopen(), self._wake.set()))  # logrotate's postrotate
 
     def run(self, on_ready: Callable[[], None] = lambda: None) -> int:
         """Run until a stop signal; return the exit code."""
         self.audit.emit("started", version=__version__, config=str(self.settings.path) if self.settings.path else None,
                         pid=os.getpid(), dry_run=self.ticker.executor.dry_run, base_url=self.settings.base_url,
-                        poll_interval_s=self.settings.poll_interval)
+                        poll_interval_s=self.settings.poll_interval, timezone=str(self.settings.zone),
+                        session_start=self.settings.session_start.isoformat(timespec="minutes"))
         self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=self.hashes, rule_count=len(self.ticker.rules), reason="start")
         log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
                  dry_run=self.ticker.executor.dry_run)
@@ -346,6 +371,7 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self.reload()
+            self.audit.flush()  # reopen after SIGUSR1 now, not at the next line
         self.scheduler.shutdown(wait=True)  # an in-flight tick finishes its action (bounded by the client timeouts)
         with self.ticker.lock:
             in_doubt = [i.key for i in self.ticker.executor.in_doubt]

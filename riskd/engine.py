@@ -8,20 +8,27 @@ Firing semantics (SPEC §3 "When a rule fires"):
 - a rule is evaluated per target: per matched position when it has a position condition or a
   per-position action (close, reduce_to), per account otherwise;
 - `at` rules fire once per occurrence for the targets in scope at that instant; an occurrence found
-  later than `misfire_grace` is `missed` (if the rule already existed then);
+  later than `misfire_grace` is `missed` (if the rule already existed then). An occurrence is the
+  first instant the rule zone's clock reads `at` on that day (DST: the end of a spring-forward gap,
+  the first of two fall-back times);
 - other rules fire on the edge: while their conditions hold and the target carries no fired marker;
-  conditions seen false clear the marker (re-arm); a reopened position is a new target;
+  conditions seen false clear the marker (re-arm); a reopened position is a new target; an account
+  missing from a snapshot keeps its markers and first-seen times;
 - `for` holds a condition continuously before firing;
+- `between` windows that wrap midnight belong to the day they open on (for `days`);
 - a lock (set when a `lock: true` firing is acknowledged) closes any position in scope at once;
 - on one target in one tick, the most severe action wins (flatten > close all > partial, ties by
-  file order); the others are `superseded` and counted as done when the winner is acknowledged;
-- everything resets at the session boundary.
+  file order); the others are `superseded`: counted as done when a winner that closes everything
+  (flatten, close all) is acknowledged, evaluated again next tick after a partial winner;
+- markers, holds, peaks, locks and first-seen times reset at the session boundary; occurrence
+  records are keyed by instant and kept (8 days), so a past session's occurrence is never `missed`;
+- a rule whose digest changed (edited) forgets its state; unchanged rules keep theirs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Callable, Iterable
@@ -92,32 +99,41 @@ def session_of(now: datetime, settings: EngineSettings) -> str:
     return day.isoformat()
 
 
-def _instant(day: date, at: time, zone: Any) -> datetime:
-    return datetime.combine(day, at, tzinfo=zone)
+def wall_instant(day: date, at: time, zone: Any) -> datetime:
+    """Given a local date, a wall-clock time and a zone, return the first instant at which that zone's
+    clock reads `at` or later on that date: the time itself on most days, the first of the two on a
+    fall-back day, and the end of the gap (e.g. 03:00 for 02:30) on a spring-forward day."""
+    wall = datetime.combine(day, at)
+    first = wall.replace(tzinfo=zone)  # fold=0: the earlier of two equal wall times
+    if first.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None) == wall:
+        return first
+    lo = wall.replace(tzinfo=zone, fold=1).astimezone(timezone.utc)  # before the jump: the clock reads less than `at`
+    hi = first.astimezone(timezone.utc)  # after the jump: more than `at`
+    while hi - lo > timedelta(seconds=1):
+        mid = lo + (hi - lo) / 2
+        if mid.astimezone(zone).replace(tzinfo=None) >= wall:
+            hi = mid
+        else:
+            lo = mid
+    return hi.replace(microsecond=0).astimezone(zone)
+
+
+def _wall_occurrences(at: time, days: frozenset[int], zone: Any, now: datetime, step: int) -> Iterable[datetime]:
+    local = now.astimezone(zone).date()
+    for offset in range(-1, 9):
+        day = local + timedelta(days=offset * step)
+        if day.weekday() in days:
+            yield wall_instant(day, at, zone)
 
 
 def last_occurrence(rule: Rule, now: datetime) -> datetime | None:
-    """Given an `at` rule and an instant, return its latest occurrence at or before it (local wall time)."""
-    local = now.astimezone(rule.zone)
-    for back in range(8):
-        day = local.date() - timedelta(days=back)
-        if day.weekday() in rule.days:
-            occ = _instant(day, rule.at, rule.zone)
-            if occ <= now:
-                return occ
-    return None
+    """Given an `at` rule and an instant, return its latest occurrence at or before it."""
+    return next((occ for occ in _wall_occurrences(rule.at, rule.days, rule.zone, now, -1) if occ <= now), None)
 
 
 def next_occurrence(rule: Rule, now: datetime) -> datetime | None:
     """Given an `at` rule and an instant, return its first occurrence strictly after it."""
-    local = now.astimezone(rule.zone)
-    for ahead in range(8):
-        day = local.date() + timedelta(days=ahead)
-        if day.weekday() in rule.days:
-            occ = _instant(day, rule.at, rule.zone)
-            if occ > now:
-                return occ
-    return None
+    return next((occ for occ in _wall_occurrences(rule.at, rule.days, rule.zone, now, 1) if occ > now), None)
 
 
 def _in_window(window: tuple[time, time], moment: time) -> bool:
@@ -177,7 +193,10 @@ class Target:
 
 def _between(spec: tuple[time, time], t: Target) -> tuple[bool, dict[str, Any]]:
     local = t.local.time().replace(microsecond=0)
-    return t.local.weekday() in t.days and _in_window(spec, local), {"local_time": local.isoformat()}
+    day = t.local.date()
+    if spec[0] > spec[1] and local < spec[1]:
+        day -= timedelta(days=1)  # past midnight in a wrapping window: it belongs to the day it opened
+    return day.weekday() in t.days and _in_window(spec, local), {"local_time": local.isoformat()}
 
 
 def _outside(spec: tuple[time, time], t: Target) -> tuple[bool, dict[str, Any]]:
@@ -214,7 +233,7 @@ def drawdown_floor(spec: Any, peak: float) -> float:
 def _account_drawdown(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
     pnl = t.account.pnl()
     floor = drawdown_floor(spec, t.peak)
-    armed = t.peak >= spec.after
+    armed = t.peak >= spec.after and (spec.limit[0] == "dollars" or t.peak > 0)  # N% of a zero peak is no limit yet
     return armed and pnl <= floor, {"account_pnl": pnl, "peak": t.peak, "floor": floor, "armed": armed}
 
 
@@ -231,7 +250,7 @@ CONDITIONS: dict[str, Callable[[Any, Target], tuple[bool, dict[str, Any]]]] = {
 
 def _describe(spec: Any) -> Any:
     """A condition's parameters as plain JSON values, for the audit trail."""
-    if hasattr(spec, "model_fields"):
+    if hasattr(type(spec), "model_fields"):
         return {k: _describe(v) for k, v in vars(spec).items() if v is not None}
     if isinstance(spec, (tuple, list)):
         return [_describe(x) for x in spec]
@@ -308,15 +327,18 @@ class _Tick:
         self.snapshot = snapshot
         self.now = now
         self.settings = settings
-        self.fired: dict[str, str] = {}
         self.pending: dict[str, str] = {}
         self.occurrences = dict(state.occurrences)
         self.decisions: list[Decision] = []
-        self.first_seen: dict[str, str] = {}
+        present = {a.name.lower() for a in snapshot.accounts}
+        # an account missing from one snapshot keeps its positions' identities and its markers
+        self.first_seen = {k: v for k, v in state.first_seen.items() if k.split("|", 1)[0] not in present}
         for account in snapshot.accounts:
             for pos in account.positions:
-                key = _position_key(account.name, pos.instrument)
-                self.first_seen[key] = state.first_seen.get(key) or now.isoformat()
+                if pos.quantity > 0:
+                    key = _position_key(account.name, pos.instrument)
+                    self.first_seen[key] = state.first_seen.get(key) or now.isoformat()
+        self.fired = {k: v for k, v in state.fired.items() if (k.split("|") + [""])[1].lower() not in present}
         self.peaks = dict(state.peaks)
         for account in snapshot.accounts:
             name = account.name.lower()
@@ -488,8 +510,12 @@ def _arbitrate(decisions: list[Decision], order: dict[str, int]) -> list[Decisio
         winners.append(d)
     for loser, by in losers:
         winner = winners[by]
-        winners[by] = replace(winner, covers=winner.covers + (loser.key,))
-        others.append(replace(loser, kind="superseded", orders=(), reason=f"rule {winner.rule} ({winner.action}) covers this target"))
+        if winner.severity >= Severity.CLOSE_ALL:  # nothing left in scope: the loser's firing is done too
+            winners[by] = replace(winner, covers=winner.covers + (loser.key,))
+            reason = f"rule {winner.rule} ({winner.action}) covers this target"
+        else:  # a partial close leaves a position: the loser looks at it again next tick
+            reason = f"rule {winner.rule} ({winner.action}) acts on this target first; this rule is evaluated again next tick"
+        others.append(replace(loser, kind="superseded", orders=(), reason=reason))
     return winners + others
 
 
@@ -500,9 +526,12 @@ def _touches(d: Decision) -> set[str | None]:
 def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings) -> tuple[list[Decision], State]:
     """Given the rules, the remembered state, a fresh snapshot and the current instant, return the
     decisions of this tick and the state to remember (fired markers only change on `acknowledge`)."""
+    now = now.astimezone(timezone.utc)
     session = session_of(now, settings)
-    if state.session != session:
-        state = State(session=session, known=state.known, inflight=state.inflight)
+    if state.session != session:  # a new session: markers, holds, peaks, locks and first-seen times start over
+        horizon = now - timedelta(days=8)  # occurrences are keyed by their instant, so they stay (for `missed`)
+        occurrences = {k: v for k, v in state.occurrences.items() if datetime.fromisoformat(k.split("@", 1)[1]) >= horizon}
+        state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences)
     known = {}
     for rule in rules:
         entry = state.known.get(rule.name)
@@ -568,43 +597,96 @@ def acknowledge(state: State, decision: Decision, now: datetime) -> State:
 
 
 def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings) -> list[dict[str, Any]]:
-    """Given the same inputs as evaluate, return per rule and target what was seen and how far it is from firing."""
-    _, state = evaluate(rules, state, snapshot, now, settings)
+    """Given the same inputs as evaluate, return one row per rule and target: its status (disabled,
+    fired, fires now, holding (a `for` is running), not met, timed, no target in scope), and per condition the value seen,
+    the threshold, whether it holds and how far it is from holding; `next` is the next occurrence
+    of a timed rule."""
+    now = now.astimezone(timezone.utc)
+    decisions, state = evaluate(rules, state, snapshot, now, settings)
+    firing = {(d.rule, d.account, d.instrument) for d in decisions if d.kind == "fire"}
     tick = _Tick(state, snapshot, now, settings)
     rows: list[dict[str, Any]] = []
     for rule in rules:
+        nxt = next_occurrence(rule, now) if rule.at is not None else None
+        base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None}
         if not rule.enabled:
-            rows.append({"rule": rule.name, "target": "-", "status": "disabled"})
+            rows.append({**base, "target": "-", "status": "disabled", "conditions": []})
             continue
         targets = list(tick.targets(rule))
         for account, position in targets:
-            holds, inputs = check(rule, tick.target(rule, account, position))
+            target = tick.target(rule, account, position)
             key = f"{rule.name}|{tick.target_key(rule, account, position)}"
-            status = "fired" if key in state.fired else ("holds" if holds else "armed")
-            rows.append({
-                "rule": rule.name,
-                "target": account.name + (f" {position.instrument}" if position else ""),
-                "status": "timed" if rule.at is not None else status,
-                "seen": inputs,
-                "threshold": threshold_of(rule),
-                "distance": _distance(rule, inputs),
-                "next": next_occurrence(rule, now).isoformat() if rule.at is not None else None,  # type: ignore[union-attr]
-            })
+            holds, _ = check(rule, target)
+            conditions = [_explain_condition(name, spec, target) for name, spec in rule.conditions]
+            if rule.at is not None:
+                conditions.insert(0, {"name": "at", "seen": target.local.strftime("%H:%M:%S"), "threshold": rule.at.isoformat(),
+                                      "holds": False, "distance": f"next {nxt.isoformat()} (in {format_span(nxt - now)})" if nxt else "never"})
+            if rule.hold is not None:
+                since = state.pending.get(key)
+                held = (now - datetime.fromisoformat(since)) if since else timedelta(0)
+                distance = "holds" if since and held >= rule.hold else (
+                    f"{format_span(rule.hold - held)} to go" if since else "starts when the other conditions hold")
+                conditions.append({"name": "for", "seen": format_span(held), "threshold": format_span(rule.hold),
+                                   "holds": bool(since) and held >= rule.hold, "distance": distance})
+            if (rule.name, account.name, position.instrument if position else None) in firing:
+                status = "fires now"
+            elif rule.at is not None:
+                status = "timed"
+            elif key in state.fired:
+                status = "fired"
+            else:
+                status = "holding" if holds else "not met"
+            rows.append({**base, "target": account.name + (f" {position.instrument}" if position else ""), "status": status,
+                         "conditions": conditions})
         if not targets:
-            rows.append({"rule": rule.name, "target": "-", "status": "no target in scope",
-                         "next": next_occurrence(rule, now).isoformat() if rule.at is not None else None})  # type: ignore[union-attr]
+            rows.append({**base, "target": "-", "status": "no target in scope", "conditions": []})
     return rows
 
 
-def _distance(rule: Rule, inputs: dict[str, Any]) -> dict[str, float]:
-    """How far each dollar/size threshold is from being crossed (positive = not yet)."""
-    out: dict[str, float] = {}
-    for name, spec in rule.conditions:
-        if name in ("position_pnl", "account_pnl") and name in inputs:
-            value = inputs[name]
-            out[name] = round(value - spec.below if spec.below is not None else spec.above - value, 2)
-        elif name == "position_size" and "position_size" in inputs:
-            out[name] = spec.above + 1 - inputs["position_size"]
-        elif name == "account_drawdown" and "floor" in inputs:
-            out[name] = round(inputs["account_pnl"] - inputs["floor"], 2)
-    return out
+def format_span(delta: timedelta) -> str:
+    """A duration for people: 45s, 3m05s, 2h10m."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _explain_condition(name: str, spec: Any, t: Target) -> dict[str, Any]:
+    """One condition of one target: the value seen, the threshold, whether it holds, how far from holding."""
+    holds, seen = CONDITIONS[name](spec, t)
+    row: dict[str, Any] = {"name": name, "holds": holds}
+    if name in ("position_pnl", "account_pnl"):
+        value = seen[name]
+        side, level = next(iter(spec.describe().items()))
+        row.update(seen=round(value, 2), threshold=f"{side} {level:.2f}")
+        gap = value - level if side == "below" else level - value
+        row["distance"] = "holds" if holds else f"${gap:.2f} to go"
+        if name == "account_pnl" and (spec.basis != "total" or spec.net_of_commission):
+            row["threshold"] += f" ({spec.basis}{', net of commission' if spec.net_of_commission else ''})"
+    elif name == "position_size":
+        row.update(seen=seen[name], threshold=f"above {spec.above}",
+                   distance="holds" if holds else f"{spec.above + 1 - seen[name]} contract(s) to go")
+    elif name == "position_age":
+        age = timedelta(seconds=seen["position_age_s"])
+        row.update(seen=format_span(age), threshold=f"above {format_span(spec.above)}",
+                   distance="holds" if holds else f"{format_span(spec.above - age)} to go")
+    elif name == "account_drawdown":
+        kind, amount = spec.limit
+        limit = f"{amount * 100:g}% of the peak" if kind == "percent" else f"${amount:.2f}"
+        row.update(seen=round(seen["account_pnl"], 2), threshold=f"{limit} below the peak (peak {seen['peak']:.2f}, floor {seen['floor']:.2f})")
+        if not seen["armed"]:
+            row["distance"] = f"inactive until the peak reaches {max(spec.after, 0):.2f}" + (" and is above 0" if kind == "percent" else "")
+        else:
+            row["distance"] = "holds" if holds else f"${seen['account_pnl'] - seen['floor']:.2f} to go"
+    else:  # between / outside
+        start, end = spec
+        row.update(seen=seen["local_time"], threshold=f"{name} {start.isoformat()}-{end.isoformat()}")
+        if holds:
+            row["distance"] = "holds"
+        else:
+            edge = start if name == "between" else end
+            nxt = next((o for o in _wall_occurrences(edge, t.days, t.local.tzinfo, t.now, 1) if o > t.now), None)
+            row["distance"] = f"holds from {nxt.isoformat()} (in {format_span(nxt - t.now)})" if nxt else "never"
+    return row

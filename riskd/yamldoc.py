@@ -3,7 +3,8 @@
 Given a file, `load` returns the Python data and the composed node tree; `validate` turns the data
 into a frozen pydantic model and reports EVERY problem at once as a located `Problem`
 (file:line:col, the rule it belongs to, the field, and a fix). YAML 1.1 traps are closed:
-`15:55` stays the string "15:55" (not the base-60 integer 955) and duplicate keys are errors.
+`15:55` stays the string "15:55" (not the base-60 integer 955), only true/false are booleans (so
+`name: off` is a name and `flatten: yes` is an error, not a silent True), and duplicate keys are errors.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver(  # YAML 1.2 booleans only: `name: off` is a name, `flatten: yes` is an error
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:int",
     re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
@@ -63,10 +67,7 @@ class Document:
             finally:
                 loader.dispose()
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            what = exc.problem or "invalid YAML"
-            self.problems.append(Problem(str(path), line, col, "", f"YAML syntax error: {what}"))
+            self.problems.append(Problem(str(path), *_syntax_error(exc)))
             self.node = None
             self.data = None
 
@@ -111,6 +112,19 @@ class Document:
         return node
 
 
+def _syntax_error(exc: yaml.MarkedYAMLError) -> tuple[int, int, str, str]:
+    """Given a PyYAML error, return (line, col, field, message): where the parser stopped, what it
+    expected, and where the construct it was reading began."""
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    message = f"YAML syntax error: {exc.problem or 'invalid YAML'}"
+    if exc.context and exc.context_mark and exc.context_mark is not mark:
+        message += f" ({exc.context} that starts at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+    if "\\t" in (exc.problem or ""):
+        message += "; YAML indents with spaces, never tabs"
+    return line, col, "", message
+
+
 def read(path: Path) -> Document:
     """Given a path, return its Document; raise ConfigError if the file cannot be read."""
     try:
@@ -124,11 +138,25 @@ def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) 
     kind = err["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
+        homes = [home for home in _homes(model, str(loc[-1])) if home != (str(loc[-2]) if len(loc) > 1 else "")]
+        if homes:
+            return f"unknown key '{loc[-1]}' here; it belongs under '{homes[0]}:'"
         guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.5)
-        hint = f"did you mean '{guess[0]}'?" if guess else f"allowed keys: {', '.join(sorted(allowed))}"
-        return f"unknown key '{loc[-1]}'; {hint}"
+        if guess:
+            return f"unknown key '{loc[-1]}'; did you mean '{guess[0]}'?"
+        return f"unknown key '{loc[-1]}'; allowed keys: {', '.join(sorted(allowed))}"
     if kind == "missing":
-        return "required key is missing"
+        found = _model_at(model, loc)
+        return "required key is missing" + (f"; add {found.expected}" if hasattr(found, "expected") else "")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        found = _model_at(model, loc)
+        return f"expected {getattr(found, 'expected', 'a mapping')}, got {_describe(err['input'])}"
+    if kind == "list_type":
+        return f"expected a list (one item per line, each starting with '- '), got {_describe(err['input'])}"
+    if kind == "literal_error":
+        return f"invalid value {err['input']!r}; write {err['ctx']['expected'].replace(chr(39), '')}"
+    if kind == "string_type":
+        return f"expected text, got {_describe(err['input'])}"
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
@@ -136,21 +164,58 @@ def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) 
     return msg
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Given a model and a path into it, return the keys allowed in the mapping at that path."""
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else type(value).__name__
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """Given a model and a path into it, return the model that validates the value at that path (or None)."""
     current: Any = model
     for part in loc:
         if isinstance(part, int):
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
+            return None
         field = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
         if field is None:
-            return []
+            return None
         current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or n for n, f in current.model_fields.items()]
-    return []
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Given a model and a path into it, return the keys allowed in the mapping at that path."""
+    current = _model_at(model, loc)
+    return [f.alias or n for n, f in current.model_fields.items()] if current is not None else []
+
+
+def _homes(model: type[BaseModel], key: str) -> list[str]:
+    """Given a model and a key, return the names of the sections (anywhere in the model) where the key is valid."""
+    homes: list[str] = []
+    seen: set[type] = set()
+
+    def walk(current: type[BaseModel], label: str) -> None:
+        if current in seen:
+            return
+        seen.add(current)
+        names = [f.alias or n for n, f in current.model_fields.items()]
+        if key in names and label:
+            homes.append(label)
+        for name, f in current.model_fields.items():
+            inner = _model_in(f.annotation)
+            if inner is not None:
+                walk(inner, f.alias or name)
+
+    walk(model, "")
+    return homes
 
 
 def _model_in(annotation: Any) -> Any:
@@ -189,7 +254,7 @@ def validate(
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or "[" in p)))
             rule, label, yaml_path = field_of(loc)
-            node = doc.locate(yaml_path, key=err["type"] == "extra_forbidden")
+            node = doc.locate(yaml_path, key=err["type"] in ("extra_forbidden", "null_value"))
             doc.problems.append(doc.problem_at(node, label, _message(err, model, loc), rule))
         doc.problems.sort(key=lambda p: (p.line, p.col))
         return None

@@ -97,7 +97,7 @@ class Rig:
     # -- riskd ---------------------------------------------------------------------------------
 
     def start_riskd(self) -> Ticker:
-        self.audit = AuditTrail(str(self.audit_path), secrets=[self.token], fsync=self.fsync, clock=self.clock.utc)
+        self.audit = AuditTrail(str(self.audit_path), secrets=[self.token], fsync="actions" if self.fsync else "none", clock=self.clock.utc)
         self.store = Store(self.settings.state_dir)
         self.ticker = build_ticker(self.settings, self.rules, self.token, self.audit, dry_run=False, store=self.store,
                                    transport=self.transport, clock=self.clock.utc, monotonic=self.clock.monotonic, sleep=self.clock.sleep)
