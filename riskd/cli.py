@@ -210,13 +210,29 @@ def cmd_once(args: argparse.Namespace) -> int:
         ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
         stack.callback(ticker.client.close)
         state_before = ticker.state
+        _print_daemon_health(Store.peek_health(state_dir_for(settings, False)), utc_now())
         decisions = ticker.tick("once")
         if decisions is None:
-            print("riskd: no usable snapshot from the API (see the audit trail's api_error)", file=sys.stderr)
+            print(f"riskd: no usable snapshot from the API: {ticker.health.last_error or 'not polled'} "
+                  "(see the audit trail's api_error)", file=sys.stderr)
             return EXIT_FAILURE
         now = utc_now()
         _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, engine_settings(settings)), loaded, now, dry_run)
         return EXIT_OK
+
+
+def _print_daemon_health(health: dict[str, Any] | None, now: Any) -> None:
+    """One line on the running (or last) daemon: its last successful poll, and STALE when it has none lately."""
+    if not health:
+        return
+    from datetime import datetime
+
+    last_ok = health.get("last_ok")
+    ago = f" ({(now - datetime.fromisoformat(last_ok)).total_seconds():.0f}s ago)" if last_ok else ""
+    line = f"daemon: last successful poll {last_ok or 'never'}{ago}"
+    if health.get("stale"):
+        line += f"; STALE since {health.get('stale_since')} (last error: {health.get('last_error')})"
+    print(line)
 
 
 def _print_once(decisions: list[Any], rows: list[dict[str, Any]], loaded: list[Any], now: Any, dry_run: bool) -> None:

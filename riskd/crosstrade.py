@@ -5,21 +5,40 @@ request and the response body kept verbatim for the audit trail. The token lives
 httpx client's default headers: it is never logged, audited or put in an exception.
 
 There is deliberately no method for `POST /positions/flatten`: with an empty body it flattens
-every account, so riskd only ever flattens through `accounts/{account}/positions/flatten`.
+every account, so riskd only ever flattens through `accounts/{account}/positions/flatten`, and
+`_send` refuses any request whose final URL is not exactly the path it was asked for (an account
+named `..` would otherwise turn `accounts/../positions/flatten` into that very call).
+
+Faults, and what each one becomes (`Reply.outcome`):
+
+    200 + success: true               OK        (a read: any JSON; a write must say success: true)
+    400 "No positions found ..."      FLAT      already flat: the firing is done
+    408 NinjaTrader disconnected      REJECTED  not applied; the caller retries on a later tick
+    429 rate limited                  REJECTED  retried here (writes), honouring Retry-After
+    other 4xx, success: false         REJECTED
+    401 / 403                         AUTH      the token is refused: no retry storm
+    5xx, read timeout, reset, a 2xx
+      whose body is not what a write
+      answers (malformed JSON ...)    UNKNOWN   it may have acted: settle against a fresh snapshot
+    connection refused, connect
+      timeout, no rate budget         UNSENT    the request never left
+    an order riskd must never send    REFUSED   nothing left (see `request_for`)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 from urllib.parse import quote
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, stop_after_delay, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_exponential
 
 from riskd import __version__
 from riskd.errors import ApiError
@@ -31,27 +50,44 @@ FLAT = "flat"  # 400 "No positions found ...": already flat, the firing is done
 REJECTED = "rejected"  # the API answered and did not act (4xx, 408, 429, success: false)
 UNKNOWN = "unknown"  # it may have acted: timeout, 5xx, unreadable 200 — re-read before retrying
 UNSENT = "unsent"  # the request never left (connection refused, rate budget exhausted)
+REFUSED = "refused"  # riskd refused to send it (an order it must never send): nothing left
 AUTH = "auth"  # 401/403: the token is refused; retrying will not help
+
+# HTTP statuses of a refusal that a later attempt may not get: the bridge is down, the budget is spent.
+TRANSIENT_STATUSES = frozenset({408, 429})
+
+
+_EPSILON = 1e-9
 
 
 class TokenBucket:
     """A thread-safe token bucket: `burst` tokens, refilled at `per_second`.
 
     `take(reserve=n)` only succeeds while more than n tokens remain, so polls can leave
-    headroom for actions; `wait(deadline)` blocks until a token is free (for actions).
+    headroom for actions; `wait(timeout)` blocks until a token is free (for actions).
+    `clock` and `sleep` are injectable so tests can run it on a simulated clock.
+
+    `jitter_s`: the server's bucket sees each request when it arrives, not when it left. A request
+    that travels `d` seconds longer than the one after it leaves the server `d * per_second` tokens
+    short of what the client counted, so a client spending its last token exactly on time would be
+    refused (429). The bucket therefore only spends a token while `jitter_s * per_second` more
+    remain: the same rate and nearly the same burst, never over the server's limit.
     """
 
-    def __init__(self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, jitter_s: float = 0.1):
         self.per_second = per_second
         self.burst = burst
-        self._clock = clock
+        self.clock = clock
+        self.sleep = sleep
+        self.margin = min(jitter_s * per_second, max(0.0, burst - 1.0))
         self._tokens = float(burst)
         self._stamp = clock()
         self._lock = threading.Lock()
 
     def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.per_second)
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._stamp) * self.per_second)
         self._stamp = now
 
     @property
@@ -63,28 +99,31 @@ class TokenBucket:
     def take(self, reserve: float = 0.0) -> bool:
         with self._lock:
             self._refill()
-            if self._tokens - 1 >= reserve:
-                self._tokens -= 1
+            if self._tokens - 1 >= max(reserve, self.margin) - _EPSILON:
+                self._tokens = max(0.0, self._tokens - 1)
                 return True
             return False
 
-    def wait(self, timeout: float, sleep: Callable[[float], None] = time.sleep) -> bool:
-        deadline = self._clock() + timeout
+    def wait(self, timeout: float) -> bool:
+        deadline = self.clock() + timeout
         while True:
             with self._lock:
                 self._refill()
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                if self._tokens >= 1 + self.margin - _EPSILON:  # float refills land a hair short of a whole token
+                    self._tokens = max(0.0, self._tokens - 1)
                     return True
-                needed = (1 - self._tokens) / self.per_second
-            if self._clock() + needed > deadline:
+                needed = max((1 + self.margin - self._tokens) / self.per_second, 1e-4)
+            if self.clock() + needed > deadline:
                 return False
-            sleep(needed)
+            self.sleep(needed)
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """One API exchange as the audit trail records it."""
+    """One API exchange as the audit trail records it.
+
+    `earlier` holds the attempts before this one that were retried (429s), as audit dicts.
+    """
 
     method: str
     path: str
@@ -95,21 +134,37 @@ class Reply:
     response: Any = None  # the JSON body verbatim, or the raw text when it was not JSON
     error: str | None = None
     retry_after: float | None = None
+    earlier: tuple[dict[str, Any], ...] = field(default=())
+    budget: bool = False  # held back by riskd's own rate bucket (nothing was wrong with the API)
 
     @property
     def ok(self) -> bool:
         return self.outcome in (OK, FLAT)
 
+    @property
+    def transient(self) -> bool:
+        """A refusal worth retrying on the next tick (bridge down, rate limited, never sent)."""
+        return self.outcome == UNSENT or (self.outcome == REJECTED and self.status in TRANSIENT_STATUSES)
+
     def request(self) -> dict[str, Any]:
         return {"method": self.method, "path": self.path, "json": self.body}
 
+    def brief(self) -> dict[str, Any]:
+        return {"status": self.status, "outcome": self.outcome, "error": self.error, "latency_ms": self.latency_ms}
 
-def _classify(status: int, data: Any, text: str) -> tuple[str, str | None]:
+
+def _classify(status: int, data: Any, write: bool) -> tuple[str, str | None]:
+    """Given an HTTP status and the parsed body (None when not JSON), return (outcome, error).
+
+    A write counts as done only on `success: true`; a 2xx write answer of any other shape may or
+    may not have acted (UNKNOWN). A read is OK on any 2xx JSON; its parser judges the shape."""
     error = None
     if isinstance(data, dict):
-        error = data.get("error")
-        if data.get("detail"):
-            error = f"{error}: {data['detail']}" if error else data["detail"]
+        raw = data.get("error")
+        error = raw if isinstance(raw, str) else (json.dumps(raw) if raw is not None else None)
+        detail = data.get("detail")
+        if detail:
+            error = f"{error}: {detail}" if error else str(detail)
     if status in (401, 403):
         return AUTH, error or f"HTTP {status}"
     if 200 <= status < 300:
@@ -117,6 +172,8 @@ def _classify(status: int, data: Any, text: str) -> tuple[str, str | None]:
             return UNKNOWN, "unreadable response body"
         if isinstance(data, dict) and data.get("success") is False:
             return REJECTED, error or "success: false"
+        if write and not (isinstance(data, dict) and data.get("success") is True):
+            return UNKNOWN, "unexpected response body (no success: true)"
         return OK, None
     if status == 400 and isinstance(error, str) and error.startswith("No positions found"):
         return FLAT, error
@@ -125,10 +182,32 @@ def _classify(status: int, data: Any, text: str) -> tuple[str, str | None]:
     return REJECTED, error or f"HTTP {status}"
 
 
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Given a Retry-After header (seconds or an HTTP date), return seconds to wait, or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, min(seconds, 3600.0))
+
+
 class CrossTradeClient:
     """Given a base URL and token, make CrossTrade calls through one shared token bucket.
 
-    `transport` swaps the network (an httpx MockTransport in tests, a dry-run transport).
+    `transport` swaps the network (an httpx MockTransport in tests). The bucket's clock and sleep
+    are the client's too (for Retry-After and 429 back-off), so a test can run it all on a
+    simulated clock. `stopping`, once set, ends 429 retries early (graceful stop).
     """
 
     def __init__(
@@ -140,10 +219,16 @@ class CrossTradeClient:
         bucket: TokenBucket | None = None,
         transport: httpx.BaseTransport | None = None,
         poll_reserve: float = 3.0,
+        max_attempts: int = 4,
+        stopping: threading.Event | None = None,
     ):
         self.bucket = bucket or TokenBucket(3.0, 20)
         self.poll_reserve = min(poll_reserve, self.bucket.burst - 1)
         self.timeout = timeout
+        self.token_wait = timeout  # how long an action may wait for a rate token
+        self.max_attempts = max_attempts
+        self.stopping = stopping or threading.Event()
+        self.blocked_until: float | None = None  # Retry-After of the last 429, on the bucket's clock
         self.observers: list[Callable[[Reply], None]] = []  # see every Reply (metrics); must not raise or block
         self._http = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
@@ -151,34 +236,50 @@ class CrossTradeClient:
             timeout=httpx.Timeout(timeout),
             transport=transport,
         )
+        self._base_path = self._http.base_url.raw_path.decode("ascii")
 
     def close(self) -> None:
         self._http.close()
 
+    @property
+    def budget_s(self) -> float:
+        """The longest one `execute` may take: a wait for a token, then attempts and 429 back-offs."""
+        return self.token_wait + self.timeout * (1 + self.max_attempts)
+
     # -- transport -----------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool) -> Reply:
-        reply = self._exchange(method, path, body, action=action)
+    def _send(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool,
+              on_send: Callable[[], None] | None = None) -> Reply:
+        reply = self._exchange(method, path, body, action=action, on_send=on_send)
         for observe in self.observers:
             observe(reply)
         return reply
 
-    def _exchange(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool) -> Reply:
+    def _exchange(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool,
+                  on_send: Callable[[], None] | None = None) -> Reply:
+        request = self._http.build_request(method, path, json=body)
+        if request.url.raw_path.decode("ascii") != self._base_path + path:
+            # never let URL normalisation turn a path into another one (accounts/../positions/flatten)
+            return Reply(method, path, body, None, 0.0, REFUSED, error=f"refused: the request path would become {request.url.path}")
+        if self.blocked_until is not None:
+            remaining = self.blocked_until - self.bucket.clock()
+            if remaining > 0:
+                return Reply(method, path, body, None, 0.0, UNSENT, error="rate limited: waiting out Retry-After",
+                             retry_after=remaining, budget=True)
+            self.blocked_until = None
         if action:
-            if not self.bucket.wait(self.timeout):
-                return Reply(method, path, body, None, 0.0, UNSENT, error="client rate budget exhausted")
+            if not self.bucket.wait(self.token_wait):
+                return Reply(method, path, body, None, 0.0, UNSENT, error="client rate budget exhausted", budget=True)
         elif not self.bucket.take(reserve=self.poll_reserve):
-            return Reply(method, path, body, None, 0.0, UNSENT, error="client rate budget kept for actions")
+            return Reply(method, path, body, None, 0.0, UNSENT, error="client rate budget kept for actions", budget=True)
+        if on_send is not None:
+            on_send()
         started = time.perf_counter()
         try:
-            response = self._http.request(method, path, json=body)
-        except httpx.TimeoutException as exc:
-            # a connect timeout never reached the API; any other timeout may have acted
-            outcome = UNSENT if isinstance(exc, httpx.ConnectTimeout) else UNKNOWN
-            return Reply(method, path, body, None, _ms(started), outcome, error=exc.__class__.__name__)
-        except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+            response = self._http.send(request)
+        except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
             return Reply(method, path, body, None, _ms(started), UNSENT, error=exc.__class__.__name__)
-        except httpx.HTTPError as exc:  # reset, protocol error: the request may have been applied
+        except httpx.HTTPError as exc:  # read/write timeout, reset, protocol error: it may have been applied
             return Reply(method, path, body, None, _ms(started), UNKNOWN, error=exc.__class__.__name__)
         latency = _ms(started)
         text = response.text
@@ -186,13 +287,10 @@ class CrossTradeClient:
             data: Any = json.loads(text) if text else None
         except ValueError:
             data = None
-        outcome, error = _classify(response.status_code, data, text)
-        retry_after = None
-        if response.headers.get("Retry-After"):
-            try:
-                retry_after = float(response.headers["Retry-After"])
-            except ValueError:
-                retry_after = None
+        outcome, error = _classify(response.status_code, data, write=action)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if response.status_code == 429 and retry_after:
+            self.blocked_until = self.bucket.clock() + retry_after
         return Reply(method, path, body, response.status_code, latency, outcome,
                      response=data if data is not None else text, error=error, retry_after=retry_after)
 
@@ -204,24 +302,47 @@ class CrossTradeClient:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def execute(self, order: Order) -> Reply:
-        """Send one order; a 429 is retried (it was not applied), honouring Retry-After, within the timeout."""
-        method, path, body = request_for(order)
+    def execute(self, order: Order, on_send: Callable[[], None] | None = None) -> Reply:
+        """Send one order; a 429 is retried (it was not applied) with jittered exponential back-off,
+        honouring Retry-After, within `budget_s`. `on_send` runs right before each request leaves.
+        An order riskd must never send comes back UNSENT with the reason; nothing is sent."""
+        try:
+            method, path, body = request_for(order)
+        except ValueError as exc:
+            return Reply("POST", _PATHS.get(order.kind, "?"), order.body(), None, 0.0, REFUSED, error=f"refused: {exc}")
+        clock = self.bucket.clock
+        started = clock()
+        attempts: list[Reply] = []
+
+        def attempt() -> Reply:
+            reply = self._send(method, path, body, action=True, on_send=on_send)
+            attempts.append(reply)
+            return reply
 
         def wait(state: RetryCallState) -> float:
             reply = state.outcome.result() if state.outcome else None
             if reply is not None and reply.retry_after is not None:
-                return min(reply.retry_after, self.timeout)
+                return reply.retry_after
             return wait_random_exponential(multiplier=0.25, max=2.0)(state)
+
+        def stop(state: RetryCallState) -> bool:
+            reply = state.outcome.result() if state.outcome else None
+            remaining = self.budget_s - self.timeout - (clock() - started)  # keep room for the last attempt
+            too_long = reply is not None and reply.retry_after is not None and reply.retry_after > remaining
+            return state.attempt_number >= self.max_attempts or remaining <= 0 or too_long or self.stopping.is_set()
 
         retrying = Retrying(
             retry=retry_if_result(lambda r: r.status == 429),
             wait=wait,
-            stop=stop_after_attempt(4) | stop_after_delay(self.timeout * 2),
+            stop=stop,
+            sleep=self.bucket.sleep,
             retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
             reraise=False,
         )
-        return retrying(self._send, method, path, body, action=True)
+        final = retrying(attempt)
+        if len(attempts) > 1:
+            final = replace(final, earlier=tuple(a.brief() for a in attempts[:-1]))
+        return final
 
 
 _PATHS = {
@@ -233,8 +354,12 @@ _PATHS = {
 
 def request_for(order: Order) -> tuple[str, str, dict[str, Any]]:
     """Given an order, return (method, path, JSON body); raise ValueError on an order riskd must never send."""
-    if not order.account:
+    if order.kind not in _PATHS:
+        raise ValueError(f"unknown order kind {order.kind!r}")
+    if not order.account or not order.account.strip():
         raise ValueError("refusing an order without an account")
+    if order.account.strip() in (".", ".."):
+        raise ValueError(f"refusing an order for account {order.account!r}: the name would change the request path")
     if order.kind == "close" and not order.instrument:
         raise ValueError("refusing a close without an instrument")
     return "POST", _PATHS[order.kind].format(quote(order.account, safe="")), order.body()
@@ -252,8 +377,8 @@ def _float(obj: dict[str, Any], key: str) -> float:
     value = obj.get(key, 0.0)
     if value is None:
         return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ApiError(f"field {key!r} is not a number: {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ApiError(f"field {key!r} is not a finite number: {str(value)[:40]}")
     return float(value)
 
 
@@ -261,8 +386,8 @@ def parse_position(raw: Any, account: str) -> Position:
     if not isinstance(raw, dict) or not isinstance(raw.get("instrument"), str):
         raise ApiError(f"position without an instrument: {str(raw)[:200]}")
     quantity = raw.get("quantity", 0)
-    if isinstance(quantity, bool) or not isinstance(quantity, (int, float)):
-        raise ApiError(f"position quantity is not a number: {quantity!r}")
+    if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or not math.isfinite(quantity) or quantity != int(quantity):
+        raise ApiError(f"position quantity is not a whole number: {str(quantity)[:40]}")
     return Position(
         account=str(raw.get("account") or account),
         instrument=raw["instrument"],
@@ -275,7 +400,17 @@ def parse_position(raw: Any, account: str) -> Position:
 
 
 def parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
-    """Given the JSON of GET /accounts/snapshot, return a Snapshot; raise ApiError on a shape it cannot trust."""
+    """Given the JSON of GET /accounts/snapshot, return a Snapshot; raise ApiError on a shape it cannot trust
+    (and only ApiError, whatever the JSON)."""
+    try:
+        return _parse_snapshot(data, taken_at)
+    except ApiError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError, RecursionError) as exc:
+        raise ApiError(f"unexpected snapshot shape ({exc.__class__.__name__})") from None
+
+
+def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
     if not isinstance(data, dict) or not isinstance(data.get("accounts"), list):
         raise ApiError("snapshot without an 'accounts' list")
     if data.get("success") is False:

@@ -48,6 +48,14 @@ def engine_settings(settings: Settings) -> EngineSettings:
     return EngineSettings(zone=settings.zone, session_start=settings.session_start, misfire_grace=settings.misfire_grace)
 
 
+# A refused token (401/403) is retried this rarely: one loud error, then one quiet attempt a minute.
+AUTH_BACKOFF_S = 60.0
+# The health row (`riskd once` shows it) is written on every change of staleness and at most this often otherwise.
+HEALTH_EVERY = timedelta(seconds=5)
+# Finished intents are kept this long (the audit trail has them for good).
+INTENTS_KEPT = timedelta(days=3)
+
+
 @dataclass
 class Health:
     """What the console summary, `riskd once` and the watchdog need to know."""
@@ -58,13 +66,24 @@ class Health:
     firings: int = 0
     last_ok: datetime | None = None
     stale: bool = False
+    stale_since: datetime | None = None
     consecutive_failures: int = 0
     next_poll_at: datetime | None = None
+    last_error: str | None = None
     latencies_ms: list[float] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "ticks": self.ticks, "polls_ok": self.polls_ok, "polls_failed": self.polls_failed,
+                "firings": self.firings, "last_ok": self.last_ok.isoformat() if self.last_ok else None, "stale": self.stale,
+                "stale_since": self.stale_since.isoformat() if self.stale_since else None,
+                "consecutive_failures": self.consecutive_failures, "last_error": self.last_error}
 
 
 class Ticker:
-    """One tick at a time: poll -> settle -> evaluate -> act, all with the same `now`."""
+    """One tick at a time: poll -> settle -> evaluate -> act, all with the same `now`.
+
+    `stopping`, once set, lets an action in flight finish and starts no other (graceful stop).
+    """
 
     def __init__(self, settings: Settings, rules: list[Rule], client: CrossTradeClient, executor: Executor,
                  store: Store, audit: AuditTrail, clock: Callable[[], datetime] = utc_now):
@@ -81,29 +100,63 @@ class Ticker:
         self.last_snapshot: Snapshot | None = None
         self._sampled: dict[str, datetime] = {}  # account (lower case) -> minute of its last `sample`
         self.lock = threading.Lock()
+        self.stopping = client.stopping
+        self.started_at: datetime | None = None
+        self._deferred: dict[str, str] = {}
+        self._health_saved: datetime | None = None
+        self._auth_reported = False
 
     def tick(self, reason: str = "poll") -> list[Decision] | None:
         """Run one tick; return its decisions, or None when no usable snapshot was read."""
         with self.lock:
             now = self.clock()
+            if self.stopping.is_set():
+                return None
+            if self.started_at is None:
+                self.started_at = now
+                self.store.prune(now - INTENTS_KEPT)
             if reason == "poll" and self.health.next_poll_at and now < self.health.next_poll_at:
-                return None  # backing off after API errors
+                self._check_stale(now)  # backing off after API errors
+                return None
             self.health.ticks += 1
             snapshot = self._poll(now)
             if snapshot is None:
+                self._check_stale(now)
                 return None
             self.last_snapshot = snapshot
             state = self.executor.resolve(snapshot, self.state, now)
             decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
+            if state.session != self.state.session and self.state.session is not None:
+                self.store.prune(now - INTENTS_KEPT)
             for d in decisions:
-                self._audit_decision(d, now)
+                if d.kind != "fire":
+                    self._audit_decision(d, now)
             self.store.save(state, now)
-            for d in decisions:
-                if d.kind == "fire":
-                    self.health.firings += 1
-                    state = self.executor.act(d, snapshot, state, now)
             self.state = state
-            self._sample(snapshot, now, {d.account.lower() for d in decisions if d.kind == "fire"})  # after acting: no delay
+            fire_keys = {d.key for d in decisions if d.kind == "fire"}
+            self._deferred = {k: v for k, v in self._deferred.items() if k in fire_keys}
+            unavailable: str | None = None
+            acted: set[str] = set()
+            for d in decisions:
+                if d.kind != "fire":
+                    continue
+                if self.stopping.is_set():
+                    why: str | None = "riskd is stopping; the rule is evaluated again at start"
+                elif unavailable:  # the bridge is down or the budget spent: one probe per tick, not a volley
+                    why = f"the API refused the previous action ({unavailable}); next tick"
+                else:
+                    why = self.executor.gate(d, now)
+                if why is not None:
+                    self._defer(d, why)
+                    continue
+                self._deferred.pop(d.key, None)
+                self._audit_decision(d, now)
+                self.health.firings += 1
+                acted.add(d.account.lower())
+                self.state = state = self.executor.act(d, snapshot, state, now)
+                unavailable = self.executor.unavailable
+            self._sample(snapshot, now, acted)  # after acting: no delay
+            self._save_health(now)
             return decisions
 
     def _poll(self, now: datetime) -> Snapshot | None:
@@ -122,31 +175,78 @@ class Ticker:
             self.health.consecutive_failures = 0
             self.health.next_poll_at = None
             self.health.last_ok = now
+            self._auth_reported = False
             if self.health.stale:
+                since = self.health.stale_since
                 self.health.stale = False
-                self.audit.emit("recovered", path=reply.path, after_failures=self.health.polls_failed)
+                self.health.stale_since = None
+                self.audit.emit("recovered", path=reply.path, stale_for_s=round((now - since).total_seconds(), 3) if since else None,
+                                polls_failed=self.health.polls_failed)
                 log.info("recovered", path=reply.path)
+                self._save_health(now, force=True)
             return snapshot
         self.health.polls_failed += 1
+        self.health.last_error = error
+        if reply.budget:  # held back by riskd's own rate budget or a Retry-After: not an API failure
+            self.health.next_poll_at = now + timedelta(seconds=reply.retry_after) if reply.retry_after else None
+            retry = f"after Retry-After, in {reply.retry_after:.2f}s" if reply.retry_after else "next tick: the rate budget went to actions"
+            self.audit.emit("api_error", path=reply.path, status=None, error=error, outcome=reply.outcome,
+                            consecutive=self.health.consecutive_failures, retry=retry)
+            log.warning("api_error", path=reply.path, error=error, retry=retry)
+            return None
         self.health.consecutive_failures += 1
-        delay = self._backoff(reply.retry_after)
+        delay = self._backoff(reply)
         self.health.next_poll_at = now + timedelta(seconds=delay)
-        retry = "none: the token was refused; fix the credential" if reply.outcome == AUTH else f"next poll in {delay:.2f}s"
+        if reply.outcome == AUTH:
+            retry = f"the token was refused: fix the credential; next attempt in {delay:.0f}s"
+        else:
+            retry = f"next poll in {delay:.2f}s"
         self.audit.emit("api_error", path=reply.path, status=reply.status, error=error, outcome=reply.outcome,
-                        response=reply.response if reply.status else None, consecutive=self.health.consecutive_failures, retry=retry)
-        (log.error if reply.outcome == AUTH else log.warning)("api_error", path=reply.path, status=reply.status, error=error, retry=retry)
-        since = self.health.last_ok
-        if not self.health.stale and (since is None or now - since >= self.settings.stale_after) and self.health.consecutive_failures > 1:
-            self.health.stale = True
-            self.audit.emit("stale", last_ok=since.isoformat() if since else None, stale_after_s=self.settings.stale_after.total_seconds())
-            log.error("stale", last_ok=since.isoformat() if since else None)
+                        response=reply.response if reply.status else None, consecutive=self.health.consecutive_failures,
+                        latency_ms=reply.latency_ms, retry=retry)
+        if reply.outcome == AUTH and not self._auth_reported:
+            self._auth_reported = True
+            log.error("auth_refused", path=reply.path, status=reply.status, error=error,
+                      message="CrossTrade refused the API token (401/403): riskd cannot see or close positions until the "
+                              "credential is fixed; it retries once a minute")
+        else:
+            log.warning("api_error", path=reply.path, status=reply.status, error=error, retry=retry)
         return None
 
-    def _backoff(self, retry_after: float | None) -> float:
-        """Exponential backoff with jitter from the poll interval, capped at twice of it (or Retry-After)."""
+    def _check_stale(self, now: datetime) -> None:
+        since = self.health.last_ok or self.started_at
+        if not self.health.stale and since is not None and now - since >= self.settings.stale_after:
+            self.health.stale = True
+            self.health.stale_since = now
+            self.audit.emit("stale", last_ok=self.health.last_ok.isoformat() if self.health.last_ok else None,
+                            stale_after_s=self.settings.stale_after.total_seconds(), consecutive=self.health.consecutive_failures,
+                            last_error=self.health.last_error)
+            log.error("stale", last_ok=self.health.last_ok.isoformat() if self.health.last_ok else None,
+                      message=f"no successful poll for {self.settings.stale_after.total_seconds():g}s: riskd cannot see positions")
+            self._save_health(now, force=True)
+        else:
+            self._save_health(now)
+
+    def _backoff(self, reply: Any) -> float:
+        """Seconds until the next poll after a failed one: bounded exponential back-off with jitter from
+        the poll interval, capped at twice it (so a bridge that is back is seen within two ticks), or
+        Retry-After when that is longer; a refused token waits AUTH_BACKOFF_S."""
+        if reply.outcome == AUTH:
+            return AUTH_BACKOFF_S
         base = self.settings.poll_interval
         delay = min(base * 2, base * 0.5 * 2 ** self.health.consecutive_failures) * random.uniform(0.8, 1.0)
-        return max(delay, retry_after or 0.0)
+        return max(delay, reply.retry_after or 0.0)
+
+    def _save_health(self, now: datetime, force: bool = False) -> None:
+        if force or self._health_saved is None or now - self._health_saved >= HEALTH_EVERY:
+            self.store.save_health(self.health.as_json(), now)
+            self._health_saved = now
+
+    def _defer(self, d: Decision, why: str) -> None:
+        if self._deferred.get(d.key) == why:
+            return
+        self._deferred[d.key] = why
+        self.audit.emit("deferred", rule=d.rule, key=d.key, account=d.account, instrument=d.instrument, action=d.action, reason=why)
 
     def _sample(self, snapshot: Snapshot, now: datetime, firing: set[str]) -> None:
         """Audit each account's session P&L as this tick's snapshot showed it (before any close),
@@ -244,7 +344,8 @@ class Daemon:
         watched = f"{len(snap.accounts)} accounts, {sum(len(a.positions) for a in snap.accounts)} positions" if snap else "no snapshot yet"
         mode = " (dry run)" if self.ticker.executor.dry_run else ""
         if h.stale:
-            return f"STALE: no usable snapshot since {h.last_ok.isoformat(timespec='seconds') if h.last_ok else 'start'}; {len(self.ticker.rules)} rules{mode}"
+            error = f" ({h.last_error})" if h.last_error else ""
+            return f"STALE: no usable snapshot since {h.last_ok.isoformat(timespec='seconds') if h.last_ok else 'start'}{error}; {len(self.ticker.rules)} rules{mode}"
         return f"{watched}, {len(self.ticker.rules)} rules; {h.ticks} ticks, {h.firings} firings{mode}"
 
     def _summary(self) -> None:
@@ -288,6 +389,7 @@ class Daemon:
 
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
+        self.ticker.stopping.set()  # an action in flight finishes; no other starts
         self._wake.set()
 
     def request_reload(self) -> None:
@@ -333,9 +435,11 @@ class Daemon:
                 self.reload()
             self.audit.flush()  # reopen after SIGUSR1 now, not at the next line
         self.systemd.stopping(f"stopping ({self._stop_reason}): finishing the tick in flight")
-        self.scheduler.shutdown(wait=True)  # an in-flight tick (and its action) completes first
+        self.scheduler.shutdown(wait=True)  # an in-flight tick finishes its action (bounded by the client timeouts)
+        with self.ticker.lock:
+            in_doubt = [i.key for i in self.ticker.executor.in_doubt]
         self.audit.emit("stopped", reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
-                        firings=self.ticker.health.firings)
+                        firings=self.ticker.health.firings, in_doubt=in_doubt)
         log.info("stopped", reason=self._stop_reason)
         self.notifier.close(timeout=3.0)  # queued notifications get one last try, bounded
         if self.metrics_server is not None:
@@ -370,12 +474,16 @@ def poll_phase(interval: float, now: datetime | None = None) -> datetime:
 
 
 def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: AuditTrail, *, dry_run: bool,
-                 store: Store, transport: Any = None, clock: Callable[[], datetime] = utc_now) -> Ticker:
+                 store: Store, transport: Any = None, clock: Callable[[], datetime] = utc_now,
+                 monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Ticker:
+    """Wire client, executor and ticker. `clock` (UTC datetimes), `monotonic` and `sleep` (the rate
+    bucket's and the 429 back-off's) are injectable so tests can run riskd on one simulated clock."""
     from riskd.crosstrade import TokenBucket
 
     client = CrossTradeClient(settings.base_url, token, timeout=settings.timeout,
-                              bucket=TokenBucket(settings.rate_per_second, settings.rate_burst), transport=transport)
-    executor = Executor(client, audit, store, dry_run=dry_run)
+                              bucket=TokenBucket(settings.rate_per_second, settings.rate_burst, clock=monotonic, sleep=sleep),
+                              transport=transport)
+    executor = Executor(client, audit, store, dry_run=dry_run, settle=timedelta(seconds=settings.timeout), clock=clock)
     return Ticker(settings, rules, client, executor, store, audit, clock=clock)
 
 

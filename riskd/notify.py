@@ -94,10 +94,12 @@ def message_for(line: dict[str, Any]) -> Message | None:
     if event == "tick_failed":
         return Message("failed", event, f"riskd: a tick failed ({line.get('error')}); the next tick tries again", line)
     if event == "stale":
-        return Message("stale", event, f"riskd: STALE — no usable CrossTrade snapshot since {line.get('last_ok') or 'start'}; "
+        error = f" (last error: {line['last_error']})" if line.get("last_error") else ""
+        return Message("stale", event, f"riskd: STALE — no usable CrossTrade snapshot since {line.get('last_ok') or 'start'}{error}; "
                                        "rules cannot act until the API answers again", line)
     if event == "recovered":
-        return Message("stale", event, f"riskd: recovered — CrossTrade snapshots are arriving again (after {line.get('after_failures')} failed polls)", line)
+        span = f" after {line['stale_for_s']:.0f}s" if isinstance(line.get("stale_for_s"), (int, float)) else ""
+        return Message("stale", event, f"riskd: recovered — CrossTrade snapshots are arriving again{span}", line)
     if event == "rules_rejected":
         errors = line.get("errors") or []
         first = f": {errors[0]}" if errors else ""

@@ -7,9 +7,11 @@
   it is resolved against the next snapshot: a changed position means done, an unchanged one is
   retried. That is what makes "never twice for one firing" survive kill -9.
 
-The schema is versioned with PRAGMA user_version and migrated forward on open. A store that is
-corrupt or from a newer riskd is a StateError (exit 1), never silently discarded. A lock file keeps
-a second riskd off the same state_dir.
+- `health`: the daemon's last successful poll and whether it is stale, for `riskd once`.
+
+The schema is versioned with PRAGMA user_version and migrated forward on open, each step in one
+transaction. A store that is corrupt (integrity check, unreadable rows) or from a newer riskd is a
+StateError (exit 1), never silently discarded. A lock file keeps a second riskd off the same state_dir.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from riskd.engine import State
 from riskd.errors import StateError
 from riskd.model import Decision, Order
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, str] = {
     1: """
         CREATE TABLE engine (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
@@ -42,16 +44,29 @@ MIGRATIONS: dict[int, str] = {
         );
         CREATE INDEX intents_status ON intents (status);
     """,
+    2: """
+        ALTER TABLE intents ADD COLUMN sent TEXT;
+        ALTER TABLE intents ADD COLUMN settle_at TEXT;
+        ALTER TABLE intents ADD COLUMN outcome TEXT;
+        CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
+    """,
 }
 OPEN_STATUSES = ("sending", "unknown")
 
 
 @dataclass(frozen=True, slots=True)
 class Intent:
+    """One firing acted on. `sent`: when its last request left (None: none did); `settle_at`: from
+    when on an unchanged position means "not applied" (None: at once)."""
+
     key: str
     decision: Decision
     seen: dict[str, int]
     status: str
+    created: datetime
+    sent: datetime | None = None
+    settle_at: datetime | None = None
+    outcome: str | None = None
 
 
 def fingerprint(decision: Decision, positions: dict[str, int]) -> dict[str, int]:
@@ -102,10 +117,17 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
-            self._db.execute("SELECT count(*) FROM intents").fetchone()
-        except sqlite3.DatabaseError as exc:
+            problems = self._db.execute("PRAGMA quick_check").fetchall()
+            if problems != [("ok",)]:
+                raise sqlite3.DatabaseError("; ".join(str(p[0]) for p in problems[:3]))
+            self.open_intents()
+        except StateError:
             self.close()
-            raise StateError(f"state store {self.path} is unreadable ({exc}); move it aside to start fresh, keeping it for review") from None
+            raise
+        except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
+            self.close()
+            raise StateError(f"state store {self.path} is unreadable ({exc.__class__.__name__}: {exc}); "
+                             "move it aside to start fresh, keeping it for review") from None
         self._saved_doc: str | None = None
 
     def _migrate(self) -> None:
@@ -114,11 +136,19 @@ class Store:
             raise StateError(f"state store {self.path} has schema {version}, newer than this riskd ({SCHEMA_VERSION}); upgrade riskd")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             self._db.execute("BEGIN IMMEDIATE")
-            for statement in MIGRATIONS[target].split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {target}")
+            try:
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {target}")
+            except sqlite3.DatabaseError:
+                self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
         db = getattr(self, "_db", None)
@@ -171,15 +201,24 @@ class Store:
     def begin(self, decision: Decision, seen: dict[str, int], now: datetime) -> None:
         """Record that riskd is about to act on `decision` (before any request leaves)."""
         self._db.execute(
-            "INSERT OR REPLACE INTO intents (key, rule, account, decision, seen, status, created, updated) VALUES (?, ?, ?, ?, ?, 'sending', ?, ?)",
+            "INSERT OR REPLACE INTO intents (key, rule, account, decision, seen, status, created, updated, sent, settle_at, outcome) "
+            "VALUES (?, ?, ?, ?, ?, 'sending', ?, ?, NULL, NULL, NULL)",
             (decision.key, decision.rule, decision.account, _decision_to_json(decision), json.dumps(seen), now.isoformat(), now.isoformat()),
         )
 
-    def finish(self, key: str, status: str, now: datetime, state: State | None = None) -> None:
+    def mark_sent(self, key: str, now: datetime) -> None:
+        """Record that a request of intent `key` is about to leave (durably, before it does)."""
+        self._db.execute("UPDATE intents SET sent = ?, updated = ? WHERE key = ?", (now.isoformat(), now.isoformat(), key))
+
+    def finish(self, key: str, status: str, now: datetime, state: State | None = None, *,
+               settle_at: datetime | None = None, outcome: str | None = None) -> None:
         """Record an intent's outcome (done | failed | unknown), with the state that counts it, atomically."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("UPDATE intents SET status = ?, updated = ? WHERE key = ?", (status, now.isoformat(), key))
+            self._db.execute(
+                "UPDATE intents SET status = ?, updated = ?, settle_at = ?, outcome = COALESCE(?, outcome) WHERE key = ?",
+                (status, now.isoformat(), settle_at.isoformat() if settle_at else None, outcome, key),
+            )
             if state is not None:
                 doc = json.dumps(state.to_json(), sort_keys=True)
                 self._db.execute(
@@ -189,17 +228,58 @@ class Store:
                 self._saved_doc = doc
 
     def open_intents(self) -> list[Intent]:
+        """Intents whose outcome riskd does not know (`sending` after a crash, `unknown` after a timeout)."""
         rows = self._db.execute(
-            "SELECT key, decision, seen, status FROM intents WHERE status IN (?, ?) ORDER BY created", OPEN_STATUSES
+            "SELECT key, decision, seen, status, created, sent, settle_at, outcome FROM intents WHERE status IN (?, ?) ORDER BY created",
+            OPEN_STATUSES,
         ).fetchall()
-        return [Intent(key, _decision_from_json(decision), json.loads(seen), status) for key, decision, seen, status in rows]
+        return [
+            Intent(key, _decision_from_json(decision), json.loads(seen), status, datetime.fromisoformat(created),
+                   _when(sent), _when(settle_at), outcome)
+            for key, decision, seen, status, created, sent, settle_at, outcome in rows
+        ]
 
-    def prune(self, before: datetime) -> None:
-        """Forget finished intents older than `before` (they are in the audit trail)."""
-        self._db.execute("DELETE FROM intents WHERE status NOT IN (?, ?) AND updated < ?", (*OPEN_STATUSES, before.isoformat()))
+    def intent_status(self, key: str) -> str | None:
+        row = self._db.execute("SELECT status FROM intents WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def prune(self, before: datetime) -> int:
+        """Forget finished intents older than `before` (they are in the audit trail); return how many."""
+        cursor = self._db.execute("DELETE FROM intents WHERE status NOT IN (?, ?) AND updated < ?", (*OPEN_STATUSES, before.isoformat()))
+        return cursor.rowcount
+
+    # health ------------------------------------------------------------------------------------
+
+    def save_health(self, health: dict[str, Any], now: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO health (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+            (json.dumps(health, sort_keys=True, default=str), now.isoformat()),
+        )
+
+    @staticmethod
+    def peek_health(state_dir: Path) -> dict[str, Any] | None:
+        """The running (or last) daemon's health in a state_dir, read-only; None when there is none."""
+        path = state_dir / "riskd.sqlite3"
+        if not path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                if db.execute("PRAGMA user_version").fetchone()[0] < 2:
+                    return None
+                row = db.execute("SELECT doc, updated FROM health WHERE id = 1").fetchone()
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state store {path} is unreadable ({exc.__class__.__name__})") from None
+        return {**json.loads(row[0]), "updated": row[1]} if row else None
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob("riskd.sqlite3*") if p.exists())
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 def positions_by_instrument(snapshot_account: Any) -> dict[str, int]:

@@ -106,8 +106,10 @@ def test_message_for_maps_audit_events_to_classes():
     assert "position_pnl=-600.00" in message_for(FIRED).text
     assert message_for(FAILED).kind == "failed" and "408" in message_for(FAILED).text
     assert message_for({**FAILED, "ok": True}) is None
-    assert message_for({"event": "stale", "last_ok": "2026-03-10T14:00:00+00:00"}).kind == "stale"
-    assert message_for({"event": "recovered", "after_failures": 3}).kind == "stale"
+    stale = message_for({"event": "stale", "last_ok": "2026-03-10T14:00:00+00:00", "last_error": "408 ninjatrader_disconnected"})
+    assert stale.kind == "stale" and "since 2026-03-10T14:00:00+00:00 (last error: 408 ninjatrader_disconnected)" in stale.text
+    recovered = message_for({"event": "recovered", "stale_for_s": 42.4})
+    assert recovered.kind == "stale" and recovered.text.endswith("arriving again after 42s") and not recovered.urgent
     rejected = message_for({"event": "rules_rejected", "errors": ["a.yaml:1:1: bad", "b"], "kept_rules": 4})
     assert rejected.kind == "rules_rejected" and "4 old rules keep running: a.yaml:1:1: bad (+1 more)" in rejected.text
     assert message_for({"event": "started"}) is None and message_for({"event": "api_error"}) is None

@@ -239,6 +239,7 @@ class Simulator:
         self._accounts: dict[str, _Account] = {}
         self._faults: list[list] = []  # [Fault, remaining count or None]
         self._requests: list[RequestRecord] = []
+        self._in_progress = 0  # admitted, not yet completed (held by latency/timeout faults, or being handled)
         self._rate: dict | None = None
         self._bucket = 0.0
         self._bucket_t = self._t0
@@ -663,8 +664,11 @@ class Simulator:
             if not self._take_token():
                 return self._reject(ticket, 429, {"error": "Rate limit exceeded"})
             now = self.now()
+            self._in_progress += 1
             for entry in self._faults:
                 fault, remaining = entry
+                if fault.kind == "refuse":  # the server's listening socket, not a request (SimServer)
+                    continue
                 if fault.in_window(now) and fault.matches(method, path):
                     if remaining is not None:
                         entry[1] = remaining - 1
@@ -694,10 +698,23 @@ class Simulator:
             return True
         return False
 
+    def in_progress(self) -> int:
+        """How many admitted requests are not completed yet (a latency or timeout fault holds them):
+        a request counted here may still be applied later."""
+        with self._lock:
+            return self._in_progress
+
     def complete(self, ticket: Ticket) -> SimResponse:
         """Step 2: apply the request (unless the fault forbids it) and build the response."""
         if ticket.response is not None:
             return ticket.response
+        try:
+            return self._complete(ticket)
+        finally:
+            with self._lock:
+                self._in_progress -= 1
+
+    def _complete(self, ticket: Ticket) -> SimResponse:
         kind = ticket.fault.kind if ticket.fault else None
         with self._lock:
             if kind == "status":

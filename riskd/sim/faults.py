@@ -28,6 +28,10 @@ Kinds:
 ``lost_response``
     apply the request normally (a close really closes), then close the connection without
     sending the response: the caller cannot know whether it worked.
+``refuse``
+    not a per-request fault: :class:`riskd.sim.SimServer` stops listening for ``duration``
+    seconds from ``start`` (sim time; both required), so clients get "connection refused"
+    (open connections are dropped). ``match`` and ``count`` do not apply.
 
 ``match`` is ``"*"`` (any request), ``"/path-glob"`` or ``"METHOD /path-glob"`` (METHOD may be
 ``*``); the glob is matched with :func:`fnmatch.fnmatchcase`, case-insensitively, against the
@@ -46,7 +50,7 @@ from ._util import ScenarioError, parse_duration
 
 __all__ = ["Fault", "FAULT_KINDS", "default_fault_body"]
 
-FAULT_KINDS = ("latency", "status", "timeout", "malformed", "reset", "lost_response")
+FAULT_KINDS = ("latency", "status", "timeout", "malformed", "reset", "lost_response", "refuse")
 _DEFAULT_MS = {"latency": 1000.0, "timeout": 30000.0}
 _METHODS = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "*"}
 
@@ -80,6 +84,8 @@ class Fault:
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ScenarioError(f"kind: expected one of {', '.join(FAULT_KINDS)}, got {self.kind!r}")
+        if self.kind == "refuse" and (self.start is None or self.duration is None or self.count is not None):
+            raise ScenarioError("kind refuse: needs start and duration (and no count)")
         method, glob = _parse_match(self.match)
         object.__setattr__(self, "_method", method)
         object.__setattr__(self, "_glob", glob)

@@ -148,6 +148,7 @@ class SimServer:
         self._resets: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._timer: threading.Timer | None = None
+        self._window_timers: list[threading.Timer] = []
         self._started = False
         self._stopped = False
 
@@ -178,7 +179,28 @@ class SimServer:
                 return self
             self._listen()
             self._started = True
+            self._schedule_refusals()
         return self
+
+    def _schedule_refusals(self) -> None:
+        """Arm the ``refuse`` faults (sim-time windows, assuming the sim clock runs at wall speed)."""
+        for fault in self.sim.faults():
+            if fault.kind != "refuse":
+                continue
+            delay = max(0.0, fault.start - self.sim.now())
+            end = fault.start + fault.duration
+            if end <= self.sim.now():
+                continue
+            timer = threading.Timer(delay, self._refuse_window, args=(end,))
+            timer.daemon = True
+            self._window_timers.append(timer)
+            timer.start()
+
+    def _refuse_window(self, end: float) -> None:
+        with self._ctl:
+            if self._stopped or not self._started:
+                return
+        self.refuse(max(0.0, end - self.sim.now()))
 
     def _listen(self) -> None:
         deadline = time.monotonic() + 2.0
@@ -219,6 +241,8 @@ class SimServer:
                 return
             self._stopped = True
             self._stopping.set()
+            for timer in self._window_timers:
+                timer.cancel()
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None

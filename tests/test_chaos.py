@@ -1,0 +1,314 @@
+"""Chaos: riskd against the simulator under 200 seeded fault schedules.
+
+Each schedule runs the real Ticker in-process over HTTP on 127.0.0.1 for 20 simulated seconds
+(poll 1 s, client timeout 50 ms, one clock for riskd and the simulator: tests/harness.py) with
+five kinds of firing (close all, reduce_to + cancel_orders, an `at` close 50 %, an account flatten
++ lock, close 1 contract, a burst of five closes + cancels in one tick) and one to three random
+fault windows: 429 bursts (some with Retry-After), 408 windows, 500s, timeouts, resets, malformed
+JSON, lost responses, latency below and beyond the timeout, and connection refused.
+
+For every schedule:
+- zero double closes: each firing is carried out by exactly one applied request;
+- zero lost firings: each is acknowledged (`action` ok, or settled done) no later than two ticks
+  (+0.5 s) after the fault windows it overlaps, and the positions end as the rules say;
+- the rate limit is never exceeded: the simulator (same bucket as riskd's: 3/s, burst 20) never
+  had to refuse a request with a real 429, and a replay of its arrivals fits the bucket.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+
+from riskd.sim import Fault
+
+from harness import Rig, SimClock
+
+SCHEDULES = int(__import__("os").environ.get("CHAOS_SCHEDULES", 200))
+WORKERS = 4
+END = 20  # simulated seconds per schedule
+RATE, BURST = 3.0, 20  # CrossTrade's bucket, riskd's default
+START = datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc)  # Tuesday 10:00 New York
+NY = ZoneInfo("America/New_York")
+YM = ["YM 03-27", "YM 06-27", "YM 09-27", "YM 12-27", "YM 03-28"]
+MATCHES = ["*", "*", "POST *", "GET /accounts/snapshot", "POST */positions/close", "POST */positions/flatten"]
+
+
+class CountingTransport(httpx.HTTPTransport):
+    """Counts requests that left for the server (not those refused at connect)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            self.sent += 1
+        try:
+            return super().handle_request(request)
+        except httpx.ConnectError:
+            with self._lock:
+                self.sent -= 1
+            raise
+
+
+@dataclass
+class Expected:
+    name: str
+    account: str
+    instrument: str | None  # None: the account-level flatten
+    trigger: float
+    path: str  # close | flatten
+    deadline: float = 0.0
+    acked_at: float | None = None
+    applied: int = 0
+
+
+@dataclass
+class Schedule:
+    seed: int
+    quantities: dict[str, int]
+    triggers: dict[str, float]
+    windows: list[tuple[float, float, str]]  # start, end, description
+    faults: list[Fault]
+    refuse: list[tuple[float, float]]
+    expected: list[Expected] = field(default_factory=list)
+
+
+def make_schedule(seed: int) -> Schedule:
+    rng = random.Random(seed)
+    q = {"MES": rng.randint(2, 6), "NQ": rng.randint(4, 8), "ES": rng.randint(2, 7), "MNQ": rng.randint(2, 5), "YM": rng.randint(1, 3)}
+    triggers = {k: float(rng.randint(1, 9)) for k in ("mes", "nq", "es", "a3", "mnq", "ym")}
+    triggers["lock"] = 15.0
+    windows, faults, refuse = [], [], []
+    for _ in range(rng.randint(1, 3)):
+        start = round(rng.uniform(0, 10), 1)
+        end = round(start + rng.uniform(1, 4), 1)
+        kind = rng.choice(["429", "429", "408", "408", "500", "timeout", "reset", "malformed", "lost", "lost", "slow", "late", "refuse"])
+        match = rng.choice(MATCHES)
+        count = rng.choice([None, None, rng.randint(1, 6)])
+        common = {"match": match, "start": start, "duration": end - start, "count": count}
+        if kind == "429":
+            faults.append(Fault("status", status=429, retry_after=rng.choice([None, 0.5, 1]), **common))
+        elif kind == "408":
+            faults.append(Fault("status", status=408, **common))
+        elif kind == "500":
+            faults.append(Fault("status", status=rng.choice([500, 502, 503]), **common))
+        elif kind == "timeout":
+            faults.append(Fault("timeout", ms=rng.uniform(60, 120), **common))
+        elif kind == "reset":
+            faults.append(Fault("reset", **common))
+        elif kind == "malformed":
+            faults.append(Fault("malformed", **common))
+        elif kind == "lost":
+            faults.append(Fault("lost_response", **common))
+        elif kind == "slow":
+            faults.append(Fault("latency", ms=rng.uniform(5, 30), **common))  # under the 50 ms timeout
+        elif kind == "late":
+            faults.append(Fault("latency", ms=rng.uniform(60, 120), **common))  # answered after the timeout, applied late
+        else:
+            refuse.append((start, end))
+            match, count = "connection refused", None
+        windows.append((start, end, f"{kind} {match} x{count or 'all'} [{start}, {end})"))
+    s = Schedule(seed, q, triggers, windows, faults, refuse)
+    s.expected = [
+        Expected("mes-cap", "A1", "MES 12-26", triggers["mes"], "close"),
+        Expected("nq-size", "A1", "NQ 12-26", triggers["nq"], "close"),
+        Expected("es-half", "A2", "ES 12-26", triggers["es"], "close"),
+        Expected("a3-loss", "A3", None, triggers["a3"], "flatten"),
+        Expected("a3-loss!lock", "A3", "CL 02-27", triggers["lock"], "flatten"),
+        Expected("mnq-one", "A4", "MNQ 12-26", triggers["mnq"], "close"),
+        *[Expected("ym-cap", "A5", ym, triggers["ym"], "close") for ym in YM],
+    ]
+    for e in s.expected:
+        e.deadline = deadline(e.trigger, windows)
+    return s
+
+
+def deadline(trigger: float, windows: list[tuple[float, float, str]]) -> float:
+    """Two ticks (+0.5 s) after the trigger, pushed past every fault window it runs into."""
+    due = trigger + 2.5
+    changed = True
+    while changed:
+        changed = False
+        for start, end, _ in windows:
+            if start < due and end > trigger - 0.2 and end + 2.5 > due:
+                due = end + 2.5
+                changed = True
+    return due
+
+
+def scenario_for(s: Schedule) -> dict[str, Any]:
+    q = s.quantities
+    return {
+        "rate_limit": {"per_second": RATE, "burst": BURST},
+        "accounts": [
+            {"name": "A1", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": q["MES"], "price": 6000.0}]},
+            {"name": "A2", "positions": [{"instrument": "ES 12-26", "side": "short", "quantity": q["ES"], "price": 6000.0}]},
+            {"name": "A3", "positions": [{"instrument": "CL 12-26", "side": "long", "quantity": 1, "price": 70.0},
+                                         {"instrument": "GC 12-26", "side": "short", "quantity": 1, "price": 2000.0}],
+             "orders": [{"instrument": "CL 12-26", "action": "Sell", "type": "StopMarket", "quantity": 1, "stop": 65.0}]},
+            {"name": "A4", "positions": [{"instrument": "MNQ 12-26", "side": "long", "quantity": q["MNQ"], "price": 21000.0}]},
+            {"name": "A5", "positions": [{"instrument": ym, "side": "long", "quantity": q["YM"], "price": 40000.0} for ym in YM],
+             "orders": [{"instrument": ym, "action": "Sell", "type": "StopMarket", "quantity": q["YM"], "stop": 39000.0} for ym in YM]},
+        ],
+        "prices": {"MES 12-26": 6000.0, "NQ 12-26": 21000.0, "ES 12-26": 6000.0, "CL 12-26": 70.0, "GC 12-26": 2000.0,
+                   "CL 02-27": 70.0, "MNQ 12-26": 21000.0, **{ym: 40000.0 for ym in YM}},
+    }
+
+
+def rules_for(s: Schedule) -> list[dict[str, Any]]:
+    at = (START + timedelta(seconds=s.triggers["es"])).astimezone(NY).strftime("%H:%M:%S")
+    return [
+        {"name": "mes-cap", "instruments": "MES", "when": {"position_pnl": {"below": -50}}, "then": {"close": "all"}},
+        {"name": "nq-size", "instruments": "NQ", "when": {"position_size": {"above": 3}}, "then": {"reduce_to": 2, "cancel_orders": True}},
+        {"name": "es-half", "accounts": "a2", "when": {"at": at, "days": "daily"}, "then": {"close": "50%"}},
+        {"name": "a3-loss", "accounts": "a3", "when": {"account_pnl": {"below": -500}}, "then": {"flatten": True, "lock": True}},
+        {"name": "mnq-one", "instruments": "MNQ", "when": {"position_pnl": {"below": -20}}, "then": {"close": 1}},
+        {"name": "ym-cap", "instruments": "YM", "when": {"position_pnl": {"below": -10}}, "then": {"close": "all", "cancel_orders": True}},
+    ]
+
+
+def run_schedule(s: Schedule, base: Path, token: str) -> dict[str, Any]:
+    transport = CountingTransport()
+    rig = Rig(base / f"s{s.seed}", token, scenario_for(s), rules_for(s), start=START, clock=SimClock(START), fsync=False,
+              transport=transport, timeout=0.05, poll_interval=1.0, stale_after=timedelta(seconds=5),
+              rate_per_second=RATE, rate_burst=BURST)
+    try:
+        rig.ticker.client.token_wait = 3.0  # an action may wait 3 simulated seconds for a rate token
+        for fault in s.faults:
+            rig.sim.inject(fault)
+        actions: dict[float, list] = {}  # t -> what the market or the trader does then
+        for t, fn in [
+            (s.triggers["mes"], lambda: rig.sim.set_price("MES 12-26", 5990.0)),
+            (s.triggers["nq"], lambda: rig.sim.open_position("A1", "NQ 12-26", "long", s.quantities["NQ"], price=21000.0)),
+            (s.triggers["a3"], lambda: rig.sim.set_price("CL 12-26", 69.0)),
+            (s.triggers["mnq"], lambda: rig.sim.set_price("MNQ 12-26", 20985.0)),
+            (s.triggers["ym"], lambda: [rig.sim.set_price(ym, 39990.0) for ym in YM]),
+            (s.triggers["lock"], lambda: rig.sim.open_position("A3", "CL 02-27", "long", 1, price=70.0)),
+        ]:
+            actions.setdefault(t, []).append(fn)
+        refusing = False
+        for t in range(END + 1):
+            quiesce(rig, transport)
+            rig.clock.advance_to(float(t))
+            for fn in actions.get(float(t), []):
+                fn()
+            should_refuse = any(a <= t < b for a, b in s.refuse)
+            if should_refuse and not refusing:
+                rig.server.refuse()
+            elif refusing and not should_refuse:
+                rig.server.resume()
+            refusing = should_refuse
+            rig.tick()
+        quiesce(rig, transport)
+        return judge(s, rig)
+    finally:
+        rig.close()
+
+
+def quiesce(rig: Rig, transport: CountingTransport, timeout: float = 3.0) -> None:
+    """Before the clock jumps: every request that left has arrived and none is still held (so a
+    request answered after the timeout is applied before the next tick, as `settle` assumes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(rig.sim.request_log()) >= transport.sent and rig.sim.in_progress() == 0:
+            return
+        time.sleep(0.001)
+
+
+def judge(s: Schedule, rig: Rig) -> dict[str, Any]:
+    log = rig.sim.request_log()
+    problems: list[str] = []
+    # the rate limit: no real 429, and the arrivals replayed through the bucket never overdraw it
+    real_429 = [r for r in log if r.status == 429 and r.fault is None]
+    if real_429:
+        problems.append(f"{len(real_429)} request(s) over the rate limit")
+    tokens, last = float(BURST), None
+    max_in_1s, stamps = 0, []
+    for r in log:
+        if r.status in (401,) or (r.status == 429 and r.fault is None):
+            continue
+        if last is not None:
+            tokens = min(BURST, tokens + (r.t - last) * RATE)
+        last = r.t
+        tokens -= 1
+        if tokens < -1e-6:
+            problems.append(f"bucket overdrawn at t={r.t:.3f}")
+            break
+        stamps.append(r.t)
+    j = 0
+    for i, t in enumerate(stamps):
+        while stamps[j] < t - 1.0:
+            j += 1
+        max_in_1s = max(max_in_1s, i - j + 1)
+
+    # double closes: applied order requests per target
+    applied = [r for r in log if r.method == "POST" and r.status == 200 and r.path.endswith(("/positions/close", "/positions/flatten"))]
+    for e in s.expected:
+        e.applied = len([r for r in applied if f"/accounts/{e.account}/" in r.path and r.path.endswith(e.path)
+                         and (r.body or {}).get("instrument") == e.instrument])
+    unmatched = len(applied) - sum(e.applied for e in s.expected)
+    if unmatched:
+        problems.append(f"{unmatched} applied order(s) matching no firing")
+    for e in s.expected:
+        if e.applied != 1:
+            problems.append(f"{e.name} {e.account} {e.instrument}: {e.applied} applied requests")
+
+    # lost firings: acknowledged within the deadline
+    acks: dict[str, float] = {}
+    for ev in rig.events():
+        if (ev["event"] == "action" and ev.get("ok") and ev["request"]["path"].endswith(("/close", "/flatten"))) or \
+                (ev["event"] == "action_resolved" and ev["verdict"].startswith("done")):
+            t = (datetime.fromisoformat(ev["ts"].replace("Z", "+00:00")) - START).total_seconds()
+            acks.setdefault(ev["key"], t)
+    for e in s.expected:
+        for key, t in acks.items():
+            rule, _, rest = key.replace("@", "|", 1).partition("|") if "@" in key else key.partition("|")
+            if rule != e.name:
+                continue
+            target = rest.split("|")
+            if e.instrument is None and target[-1] == e.account or e.instrument is not None and e.instrument in target:
+                e.acked_at = t
+        if e.acked_at is None or e.acked_at > e.deadline:
+            problems.append(f"{e.name} {e.instrument or e.account}: acknowledged at {e.acked_at} (trigger {e.trigger}, due {e.deadline})")
+
+    # the positions end as the rules say
+    q = s.quantities
+    want = {("A1", "NQ 12-26"): 2, ("A2", "ES 12-26"): q["ES"] - math.ceil(q["ES"] / 2), ("A4", "MNQ 12-26"): q["MNQ"] - 1}
+    have = rig.quantities()
+    if have != want:
+        problems.append(f"positions {have} != {want}")
+    return {"seed": s.seed, "problems": problems, "requests": len(log), "applied": len(applied),
+            "faulted": len([r for r in log if r.fault]), "refused_windows": len(s.refuse), "max_in_1s": max_in_1s,
+            "in_doubt": len(rig.events("action_resolved")), "windows": [w[2] for w in s.windows]}
+
+
+@pytest.mark.parametrize("seeds", [range(SCHEDULES)], ids=[f"{SCHEDULES}-schedules"])
+def test_chaos_no_double_close_no_lost_firing_rate_limit_kept(tmp_path, token, seeds, capsys):
+    started = time.monotonic()
+    schedules = [make_schedule(seed) for seed in seeds]
+    with ThreadPoolExecutor(WORKERS) as pool:
+        results = list(pool.map(lambda s: run_schedule(s, tmp_path, token), schedules))
+    elapsed = time.monotonic() - started
+    failed = [r for r in results if r["problems"]]
+    summary = (f"chaos: {len(results)} schedules in {elapsed:.1f}s; {sum(r['requests'] for r in results)} requests, "
+               f"{sum(r['faulted'] for r in results)} faulted, {sum(r['refused_windows'] for r in results)} refused windows, "
+               f"{sum(r['applied'] for r in results)} applied closes/flattens for {len(results) * len(schedules[0].expected)} firings, "
+               f"{sum(r['in_doubt'] for r in results)} unknown outcomes settled, max {max(r['max_in_1s'] for r in results)} requests "
+               f"in any 1 s (limit {RATE:g}/s burst {BURST}); {len(failed)} failed")
+    with capsys.disabled():
+        print("\n" + summary)
+    assert not failed, "\n".join(f"seed {r['seed']} {r['windows']}: {r['problems']}" for r in failed[:10])

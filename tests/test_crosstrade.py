@@ -1,0 +1,318 @@
+"""The CrossTrade client: outcome of every kind of answer, the token bucket, 429 retries, the
+paths it will and will not send, and snapshot parsing under arbitrary JSON (httpx MockTransport)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from riskd import crosstrade
+from riskd.crosstrade import (AUTH, FLAT, OK, REFUSED, REJECTED, UNKNOWN, UNSENT, CrossTradeClient, TokenBucket,
+                              parse_retry_after, parse_snapshot, request_for)
+from riskd.errors import ApiError
+from riskd.model import Order
+
+NOW = datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc)
+CLOSE = Order("close", "Sim101", "MES 12-26", percent=0.5)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.t += seconds
+
+
+def client_for(handler, token: str, clock: FakeClock | None = None, timeout: float = 1.0, **kw) -> tuple[CrossTradeClient, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    clock = clock or FakeClock()
+    bucket = TokenBucket(3.0, 20, clock=clock, sleep=clock.sleep)
+    return CrossTradeClient("http://api.test/v1/api", token, timeout=timeout, bucket=bucket, transport=httpx.MockTransport(record), **kw), seen
+
+
+def answer(status: int, body=None, text: str | None = None, headers: dict | None = None):
+    def handler(request: httpx.Request) -> httpx.Response:
+        if text is not None:
+            return httpx.Response(status, text=text, headers=headers)
+        return httpx.Response(status, json=body, headers=headers)
+    return handler
+
+
+# -- outcomes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status, body, text, outcome", [
+    (200, {"closedPositions": [], "success": True}, None, OK),
+    (200, {"success": False, "error": "invalid_account", "detail": "Account Sim999 not found"}, None, REJECTED),
+    (200, {"closedPositions": []}, None, UNKNOWN),  # a write that does not say success: true may or may not have acted
+    (200, ["unexpected"], None, UNKNOWN),
+    (200, None, '{"closedPositions": [{"ty', UNKNOWN),  # malformed JSON
+    (200, None, "", UNKNOWN),
+    (400, {"error": "No positions found for instrument 'MES 12-26'"}, None, FLAT),
+    (400, {"success": False, "error": "invalid_argument", "detail": "bad"}, None, REJECTED),
+    (401, {"success": False, "error": "unauthorized"}, None, AUTH),
+    (403, None, "forbidden", AUTH),
+    (404, {"success": False, "error": "not_found", "did_you_mean": "/v1/api/accounts/Sim101"}, None, REJECTED),
+    (408, {"success": False, "error": "ninjatrader_disconnected", "detail": "NinjaTrader is not connected"}, None, REJECTED),
+    (500, {"error": "Internal Server Error"}, None, UNKNOWN),
+    (502, None, "<html>bad gateway</html>", UNKNOWN),
+    (503, None, "", UNKNOWN),
+])
+def test_execute_classifies_every_kind_of_answer(token, status, body, text, outcome):
+    client, seen = client_for(answer(status, body, text), token)
+    reply = client.execute(CLOSE)
+    assert reply.outcome == outcome
+    assert len(seen) == 1  # only a 429 is retried in place
+    assert reply.ok == (outcome in (OK, FLAT))
+    assert reply.transient == (status == 408)
+    if text:
+        assert reply.response == text  # kept verbatim for the audit trail
+
+
+@pytest.mark.parametrize("status, body, outcome", [
+    (200, {"type": "snapshot", "accounts": []}, OK),  # a read has no `success`: its parser judges the shape
+    (200, {"success": False, "error": "x"}, REJECTED),
+    (408, {"success": False, "error": "ninjatrader_disconnected"}, REJECTED),
+    (429, {"error": "Rate limit exceeded"}, REJECTED),
+    (401, {"error": "unauthorized"}, AUTH),
+])
+def test_get_snapshot_classifies_reads(token, status, body, outcome):
+    client, seen = client_for(answer(status, body), token)
+    assert client.get_snapshot().outcome == outcome
+    assert len(seen) == 1  # a poll is never retried in place: the next tick is the retry
+
+
+@pytest.mark.parametrize("exc, outcome", [
+    (httpx.ConnectError("refused"), UNSENT),
+    (httpx.ConnectTimeout("slow connect"), UNSENT),
+    (httpx.PoolTimeout("no connection free"), UNSENT),
+    (httpx.ReadTimeout("no answer"), UNKNOWN),
+    (httpx.WriteTimeout("half sent"), UNKNOWN),
+    (httpx.RemoteProtocolError("server disconnected"), UNKNOWN),
+    (httpx.ReadError("connection reset"), UNKNOWN),
+])
+def test_execute_transport_errors_say_whether_the_request_may_have_acted(token, exc, outcome):
+    def handler(request):
+        raise exc
+
+    client, _ = client_for(handler, token)
+    reply = client.execute(CLOSE)
+    assert reply.outcome == outcome and reply.status is None and reply.error == exc.__class__.__name__
+
+
+# -- 429 -----------------------------------------------------------------------------------------
+
+
+def test_execute_two_429s_then_success_sends_three_requests_and_returns_the_success(token):
+    answers = iter([answer(429, {"error": "Rate limit exceeded"}), answer(429, {"error": "Rate limit exceeded"}),
+                    answer(200, {"closedPositions": [{"instrument": "MES 12-26"}], "success": True})])
+    clock = FakeClock()
+    client, seen = client_for(lambda r: next(answers)(r), token, clock=clock)
+    reply = client.execute(CLOSE)
+    assert reply.outcome == OK and len(seen) == 3
+    assert [a["status"] for a in reply.earlier] == [429, 429]
+    assert all(0 <= s <= 2.0 for s in clock.slept) and len(clock.slept) == 2  # jittered exponential back-off, bounded
+
+
+def test_execute_honours_retry_after_seconds_and_http_dates(token):
+    clock = FakeClock()
+    answers = iter([answer(429, {"error": "Rate limit exceeded"}, headers={"Retry-After": "1.5"}),
+                    answer(200, {"success": True})])
+    client, seen = client_for(lambda r: next(answers)(r), token, clock=clock, timeout=2.0)
+    assert client.execute(CLOSE).outcome == OK
+    assert clock.slept == [1.5]
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert 28 <= parse_retry_after(later) <= 30
+    assert parse_retry_after("soon") is None and parse_retry_after("nan") is None and parse_retry_after("-3") == 0.0
+
+
+def test_execute_retry_after_beyond_the_budget_gives_up_and_holds_every_request_until_then(token):
+    clock = FakeClock()
+    client, seen = client_for(answer(429, {"error": "Rate limit exceeded"}, headers={"Retry-After": "30"}), token, clock=clock)
+    reply = client.execute(CLOSE)
+    assert reply.outcome == REJECTED and reply.status == 429 and len(seen) == 1 and clock.slept == []
+    assert client.get_snapshot().outcome == UNSENT and client.execute(CLOSE).outcome == UNSENT
+    assert len(seen) == 1  # nothing is sent while the server asked us to wait
+    clock.t += 30
+    client.get_snapshot()
+    assert len(seen) == 2
+
+
+def test_execute_429s_stop_after_max_attempts(token):
+    clock = FakeClock()
+    client, seen = client_for(answer(429, {"error": "Rate limit exceeded"}), token, clock=clock)
+    reply = client.execute(CLOSE)
+    assert reply.status == 429 and len(seen) == client.max_attempts == 4
+    assert clock.t <= client.budget_s
+
+
+def test_execute_stops_retrying_429s_once_stopping(token):
+    client, seen = client_for(answer(429, {"error": "Rate limit exceeded"}), token)
+    client.stopping.set()
+    assert client.execute(CLOSE).status == 429 and len(seen) == 1
+
+
+# -- the token bucket ----------------------------------------------------------------------------
+
+
+def test_token_bucket_polls_leave_the_reserve_to_actions_and_actions_wait_for_a_token():
+    clock = FakeClock()
+    bucket = TokenBucket(3.0, 20, clock=clock, sleep=clock.sleep, jitter_s=0)
+    polls = sum(bucket.take(reserve=3) for _ in range(30))
+    assert polls == 17  # 20 - 3 kept for actions
+    assert sum(bucket.wait(timeout=0) for _ in range(3)) == 3  # actions take the reserve
+    assert not bucket.take(reserve=3)
+    assert bucket.wait(timeout=1.0) and clock.slept and math.isclose(clock.t, 1 / 3)
+    assert not bucket.wait(timeout=0.1)  # a token is 1/3 s away: the action gives up inside its timeout
+
+
+def test_client_never_sends_faster_than_its_bucket(token):
+    clock = FakeClock()
+    client, seen = client_for(answer(200, {"success": True}), token, clock=clock)
+    stamps = []
+    for _ in range(60):
+        client.execute(CLOSE)
+        stamps.append(clock.t)
+    # nearly 20 at once (a 0.3-token margin for arrival jitter), then 3 per second
+    assert stamps[18] == 0.0 and stamps[19] <= 0.11 and math.isclose(stamps[-1] - stamps[19], 40 / 3, rel_tol=1e-6)
+    for i, t in enumerate(stamps):
+        assert i + 1 <= 20 + 3 * t + 1e-6
+
+
+@pytest.mark.parametrize("jitter_s, refused", [(0.0, True), (0.1, False)])
+def test_token_bucket_margin_keeps_the_server_bucket_whole_despite_arrival_jitter(token, jitter_s, refused):
+    """The server counts a request when it arrives. When one request takes 60 ms longer than the
+    next, a client spending its last token exactly on time is 0.18 token short at the server."""
+    from riskd.sim import Simulator
+
+    clock = FakeClock()
+    arrival = {"t": 0.0}
+    sim = Simulator({"rate_limit": {"per_second": 3, "burst": 20}}, token=token, clock=lambda: arrival["t"])
+    bucket = TokenBucket(3.0, 20, clock=clock, sleep=clock.sleep, jitter_s=jitter_s)
+    statuses = []
+    for i in range(80):
+        assert bucket.wait(timeout=5)
+        arrival["t"] = clock.t + (0.06 if i % 2 == 0 else 0.0)  # every other request is delayed on the way
+        statuses.append(sim.handle("GET", "/v1/api/accounts/snapshot", {"Authorization": f"Bearer {token}"}).status)
+        clock.t = arrival["t"]  # the next request leaves after this one's answer
+    assert (429 in statuses) == refused
+
+
+# -- what is and is not sent ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("account", ["..", ".", " .. "])
+def test_request_for_refuses_account_names_that_change_the_path(account):
+    with pytest.raises(ValueError, match="would change the request path"):
+        request_for(Order("flatten", account))
+
+
+def test_request_for_refuses_orders_without_account_or_close_without_instrument():
+    with pytest.raises(ValueError):
+        request_for(Order("flatten", ""))
+    with pytest.raises(ValueError):
+        request_for(Order("close", "Sim101"))
+    with pytest.raises(ValueError):
+        request_for(Order("flatten_everything", "Sim101"))
+
+
+@pytest.mark.parametrize("account", ["..", ".", "../..", "a/../..", "Sim 101", "%2e%2e", "x?y#z", "ü"])
+def test_execute_never_posts_to_the_flatten_everything_path(token, account):
+    client, seen = client_for(answer(200, {"closedPositions": [], "success": True}), token)
+    reply = client.execute(Order("flatten", account))
+    for request in seen:
+        assert request.url.path != "/v1/api/positions/flatten"
+        assert request.url.raw_path.startswith(b"/v1/api/accounts/") and request.url.raw_path.endswith(b"/positions/flatten")
+        assert json.loads(request.content) == {}
+    if account.strip() in (".", ".."):
+        assert reply.outcome == REFUSED and seen == []
+
+
+def test_client_has_no_way_to_call_flatten_everything():
+    names = [n for n, _ in inspect.getmembers(CrossTradeClient) if not n.startswith("__")]
+    assert not [n for n in names if "flatten" in n.lower()]
+    source = Path(crosstrade.__file__).read_text()
+    paths = {line.split('"')[1] for line in source.splitlines() if '"accounts/{}/' in line or '"positions/' in line}
+    assert "positions/flatten" not in paths
+    assert set(crosstrade._PATHS.values()) == {"accounts/{}/positions/close", "accounts/{}/positions/flatten", "accounts/{}/orders/cancel"}
+
+
+def test_token_is_sent_as_bearer_and_never_appears_in_a_reply(token):
+    client, seen = client_for(answer(401, {"error": "unauthorized", "detail": "bad key"}), token)
+    reply = client.get_snapshot()
+    assert seen[0].headers["Authorization"] == f"Bearer {token}"
+    assert token not in repr(reply)
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+
+def _snapshot(**position) -> dict:
+    pos = {"account": "Sim101", "instrument": "MES 12-26", "marketPosition": "Long", "quantity": 2,
+           "averagePrice": 6000.0, "marketPrice": 5990.0, "unrealizedProfitLoss": -100.0, **position}
+    return {"type": "snapshot", "accounts": [{"account": {"name": "Sim101", "item": {"realizedProfitLoss": 0.0}}, "positions": [pos]}]}
+
+
+def test_parse_snapshot_reads_positions_and_drops_flat_ones():
+    snap = parse_snapshot(_snapshot(), NOW)
+    assert snap.position("sim101", "mes 12-26").quantity == 2
+    assert parse_snapshot(_snapshot(marketPosition="Flat", quantity=0), NOW).accounts[0].positions == ()
+
+
+@pytest.mark.parametrize("position", [
+    {"quantity": float("nan")}, {"quantity": float("inf")}, {"quantity": 1.5}, {"quantity": "2"}, {"quantity": True},
+    {"unrealizedProfitLoss": float("nan")}, {"marketPrice": float("-inf")}, {"instrument": None},
+])
+def test_parse_snapshot_rejects_numbers_it_cannot_trust(position):
+    with pytest.raises(ApiError):
+        parse_snapshot(_snapshot(**position), NOW)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(
+        ["accounts", "account", "positions", "name", "item", "instrument", "quantity", "marketPosition",
+         "unrealizedProfitLoss", "realizedProfitLoss", "success", "displayName"]) | st.text(max_size=4), inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_parse_snapshot_raises_only_api_error_whatever_the_json(data):
+    try:
+        snap = parse_snapshot(data, NOW)
+    except ApiError:
+        return
+    for account in snap.accounts:
+        assert isinstance(account.name, str) and math.isfinite(account.pnl())
+        for p in account.positions:
+            assert isinstance(p.quantity, int) and p.quantity > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_get_snapshot_and_execute_never_raise_whatever_the_body(data):
+    body = json.dumps(data, allow_nan=True)
+    client, _ = client_for(answer(200, text=body), "t" * 20)
+    assert client.get_snapshot().outcome in (OK, REJECTED, UNKNOWN)
+    assert client.execute(CLOSE).outcome in (OK, REJECTED, UNKNOWN)
