@@ -53,7 +53,7 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TextIO
 
 import structlog
 
@@ -290,6 +290,9 @@ class AuditTrail:
         self._reminded = 0.0
         self._retry: threading.Timer | None = None
         self._closed = False
+        # called with every line emitted (notifications, metrics), after it is queued; must not
+        # block. A failing observer is reported on the console and never breaks the trail or the tick.
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         self._logger = structlog.wrap_logger(
             _Sink(self),
             processors=[self._stamp, self._scrub, _plain, _deliver],
@@ -316,10 +319,15 @@ class AuditTrail:
         with self._lock:
             try:
                 line: dict[str, Any] = self._logger.msg(event, **fields)
-                return line
             except Exception as exc:  # never let the audit trail break a tick (and the close in it)
                 self._console.error("audit_emit_failed", audit_event=event, error=_describe(exc))
                 return {}
+        for observe in self.observers:
+            try:
+                observe(line)
+            except Exception as exc:  # noqa: BLE001 - an observer never breaks the trail or the tick
+                self._console.error("audit_observer_failed", audit_event=event, error=_describe(exc))
+        return line
 
     def request_reopen(self) -> None:
         """Reopen the trail path before the next line (async-signal-safe: only sets a flag)."""
@@ -698,11 +706,14 @@ def _fsync_dir(directory: Path) -> None:
 # Console (journald) logging.
 
 
-def configure_console(json_output: bool | None = None, level: str = "info", secrets: Iterable[str | None] = ()) -> None:
-    """structlog for the console (journald): JSON lines when not a TTY, readable on a TTY. Every
-    event (tracebacks included) and every stdlib-logging record is scrubbed of `secrets`."""
+def configure_console(json_output: bool | None = None, level: str = "info", secrets: Iterable[str | None] = (),
+                      stream: TextIO | None = None) -> None:
+    """structlog for the console: JSON lines to `stream` (default stdout, journald's) when it is not
+    a TTY, readable on a TTY. Every event (tracebacks included) and every stdlib-logging record is
+    scrubbed of `secrets`. The daemon passes stderr when the audit trail itself goes to stdout."""
+    stream = stream or sys.stdout
     if json_output is None:
-        json_output = not sys.stderr.isatty()
+        json_output = not stream.isatty()
     hidden = _secrets(secrets)
     renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
@@ -714,7 +725,7 @@ def configure_console(json_output: bool | None = None, level: str = "info", secr
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()

@@ -151,10 +151,12 @@ def _token(settings: config.Settings) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from riskd.daemon import Daemon, build_ticker, state_dir_for
+    from riskd.notify import Notifier
     from riskd.state import Store
 
-    configure_console()
     settings = _settings(args, demo_ok=args.sim)
+    console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
+    configure_console(stream=console)
     loaded, hashes = rules_mod.load(settings.rules, settings.zone)  # a bad policy stops here: no API call
     dry_run = args.dry_run or settings.dry_run
     with ExitStack() as stack:
@@ -162,30 +164,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             settings, token = _start_sim(settings, stack)
         else:
             token = _token(settings)
-        configure_console(secrets=[token])
-        audit = _audit_trail(settings, token)
+        notifier = Notifier.from_settings(settings)  # a missing webhook URL is a config error (78)
+        stack.callback(notifier.close, 0.0)
+        configure_console(secrets=[token, *notifier.secrets], stream=console)
+        audit = _audit_trail(settings, token, *notifier.secrets)
         stack.callback(audit.close)
         store = Store(state_dir_for(settings, dry_run))
         stack.callback(store.close)
         ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
         stack.callback(ticker.client.close)
-        daemon = Daemon(settings, ticker, audit, hashes)
+        daemon = Daemon(settings, ticker, audit, hashes, notifier=notifier)
         daemon.install_signals()
         return daemon.run()
 
 
-def _audit_trail(settings: config.Settings, token: str) -> AuditTrail:
+def _audit_trail(settings: config.Settings, token: str, *secrets: str) -> AuditTrail:
     """The audit trail; write failures go to the console (journald) and never stop riskd."""
     import structlog
 
-    return AuditTrail(settings.audit_log, secrets=[token], console=structlog.get_logger("riskd.audit"), fsync=settings.audit_fsync)
+    return AuditTrail(settings.audit_log, secrets=[token, *secrets], console=structlog.get_logger("riskd.audit"), fsync=settings.audit_fsync)
 
 
 def cmd_once(args: argparse.Namespace) -> int:
     from riskd.daemon import build_ticker, engine_settings, state_dir_for, utc_now
     from riskd.state import Store
 
-    configure_console()
+    configure_console(stream=sys.stderr)  # stdout carries the decisions
     settings = _settings(args, demo_ok=args.sim)
     loaded, _ = rules_mod.load(settings.rules, settings.zone)
     dry_run = args.dry_run or settings.dry_run
@@ -194,7 +198,7 @@ def cmd_once(args: argparse.Namespace) -> int:
             settings, token = _start_sim(settings, stack)
         else:
             token = _token(settings)
-        configure_console(secrets=[token])
+        configure_console(secrets=[token], stream=sys.stderr)
         audit = _audit_trail(settings, token)
         stack.callback(audit.close)
         if dry_run:  # a dry look must not take the running daemon's state lock, nor change its state

@@ -12,7 +12,7 @@ from datetime import time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from riskd import yamldoc
 from riskd.errors import ConfigError, Problem
@@ -42,6 +42,43 @@ class CrossTradeSpec(_Spec):
         return value.rstrip("/")
 
 
+NOTIFY_EVENTS = ("fired", "failed", "stale", "rules_rejected")
+
+
+class NotifyTargetSpec(_Spec):
+    """One webhook target. Its URL is a secret (it grants posting): give it as `url_credential`
+    (a systemd credential name) or `url_env` (an environment variable), or, discouraged, as `url`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="a label for logs and metrics (the URL is never logged)")
+    format: Literal["json", "slack", "discord", "ntfy"] = "json"
+    url: str | None = None
+    url_env: str | None = None
+    url_credential: str | None = None
+    events: list[Literal["fired", "failed", "stale", "rules_rejected"]] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+    timeout: Duration = timedelta(seconds=5)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> "NotifyTargetSpec":
+        given = [k for k in ("url", "url_env", "url_credential") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'url_credential', 'url_env' or 'url'" + (f" (found {', '.join(given)})" if given else ""))
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")  # the value is a secret: never echoed
+        return self
+
+
+def _metrics_address(value: Any) -> tuple[str, int] | None:
+    """`9465` / `"127.0.0.1:9465"` / `"[::1]:9465"` / `"0.0.0.0:9465"` -> (host, port); no host = loopback."""
+    if value is None or value is False:
+        return None
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    if port.isdigit() and int(port) <= 65535 and host:
+        return host, int(port)
+    raise ValueError(f"invalid metrics address {value!r}; write a port (9465, on 127.0.0.1) or HOST:PORT such as 127.0.0.1:9465")
+
+
 class ConfigSpec(_Spec):
     crosstrade: CrossTradeSpec = CrossTradeSpec()
     poll_interval: Duration = timedelta(seconds=1)
@@ -54,6 +91,23 @@ class ConfigSpec(_Spec):
     misfire_grace: Duration = timedelta(seconds=60)
     stale_after: Duration = timedelta(seconds=10)
     dry_run: bool = False
+    notify: list[NotifyTargetSpec] = []
+    metrics: Any = Field(None, description="Prometheus endpoint: a port (on 127.0.0.1) or HOST:PORT; absent = off")
+    summary_interval: Duration = timedelta(seconds=60)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: Any) -> Any:
+        return _metrics_address(value)
+
+    @field_validator("notify")
+    @classmethod
+    def _unique_targets(cls, value: list[NotifyTargetSpec]) -> list[NotifyTargetSpec]:
+        names = [t.name for t in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate notify target name(s): {', '.join(dupes)}; give each target its own name")
+        return value
 
     @field_validator("poll_interval")
     @classmethod
@@ -61,6 +115,20 @@ class ConfigSpec(_Spec):
         if value < timedelta(milliseconds=100):
             raise ValueError("poll_interval must be at least 100ms")
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyTarget:
+    """A webhook target as configured; `url_source` is ("url" | "env" | "credential", value), resolved at start."""
+
+    name: str
+    format: str
+    url_source: tuple[str, str]
+    events: frozenset[str]
+    timeout: float
+
+    def __repr__(self) -> str:  # never print a literal URL
+        return f"NotifyTarget(name={self.name!r}, format={self.format!r}, source={self.url_source[0]!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +152,9 @@ class Settings:
     dry_run: bool
     scenario: Path | None = None
     audit_fsync: str = "actions"
+    notify: tuple[NotifyTarget, ...] = ()
+    metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
+    summary_interval: float = 60.0
 
     @property
     def simulated(self) -> bool:
@@ -140,7 +211,15 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         dry_run=spec.dry_run,
         scenario=(root / ct.scenario).resolve() if ct.scenario else None,
         audit_fsync=spec.audit_fsync,
+        notify=tuple(_notify_target(t) for t in spec.notify),
+        metrics=spec.metrics,
+        summary_interval=spec.summary_interval.total_seconds(),
     )
+
+
+def _notify_target(t: NotifyTargetSpec) -> NotifyTarget:
+    source = ("credential", t.url_credential) if t.url_credential else ("env", t.url_env) if t.url_env else ("url", t.url)
+    return NotifyTarget(t.name, t.format, source, frozenset(t.events), t.timeout.total_seconds())  # type: ignore[arg-type]
 
 
 def read_token(settings: Settings) -> str | None:

@@ -229,6 +229,7 @@ class CrossTradeClient:
         self.max_attempts = max_attempts
         self.stopping = stopping or threading.Event()
         self.blocked_until: float | None = None  # Retry-After of the last 429, on the bucket's clock
+        self.observers: list[Callable[[Reply], None]] = []  # see every Reply (metrics); must not raise or block
         self._http = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {token}", "User-Agent": f"riskd/{__version__}"},
@@ -249,6 +250,13 @@ class CrossTradeClient:
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool,
               on_send: Callable[[], None] | None = None) -> Reply:
+        reply = self._exchange(method, path, body, action=action, on_send=on_send)
+        for observe in self.observers:
+            observe(reply)
+        return reply
+
+    def _exchange(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool,
+                  on_send: Callable[[], None] | None = None) -> Reply:
         request = self._http.build_request(method, path, json=body)
         if request.url.raw_path.decode("ascii") != self._base_path + path:
             # never let URL normalisation turn a path into another one (accounts/../positions/flatten)

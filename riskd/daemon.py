@@ -7,6 +7,7 @@ schedules ticks with APScheduler 3.x, and handles signals (SIGTERM/SIGINT stop, 
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -30,7 +31,10 @@ from riskd.config import Settings
 from riskd.crosstrade import AUTH, CrossTradeClient, parse_snapshot
 from riskd.engine import EngineSettings, State
 from riskd.errors import ApiError, ConfigError
+from riskd.metrics import Telemetry
 from riskd.model import Decision, Rule, Snapshot
+from riskd.notify import Notifier
+from riskd.sdnotify import Systemd
 from riskd.state import Store
 
 log = structlog.get_logger("riskd")
@@ -279,13 +283,27 @@ class Ticker:
 
 
 class Daemon:
-    """Schedules the ticker (poll interval + one cron job per `at` rule) and handles signals."""
+    """Schedules the ticker (poll interval + one cron job per `at` rule) and handles signals.
 
-    def __init__(self, settings: Settings, ticker: Ticker, audit: AuditTrail, hashes: dict[str, str]):
+    Around the ticks (see riskd/sdnotify.py, riskd/metrics.py, riskd/notify.py): systemd READY /
+    STATUS / WATCHDOG (pinged by healthy ticks and completed actions only) / RELOADING / STOPPING;
+    telemetry (a summary log line every `summary_interval`, the optional Prometheus endpoint);
+    webhook notifications fed by the audit trail.
+    """
+
+    def __init__(self, settings: Settings, ticker: Ticker, audit: AuditTrail, hashes: dict[str, str], *,
+                 systemd: Systemd | None = None, telemetry: Telemetry | None = None, notifier: Notifier | None = None):
         self.settings = settings
         self.ticker = ticker
         self.audit = audit
         self.hashes = hashes
+        self.systemd = systemd or Systemd()
+        self.telemetry = telemetry or Telemetry(bucket_level=lambda: ticker.client.bucket.level)
+        self.notifier = notifier or Notifier([])
+        self.metrics_server: Any = None
+        self._status_at = 0.0
+        ticker.client.observers.append(self.telemetry.on_reply)
+        audit.observers.extend([self.telemetry.on_audit, self.notifier.on_audit, self._on_audit])
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1},
@@ -296,11 +314,42 @@ class Daemon:
         self._reload = False
 
     def _safe_tick(self, reason: str) -> None:
+        started = time.perf_counter()
         try:
             self.ticker.tick(reason)
         except Exception as exc:  # a tick must never kill the scheduler; the next one tries again
             self.audit.emit("tick_failed", reason=reason, error=f"{exc.__class__.__name__}: {exc}")
             log.exception("tick_failed", reason=reason)
+            return  # no watchdog ping: ticks that keep failing get riskd restarted by systemd
+        self.telemetry.on_tick(reason, time.perf_counter() - started, self.ticker)
+        # The watchdog watches riskd (a hung or crashing tick, a dead scheduler), not CrossTrade: a
+        # tick that handled an API error is healthy; the outage shows in STATUS, `stale` and metrics.
+        now = time.monotonic()
+        refresh = now - self._status_at >= 5.0
+        if refresh:
+            self._status_at = now
+        self.systemd.watchdog(self.status() if refresh else None)
+
+    def _on_audit(self, line: dict[str, Any]) -> None:
+        event = line.get("event")
+        if event == "action":
+            self.systemd.watchdog()  # an answered API call is progress, even inside a long tick
+        elif event in ("stale", "recovered"):
+            self._status_at = 0.0  # refresh the status line at the next ping
+
+    def status(self) -> str:
+        """One line for `systemctl status`."""
+        h = self.ticker.health
+        snap = self.ticker.last_snapshot
+        watched = f"{len(snap.accounts)} accounts, {sum(len(a.positions) for a in snap.accounts)} positions" if snap else "no snapshot yet"
+        mode = " (dry run)" if self.ticker.executor.dry_run else ""
+        if h.stale:
+            error = f" ({h.last_error})" if h.last_error else ""
+            return f"STALE: no usable snapshot since {h.last_ok.isoformat(timespec='seconds') if h.last_ok else 'start'}{error}; {len(self.ticker.rules)} rules{mode}"
+        return f"{watched}, {len(self.ticker.rules)} rules; {h.ticks} ticks, {h.firings} firings{mode}"
+
+    def _summary(self) -> None:
+        log.info("summary", **self.telemetry.window())
 
     def _schedule_timed(self) -> None:
         for job in self.scheduler.get_jobs():
@@ -319,12 +368,14 @@ class Daemon:
 
     def reload(self) -> bool:
         """Reload the rule files: all or nothing. Return True when the new rules are running."""
+        self.systemd.reloading()
         try:
             new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone)
         except ConfigError as exc:
             self.audit.emit("rules_rejected", source=[str(p) for p in self.settings.rules], errors=[str(p) for p in exc.problems],
                             kept_rules=len(self.ticker.rules))
             log.error("rules_rejected", errors=[str(p) for p in exc.problems], kept_rules=len(self.ticker.rules))
+            self.systemd.ready(f"reload REJECTED ({len(exc.problems)} errors), old rules kept; " + self.status())
             return False
         changes = rules_mod.changes(self.ticker.rules, new_rules)
         self.ticker.swap_rules(new_rules)
@@ -333,6 +384,7 @@ class Daemon:
         self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload",
                         **changes)
         log.info("rules_loaded", rule_count=len(new_rules), reason="reload")
+        self.systemd.ready(self.status())
         return True
 
     def request_stop(self, reason: str) -> None:
@@ -360,10 +412,20 @@ class Daemon:
         log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
                  dry_run=self.ticker.executor.dry_run)
         self._safe_tick("start")
-        self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.poll_interval), args=["poll"], id="poll",
-                               misfire_grace_time=max(1, int(self.settings.poll_interval)))
+        gc.collect()
+        gc.freeze()  # startup objects live forever: keep them out of every later GC pass (shorter tick tails)
+        self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.poll_interval, start_date=poll_phase(self.settings.poll_interval)),
+                               args=["poll"], id="poll", misfire_grace_time=max(1, int(self.settings.poll_interval)))
         self._schedule_timed()
+        if self.settings.summary_interval > 0:
+            self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval), id="summary")
+        self._start_metrics()
+        interval = self.systemd.watchdog_interval
+        if interval is not None and self.settings.poll_interval > interval / 2:
+            log.error("watchdog_too_short", watchdog_s=interval, poll_interval_s=self.settings.poll_interval,
+                      fix="ticks feed the watchdog: set WatchdogSec= to at least twice poll_interval (systemctl edit riskd)")
         self.scheduler.start()
+        self.systemd.ready(self.status())
         on_ready()
         while self._stop_reason is None:
             self._wake.wait()
@@ -372,13 +434,43 @@ class Daemon:
                 self._reload = False
                 self.reload()
             self.audit.flush()  # reopen after SIGUSR1 now, not at the next line
+        self.systemd.stopping(f"stopping ({self._stop_reason}): finishing the tick in flight")
         self.scheduler.shutdown(wait=True)  # an in-flight tick finishes its action (bounded by the client timeouts)
         with self.ticker.lock:
             in_doubt = [i.key for i in self.ticker.executor.in_doubt]
         self.audit.emit("stopped", reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
                         firings=self.ticker.health.firings, in_doubt=in_doubt)
         log.info("stopped", reason=self._stop_reason)
+        self.notifier.close(timeout=3.0)  # queued notifications get one last try, bounded
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         return 0
+
+    def _start_metrics(self) -> None:
+        if self.settings.metrics is None:
+            return
+        from riskd.metrics import serve
+
+        host, port = self.settings.metrics
+        try:
+            self.metrics_server = serve(host, port, self.telemetry.registry)
+        except OSError as exc:  # riskd keeps protecting accounts without its metrics endpoint
+            log.error("metrics_unavailable", address=f"{host}:{port}", error=f"{exc.__class__.__name__}: {exc.strerror}")
+            return
+        bound = self.metrics_server.server_port
+        log.info("metrics_listening", address=f"{host}:{bound}", url=f"http://{host if ':' not in host else f'[{host}]'}:{bound}/metrics")
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("metrics_exposed", address=f"{host}:{bound}", note="the endpoint is not on loopback; firewall it")
+
+
+def poll_phase(interval: float, now: datetime | None = None) -> datetime:
+    """The phase of the poll ticks (APScheduler runs them at start + k * interval, the first one
+    within an interval from now): half an interval off whole seconds, where `at` rules fire, so a
+    timed tick does not wait for a poll tick to release the ticker."""
+    now = now or utc_now()
+    offset = (interval / 2) % 1.0 or 0.5
+    return now.replace(microsecond=0) + timedelta(seconds=offset)
 
 
 def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: AuditTrail, *, dry_run: bool,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from riskd.model import Account, Decision, Order, Position, Rule, Severity, Snapshot
 
@@ -180,8 +180,9 @@ def in_scope(rule: Rule, account: str, instrument: str | None = None) -> bool:
 # Conditions: an explicit registry, name -> pure function(spec, target) -> (holds, inputs).
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
+    """What a condition sees of one target at one tick (a NamedTuple: built ~rules x targets times a tick)."""
+
     account: Account
     position: Position | None
     now: datetime
@@ -343,25 +344,36 @@ class _Tick:
         for account in snapshot.accounts:
             name = account.name.lower()
             self.peaks[name] = max(self.peaks.get(name, 0.0), account.pnl())
+        # Per-tick caches for the hot path (rules x targets): the local time per zone, and per
+        # snapshot object (keyed by id(); the snapshot outlives this tick) its peak, position
+        # key and parsed first-seen time. Pure memoisation: same values as computing them inline.
+        self._locals: dict[Any, datetime] = {}
+        self._peak_of: dict[int, float] = {id(a): self.peaks.get(a.name.lower(), 0.0) for a in snapshot.accounts}
+        self._pkey_of: dict[int, str] = {}
+        self._seen_of: dict[int, datetime] = {}
+        for account in snapshot.accounts:
+            for pos in account.positions:
+                if pos.quantity > 0:
+                    key = _position_key(account.name, pos.instrument)
+                    self._pkey_of[id(pos)] = key
+                    self._seen_of[id(pos)] = datetime.fromisoformat(self.first_seen[key])
 
     def target(self, rule: Rule, account: Account, position: Position | None) -> Target:
+        local = self._locals.get(rule.zone)
+        if local is None:
+            local = self._locals[rule.zone] = self.now.astimezone(rule.zone)
+        peak = self._peak_of.get(id(account))
+        if peak is None:
+            peak = self.peaks.get(account.name.lower(), 0.0)
         seen = None
         if position is not None:
-            seen = datetime.fromisoformat(self.first_seen[_position_key(account.name, position.instrument)])
-        return Target(
-            account=account,
-            position=position,
-            now=self.now,
-            local=self.now.astimezone(rule.zone),
-            days=rule.days,
-            peak=self.peaks.get(account.name.lower(), 0.0),
-            first_seen=seen,
-        )
+            seen = self._seen_of.get(id(position)) or datetime.fromisoformat(self.first_seen[_position_key(account.name, position.instrument)])
+        return Target(account, position, self.now, local, rule.days, peak, seen)
 
     def target_key(self, rule: Rule, account: Account, position: Position | None) -> str:
         if position is None:
             return account.name
-        pkey = _position_key(account.name, position.instrument)
+        pkey = self._pkey_of.get(id(position)) or _position_key(account.name, position.instrument)
         return f"{account.name}|{position.instrument}|{self.first_seen[pkey]}"
 
     def decide(self, kind: str, rule: Rule, key: str, account: Account, position: Position | None, inputs: dict[str, Any], **extra: Any) -> None:
@@ -388,22 +400,35 @@ class _Tick:
         )
 
     def targets(self, rule: Rule) -> Iterable[tuple[Account, Position | None]]:
+        per_position, accounts, instruments = rule.per_position, rule.accounts, rule.instruments
         for account in self.snapshot.accounts:
-            if not _account_matches(rule.accounts, account.name):
+            if not _account_matches(accounts, account.name):
                 continue
-            if rule.per_position:
+            if per_position:
                 for pos in account.positions:
-                    if pos.quantity > 0 and _instrument_matches(rule.instruments, pos.instrument):
+                    if pos.quantity > 0 and _instrument_matches(instruments, pos.instrument):
                         yield account, pos
             else:
                 yield account, None
 
     def edge(self, rule: Rule) -> None:
+        # the hot path (every rule x every target): Target built inline from the per-tick caches
+        local = self._locals.get(rule.zone) or self._locals.setdefault(rule.zone, self.now.astimezone(rule.zone))
+        now, days, peak_of, seen_of = self.now, rule.days, self._peak_of, self._seen_of
+        conditions = [(CONDITIONS[name], spec) for name, spec in rule.conditions]
         for account, position in self.targets(rule):
-            key = f"{rule.name}|{self.target_key(rule, account, position)}"
-            holds, inputs = check(rule, self.target(rule, account, position))
+            target = Target(account, position, now, local, days, peak_of[id(account)], seen_of[id(position)] if position is not None else None)
+            # fast rejection: stop at the first condition that does not hold; the conditions are
+            # pure, so check() recomputes the same result (and the inputs) for the targets that pass
+            for condition, spec in conditions:
+                if not condition(spec, target)[0]:
+                    holds = False
+                    break
+            else:
+                holds, inputs = check(rule, target)
             if not holds:
                 continue  # markers and holds not carried over: the rule re-arms for this target
+            key = f"{rule.name}|{self.target_key(rule, account, position)}"
             if key in self.old.fired:
                 self.fired[key] = self.old.fired[key]
                 continue

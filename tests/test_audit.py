@@ -252,9 +252,9 @@ def test_console_log_is_scrubbed_of_the_token(tmp_path, token, capsys):
         except RuntimeError:
             structlog.get_logger("riskd").exception("tick_failed")
     finally:
-        structlog.reset_defaults()  # the console of the other tests is not this test's captured stderr
-    err = capsys.readouterr().err
-    assert "api_error" in err and "tick_failed" in err and token not in err
+        structlog.reset_defaults()  # the console of the other tests is not this test's captured stdout
+    out = capsys.readouterr().out  # the console goes to stdout (journald)
+    assert "api_error" in out and "tick_failed" in out and token not in out
 
 
 def test_audit_fsyncs_decisions_and_actions_but_not_samples(tmp_path, monkeypatch):

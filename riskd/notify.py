@@ -1,0 +1,330 @@
+"""Webhook notifications: tell people when riskd acts or breaks, without ever slowing an action.
+
+`Notifier.on_audit` observes every audit line (it is registered on `AuditTrail.observers`) and turns
+the interesting ones into messages:
+
+| class            | audit events                                                          |
+|------------------|-----------------------------------------------------------------------|
+| `fired`          | `fired`                                                               |
+| `failed`         | `action` with `ok: false`, `tick_failed` (repeats muted for 15 min)   |
+| `stale`          | `stale` (no usable snapshot for `stale_after`), `recovered`           |
+| `rules_rejected` | `rules_rejected` (a reload was refused; the old rules keep running)   |
+
+`on_audit` only appends to a bounded in-memory queue per target (O(1), no I/O), so it never delays
+the tick that emitted the line. One background thread per target sends what is queued, batched
+into one message, and retries with exponential backoff (honouring `Retry-After`) on connection
+errors, timeouts, 408, 429 and 5xx for up to `GIVE_UP_AFTER`; other 4xx are dropped at once.
+
+Formats: `json` (generic: `{"source", "host", "events": [{"class", "event", "text", "audit"}]}`),
+`slack` (`{"text"}`), `discord` (`{"content"}`, mentions disabled), `ntfy` (plain text body with
+Title/Priority/Tags headers, POSTed to the topic URL).
+
+Webhook URLs are secrets (whoever has one can post): they come from a systemd credential or an
+environment variable, are never logged (targets are named in logs and metrics), and are added to
+the audit trail's redaction list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import httpx
+import structlog
+
+from riskd import __version__
+from riskd.config import NotifyTarget, Settings
+from riskd.errors import ConfigError, Problem
+
+log = structlog.get_logger("riskd")
+
+QUEUE_LIMIT = 1000  # messages kept per target while it is unreachable; the oldest go first
+BATCH = 20  # messages per webhook call
+GIVE_UP_AFTER = 15 * 60.0  # seconds of retrying one batch
+MAX_BACKOFF = 60.0
+MUTE_REPEATS = 15 * 60.0  # the same failure is notified once per this many seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    kind: str  # fired | failed | stale | rules_rejected
+    event: str
+    text: str
+    audit: dict[str, Any]
+
+    @property
+    def urgent(self) -> bool:
+        return self.kind in ("failed", "stale", "rules_rejected") and self.event != "recovered"
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit line -> message.
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def message_for(line: dict[str, Any]) -> Message | None:
+    """Given an audit line, return the notification it deserves, or None."""
+    event = line.get("event")
+    target = " ".join(str(x) for x in (line.get("account"), line.get("instrument")) if x)
+    dry = " [dry run]" if line.get("dry_run") else ""
+    if event == "fired":
+        inputs = line.get("inputs") or {}
+        seen = ", ".join(f"{k}={_fmt(v)}" for k, v in inputs.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
+        threshold = ", ".join(f"{k} {v}" for k, v in (line.get("threshold") or {}).items())
+        text = f"riskd: rule {line.get('rule')} fired on {target}: {line.get('action')}{dry}"
+        text += (f" (seen {seen}" if seen else " (") + (f"; threshold {threshold})" if threshold else ")")
+        return Message("fired", event, text.replace(" ()", ""), line)
+    if event == "action" and not line.get("ok"):
+        request = line.get("request") or {}
+        status = line.get("status") or line.get("outcome")
+        text = (f"riskd: FAILED {request.get('method')} {request.get('path')} for rule {line.get('rule')} on {target}: "
+                f"{status} {line.get('error') or ''}".rstrip() + "; riskd retries on the next tick")
+        return Message("failed", event, text, line)
+    if event == "tick_failed":
+        return Message("failed", event, f"riskd: a tick failed ({line.get('error')}); the next tick tries again", line)
+    if event == "stale":
+        error = f" (last error: {line['last_error']})" if line.get("last_error") else ""
+        return Message("stale", event, f"riskd: STALE — no usable CrossTrade snapshot since {line.get('last_ok') or 'start'}{error}; "
+                                       "rules cannot act until the API answers again", line)
+    if event == "recovered":
+        span = f" after {line['stale_for_s']:.0f}s" if isinstance(line.get("stale_for_s"), (int, float)) else ""
+        return Message("stale", event, f"riskd: recovered — CrossTrade snapshots are arriving again{span}", line)
+    if event == "rules_rejected":
+        errors = line.get("errors") or []
+        first = f": {errors[0]}" if errors else ""
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        return Message("rules_rejected", event, f"riskd: rule reload REJECTED, {line.get('kept_rules')} old rules keep running{first}{more}", line)
+    return None
+
+
+def _mute_key(message: Message) -> str | None:
+    """Failures that repeat every tick are notified once per MUTE_REPEATS; firings never are muted."""
+    a = message.audit
+    if message.event == "action":
+        return f"action|{a.get('key')}|{a.get('outcome')}|{a.get('status')}"
+    if message.event == "tick_failed":
+        return f"tick|{a.get('error')}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Message batch -> HTTP request.
+
+
+def render(fmt: str, messages: list[Message], host: str) -> tuple[dict[str, str], bytes]:
+    """Given a format and messages, return (headers, body) of the webhook request."""
+    texts = [m.text for m in messages]
+    if fmt == "slack":
+        return {"Content-Type": "application/json"}, json.dumps({"text": _clip("\n".join(texts), 3500)}).encode()
+    if fmt == "discord":
+        body = {"content": _clip("\n".join(texts), 1900), "allowed_mentions": {"parse": []}}
+        return {"Content-Type": "application/json"}, json.dumps(body).encode()
+    if fmt == "ntfy":
+        urgent = any(m.urgent for m in messages)
+        kinds = sorted({m.kind for m in messages})
+        headers = {
+            "Title": f"riskd on {host}: " + ", ".join(kinds),
+            "Priority": "high" if urgent else "default",
+            "Tags": "rotating_light" if urgent else "chart_with_downwards_trend",
+            "Content-Type": "text/plain; charset=utf-8",
+        }
+        return {k: v.encode("ascii", "replace").decode() for k, v in headers.items()}, "\n".join(texts).encode()
+    body = {"source": "riskd", "version": __version__, "host": host,
+            "events": [{"class": m.kind, "event": m.event, "text": m.text, "audit": m.audit} for m in messages]}
+    return {"Content-Type": "application/json"}, json.dumps(body, default=str).encode()
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets and the notifier.
+
+
+def resolve_url(target: NotifyTarget, settings: Settings, env: dict[str, str] | None = None) -> str:
+    """Given a target, return its URL from the credential, env var or literal; raise ConfigError if absent."""
+    env = dict(os.environ) if env is None else env
+    kind, value = target.url_source
+    url = None
+    if kind == "url":
+        url = value
+    elif kind == "env":
+        url = env.get(value, "").strip() or None
+    else:
+        cred_dir = env.get("CREDENTIALS_DIRECTORY")
+        path = Path(cred_dir) / value if cred_dir else None
+        if path is not None and path.is_file():
+            url = path.read_text(encoding="utf-8").strip() or None
+    if url is None:
+        where = f"${value}" if kind == "env" else f"the systemd credential {value!r} (LoadCredential={value}:/etc/riskd/{value})"
+        raise ConfigError([Problem(str(settings.path or "riskd.yaml"), 1, 1, f"notify.{target.name}", f"no URL: {where} is not set")])
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError([Problem(str(settings.path or "riskd.yaml"), 1, 1, f"notify.{target.name}", "the URL must start with http:// or https://")])
+    return url
+
+
+class Webhook:
+    """One target: a bounded queue and the thread that delivers it."""
+
+    def __init__(self, target: NotifyTarget, url: str, host: str, *, transport: httpx.BaseTransport | None = None,
+                 on_outcome: Callable[[str, str], None] = lambda target, outcome: None,
+                 sleep: Callable[[float], bool] | None = None):
+        self.target = target
+        self.host = host
+        self._url = url
+        self._queue: deque[Message] = deque(maxlen=QUEUE_LIMIT)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._on_outcome = on_outcome
+        self.dropped = 0
+        self.sent = 0
+        self._http = httpx.Client(timeout=httpx.Timeout(target.timeout), transport=transport, follow_redirects=False,
+                                  headers={"User-Agent": f"riskd/{__version__}"})
+        self._thread = threading.Thread(target=self._run, name=f"notify-{target.name}", daemon=True)
+        self._thread.start()
+
+    def put(self, message: Message) -> None:
+        """Queue a message; never blocks (a full queue drops its oldest message)."""
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append(message)
+        self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            while self._queue and not self._stop.is_set():
+                self._deliver()
+        self._final_flush()
+
+    def _take(self) -> list[Message]:
+        batch: list[Message] = []
+        while self._queue and len(batch) < BATCH:
+            batch.append(self._queue.popleft())
+        return batch
+
+    def _deliver(self) -> None:
+        batch = self._take()
+        headers, body = render(self.target.format, batch, self.host)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome, retry_after = self._post(headers, body)
+            if outcome == "sent":
+                self.sent += len(batch)
+                self._on_outcome(self.target.name, "sent")
+                return
+            if outcome == "rejected" or time.monotonic() - started > GIVE_UP_AFTER:
+                self._on_outcome(self.target.name, "dropped")
+                log.error("notify_dropped", target=self.target.name, messages=len(batch), attempts=attempt, reason=outcome)
+                return
+            self._on_outcome(self.target.name, "retried")
+            delay = retry_after if retry_after is not None else min(MAX_BACKOFF, 2 ** (attempt - 1)) * random.uniform(0.8, 1.0)
+            if self._stop.wait(min(delay, MAX_BACKOFF)):
+                self._queue.extendleft(reversed(batch))  # keep them for the final flush
+                return
+
+    def _post(self, headers: dict[str, str], body: bytes) -> tuple[str, float | None]:
+        """POST once; return ("sent" | "retry" | "rejected", Retry-After seconds or None). Logs never name the URL."""
+        try:
+            response = self._http.post(self._url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            log.warning("notify_failed", target=self.target.name, error=exc.__class__.__name__, retry=True)
+            return "retry", None
+        status = response.status_code
+        if 200 <= status < 300:
+            return "sent", None
+        retry_after = None
+        try:
+            retry_after = float(response.headers.get("Retry-After", ""))
+        except ValueError:
+            pass
+        retry = status in (408, 425, 429) or status >= 500
+        log.warning("notify_failed", target=self.target.name, status=status, retry=retry)
+        return ("retry" if retry else "rejected"), retry_after
+
+    def _final_flush(self) -> None:
+        """On stop: one attempt for what is still queued, within the target's timeout."""
+        while self._queue:
+            batch = self._take()
+            headers, body = render(self.target.format, batch, self.host)
+            outcome, _ = self._post(headers, body)
+            self._on_outcome(self.target.name, "sent" if outcome == "sent" else "dropped")
+            if outcome != "sent":
+                self.dropped += len(batch) + len(self._queue)
+                self._queue.clear()
+
+    def close(self, timeout: float) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._http.close()
+
+
+class Notifier:
+    """Given resolved targets, route audit lines to them (register `on_audit` as an audit observer)."""
+
+    def __init__(self, webhooks: Iterable[Webhook], clock: Callable[[], float] = time.monotonic):
+        self.webhooks = list(webhooks)
+        self._clock = clock
+        self._muted: dict[str, float] = {}
+        self._lock = threading.Lock()  # audit lines come from tick threads and the reload
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, env: dict[str, str] | None = None, transport: httpx.BaseTransport | None = None,
+                      on_outcome: Callable[[str, str], None] = lambda target, outcome: None) -> "Notifier":
+        """Resolve every target's URL (raise ConfigError when one is missing) and start their threads."""
+        urls = [resolve_url(t, settings, env) for t in settings.notify]
+        host = socket.gethostname()
+        return cls(Webhook(t, url, host, transport=transport, on_outcome=on_outcome) for t, url in zip(settings.notify, urls))
+
+    @property
+    def secrets(self) -> list[str]:
+        return [w._url for w in self.webhooks]
+
+    def on_audit(self, line: dict[str, Any]) -> None:
+        if not self.webhooks:
+            return
+        message = message_for(line)
+        if message is None:
+            return
+        key = _mute_key(message)
+        if key is not None:
+            with self._lock:
+                now = self._clock()
+                if now - self._muted.get(key, -MUTE_REPEATS - 1) < MUTE_REPEATS:
+                    return
+                self._muted[key] = now
+                if len(self._muted) > 10_000:  # bounded: forget the oldest half
+                    for old in sorted(self._muted, key=self._muted.__getitem__)[:5_000]:
+                        del self._muted[old]
+        for hook in self.webhooks:
+            if message.kind in hook.target.events:
+                hook.put(message)
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Stop every target, giving queued messages one last try within `timeout` seconds in total."""
+        deadline = time.monotonic() + timeout
+        for hook in self.webhooks:
+            hook._stop.set()
+            hook._wake.set()
+        for hook in self.webhooks:
+            hook.close(max(0.0, deadline - time.monotonic()))
