@@ -71,10 +71,6 @@ def _overlaps(a: set[tuple[str, str | None]], b: set[tuple[str, str | None]]) ->
     return False
 
 
-def _position_orders(decision: Decision) -> list[Order]:
-    return [o for o in decision.orders if o.kind != "cancel_orders"]
-
-
 def is_idempotent(decision: Decision) -> bool:
     return all(o.kind in IDEMPOTENT for o in decision.orders)
 

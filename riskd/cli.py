@@ -141,6 +141,13 @@ def _start_sim(settings: config.Settings, stack: ExitStack) -> tuple[config.Sett
     return replace(settings, base_url=server.base_url), token
 
 
+def _endpoint(args: argparse.Namespace, settings: config.Settings, stack: ExitStack) -> tuple[config.Settings, str]:
+    """The API to talk to: the embedded simulator (--sim, or base_url: sim), else CrossTrade with the configured token."""
+    if getattr(args, "sim", False) or settings.simulated:
+        return _start_sim(settings, stack)
+    return settings, _token(settings)
+
+
 def _token(settings: config.Settings) -> str:
     token = config.read_token(settings)
     if not token:
@@ -160,10 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded, hashes = rules_mod.load(settings.rules, settings.zone)  # a bad policy stops here: no API call
     dry_run = args.dry_run or settings.dry_run
     with ExitStack() as stack:
-        if args.sim or settings.simulated:
-            settings, token = _start_sim(settings, stack)
-        else:
-            token = _token(settings)
+        settings, token = _endpoint(args, settings, stack)
         notifier = Notifier.from_settings(settings)  # a missing webhook URL is a config error (78)
         stack.callback(notifier.close, 0.0)
         configure_console(secrets=[token, *notifier.secrets], stream=console)
@@ -194,10 +198,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     loaded, _ = rules_mod.load(settings.rules, settings.zone)
     dry_run = args.dry_run or settings.dry_run
     with ExitStack() as stack:
-        if args.sim or settings.simulated:
-            settings, token = _start_sim(settings, stack)
-        else:
-            token = _token(settings)
+        settings, token = _endpoint(args, settings, stack)
         configure_console(secrets=[token], stream=sys.stderr)
         audit = _audit_trail(settings, token)
         stack.callback(audit.close)

@@ -363,9 +363,6 @@ class Daemon:
             self.scheduler.add_job(self._safe_tick, trigger, args=[f"at:{rule.name}"], id=f"at:{rule.name}",
                                    misfire_grace_time=int(self.settings.misfire_grace.total_seconds()) or 1)
 
-    def next_firings(self) -> list[tuple[str, datetime]]:
-        return sorted(((job.id[3:], job.next_run_time) for job in self.scheduler.get_jobs() if job.id.startswith("at:")), key=lambda x: x[1])
-
     def reload(self) -> bool:
         """Reload the rule files: all or nothing. Return True when the new rules are running."""
         self.systemd.reloading()

@@ -3,8 +3,7 @@
     RiskdError
     ├── ConfigError        riskd.yaml or a rule file is invalid (exit 78); carries every located problem
     ├── StateError         the state store is unreadable, corrupt or from a newer riskd (exit 1)
-    └── ApiError           a CrossTrade call could not be made or understood
-        └── AuthError      401/403: the token is wrong; retrying will not help
+    └── ApiError           a CrossTrade answer could not be understood (e.g. a malformed snapshot)
 
 Messages never contain the API token.
 """
@@ -49,7 +48,3 @@ class StateError(RiskdError):
 
 class ApiError(RiskdError):
     """A CrossTrade request failed before a usable answer was read."""
-
-
-class AuthError(ApiError):
-    """CrossTrade refused the token (401/403)."""

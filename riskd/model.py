@@ -28,10 +28,6 @@ class Position:
         """The root symbol: `MES` for `MES 12-26`."""
         return self.instrument.split(" ", 1)[0].upper()
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.account.lower(), self.instrument.upper())
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "instrument": self.instrument,

@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -45,7 +44,6 @@ import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 from riskd import config, engine, rules as rules_mod  # noqa: E402
-from riskd.model import Account, Position, Snapshot  # noqa: E402
 from riskd.sim import SimServer, Simulator  # noqa: E402
 
 RISKD = Path(sys.executable).parent / "riskd"

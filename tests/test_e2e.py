@@ -126,7 +126,7 @@ def test_token_never_appears_in_output_audit_or_state(tmp_path, sim_factory, ris
 def test_demo_closes_something_within_30_seconds(tmp_path):
     import subprocess
 
-    from conftest import RISKD, RiskdProcess  # noqa: F401
+    from conftest import RISKD
 
     proc = subprocess.Popen([str(RISKD), "run", "--sim"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
