@@ -189,3 +189,22 @@ def test_run_with_a_corrupt_or_newer_state_store_exits_1_and_keeps_it(tmp_path, 
     result = run_cli("run", "-c", str(config), env={"CROSSTRADE_TOKEN": token})
     assert result.returncode == 1 and "newer than this riskd" in result.stderr
     assert sim.request_log() == []
+
+
+def test_six_408s_in_a_row_riskd_keeps_running_audits_them_and_acts_once_the_bridge_is_back(tmp_path, sim_factory, riskd_factory, token):
+    scenario = {"accounts": [{"name": "Sim101", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 2, "price": 6000.0}]}],
+                "prices": {"MES 12-26": 5900.0}}  # -$1,000: the cap holds from the first poll
+    sim, server = sim_factory(scenario)
+    sim.inject(Fault(kind="status", status=408, match="GET /accounts/snapshot", count=6))  # NinjaTrader disconnected
+    rules = [{"name": "mes-loss-cap", "instruments": "MES", "when": {"position_pnl": {"below": -500}}, "then": {"close": "all"}}]
+    proc = riskd_factory(write_policy(tmp_path, server.base_url, rules, poll_interval="200ms"), token)
+
+    action = proc.wait_for("action", timeout=20)[0]
+    errors = proc.events("api_error", status=408)
+    assert len(errors) == 6 and all(e["path"].endswith("accounts/snapshot") for e in errors)
+    assert action["ok"] is True and action["response"]["closedPositions"][0]["quantity"] == 2
+    assert proc.proc.poll() is None  # still running
+    snapshots = [r for r in sim.request_log() if r.path.endswith("/accounts/snapshot")]
+    assert snapshots[6].status == 200 and snapshots[6].t - snapshots[0].t >= 6 * 0.2 * 0.5  # backed off, no tight loop
+    assert len([r for r in sim.request_log() if r.method == "POST"]) == 1
+    assert proc.stop() == 0
