@@ -164,6 +164,13 @@ def test_action_flatten_account_level_flattens_the_whole_account_once():
     assert decisions[0].orders[0].account == "Sim101" and decisions[0].instrument is None
 
 
+def test_action_timed_flatten_of_many_accounts_sends_accounts_holding_positions_first():
+    h = Harness(rule("eod", 'at: "16:58", days: daily', "flatten: true"))
+    flat = [acct(f"Flat{i}") for i in range(3)]
+    decisions = h.tick(ny(2026, 11, 27, 16, 58), *flat, acct("Busy", pos("MES 12-26")), acct("Flat9"))
+    assert [d.account for d in decisions if d.kind == "fire"] == ["Busy", "Flat0", "Flat1", "Flat2", "Flat9"]
+
+
 def test_action_flatten_with_instrument_filter_flattens_only_matched_instruments():
     h = Harness(rule("dll", "account_pnl: {below: -1000}", "flatten: true", instruments="[MES, MNQ]"))
     decisions = h.tick(MORNING, acct("Sim101", pos("MES 12-26", pnl=-800), pos("ES 12-26", pnl=-300), pos("MNQ 12-26")))
