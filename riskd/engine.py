@@ -54,7 +54,7 @@ class State:
     occurrences: "rule@occurrence" -> {target key: "pending" | "done" | "gone"}
     peaks:       account (lower case) -> session P&L peak
     locks:       "rule|account" -> ISO time the lock was set
-    first_seen:  "account|INSTRUMENT" -> ISO time the position was first seen (also its identity)
+    first_seen:  "account|INSTRUMENT|Side" -> ISO time the position was first seen (also its identity)
     known:       rule name -> [digest, ISO time first loaded]
     inflight:    firing keys whose last action has an unresolved outcome: never fire them again
     """
@@ -316,8 +316,9 @@ def orders_for(rule: Rule, account: Account, position: Position | None) -> tuple
 # Evaluation.
 
 
-def _position_key(account: str, instrument: str) -> str:
-    return f"{account.lower()}|{instrument.upper()}"
+def _position_key(account: str, position: Position) -> str:
+    """A position's identity: a long that turns short between two snapshots is a new position."""
+    return f"{account.lower()}|{position.instrument.upper()}|{position.side}"
 
 
 class _Tick:
@@ -337,7 +338,7 @@ class _Tick:
         for account in snapshot.accounts:
             for pos in account.positions:
                 if pos.quantity > 0:
-                    key = _position_key(account.name, pos.instrument)
+                    key = _position_key(account.name, pos)
                     self.first_seen[key] = state.first_seen.get(key) or now.isoformat()
         self.fired = {k: v for k, v in state.fired.items() if (k.split("|") + [""])[1].lower() not in present}
         self.peaks = dict(state.peaks)
@@ -354,7 +355,7 @@ class _Tick:
         for account in snapshot.accounts:
             for pos in account.positions:
                 if pos.quantity > 0:
-                    key = _position_key(account.name, pos.instrument)
+                    key = _position_key(account.name, pos)
                     self._pkey_of[id(pos)] = key
                     self._seen_of[id(pos)] = datetime.fromisoformat(self.first_seen[key])
 
@@ -367,13 +368,13 @@ class _Tick:
             peak = self.peaks.get(account.name.lower(), 0.0)
         seen = None
         if position is not None:
-            seen = self._seen_of.get(id(position)) or datetime.fromisoformat(self.first_seen[_position_key(account.name, position.instrument)])
+            seen = self._seen_of.get(id(position)) or datetime.fromisoformat(self.first_seen[_position_key(account.name, position)])
         return Target(account, position, self.now, local, rule.days, peak, seen)
 
     def target_key(self, rule: Rule, account: Account, position: Position | None) -> str:
         if position is None:
             return account.name
-        pkey = self._pkey_of.get(id(position)) or _position_key(account.name, position.instrument)
+        pkey = self._pkey_of.get(id(position)) or _position_key(account.name, position)
         return f"{account.name}|{position.instrument}|{self.first_seen[pkey]}"
 
     def decide(self, kind: str, rule: Rule, key: str, account: Account, position: Position | None, inputs: dict[str, Any], **extra: Any) -> None:

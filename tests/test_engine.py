@@ -243,6 +243,14 @@ def test_firing_reopened_position_is_a_new_target():
     assert fires(h.tick(MORNING + seconds(3), acct("Sim101", pos(pnl=-600))))  # reopened, still losing
 
 
+def test_firing_position_that_flips_side_between_snapshots_is_a_new_target():
+    h = Harness(rule("cap", "position_pnl: {below: -500}", "close: 50%"))
+    assert fires(h.tick(MORNING, acct("Sim101", pos(pnl=-600))))
+    assert fires(h.tick(MORNING + seconds(1), acct("Sim101", pos(pnl=-600)))) == []
+    flipped = h.tick(MORNING + seconds(2), acct("Sim101", pos(pnl=-600, side="Short")))  # never seen flat
+    assert fires(flipped) == [("cap", "Sim101", "MES 12-26")]
+
+
 def test_firing_per_target_positions_and_accounts_fire_independently():
     h = Harness(rule("cap", "position_pnl: {below: -500}") + rule("dll", "account_pnl: {below: -1000}", "flatten: true"))
     decisions = h.tick(MORNING, acct("Sim101", pos("MES 12-26", pnl=-600), pos("ES 12-26", pnl=-100)),
