@@ -750,3 +750,14 @@ def test_python_m_riskd_sim_runs_until_sigterm():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_random_walk_stays_deterministic_and_bounded_over_a_long_run():
+    from riskd.sim.core import WALK_KEPT, _Prices
+
+    walk = {"seed": 7, "every": 1.0, "tick": 0.25, "max_ticks": 4, "max_offset": None, "instruments": ["ES 12-26"]}
+    long_run = _Prices({"ES 12-26": 6000.0}, [], walk)
+    offsets = [long_run.walk_ticks("ES 12-26", float(t)) for t in range(0, 200_000, 13)]  # two days of 1 s steps
+    fresh = _Prices({"ES 12-26": 6000.0}, [], walk)
+    assert fresh.walk_ticks("ES 12-26", 199_992.0) == offsets[-1]  # same seed, same path
+    assert len(long_run._walk_cache["ES 12-26"][2]) <= 2 * WALK_KEPT  # memory does not grow with uptime

@@ -168,6 +168,9 @@ class _Account:
     marks: dict[str, float] = field(default_factory=dict)
 
 
+WALK_KEPT = 1024  # random-walk steps kept per instrument (older ones are never asked for)
+
+
 class _Prices:
     """Lazy price path: pinned override > latest scripted step <= t > initial price, plus walk."""
 
@@ -179,22 +182,28 @@ class _Prices:
         self.walk = walk
         self.walk_instruments = set(walk["instruments"]) if walk else set()
         self.pinned: dict[str, float] = {}
-        self._walk_cache: dict[str, tuple[random.Random, list[int]]] = {}
+        # per instrument: its generator, the step number of the first kept value, the kept values
+        self._walk_cache: dict[str, tuple[random.Random, list[int], list[int]]] = {}
 
     def known(self, inst: str) -> bool:
         return inst in self.pinned or inst in self.initial or inst in self.steps
 
     def walk_ticks(self, inst: str, t: float) -> int:
+        """The walk's offset (in ticks) at time t: deterministic for a seed, O(1) memory over a long run
+        (only the latest WALK_KEPT steps are kept: requests arrive in clock order, give or take a thread)."""
         w = self.walk
         n = max(0, int(math.floor(t / w["every"] + 1e-9)))
-        rng, cum = self._walk_cache.setdefault(inst, (random.Random(f"{w['seed']}:{inst}"), [0]))
+        rng, first, cum = self._walk_cache.setdefault(inst, (random.Random(f"{w['seed']}:{inst}"), [0], [0]))
         bound = None if w["max_offset"] is None else int(math.floor(w["max_offset"] / w["tick"] + 1e-9))
-        while len(cum) <= n:
+        while first[0] + len(cum) <= n:
             nxt = cum[-1] + rng.randint(-w["max_ticks"], w["max_ticks"])
             if bound is not None:
                 nxt = max(-bound, min(bound, nxt))
             cum.append(nxt)
-        return cum[n]
+            if len(cum) > 2 * WALK_KEPT:
+                del cum[:WALK_KEPT]
+                first[0] += WALK_KEPT
+        return cum[max(n, first[0]) - first[0]]
 
     def price(self, inst: str, t: float) -> float | None:
         if inst in self.pinned:
