@@ -181,14 +181,8 @@ def _chunks(png: bytes, kind: bytes) -> list[bytes]:
 
 
 def test_run_summary_and_report_from_a_real_riskd_run(tmp_path, sim_factory, riskd_factory, token, capsys):
-    scenario = {
-        "rate_limit": None,
-        "accounts": [
-            {"name": "Sim101", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 4, "price": 6000.0},
-                                             {"instrument": "ES 12-26", "side": "long", "quantity": 2, "price": 6000.0}]},
-            {"name": "Sim102", "positions": [{"instrument": "NQ 12-26", "side": "long", "quantity": 3, "price": 21000.0}]},
-        ],
-        "prices": {"MES 12-26": 6000.0, "ES 12-26": 6000.0, "NQ 12-26": 21000.0},
+    scenario = {  # the day's accounts, with a fast price path
+        **DAY_SCENARIO,
         "path": {"steps": [{"at": "1s", "instrument": "MES 12-26", "price": 5974.0},      # 4 * $5 * -26 = -520
                            {"at": "1500ms", "instrument": "NQ 12-26", "price": 20983.0}]},  # 3 * $20 * -17 = -1020
     }
