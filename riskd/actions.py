@@ -110,8 +110,12 @@ class Executor:
         # ticker then sends no other action on that tick, so a sick API gets one probe per tick
         self.unavailable: str | None = None
 
+    def is_dry(self, decision: Decision) -> bool:
+        """The one dry-run switch: a daemon-wide --dry-run, or the rule's own `dry_run: true`."""
+        return self.dry_run or decision.dry_run
+
     def sender_for(self, decision: Decision) -> Sender:
-        return self.dry if (self.dry_run or decision.dry_run) else self.live  # type: ignore[return-value]
+        return self.dry if self.is_dry(decision) else self.live  # type: ignore[return-value]
 
     # -- before acting -------------------------------------------------------------------------
 
@@ -131,7 +135,7 @@ class Executor:
 
     def act(self, decision: Decision, snapshot: Snapshot, state: State, now: datetime) -> State:
         """Send the decision's orders; return the state (acknowledged when the firing counts)."""
-        dry = self.dry_run or decision.dry_run
+        dry = self.is_dry(decision)
         seen = fingerprint(decision, positions_by_instrument(snapshot.account(decision.account)))
         self.store.begin(decision, seen, now)
         status = "done"

@@ -266,7 +266,7 @@ class Ticker:
 
     def _audit_decision(self, d: Decision, now: datetime) -> None:
         common: dict[str, Any] = {"rule": d.rule, "key": d.key, "account": d.account, "instrument": d.instrument,
-                                  "action": d.action, "dry_run": d.dry_run or self.executor.dry_run}
+                                  "action": d.action, "dry_run": self.executor.is_dry(d)}
         if d.kind == "fire":
             self.audit.emit("fired", **common, session=engine.session_of(now, self.engine_settings), inputs=d.inputs,
                             threshold=d.threshold, local_time=d.local_time,
