@@ -382,21 +382,48 @@ def _float(obj: dict[str, Any], key: str) -> float:
     return float(value)
 
 
-def parse_position(raw: Any, account: str) -> Position:
-    if not isinstance(raw, dict) or not isinstance(raw.get("instrument"), str):
-        raise ApiError(f"position without an instrument: {str(raw)[:200]}")
-    quantity = raw.get("quantity", 0)
+# A position larger than this is not a reading riskd trusts (10**30, 1e15 seen from glitchy bridges).
+MAX_PLAUSIBLE_QUANTITY = 100_000
+_SIDES = {"long": "Long", "short": "Short", "flat": "Flat"}
+
+
+class UnknownEntry(Exception):
+    """An account entry riskd cannot read: the account counts as not seen in this snapshot."""
+
+
+def parse_position(raw: Any, account: str) -> Position | None:
+    """Given one raw position, return it (None when it is flat); raise UnknownEntry when a field that
+    says what is held (instrument, quantity, side, P&L) is missing, null, of the wrong type, absurd,
+    or contradicts another (`Flat` with a quantity): unknown is never read as flat."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("instrument"), str) or not raw["instrument"].strip():
+        raise UnknownEntry("a position without an instrument")
+    quantity = raw.get("quantity")
     if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or not math.isfinite(quantity) or quantity != int(quantity):
-        raise ApiError(f"position quantity is not a whole number: {str(quantity)[:40]}")
-    return Position(
-        account=str(raw.get("account") or account),
-        instrument=raw["instrument"],
-        side=str(raw.get("marketPosition", "Flat")),
-        quantity=abs(int(quantity)),
-        average_price=_float(raw, "averagePrice"),
-        market_price=_float(raw, "marketPrice"),
-        unrealized_pnl=_float(raw, "unrealizedProfitLoss"),
-    )
+        raise UnknownEntry(f"position {raw['instrument']!r}: quantity is not a whole number ({str(quantity)[:40]})")
+    quantity = abs(int(quantity))
+    if quantity > MAX_PLAUSIBLE_QUANTITY:
+        raise UnknownEntry(f"position {raw['instrument']!r}: quantity {str(quantity)[:40]} is implausible")
+    side = _SIDES.get(raw.get("marketPosition").lower()) if isinstance(raw.get("marketPosition"), str) else None
+    if side is None:
+        raise UnknownEntry(f"position {raw['instrument']!r}: unreadable marketPosition {str(raw.get('marketPosition'))[:40]}")
+    if (side == "Flat") != (quantity == 0):
+        raise UnknownEntry(f"position {raw['instrument']!r}: {side} with quantity {quantity}")
+    if raw.get("unrealizedProfitLoss", 0.0) is None:
+        raise UnknownEntry(f"position {raw['instrument']!r}: unrealizedProfitLoss is null")
+    if side == "Flat":
+        return None
+    try:
+        return Position(
+            account=str(raw.get("account") or account),
+            instrument=raw["instrument"],
+            side=side,
+            quantity=quantity,
+            average_price=_float(raw, "averagePrice"),
+            market_price=_float(raw, "marketPrice"),
+            unrealized_pnl=_float(raw, "unrealizedProfitLoss"),
+        )
+    except ApiError as exc:
+        raise UnknownEntry(f"position {raw['instrument']!r}: {exc}") from None
 
 
 def parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
@@ -416,6 +443,8 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
     if data.get("success") is False:
         raise ApiError(f"snapshot refused: {data.get('error')}")
     accounts = []
+    unknown: set[str] = set()
+    problems: list[str] = []
     for entry in data["accounts"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("account"), dict):
             raise ApiError("snapshot entry without an 'account' object")
@@ -424,19 +453,35 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
         if not isinstance(name, str) or not name:
             raise ApiError("snapshot account without a name")
         item = raw.get("item") if isinstance(raw.get("item"), dict) else {}
-        positions_raw = entry.get("positions") or []
-        if not isinstance(positions_raw, list):
-            raise ApiError(f"positions of {name} is not a list")
-        positions = tuple(p for p in (parse_position(r, name) for r in positions_raw) if p.quantity > 0 and p.side != "Flat")
-        unrealized = _float(item, "unrealizedProfitLoss") if "unrealizedProfitLoss" in item else sum(p.unrealized_pnl for p in positions)
+        try:
+            positions_raw = entry.get("positions")
+            if not isinstance(positions_raw, list):  # null or missing: riskd does not know what is open
+                raise UnknownEntry(f"positions is {type(positions_raw).__name__ if 'positions' in entry else 'missing'}")
+            parsed = [parse_position(r, name) for r in positions_raw]
+            positions = tuple(p for p in parsed if p is not None)
+            nulls = [key for key in ("realizedProfitLoss", "unrealizedProfitLoss", "commission", "netLiquidation")
+                     if key in item and item[key] is None]
+            if nulls:  # a null P&L is not a zero P&L
+                raise UnknownEntry(f"account figures {', '.join(nulls)} are null")
+            figures = {key: _float(item, key) for key in ("realizedProfitLoss", "commission", "netLiquidation")}
+            unrealized = _float(item, "unrealizedProfitLoss") if "unrealizedProfitLoss" in item else sum(p.unrealized_pnl for p in positions)
+        except (UnknownEntry, ApiError) as exc:
+            unknown.add(name.lower())
+            problems.append(f"{name}: {exc}")
+            continue
+        if name.lower() in unknown or any(a.name.lower() == name.lower() for a in accounts):
+            unknown.add(name.lower())  # the same account twice (in any letter case): which one is right is unknown
+            problems.append(f"{name}: listed twice")
+            accounts = [a for a in accounts if a.name.lower() != name.lower()]
+            continue
         accounts.append(
             Account(
                 name=name,
-                realized_pnl=_float(item, "realizedProfitLoss"),
+                realized_pnl=figures["realizedProfitLoss"],
                 unrealized_pnl=unrealized,
-                commission=_float(item, "commission"),
-                net_liquidation=_float(item, "netLiquidation"),
+                commission=figures["commission"],
+                net_liquidation=figures["netLiquidation"],
                 positions=positions,
             )
         )
-    return Snapshot(taken_at=taken_at, accounts=tuple(accounts))
+    return Snapshot(taken_at=taken_at, accounts=tuple(accounts), unknown=frozenset(unknown), problems=tuple(problems))

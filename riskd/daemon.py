@@ -105,6 +105,7 @@ class Ticker:
         self._deferred: dict[str, str] = {}
         self._health_saved: datetime | None = None
         self._auth_reported = False
+        self._problems: tuple[str, ...] = ()
 
     def tick(self, reason: str = "poll") -> list[Decision] | None:
         """Run one tick; return its decisions, or None when no usable snapshot was read."""
@@ -168,6 +169,12 @@ class Ticker:
                 snapshot = parse_snapshot(reply.response, now)
             except ApiError as exc:
                 error = f"unexpected snapshot: {exc}"
+        if snapshot is not None and snapshot.problems != self._problems:
+            self._problems = snapshot.problems  # audited when they change, not every tick
+            if snapshot.problems:  # those accounts count as not seen: never as flat
+                self.audit.emit("api_error", path=reply.path, status=reply.status, outcome="partial",
+                                error="unreadable account entries: " + "; ".join(snapshot.problems), accounts=sorted(snapshot.unknown),
+                                retry="those accounts are treated as not seen until a snapshot shows them well-formed")
         if snapshot is not None:
             self.health.polls_ok += 1
             self.health.latencies_ms.append(reply.latency_ms)

@@ -56,6 +56,7 @@ class State:
     locks:       "rule|account" -> ISO time the lock was set
     first_seen:  "account|INSTRUMENT|Side" -> ISO time the position was first seen (also its identity)
     known:       rule name -> [digest, ISO time first loaded]
+    tracked:     position identity -> [last quantity seen, snapshots it has been absent from, confirmed 0|1]
     inflight:    firing keys whose last action has an unresolved outcome: never fire them again
     """
 
@@ -67,6 +68,7 @@ class State:
     locks: dict[str, str] = field(default_factory=dict)
     first_seen: dict[str, str] = field(default_factory=dict)
     known: dict[str, list[str]] = field(default_factory=dict)
+    tracked: dict[str, list[int]] = field(default_factory=dict)
     inflight: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
@@ -79,11 +81,33 @@ class State:
             "locks": self.locks,
             "first_seen": self.first_seen,
             "known": self.known,
+            "tracked": self.tracked,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "State":
-        return cls(**{k: data[k] for k in cls.__slots__ if k in data and k != "inflight"})  # type: ignore[attr-defined]
+        state = cls(**{k: data[k] for k in cls.__slots__ if k in data and k != "inflight"})  # type: ignore[attr-defined]
+        if "tracked" not in data:  # written by a riskd whose target keys kept the API's letter case
+            state = replace(state, fired={_normal_key(k): v for k, v in state.fired.items()},
+                            pending={_normal_key(k): v for k, v in state.pending.items()},
+                            occurrences={k: {_normal_target(t): v for t, v in r.items()} for k, r in state.occurrences.items()},
+                            tracked={k: [0, 0, 1] for k in state.first_seen if k.count("|") == 2})
+        return state
+
+
+def _normal_target(tkey: str) -> str:
+    """A target key as this riskd writes it: account lower case, instrument upper case."""
+    parts = tkey.split("|")
+    if len(parts) >= 1:
+        parts[0] = parts[0].lower()
+    if len(parts) >= 3:
+        parts[1] = parts[1].upper()
+    return "|".join(parts)
+
+
+def _normal_key(key: str) -> str:
+    head, sep, target = key.partition("|")
+    return head + sep + _normal_target(target) if sep else key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +330,7 @@ def orders_for(rule: Rule, account: Account, position: Position | None) -> tuple
     elif isinstance(action.amount, float):
         orders = [Order("close", name, inst, percent=action.amount)]
     else:
-        orders = [Order("close", name, inst, quantity=action.amount)]
+        orders = [Order("close", name, inst, quantity=min(action.amount, position.quantity))]  # never more than is open
     if action.cancel_orders:
         orders.append(Order("cancel_orders", name, inst))
     return tuple(orders)
@@ -321,6 +345,17 @@ def _position_key(account: str, position: Position) -> str:
     return f"{account.lower()}|{position.instrument.upper()}|{position.side}"
 
 
+def _confirmed_quantity(previous: int, current: int) -> int:
+    """Given the quantity the previous snapshot showed and this one's, return the one to act on."""
+    return previous if 0 < previous and current > 2 * previous else current
+
+
+def _target_of(position_key: str, first_seen: str) -> str:
+    """Given a position identity and its first-seen time, return its target key (account|INSTRUMENT|time)."""
+    account, instrument, _side = position_key.split("|")
+    return f"{account}|{instrument}|{first_seen}"
+
+
 class _Tick:
     """The working set of one evaluation: the old state in, the new maps being built."""
 
@@ -329,18 +364,56 @@ class _Tick:
         self.snapshot = snapshot
         self.now = now
         self.settings = settings
-        self.pending: dict[str, str] = {}
         self.occurrences = dict(state.occurrences)
         self.decisions: list[Decision] = []
         present = {a.name.lower() for a in snapshot.accounts}
-        # an account missing from one snapshot keeps its positions' identities and its markers
+        self.present = present
+        # an account missing from one snapshot (or unreadable in it) keeps its positions' identities and its markers
         self.first_seen = {k: v for k, v in state.first_seen.items() if k.split("|", 1)[0] not in present}
+        self.tracked = {k: v for k, v in state.tracked.items() if k.split("|", 1)[0] not in present}
+        # Position identity across glitchy snapshots (the README's "Bad snapshots"):
+        # - a remembered identity is gone only when absent from two consecutive well-formed snapshots
+        #   (one snapshot without it, or with the other side, does not re-arm its rules);
+        # - a new identity for an instrument whose other side is still remembered (a reversal, or a
+        #   one-tick side flip) is a target only once a second consecutive snapshot confirms it;
+        # - a quantity more than double the previous snapshot's is not trusted until a second
+        #   snapshot agrees (the previous one is used meanwhile), so one implausible jump never sizes a close.
+        kept_targets: set[str] = set()
+        self._targets_of: dict[int, tuple[Position, ...]] = {}
         for account in snapshot.accounts:
-            for pos in account.positions:
-                if pos.quantity > 0:
-                    key = _position_key(account.name, pos)
-                    self.first_seen[key] = state.first_seen.get(key) or now.isoformat()
-        self.fired = {k: v for k, v in state.fired.items() if (k.split("|") + [""])[1].lower() not in present}
+            lname = account.name.lower()
+            now_ids = {_position_key(account.name, p): p for p in account.positions if p.quantity > 0}
+            prefix = lname + "|"
+            for key, entry in state.tracked.items():
+                if key.startswith(prefix) and key not in now_ids and entry[2] and entry[1] < 1 and key in state.first_seen:
+                    self.tracked[key] = [entry[0], entry[1] + 1, 1]  # absent once: remembered, not a target now
+                    self.first_seen[key] = state.first_seen[key]
+                    kept_targets.add(_target_of(key, state.first_seen[key]))
+            targets: list[Position] = []
+            for key, p in now_ids.items():
+                entry = state.tracked.get(key)
+                if entry is not None and entry[2] and key in state.first_seen:
+                    self.first_seen[key] = state.first_seen[key]
+                    self.tracked[key] = [p.quantity, 0, 1]
+                    quantity = _confirmed_quantity(entry[0], p.quantity)
+                    targets.append(p if quantity == p.quantity else replace(p, quantity=quantity))
+                    continue
+                rival = key.rsplit("|", 1)[0] + "|" + ("Short" if p.side == "Long" else "Long")
+                if entry is None and rival in state.tracked and state.tracked[rival][2]:
+                    self.tracked[key] = [p.quantity, 0, 0]  # a candidate: confirmed by the next snapshot
+                    continue
+                self.first_seen[key] = now.isoformat()
+                self.tracked[key] = [p.quantity, 0, 1]
+                quantity = _confirmed_quantity(entry[0], p.quantity) if entry is not None else p.quantity
+                targets.append(p if quantity == p.quantity else replace(p, quantity=quantity))
+            self._targets_of[id(account)] = tuple(targets)
+
+        def carried(key: str) -> bool:
+            head, _, target = key.partition("|")
+            return target.split("|", 1)[0] not in present or target in kept_targets
+
+        self.fired = {k: v for k, v in state.fired.items() if carried(k)}
+        self.pending = {k: v for k, v in state.pending.items() if carried(k)}
         self.peaks = dict(state.peaks)
         for account in snapshot.accounts:
             name = account.name.lower()
@@ -353,11 +426,10 @@ class _Tick:
         self._pkey_of: dict[int, str] = {}
         self._seen_of: dict[int, datetime] = {}
         for account in snapshot.accounts:
-            for pos in account.positions:
-                if pos.quantity > 0:
-                    key = _position_key(account.name, pos)
-                    self._pkey_of[id(pos)] = key
-                    self._seen_of[id(pos)] = datetime.fromisoformat(self.first_seen[key])
+            for pos in self._targets_of[id(account)]:
+                key = _position_key(account.name, pos)
+                self._pkey_of[id(pos)] = key
+                self._seen_of[id(pos)] = datetime.fromisoformat(self.first_seen[key])
 
     def target(self, rule: Rule, account: Account, position: Position | None) -> Target:
         local = self._locals.get(rule.zone)
@@ -372,10 +444,11 @@ class _Tick:
         return Target(account, position, self.now, local, rule.days, peak, seen)
 
     def target_key(self, rule: Rule, account: Account, position: Position | None) -> str:
+        """A target's identity: account and instrument compared as the API matches them (case-insensitively)."""
         if position is None:
-            return account.name
+            return account.name.lower()
         pkey = self._pkey_of.get(id(position)) or _position_key(account.name, position)
-        return f"{account.name}|{position.instrument}|{self.first_seen[pkey]}"
+        return _target_of(pkey, self.first_seen[pkey])
 
     def decide(self, kind: str, rule: Rule, key: str, account: Account, position: Position | None, inputs: dict[str, Any], **extra: Any) -> None:
         if position is not None:
@@ -406,11 +479,28 @@ class _Tick:
             if not _account_matches(accounts, account.name):
                 continue
             if per_position:
-                for pos in account.positions:
-                    if pos.quantity > 0 and _instrument_matches(instruments, pos.instrument):
+                for pos in self._targets_of[id(account)]:
+                    if _instrument_matches(instruments, pos.instrument):
                         yield account, pos
             else:
                 yield account, None
+
+    def run(self, rule: Rule) -> None:
+        """Evaluate one rule; a rule that raises is reported (`rule_failed`) and keeps its state as it
+        was, and the other rules still act (one broken rule never silences the others)."""
+        decided = len(self.decisions)
+        try:
+            if rule.at is not None:
+                self.timed(rule)
+            else:
+                self.edge(rule)
+        except Exception as exc:  # noqa: BLE001 - isolation is the point
+            del self.decisions[decided:]
+            mine = (rule.name + "|", rule.name + "@", rule.name + "!")
+            self.fired.update({k: v for k, v in self.old.fired.items() if k.startswith(mine)})
+            self.pending.update({k: v for k, v in self.old.pending.items() if k.startswith(mine)})
+            self.occurrences.update({k: v for k, v in self.old.occurrences.items() if k.startswith(mine)})
+            self._skip(rule, rule.name, f"{exc.__class__.__name__}: {exc}"[:500], kind="rule_failed")
 
     def edge(self, rule: Rule) -> None:
         # the hot path (every rule x every target): Target built inline from the per-tick caches
@@ -443,36 +533,59 @@ class _Tick:
                 self.decide("fire", rule, key, account, position, inputs)
 
     def timed(self, rule: Rule) -> None:
+        """An `at` occurrence acts on the targets in scope at that instant. An account in scope that
+        the snapshot at that instant did not show (missing, or unreadable) is `waiting`: its targets
+        join the occurrence when it is seen again within misfire_grace, and it is `missed` (audited,
+        with the reason) when it is not."""
         occ = last_occurrence(rule, self.now)
         if occ is None:
             return
         okey = f"{rule.name}@{occ.isoformat()}"
         record = self.occurrences.get(okey)
+        late = self.now - occ
+        grace = self.settings.misfire_grace
         if record is None:
             known_since = datetime.fromisoformat(self.old.known.get(rule.name, ["", self.now.isoformat()])[1])
-            late = self.now - occ
-            if late <= self.settings.misfire_grace:
+            if late <= grace:
                 record = {}
                 for account, position in self.targets(rule):
                     holds, _ = check(rule, self.target(rule, account, position))
                     if holds:
                         record[self.target_key(rule, account, position)] = "pending"
+                for name in self.old.peaks:  # accounts seen this session that this snapshot does not show
+                    if name not in self.present and _account_matches(rule.accounts, name):
+                        record["?" + name] = "waiting"
                 if not record:
                     self._skip(rule, okey, "no target in scope at the scheduled time")
             else:
                 record = {}
-                if occ >= known_since - self.settings.misfire_grace:
-                    self._skip(rule, okey, f"riskd was not running at {occ.isoformat()} (found {late.total_seconds():.0f}s late, misfire_grace {self.settings.misfire_grace.total_seconds():.0f}s)", kind="missed")
+                if occ >= known_since - grace:
+                    self._skip(rule, okey, f"riskd was not running at {occ.isoformat()} (found {late.total_seconds():.0f}s late, misfire_grace {grace.total_seconds():.0f}s)", kind="missed")
             self.occurrences[okey] = record
-        if "pending" not in record.values():
+        if "pending" not in record.values() and "waiting" not in record.values():
             return
         record = dict(record)
         present = {self.target_key(rule, a, p): (a, p) for a, p in self.targets(rule)}
+        for wkey, status in list(record.items()):
+            if status != "waiting":
+                continue
+            name = wkey[1:]
+            if name in self.present and late <= grace:
+                record[wkey] = "seen"
+                for tkey, (account, position) in present.items():
+                    if account.name.lower() == name and tkey not in record and check(rule, self.target(rule, account, position))[0]:
+                        record[tkey] = "pending"
+            elif late > grace:
+                record[wkey] = "missed"
+                self._skip(rule, f"{okey}|{name}", f"account {name} was not visible (missing or unreadable in every snapshot) "
+                           f"from {occ.isoformat()} until misfire_grace ({grace.total_seconds():.0f}s) ran out", kind="missed")
         for tkey, status in record.items():
             if status != "pending":
                 continue
             if tkey not in present:
-                record[tkey] = "gone"
+                account_name = tkey.split("|", 1)[0]
+                if account_name in self.present:  # a well-formed snapshot shows it gone
+                    record[tkey] = "gone"
                 continue
             account, position = present[tkey]
             _, inputs = check(rule, self.target(rule, account, position))
@@ -494,8 +607,8 @@ class _Tick:
             account = self.snapshot.account(account_name)
             if rule is None or account is None:
                 continue
-            for position in account.positions:
-                if position.quantity <= 0 or not _instrument_matches(rule.instruments, position.instrument):
+            for position in self._targets_of[id(account)]:
+                if not _instrument_matches(rule.instruments, position.instrument):
                     continue
                 key = f"{rule.name}!lock|{self.target_key(rule, account, position)}"
                 if key in self.old.fired:
@@ -571,10 +684,7 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
     for rule in rules:
         if not rule.enabled:
             continue
-        if rule.at is not None:
-            tick.timed(rule)
-        else:
-            tick.edge(rule)
+        tick.run(rule)
     by_name = {r.name: r for r in rules if r.enabled}
     tick.enforce_locks(by_name)
     decisions = _arbitrate(tick.decisions, {r.name: r.index for r in rules})
@@ -589,6 +699,7 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
         occurrences=tick.occurrences,
         peaks=tick.peaks,
         first_seen=tick.first_seen,
+        tracked=tick.tracked,
         locks={k: v for k, v in state.locks.items() if k.split("|", 1)[0] in by_name},
     )
     return decisions, new_state

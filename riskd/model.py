@@ -66,6 +66,11 @@ class Snapshot:
 
     taken_at: datetime
     accounts: tuple[Account, ...]
+    # accounts (lower case) whose entry was not well-formed (positions null or missing, a position
+    # without a readable quantity or side, ...): riskd does not know what they hold, so they are
+    # treated as not seen in this snapshot (never as flat)
+    unknown: frozenset[str] = frozenset()
+    problems: tuple[str, ...] = ()  # why each unknown account could not be read, for the audit trail
 
     def account(self, name: str) -> Account | None:
         lowered = name.lower()

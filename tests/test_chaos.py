@@ -280,7 +280,8 @@ def judge(s: Schedule, rig: Rig) -> dict[str, Any]:
             if rule != e.name:
                 continue
             target = rest.split("|")
-            if e.instrument is None and target[-1] == e.account or e.instrument is not None and e.instrument in target:
+            # target keys compare account and instrument as the API does (case-insensitively)
+            if e.instrument is None and target[-1] == e.account.lower() or e.instrument is not None and e.instrument.upper() in target:
                 e.acked_at = t
         if e.acked_at is None or e.acked_at > e.deadline:
             problems.append(f"{e.name} {e.instrument or e.account}: acknowledged at {e.acked_at} (trigger {e.trigger}, due {e.deadline})")

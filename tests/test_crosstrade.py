@@ -282,9 +282,9 @@ def test_parse_snapshot_reads_positions_and_drops_flat_ones():
     {"quantity": float("nan")}, {"quantity": float("inf")}, {"quantity": 1.5}, {"quantity": "2"}, {"quantity": True},
     {"unrealizedProfitLoss": float("nan")}, {"marketPrice": float("-inf")}, {"instrument": None},
 ])
-def test_parse_snapshot_rejects_numbers_it_cannot_trust(position):
-    with pytest.raises(ApiError):
-        parse_snapshot(_snapshot(**position), NOW)
+def test_parse_snapshot_numbers_it_cannot_trust_make_the_account_unknown_not_flat(position):
+    snap = parse_snapshot(_snapshot(**position), NOW)
+    assert snap.accounts == () and snap.unknown == {"sim101"}
 
 
 json_values = st.recursive(

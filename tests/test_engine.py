@@ -239,8 +239,9 @@ def test_firing_reopened_position_is_a_new_target():
     h = Harness(rule("cap", "position_pnl: {below: -500}", "close: 50%"))
     assert fires(h.tick(MORNING, acct("Sim101", pos(pnl=-600))))
     assert fires(h.tick(MORNING + seconds(1), acct("Sim101", pos(pnl=-600)))) == []
-    h.tick(MORNING + seconds(2), acct("Sim101"))  # closed
-    assert fires(h.tick(MORNING + seconds(3), acct("Sim101", pos(pnl=-600))))  # reopened, still losing
+    h.tick(MORNING + seconds(2), acct("Sim101"))  # closed: gone once two well-formed snapshots agree
+    h.tick(MORNING + seconds(3), acct("Sim101"))
+    assert fires(h.tick(MORNING + seconds(4), acct("Sim101", pos(pnl=-600))))  # reopened, still losing
 
 
 def test_firing_position_that_flips_side_between_snapshots_is_a_new_target():
@@ -248,7 +249,8 @@ def test_firing_position_that_flips_side_between_snapshots_is_a_new_target():
     assert fires(h.tick(MORNING, acct("Sim101", pos(pnl=-600))))
     assert fires(h.tick(MORNING + seconds(1), acct("Sim101", pos(pnl=-600)))) == []
     flipped = h.tick(MORNING + seconds(2), acct("Sim101", pos(pnl=-600, side="Short")))  # never seen flat
-    assert fires(flipped) == [("cap", "Sim101", "MES 12-26")]
+    assert fires(flipped) == []  # a reversal is a new target once a second snapshot confirms it
+    assert fires(h.tick(MORNING + seconds(3), acct("Sim101", pos(pnl=-600, side="Short")))) == [("cap", "Sim101", "MES 12-26")]
 
 
 def test_firing_per_target_positions_and_accounts_fire_independently():

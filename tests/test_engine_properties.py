@@ -50,6 +50,8 @@ def _truth(rule_name: str, realized: float, positions: dict[str, tuple[int, floa
 def test_property_rule_never_fires_twice_for_a_target_without_rearming(ticks):
     h = Harness(EDGE_RULES)
     epoch: dict[tuple[str, str], int] = {}  # position identity: bumped when a position (re)appears
+    absent: dict[tuple[str, str], int] = {}  # consecutive snapshots without it
+    last_qty: dict[tuple[str, str], int] = {}
     armed: dict[tuple, bool] = {}  # target -> may fire (no acknowledged firing since it was last seen false)
     now = ny(2026, 11, 27, 11, 0)
     for accounts, api_ok in ticks:
@@ -63,8 +65,10 @@ def test_property_rule_never_fires_twice_for_a_target_without_rearming(ticks):
             for inst in INSTRUMENTS:
                 is_open = inst in present[name]
                 e = epoch.get((name, inst), 0)
-                if is_open != (e % 2 == 1):
-                    epoch[(name, inst)] = e + 1
+                gone = absent.get((name, inst), 2) >= 2  # gone once two well-formed snapshots agree
+                if is_open and (e % 2 == 0 or gone):
+                    epoch[(name, inst)] = e + (1 if e % 2 == 0 else 2)
+                absent[(name, inst)] = 0 if is_open else absent.get((name, inst), 2) + 1
         decisions = h.tick(now, *snapshot, ack=api_ok)
         decided = {(d.rule, d.account, d.instrument): d for d in decisions if d.kind in ("fire", "superseded")}
         for rule_name in ("cap", "size", "dll", "slow"):
@@ -81,8 +85,15 @@ def test_property_rule_never_fires_twice_for_a_target_without_rearming(ticks):
                         armed[target] = True
                     elif d is not None and api_ok and (d.kind == "fire" or "covers" in (d.reason or "")):
                         armed[target] = False
-                    elif holds and armed.get(target, True) and rule_name != "slow":
+                    elif holds and armed.get(target, True) and rule_name != "slow" and not (
+                            inst and present[name][inst][0] > 2 * last_qty.get((name, inst), present[name][inst][0])):
                         assert d is not None, f"{rule_name} held on {name} {inst}, armed, but decided nothing"
+        for n in ACCOUNTS:  # the quantity last seen, kept across a one-snapshot absence (the engine's confirmation)
+            for i in INSTRUMENTS:
+                if i in present[n]:
+                    last_qty[(n, i)] = present[n][i][0]
+                elif absent[(n, i)] >= 2:
+                    last_qty.pop((n, i), None)
         now += timedelta(seconds=1)
 
 

@@ -53,7 +53,8 @@ def test_store_migrates_a_version_1_store_and_keeps_its_state_and_intents(tmp_pa
     try:
         assert store.schema_version == 2
         state = store.load()
-        assert state.fired == doc["fired"] and state.peaks == {"sim101": 812.5} and state.locks == doc["locks"]
+        assert state.fired == {"cap|sim101": "2026-03-10T13:00:00+00:00"}  # target keys now compare case-insensitively
+        assert state.peaks == {"sim101": 812.5} and state.locks == doc["locks"]
         (intent,) = store.open_intents()
         assert intent.key == "k1" and intent.seen == {"MES 12-26": 4} and intent.sent is None and intent.settle_at is None
         assert intent.decision.covers == ("other|Sim101",)

@@ -110,7 +110,7 @@ def test_tick_malformed_and_unexpected_snapshots_are_audited_never_a_crash(rig):
     errors = rig.events("api_error")
     assert [e["error"] for e in errors[:3]] == [
         "unreadable response body",
-        "unexpected snapshot: position quantity is not a whole number: lots",
+        "unreadable account entries: Sim101: position 'MES 12-26': quantity is not a whole number (lots)",
         "unexpected snapshot: snapshot without an 'accounts' list",
     ]
     assert results[-1] is not None
