@@ -36,23 +36,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sim", action="store_true", help="start the embedded CrossTrade simulator and trade against it")
 
     check = sub.add_parser("check", help="validate the config and every rule file")
-    check.add_argument("-c", "--config")
+    check.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
 
     once = sub.add_parser("once", help="one evaluation now; print the decisions and the next firings")
-    once.add_argument("-c", "--config")
-    once.add_argument("--dry-run", action="store_true")
+    once.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
+    once.add_argument("--dry-run", action="store_true", help="decide and print, send no order-changing request")
     once.add_argument("--sim", action="store_true", help=argparse.SUPPRESS)
 
     sim = sub.add_parser("sim", help="the CrossTrade simulator as a standalone HTTP server")
-    sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8765, help="TCP port to listen on (default: 8765)")
+    sim.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     sim.add_argument("--scenario", help="scenario YAML (default: the bundled demo)")
 
     audit = sub.add_parser("audit", help="read audit trails: filter, summarise, follow, verify",
                            description="Read the audit trail. FILEs (any order; rotated and compressed ones too) default to the "
                                        "config's audit_log and the files logrotate made of it.")
     audit.add_argument("files", nargs="*", metavar="FILE", help="trail files (default: the config's audit_log, else ./audit.jsonl)")
-    audit.add_argument("-c", "--config")
+    audit.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
     audit.add_argument("--rule", help="rule name (glob)")
     audit.add_argument("--account", help="account name (glob, case-insensitive)")
     audit.add_argument("--instrument", help="root (MES), contract (\"MES 12-26\") or glob")
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="one self-contained HTML page for a trading day",
                             description="Write one HTML page for a trading day: P&L charts with firings, actions and closedPositions.")
     report.add_argument("files", nargs="*", metavar="FILE", help="trail files (default: the config's audit_log and its rotated files)")
-    report.add_argument("-c", "--config")
+    report.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
     report.add_argument("--date", help="the trading day, YYYY-MM-DD (default: the latest in the trail)")
     report.add_argument("-o", "--output", help="output file (default: riskd-report-DATE.html; - for stdout)")
 

@@ -64,3 +64,22 @@ def test_once_acts_when_not_dry(tmp_path, sim_factory, token):
     again = run_cli("once", "-c", str(config), env={"CROSSTRADE_TOKEN": token})
     assert again.returncode == 0
     assert len([r for r in sim.request_log() if r.method == "POST"]) == 1  # the fired marker persisted in state_dir
+
+
+def test_every_cli_option_has_help_text():
+    """`riskd VERB --help` explains every option: a trader reading --help never meets a bare flag."""
+    import argparse
+
+    from riskd.cli import _parser
+
+    parser = _parser()
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert subparsers
+    missing = []
+    for verb, sub in subparsers[0].choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            if not action.help:
+                missing.append(f"{verb} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, f"options without help: {missing}"
