@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import signal
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -276,6 +277,15 @@ class Store:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob("riskd.sqlite3*") if p.exists())
+
+
+def ignore_sigxfsz() -> None:
+    """Ignore SIGXFSZ so a write past RLIMIT_FSIZE fails with EFBIG instead of killing riskd.
+
+    The daemon calls this once at start (main thread only), before any Store or audit trail is opened.
+    """
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def _when(text: str | None) -> datetime | None:
