@@ -12,17 +12,32 @@
 The schema is versioned with PRAGMA user_version and migrated forward on open, each step in one
 transaction. A store that is corrupt (integrity check, unreadable rows) or from a newer riskd is a
 StateError (exit 1), never silently discarded. A lock file keeps a second riskd off the same state_dir.
+
+A full disk never stops a close. The Store keeps a reserve file (`riskd.reserve`, RESERVE_BYTES of real
+blocks) in state_dir, written at open when free space allows. When a write (`save`, `begin`, `mark_sent`,
+`finish`, `save_health`, `prune`) fails for lack of space (SQLITE_FULL, a disk I/O error, ENOSPC, EFBIG),
+the Store deletes the reserve, reports `disk_full` and retries the write once. If that retry fails too (or
+no reserve is left), the Store reports `state_write_failed` and returns WITHOUT raising, so the tick goes on
+and the close still goes out: protecting the account comes first. For that write the exactly-once record is
+then only in memory (this process) and in the audit trail of the action, not on disk; a kill -9 before a
+later write succeeds could lose it. After a later write succeeds and free space allows (2 x RESERVE_BYTES),
+the reserve is rebuilt and `disk_recovered` reported. Conditions reach the daemon through
+`on_condition(event, **fields)` (default: ignored). Other errors still raise as before.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import os
+import shutil
+import signal
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from riskd.engine import State
 from riskd.errors import StateError
@@ -52,6 +67,26 @@ MIGRATIONS: dict[int, str] = {
     """,
 }
 OPEN_STATUSES = ("sending", "unknown")
+RESERVE_NAME = "riskd.reserve"
+RESERVE_BYTES = 4 * 1024 * 1024
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10
+_T = TypeVar("_T")
+Condition = Callable[..., None]
+
+
+def _no_condition(event: str, **fields: Any) -> None:
+    return None
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True for the errors a full disk or a file-size limit gives: SQLITE_FULL, SQLITE_IOERR*, ENOSPC, EFBIG."""
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)
+        text = str(exc)
+        return "disk is full" in text or "disk I/O error" in text
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +134,12 @@ def _decision_from_json(text: str) -> Decision:
 class Store:
     """The state store of one state_dir. Not thread-safe: the daemon uses it from the tick only."""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, on_condition: Condition = _no_condition, *, reserve_bytes: int = RESERVE_BYTES):
         self.dir = state_dir
+        self._on_condition = on_condition
+        self.reserve_bytes = reserve_bytes
+        self.reserve_path = state_dir / RESERVE_NAME
+        self._disk_full = False  # disk_full reported, disk_recovered not yet
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
             self._lockfile = open(state_dir / "riskd.lock", "a+")  # noqa: SIM115
@@ -129,6 +168,84 @@ class Store:
             raise StateError(f"state store {self.path} is unreadable ({exc.__class__.__name__}: {exc}); "
                              "move it aside to start fresh, keeping it for review") from None
         self._saved_doc: str | None = None
+        self._ensure_reserve()
+
+    # disk space --------------------------------------------------------------------------------
+
+    def _reserve_ok(self) -> bool:
+        try:
+            return self.reserve_path.stat().st_size >= self.reserve_bytes
+        except OSError:
+            return False
+
+    def _ensure_reserve(self) -> bool:
+        """Write the reserve file with real blocks when it is missing and free space allows; True when it is in place."""
+        if self._reserve_ok():
+            return True
+        try:
+            if shutil.disk_usage(self.dir).free < 2 * self.reserve_bytes:
+                return False
+            chunk = b"\0" * 65536
+            with open(self.reserve_path, "wb") as f:
+                left = self.reserve_bytes
+                while left > 0:
+                    left -= f.write(chunk[:min(left, len(chunk))])
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        except OSError:
+            self._release_reserve()
+            return False
+
+    def _release_reserve(self) -> int:
+        try:
+            size = self.reserve_path.stat().st_size
+            self.reserve_path.unlink()
+            return size
+        except OSError:
+            return 0
+
+    def _report(self, event: str, **fields: Any) -> None:
+        try:
+            self._on_condition(event, **fields)
+        except Exception:  # noqa: BLE001 - a failing report (its own disk may be full) must not stop the close
+            pass
+
+    def _rollback(self) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _write(self, op: str, write: Callable[[], _T], failed: _T) -> _T:
+        """Run one write; on a full disk free the reserve and retry once; never raise for lack of space."""
+        try:
+            result = write()
+        except (sqlite3.OperationalError, OSError) as exc:
+            if not is_out_of_space(exc):
+                raise
+            self._rollback()
+            freed = self._release_reserve()
+            if not self._disk_full:
+                self._disk_full = True
+                self._report("disk_full", op=op, error=f"{exc.__class__.__name__}: {exc}", reserve_freed=freed)
+            if not freed:
+                self._report("state_write_failed", op=op, error=f"{exc.__class__.__name__}: {exc}", retried=False)
+                return failed
+            try:
+                result = write()
+            except (sqlite3.OperationalError, OSError) as again:
+                if not is_out_of_space(again):
+                    raise
+                self._rollback()
+                self._report("state_write_failed", op=op, error=f"{again.__class__.__name__}: {again}", retried=True)
+                return failed
+            return result
+        if self._disk_full and self._ensure_reserve():
+            self._disk_full = False
+            self._report("disk_recovered", op=op, reserve=self.reserve_bytes, free=shutil.disk_usage(self.dir).free)
+        return result
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -190,42 +307,52 @@ class Store:
         doc = json.dumps(state.to_json(), sort_keys=True)
         if doc == self._saved_doc:
             return
-        self._db.execute(
-            "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
-            (doc, now.isoformat()),
-        )
-        self._saved_doc = doc
+
+        def write() -> None:
+            self._db.execute(
+                "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+                (doc, now.isoformat()),
+            )
+            self._saved_doc = doc
+
+        self._write("save", write, None)
 
     # intents -----------------------------------------------------------------------------------
 
     def begin(self, decision: Decision, seen: dict[str, int], now: datetime) -> None:
         """Record that riskd is about to act on `decision` (before any request leaves)."""
-        self._db.execute(
+        self._write("begin", lambda: self._db.execute(
             "INSERT OR REPLACE INTO intents (key, rule, account, decision, seen, status, created, updated, sent, settle_at, outcome) "
             "VALUES (?, ?, ?, ?, ?, 'sending', ?, ?, NULL, NULL, NULL)",
             (decision.key, decision.rule, decision.account, _decision_to_json(decision), json.dumps(seen), now.isoformat(), now.isoformat()),
-        )
+        ), None)
 
     def mark_sent(self, key: str, now: datetime) -> None:
         """Record that a request of intent `key` is about to leave (durably, before it does)."""
-        self._db.execute("UPDATE intents SET sent = ?, updated = ? WHERE key = ?", (now.isoformat(), now.isoformat(), key))
+        self._write("mark_sent", lambda: self._db.execute(
+            "UPDATE intents SET sent = ?, updated = ? WHERE key = ?", (now.isoformat(), now.isoformat(), key)), None)
 
     def finish(self, key: str, status: str, now: datetime, state: State | None = None, *,
                settle_at: datetime | None = None, outcome: str | None = None) -> None:
         """Record an intent's outcome (done | failed | unknown), with the state that counts it, atomically."""
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "UPDATE intents SET status = ?, updated = ?, settle_at = ?, outcome = COALESCE(?, outcome) WHERE key = ?",
-                (status, now.isoformat(), settle_at.isoformat() if settle_at else None, outcome, key),
-            )
-            if state is not None:
-                doc = json.dumps(state.to_json(), sort_keys=True)
+        doc = json.dumps(state.to_json(), sort_keys=True) if state is not None else None
+
+        def write() -> None:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute(
-                    "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
-                    (doc, now.isoformat()),
+                    "UPDATE intents SET status = ?, updated = ?, settle_at = ?, outcome = COALESCE(?, outcome) WHERE key = ?",
+                    (status, now.isoformat(), settle_at.isoformat() if settle_at else None, outcome, key),
                 )
+                if doc is not None:
+                    self._db.execute(
+                        "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+                        (doc, now.isoformat()),
+                    )
+            if doc is not None:
                 self._saved_doc = doc
+
+        self._write("finish", write, None)
 
     def open_intents(self) -> list[Intent]:
         """Intents whose outcome riskd does not know (`sending` after a crash, `unknown` after a timeout)."""
@@ -245,16 +372,17 @@ class Store:
 
     def prune(self, before: datetime) -> int:
         """Forget finished intents older than `before` (they are in the audit trail); return how many."""
-        cursor = self._db.execute("DELETE FROM intents WHERE status NOT IN (?, ?) AND updated < ?", (*OPEN_STATUSES, before.isoformat()))
-        return cursor.rowcount
+        return self._write("prune", lambda: self._db.execute(
+            "DELETE FROM intents WHERE status NOT IN (?, ?) AND updated < ?", (*OPEN_STATUSES, before.isoformat())).rowcount, 0)
 
     # health ------------------------------------------------------------------------------------
 
     def save_health(self, health: dict[str, Any], now: datetime) -> None:
-        self._db.execute(
+        doc = json.dumps(health, sort_keys=True, default=str)
+        self._write("save_health", lambda: self._db.execute(
             "INSERT INTO health (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
-            (json.dumps(health, sort_keys=True, default=str), now.isoformat()),
-        )
+            (doc, now.isoformat()),
+        ), None)
 
     @staticmethod
     def peek_health(state_dir: Path) -> dict[str, Any] | None:
@@ -276,6 +404,15 @@ class Store:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob("riskd.sqlite3*") if p.exists())
+
+
+def ignore_sigxfsz() -> None:
+    """Ignore SIGXFSZ so a write past RLIMIT_FSIZE fails with EFBIG instead of killing riskd.
+
+    The daemon calls this once at start (main thread only), before any Store or audit trail is opened.
+    """
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def _when(text: str | None) -> datetime | None:

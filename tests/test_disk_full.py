@@ -1,0 +1,109 @@
+"""A full disk never stops a close: the Store's reserve file, on a real 3 MiB tmpfs (mounted by the test, root only)."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timezone
+
+import pytest
+
+from riskd.model import Decision, Order, Severity
+from riskd.state import RESERVE_NAME, Store
+
+NOW = datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc)
+RESERVE = 1024 * 1024
+BIG = {f"INSTRUMENT-{i:05d}-{'x' * 40}": i for i in range(3000)}  # ~170 KiB of JSON: needs new pages on every write
+
+
+def _decision(n: int) -> Decision:
+    return Decision(kind="fire", rule="cap", key=f"cap|Sim101|MES|{n}", account="Sim101", instrument="MES 12-26", action="close all",
+                    severity=Severity.PARTIAL, orders=(Order("close", "Sim101", "MES 12-26"),), covers=())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    assert done.returncode == 0, f"cannot mount a tmpfs for the disk-full test: {done.stderr}"
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _fill(path) -> None:
+    chunk = b"\1" * 4096
+    with open(path, "ab", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+@pytest.fixture
+def full_store(small_disk):
+    events: list[tuple[str, dict]] = []
+    store = Store(small_disk / "state", on_condition=lambda event, **fields: events.append((event, fields)), reserve_bytes=RESERVE)
+    assert (small_disk / "state" / RESERVE_NAME).stat().st_size == RESERVE
+    _fill(small_disk / "filler")
+    yield store, events, small_disk
+    store.close()
+
+
+def test_disk_full_the_reserve_carries_the_close_record_and_disk_full_is_reported(full_store):
+    store, events, disk = full_store
+    store.begin(_decision(1), BIG, NOW)
+    store.mark_sent(_decision(1).key, NOW)
+    assert [e for e, _ in events] == ["disk_full"]
+    assert events[0][1]["reserve_freed"] == RESERVE and "full" in events[0][1]["error"]
+    assert not (disk / "state" / RESERVE_NAME).exists()
+    store.finish(_decision(1).key, "done", NOW)
+    assert store.intent_status(_decision(1).key) == "done"
+    assert [e for e, _ in events] == ["disk_full"]  # reported once per episode
+
+
+def test_disk_full_freeing_space_rebuilds_the_reserve_and_reports_disk_recovered(full_store):
+    store, events, disk = full_store
+    store.begin(_decision(1), BIG, NOW)
+    (disk / "filler").unlink()
+    store.begin(_decision(2), BIG, NOW)
+    assert [e for e, _ in events] == ["disk_full", "disk_recovered"]
+    assert (disk / "state" / RESERVE_NAME).stat().st_size == RESERVE
+    assert store.intent_status(_decision(2).key) == "sending"
+
+
+def test_disk_full_with_no_reserve_left_writes_return_and_report_state_write_failed(full_store):
+    store, events, disk = full_store
+    store.begin(_decision(1), BIG, NOW)  # spends the reserve
+    _fill(disk / "filler2")
+    store.begin(_decision(2), BIG, NOW)
+    store.mark_sent(_decision(2).key, NOW)
+    store.finish(_decision(1).key, "done", NOW)
+    assert store.prune(NOW) in (0, 1)
+    names = [e for e, _ in events]
+    assert names[0] == "disk_full" and "state_write_failed" in names
+    assert all(f["op"] for e, f in events if e == "state_write_failed")
+    assert store.intent_status(_decision(2).key) is None  # that record lived only in memory and the audit trail
+
+
+def test_file_size_limit_gives_efbig_instead_of_killing_the_daemon(tmp_path):
+    # With RLIMIT_FSIZE the kernel sends SIGXFSZ, whose default action kills the process: a trader
+    # would lose the daemon mid-breach. After ignore_sigxfsz() the write fails with EFBIG and riskd lives.
+    code = textwrap.dedent(f"""
+        import errno, resource
+        from riskd.state import ignore_sigxfsz
+        ignore_sigxfsz()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try:
+            with open({str(tmp_path / "big")!r}, "wb", buffering=0) as f:
+                f.write(b"x" * 4096)
+                f.write(b"x")
+        except OSError as e:
+            print("EFBIG" if e.errno == errno.EFBIG else "other")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "EFBIG"
