@@ -285,7 +285,7 @@ class CrossTradeClient:
         text = response.text
         try:
             data: Any = json.loads(text) if text else None
-        except ValueError:
+        except (ValueError, RecursionError):  # a body nested too deep to decode is as unreadable as bad JSON
             data = None
         outcome, error = _classify(response.status_code, data, write=action)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -309,7 +309,8 @@ class CrossTradeClient:
         try:
             method, path, body = request_for(order)
         except ValueError as exc:
-            return Reply("POST", _PATHS.get(order.kind, "?"), order.body(), None, 0.0, REFUSED, error=f"refused: {exc}")
+            path = _PATHS[order.kind].format(quote(order.account or "", safe="")) if order.kind in _PATHS else "?"
+            return Reply("POST", path, order.body(), None, 0.0, REFUSED, error=f"refused: {exc}")
         clock = self.bucket.clock
         started = clock()
         attempts: list[Reply] = []

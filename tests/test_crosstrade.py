@@ -316,3 +316,16 @@ def test_get_snapshot_and_execute_never_raise_whatever_the_body(data):
     client, _ = client_for(answer(200, text=body), "t" * 20)
     assert client.get_snapshot().outcome in (OK, REJECTED, UNKNOWN)
     assert client.execute(CLOSE).outcome in (OK, REJECTED, UNKNOWN)
+
+
+def test_snapshot_nested_100000_deep_is_a_failed_poll_not_an_exception(token):
+    client, _ = client_for(answer(200, text="[" * 100_000 + "]" * 100_000), token)
+    reply = client.get_snapshot()
+    assert not reply.ok and reply.error
+
+
+def test_refused_action_is_reported_with_its_real_path(token):
+    client, seen = client_for(answer(200, {"success": True}), token)
+    reply = client.execute(Order("close", "Sim101"))
+    assert reply.outcome == REFUSED and not seen
+    assert reply.path == "accounts/Sim101/positions/close"
