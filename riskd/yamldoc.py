@@ -125,12 +125,29 @@ def _syntax_error(exc: yaml.MarkedYAMLError) -> tuple[int, int, str, str]:
     return line, col, "", message
 
 
+MAX_FILE_BYTES = 1024 * 1024
+
+
 def read(path: Path) -> Document:
     """Given a path, return its Document; raise ConfigError if the file cannot be read."""
+    def fail(message: str, line: int = 1, col: int = 1) -> ConfigError:
+        return ConfigError([Problem(str(path), line, col, "", message)])
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(str(path), 1, 1, "", f"cannot read file: {exc.__class__.__name__}: {exc.strerror or exc}")]) from None
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise fail(f"file is {size} bytes, over the {MAX_FILE_BYTES} byte limit of a rule file; split it or remove what is not rules")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read file: {exc.__class__.__name__}: {exc.strerror or exc}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:2]:
+        raise fail("file is UTF-16; save it as UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise fail(f"not UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8", line, col) from None
     return Document(path, text)
 
 

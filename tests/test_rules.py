@@ -230,3 +230,16 @@ def test_parse_any_document_gives_rules_or_located_problems(data):
         assert err.problems and all(p.line >= 1 and p.col >= 1 and p.message for p in err.problems)
     else:
         assert all(r.name for r in loaded)
+
+
+def test_a_rule_file_that_is_not_utf8_or_too_big_is_a_located_config_error(tmp_path):
+    from riskd import rules as rules_mod
+    from riskd.errors import ConfigError as CE
+    cases = {"latin1.yaml": "rules: []  # caf\xe9\n".encode("latin-1"), "utf16.yaml": "rules: []\n".encode("utf-16"),
+             "big.yaml": b"#" * (2 * 1024 * 1024)}
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(CE) as err:
+            rules_mod.load(path, None)
+        assert str(err.value).startswith(f"{path}:"), str(err.value)
