@@ -159,8 +159,9 @@ def _token(settings: config.Settings) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from riskd.daemon import Daemon, build_ticker, state_dir_for
     from riskd.notify import Notifier
-    from riskd.state import Store
+    from riskd.state import Store, ignore_sigxfsz
 
+    ignore_sigxfsz()  # a file-size limit makes a write fail (EFBIG, handled), never kills riskd mid-close
     settings = _settings(args, demo_ok=args.sim)
     console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
     configure_console(stream=console)
@@ -173,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         configure_console(secrets=[token, *notifier.secrets], stream=console)
         audit = _audit_trail(settings, token, *notifier.secrets)
         stack.callback(audit.close)
-        store = Store(state_dir_for(settings, dry_run))
+        store = Store(state_dir_for(settings, dry_run), on_condition=audit.emit)  # disk_full / disk_recovered in the trail
         stack.callback(store.close)
         ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
         stack.callback(ticker.client.close)

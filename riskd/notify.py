@@ -100,6 +100,11 @@ def message_for(line: dict[str, Any]) -> Message | None:
     if event == "recovered":
         span = f" after {line['stale_for_s']:.0f}s" if isinstance(line.get("stale_for_s"), (int, float)) else ""
         return Message("stale", event, f"riskd: recovered — CrossTrade snapshots are arriving again{span}", line)
+    if event in ("disk_full", "state_write_failed"):
+        return Message("failed", event, f"riskd: DISK FULL writing state ({line.get('op')}: {line.get('error')}); closes still go out, "
+                                        "free space under state_dir", line)
+    if event == "disk_recovered":
+        return Message("stale", event, "riskd: disk space is back; the state reserve is rebuilt", line)
     if event == "rules_rejected":
         errors = line.get("errors") or []
         first = f": {errors[0]}" if errors else ""
