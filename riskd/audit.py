@@ -88,6 +88,9 @@ _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 # The line format.
 
 
+from riskd.redact import Redactor  # noqa: E402  one redaction point
+
+
 def canonical(line: dict[str, Any]) -> str:
     """The form the hash covers: sorted keys, no whitespace, UTF-8 text."""
     return json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -145,12 +148,11 @@ def redact(value: Any, secrets: tuple[str, ...]) -> Any:
     """Given data and the secrets to hide, return it with every secret, every value under an
     Authorization-like key and every `Bearer <credential>` replaced by [REDACTED]."""
     if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
+        value = Redactor(secrets).text(value)
         return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", value) if len(value) > 12 else value
     if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and k.lower() in SECRET_KEYS and v is not None else redact(v, secrets))
+        return {(redact(k, secrets) if isinstance(k, str) else k):
+                (REDACTED if isinstance(k, str) and k.lower() in SECRET_KEYS and v is not None else redact(v, secrets))
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v, secrets) for v in value]

@@ -1,0 +1,43 @@
+import base64
+import html
+import json
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from riskd.audit import redact
+from riskd.redact import REDACTED, Redactor
+
+TOKEN = "tok/en+S3cr=t&<x>\"y'z"
+
+
+def _encodings(secret: str) -> list[str]:
+    raw = secret.encode()
+    out = [secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret), html.escape(secret)]
+    for prefix in (b"", b"x:", b"Bearer ", b"a", b"ab"):
+        out.append(base64.b64encode(prefix + raw).decode())
+        out.append(base64.urlsafe_b64encode(prefix + raw).decode())
+    return out
+
+
+@pytest.mark.parametrize("encoded", _encodings(TOKEN))
+def test_every_encoding_of_the_token_is_hidden(encoded):
+    out = Redactor([TOKEN]).text(f"error: {encoded} end")
+    for form in _encodings(TOKEN):
+        assert form not in out
+    assert REDACTED in out and out.startswith("error: ")
+
+
+def test_short_secret_is_still_hidden():
+    assert Redactor(["k9z"]).text("key=k9z;") == f"key={REDACTED};"
+
+
+def test_nested_keys_and_values_are_hidden():
+    r = Redactor([TOKEN])
+    out = json.dumps(r.value({TOKEN: [{"detail": f"{{'Authorization': 'Bearer {TOKEN}'}}"}], "n": 1}))
+    assert TOKEN not in out and json.dumps(TOKEN)[1:-1] not in out and '"n": 1' in out
+
+
+def test_audit_redact_hides_token_used_as_a_json_key():
+    out = json.dumps(redact({TOKEN: "ok", "a": {TOKEN: 1}}, (TOKEN,)))
+    assert TOKEN not in out and json.dumps(TOKEN)[1:-1] not in out
