@@ -380,12 +380,15 @@ class _Tick:
         #   snapshot agrees (the previous one is used meanwhile), so one implausible jump never sizes a close.
         kept_targets: set[str] = set()
         self._targets_of: dict[int, tuple[Position, ...]] = {}
+        tracked_by_account: dict[str, list[str]] = {}  # one pass, not one per account
+        for key in state.tracked:
+            tracked_by_account.setdefault(key.split("|", 1)[0], []).append(key)
         for account in snapshot.accounts:
             lname = account.name.lower()
             now_ids = {_position_key(account.name, p): p for p in account.positions if p.quantity > 0}
-            prefix = lname + "|"
-            for key, entry in state.tracked.items():
-                if key.startswith(prefix) and key not in now_ids and entry[2] and entry[1] < 1 and key in state.first_seen:
+            for key in tracked_by_account.get(lname, ()):
+                entry = state.tracked[key]
+                if key not in now_ids and entry[2] and entry[1] < 1 and key in state.first_seen:
                     self.tracked[key] = [entry[0], entry[1] + 1, 1]  # absent once: remembered, not a target now
                     self.first_seen[key] = state.first_seen[key]
                     kept_targets.add(_target_of(key, state.first_seen[key]))
