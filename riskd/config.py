@@ -228,8 +228,22 @@ def read_token(settings: Settings) -> str | None:
     if cred_dir:
         cred = Path(cred_dir) / "crosstrade-token"
         if cred.is_file():
-            token = cred.read_text(encoding="utf-8").strip()
+            try:
+                token = cred.read_bytes().decode("ascii").strip()
+            except (OSError, UnicodeDecodeError):
+                raise _bad_token(str(cred), "cannot be read as ASCII text") from None
             if token:
-                return token
+                return _checked_token(token, str(cred))
     token = os.environ.get(settings.token_env, "").strip()
-    return token or None
+    return _checked_token(token, f"${settings.token_env}") if token else None
+
+
+def _bad_token(where: str, what: str) -> ConfigError:
+    return ConfigError([Problem(where, 1, 1, "token", f"the API token {what}; paste the token again as one line of printable ASCII")])
+
+
+def _checked_token(token: str, where: str) -> str:
+    """Return the token if it can go in an HTTP header; else raise ConfigError naming where it came from, never the value."""
+    if not all("!" <= ch <= "~" for ch in token):
+        raise _bad_token(where, "holds a non-ASCII, whitespace or control character")
+    return token

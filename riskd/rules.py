@@ -480,7 +480,10 @@ def rule_files(sources: Path | tuple[Path, ...]) -> list[Path]:
     files: list[Path] = []
     for source in (sources,) if isinstance(sources, Path) else sources:
         if source.is_dir():
-            files.extend(sorted(p for p in source.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()))
+            try:
+                files.extend(sorted(p for p in source.iterdir() if p.suffix in (".yaml", ".yml") and not p.is_dir()))
+            except OSError as exc:
+                raise ConfigError([Problem(str(source), 1, 1, "rules", f"cannot list rules directory: {exc.strerror or exc}")]) from None
         else:
             files.append(source)
     return files

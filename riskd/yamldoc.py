@@ -62,12 +62,26 @@ class Document:
             try:
                 self.node = loader.get_single_node()
                 if self.node is not None:
+                    _check_size(self.node)
                     self._check_duplicates(self.node)
                     self.data = loader.construct_document(self.node)
             finally:
                 loader.dispose()
         except yaml.MarkedYAMLError as exc:
             self.problems.append(Problem(str(path), *_syntax_error(exc)))
+            self.node = None
+            self.data = None
+        except yaml.YAMLError as exc:  # a ReaderError (control characters) has no mark
+            line, col = _reader_position(text, getattr(exc, "position", 0))
+            self.problems.append(Problem(str(path), line, col, "", f"YAML error: {exc}; remove control characters"))
+            self.node = None
+            self.data = None
+        except RecursionError:
+            self.problems.append(Problem(str(path), 1, 1, "", f"nested deeper than the parser can follow; a rule file nests at most {MAX_DEPTH} levels"))
+            self.node = None
+            self.data = None
+        except _TooBig as exc:
+            self.problems.append(Problem(str(path), exc.line, exc.col, "", exc.message))
             self.node = None
             self.data = None
 
@@ -112,6 +126,43 @@ class Document:
         return node
 
 
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
+class _TooBig(Exception):
+    def __init__(self, node: yaml.Node, message: str):
+        self.line, self.col, self.message = node.start_mark.line + 1, node.start_mark.column + 1, message
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Raise _TooBig if the tree nests deeper than MAX_DEPTH or expands (aliases followed) past MAX_NODES.
+
+    Iterative, and each shared (aliased) node is sized once, so a billion-laughs file is refused in bounded time.
+    """
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _TooBig(node, f"nested {depth} levels deep, over the limit of {MAX_DEPTH}; flatten the structure")
+        kids = [c for kv in node.value for c in (kv if isinstance(kv, tuple) else (kv,))] if isinstance(node.value, list) else []
+        if done:
+            size[id(node)] = 1 + sum(size[id(c)] for c in kids)
+            if size[id(node)] > MAX_NODES:
+                raise _TooBig(node, f"expands to over {MAX_NODES} values (anchors and aliases counted each time used); remove repeated aliases")
+            continue
+        if id(node) in size:
+            continue
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in kids if id(c) not in size)
+
+
+def _reader_position(text: str, position: int) -> tuple[int, int]:
+    position = max(0, min(position or 0, len(text)))
+    return text.count("\n", 0, position) + 1, position - (text.rfind("\n", 0, position) + 1) + 1
+
+
 def _syntax_error(exc: yaml.MarkedYAMLError) -> tuple[int, int, str, str]:
     """Given a PyYAML error, return (line, col, field, message): where the parser stopped, what it
     expected, and where the construct it was reading began."""
@@ -142,6 +193,11 @@ def read(path: Path) -> Document:
         raise fail(f"cannot read file: {exc.__class__.__name__}: {exc.strerror or exc}") from None
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:2]:
         raise fail("file is UTF-16; save it as UTF-8")
+    if b"\x00" in data:
+        at = data.index(b"\x00")
+        line, col = data[:at].count(b"\n") + 1, at - (data.rfind(b"\n", 0, at) + 1) + 1
+        utf16 = data.count(b"\x00") * 3 > len(data)
+        raise fail("file is UTF-16; save it as UTF-8" if utf16 else "NUL byte in file; remove it (is this a binary or a corrupted file?)", line, col)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

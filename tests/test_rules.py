@@ -243,3 +243,52 @@ def test_a_rule_file_that_is_not_utf8_or_too_big_is_a_located_config_error(tmp_p
         with pytest.raises(CE) as err:
             rules_mod.load(path, None)
         assert str(err.value).startswith(f"{path}:"), str(err.value)
+
+
+HOSTILE = {
+    "nul.yaml": b"rules:\n  - name: a\x00b\n",
+    "utf16-nobom.yaml": "rules: []\n".encode("utf-16-le"),
+    "deep-flow.yaml": b"rules: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+    "deep-block.yaml": "".join(" " * i + "a:\n" for i in range(1200)).encode(),
+    "laughs.yaml": b"a: &a [x,x,x,x,x,x,x,x,x,x]\n" + b"".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [" .encode() + b",".join([f"*{chr(97 + i)}".encode()] * 10) + b"]\n" for i in range(8)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_hostile_rule_file_is_a_located_config_error(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(HOSTILE[name])
+    with pytest.raises(ConfigError) as exc:
+        rules.load(path, NY)
+    assert str(exc.value).startswith(f"{path}:")
+
+
+def test_a_rules_directory_that_loops_or_a_rule_file_that_is_a_directory_is_a_config_error(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.yaml").mkdir()
+    for source in (tmp_path / "loop", tmp_path / "d"):
+        with pytest.raises(ConfigError):
+            rules.load(source, NY)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_load_as_rules_or_a_config_error(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "r.yaml"
+    path.write_bytes(data)
+    try:
+        rules.load(path, NY)
+    except ConfigError:
+        pass
+
+
+def test_check_on_a_nul_byte_rule_file_exits_78_with_the_located_message(tmp_path):
+    cfg = write_policy(tmp_path, "http://127.0.0.1:9", "rules: []\n")
+    for p in tmp_path.rglob("*.yaml"):
+        if p.name != cfg.name:
+            p.write_bytes(b"rules:\n  - name: a\x00b\n")
+    r = run_cli("check", "-c", str(cfg))
+    assert r.returncode == 78, r.stderr
+    assert "NUL byte" in r.stdout + r.stderr
