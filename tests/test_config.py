@@ -116,3 +116,13 @@ def test_yaml_cannot_hold_the_token(tmp_path, token):
         config.load(_write(tmp_path, f"crosstrade:\n  api_key: {token}\n"))
     assert "unknown key 'api_key'" in str(err.value)
     assert token not in str(err.value)  # a token pasted into YAML is not echoed into logs
+
+
+@pytest.mark.parametrize("bad", ["tökén-123456", "two words", "line\nbreak"])
+def test_read_token_that_cannot_go_in_a_header_is_a_config_error_naming_its_source_not_its_value(tmp_path, monkeypatch, bad):
+    settings = config.load(_write(tmp_path, "crosstrade: {token_env: RISKD_TEST_TOKEN}\n"))
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("RISKD_TEST_TOKEN", bad)
+    with pytest.raises(ConfigError) as err:
+        config.read_token(settings)
+    assert "$RISKD_TEST_TOKEN" in str(err.value) and bad not in str(err.value)
