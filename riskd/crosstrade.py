@@ -23,6 +23,10 @@ Faults, and what each one becomes (`Reply.outcome`):
     connection refused, connect
       timeout, no rate budget         UNSENT    the request never left
     an order riskd must never send    REFUSED   nothing left (see `request_for`)
+
+Retry-After is a hint, not a stop order: it is capped at `RETRY_AFTER_CAP_S` (30 s) whatever the
+server says (seconds or an HTTP date). A 429's Retry-After holds back later polls (`blocked_until`) up
+to that cap; it never holds back an action (a close, a flatten): actions wait only for the token bucket.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ AUTH = "auth"  # 401/403: the token is refused; retrying will not help
 
 # HTTP statuses of a refusal that a later attempt may not get: the bridge is down, the budget is spent.
 TRANSIENT_STATUSES = frozenset({408, 429})
+
+# The longest riskd waits on a server's Retry-After (seconds); a longer or later hint is cut to this.
+RETRY_AFTER_CAP_S = 30.0
 
 
 _EPSILON = 1e-9
@@ -199,7 +206,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
     if not math.isfinite(seconds):
         return None
-    return max(0.0, min(seconds, 3600.0))
+    return max(0.0, min(seconds, RETRY_AFTER_CAP_S))
 
 
 class CrossTradeClient:
@@ -261,7 +268,7 @@ class CrossTradeClient:
         if request.url.raw_path.decode("ascii") != self._base_path + path:
             # never let URL normalisation turn a path into another one (accounts/../positions/flatten)
             return Reply(method, path, body, None, 0.0, REFUSED, error=f"refused: the request path would become {request.url.path}")
-        if self.blocked_until is not None:
+        if self.blocked_until is not None and not action:  # a poll's back-off never holds back a close
             remaining = self.blocked_until - self.bucket.clock()
             if remaining > 0:
                 return Reply(method, path, body, None, 0.0, UNSENT, error="rate limited: waiting out Retry-After",
@@ -290,7 +297,7 @@ class CrossTradeClient:
         outcome, error = _classify(response.status_code, data, write=action)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if response.status_code == 429 and retry_after:
-            self.blocked_until = self.bucket.clock() + retry_after
+            self.blocked_until = self.bucket.clock() + min(retry_after, RETRY_AFTER_CAP_S)
         return Reply(method, path, body, response.status_code, latency, outcome,
                      response=data if data is not None else text, error=error, retry_after=retry_after)
 

@@ -150,11 +150,27 @@ def test_execute_retry_after_beyond_the_budget_gives_up_and_holds_every_request_
     client, seen = client_for(answer(429, {"error": "Rate limit exceeded"}, headers={"Retry-After": "30"}), token, clock=clock)
     reply = client.execute(CLOSE)
     assert reply.outcome == REJECTED and reply.status == 429 and len(seen) == 1 and clock.slept == []
-    assert client.get_snapshot().outcome == UNSENT and client.execute(CLOSE).outcome == UNSENT
-    assert len(seen) == 1  # nothing is sent while the server asked us to wait
+    assert client.get_snapshot().outcome == UNSENT
+    assert len(seen) == 1  # no poll is sent while the server asked us to wait
     clock.t += 30
     client.get_snapshot()
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize("retry_after", ["99999", "120", format_datetime(datetime(2099, 1, 1, tzinfo=timezone.utc), usegmt=True)])
+def test_a_polls_retry_after_never_holds_back_a_close_and_is_capped(token, retry_after):
+    clock = FakeClock()
+    answers = iter([answer(429, {"error": "Rate limit exceeded"}, headers={"Retry-After": retry_after}),
+                    answer(200, {"success": True})])
+    client, seen = client_for(lambda r: next(answers, answer(200, {"accounts": []}))(r), token, clock=clock)
+    assert client.get_snapshot().status == 429
+    clock.t += 2  # a breach two seconds later
+    assert client.execute(CLOSE).outcome == OK and len(seen) == 2  # the close went out
+    poll = client.get_snapshot()
+    assert poll.outcome == UNSENT and 0 < poll.retry_after <= crosstrade.RETRY_AFTER_CAP_S
+    assert parse_retry_after(retry_after) == crosstrade.RETRY_AFTER_CAP_S
+    clock.t += crosstrade.RETRY_AFTER_CAP_S  # the poll after the cap is sent
+    assert client.get_snapshot().outcome == OK and len(seen) == 3
 
 
 def test_execute_429s_stop_after_max_attempts(token):
