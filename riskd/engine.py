@@ -33,6 +33,7 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Callable, Iterable, NamedTuple
 
+from riskd.keys import FiringKey, LockKey, OccurrenceKey, PositionKey, TargetKey, rule_of
 from riskd.model import Account, Decision, Order, Position, Rule, Severity, Snapshot
 
 
@@ -47,14 +48,15 @@ class EngineSettings:
 
 @dataclass(frozen=True, slots=True)
 class State:
-    """Everything the engine remembers between ticks. Treat the dicts as read-only.
+    """Everything the engine remembers between ticks. Treat the dicts as read-only. Keys are the
+    string forms of the types in riskd.keys.
 
-    fired:       edge/lock firing key -> ISO time acknowledged
-    pending:     `for` hold key -> ISO time the conditions started to hold
-    occurrences: "rule@occurrence" -> {target key: "pending" | "done" | "gone"}
+    fired:       edge/lock FiringKey -> ISO time acknowledged
+    pending:     `for` hold FiringKey -> ISO time the conditions started to hold
+    occurrences: OccurrenceKey -> {TargetKey: "pending" | "done" | "gone" | "waiting" | "seen" | "missed"}
     peaks:       account (lower case) -> session P&L peak
-    locks:       "rule|account" -> ISO time the lock was set
-    first_seen:  "account|INSTRUMENT|Side" -> ISO time the position was first seen (also its identity)
+    locks:       LockKey -> ISO time the lock was set
+    first_seen:  PositionKey -> ISO time the position was first seen (also its identity)
     known:       rule name -> [digest, ISO time first loaded]
     tracked:     position identity -> [last quantity seen, snapshots it has been absent from, confirmed 0|1]
     inflight:    firing keys whose last action has an unresolved outcome: never fire them again
@@ -73,6 +75,7 @@ class State:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "version": STATE_VERSION,
             "session": self.session,
             "fired": self.fired,
             "pending": self.pending,
@@ -87,27 +90,25 @@ class State:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "State":
         state = cls(**{k: data[k] for k in cls.__slots__ if k in data and k != "inflight"})  # type: ignore[attr-defined]
-        if "tracked" not in data:  # written by a riskd whose target keys kept the API's letter case
-            state = replace(state, fired={_normal_key(k): v for k, v in state.fired.items()},
-                            pending={_normal_key(k): v for k, v in state.pending.items()},
-                            occurrences={k: {_normal_target(t): v for t, v in r.items()} for k, r in state.occurrences.items()},
-                            tracked={k: [0, 0, 1] for k in state.first_seen if k.count("|") == 2})
+        if data.get("version", 1) < 2 and "tracked" not in data:
+            # version 1: target keys kept the API's letter case, and position identities had no confirmation record
+            state = replace(state, fired={str(FiringKey.parse(k)): v for k, v in state.fired.items()},
+                            pending={str(FiringKey.parse(k)): v for k, v in state.pending.items()},
+                            occurrences={k: {str(TargetKey.parse(t)): v for t, v in r.items()} for k, r in state.occurrences.items()},
+                            locks={str(LockKey.parse(k)): v for k, v in state.locks.items()},
+                            first_seen={str(p): v for k, v in state.first_seen.items() if (p := _position_or_none(k))},
+                            tracked={str(p): [0, 0, 1] for k in state.first_seen if (p := _position_or_none(k))})
         return state
 
 
-def _normal_target(tkey: str) -> str:
-    """A target key as this riskd writes it: account lower case, instrument upper case."""
-    parts = tkey.split("|")
-    if len(parts) >= 1:
-        parts[0] = parts[0].lower()
-    if len(parts) >= 3:
-        parts[1] = parts[1].upper()
-    return "|".join(parts)
+STATE_VERSION = 2  # 2: case-insensitive keys (riskd.keys) and `tracked`
 
 
-def _normal_key(key: str) -> str:
-    head, sep, target = key.partition("|")
-    return head + sep + _normal_target(target) if sep else key
+def _position_or_none(text: str) -> PositionKey | None:
+    try:
+        return PositionKey.parse(text)
+    except ValueError:  # written before a position's side was part of its identity: it starts over
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def orders_for(rule: Rule, account: Account, position: Position | None) -> tuple
 
 def _position_key(account: str, position: Position) -> str:
     """A position's identity: a long that turns short between two snapshots is a new position."""
-    return f"{account.lower()}|{position.instrument.upper()}|{position.side}"
+    return str(PositionKey(account, position.instrument, position.side))
 
 
 def _confirmed_quantity(previous: int, current: int) -> int:
@@ -350,10 +351,9 @@ def _confirmed_quantity(previous: int, current: int) -> int:
     return previous if 0 < previous and current > 2 * previous else current
 
 
-def _target_of(position_key: str, first_seen: str) -> str:
-    """Given a position identity and its first-seen time, return its target key (account|INSTRUMENT|time)."""
-    account, instrument, _side = position_key.split("|")
-    return f"{account}|{instrument}|{first_seen}"
+# Parsed forms of the stored keys, cached: the same few thousand keys come back every tick.
+_position = lru_cache(maxsize=65536)(PositionKey.parse)
+_firing = lru_cache(maxsize=65536)(FiringKey.parse)
 
 
 class _Tick:
@@ -369,8 +369,8 @@ class _Tick:
         present = {a.name.lower() for a in snapshot.accounts}
         self.present = present
         # an account missing from one snapshot (or unreadable in it) keeps its positions' identities and its markers
-        self.first_seen = {k: v for k, v in state.first_seen.items() if k.split("|", 1)[0] not in present}
-        self.tracked = {k: v for k, v in state.tracked.items() if k.split("|", 1)[0] not in present}
+        self.first_seen = {k: v for k, v in state.first_seen.items() if _position(k).account not in present}
+        self.tracked = {k: v for k, v in state.tracked.items() if _position(k).account not in present}
         # Position identity across glitchy snapshots (the README's "Bad snapshots"):
         # - a remembered identity is gone only when absent from two consecutive well-formed snapshots
         #   (one snapshot without it, or with the other side, does not re-arm its rules);
@@ -382,7 +382,7 @@ class _Tick:
         self._targets_of: dict[int, tuple[Position, ...]] = {}
         tracked_by_account: dict[str, list[str]] = {}  # one pass, not one per account
         for key in state.tracked:
-            tracked_by_account.setdefault(key.split("|", 1)[0], []).append(key)
+            tracked_by_account.setdefault(_position(key).account, []).append(key)
         for account in snapshot.accounts:
             lname = account.name.lower()
             now_ids = {_position_key(account.name, p): p for p in account.positions if p.quantity > 0}
@@ -391,7 +391,7 @@ class _Tick:
                 if key not in now_ids and entry[2] and entry[1] < 1 and key in state.first_seen:
                     self.tracked[key] = [entry[0], entry[1] + 1, 1]  # absent once: remembered, not a target now
                     self.first_seen[key] = state.first_seen[key]
-                    kept_targets.add(_target_of(key, state.first_seen[key]))
+                    kept_targets.add(str(_position(key).target(state.first_seen[key])))
             targets: list[Position] = []
             for key, p in now_ids.items():
                 entry = state.tracked.get(key)
@@ -401,7 +401,7 @@ class _Tick:
                     quantity = _confirmed_quantity(entry[0], p.quantity)
                     targets.append(p if quantity == p.quantity else replace(p, quantity=quantity))
                     continue
-                rival = key.rsplit("|", 1)[0] + "|" + ("Short" if p.side == "Long" else "Long")
+                rival = str(_position(key).rival())
                 if entry is None and rival in state.tracked and state.tracked[rival][2]:
                     self.tracked[key] = [p.quantity, 0, 0]  # a candidate: confirmed by the next snapshot
                     continue
@@ -412,8 +412,8 @@ class _Tick:
             self._targets_of[id(account)] = tuple(targets)
 
         def carried(key: str) -> bool:
-            head, _, target = key.partition("|")
-            return target.split("|", 1)[0] not in present or target in kept_targets
+            target = _firing(key).target
+            return target.account not in present or str(target) in kept_targets
 
         self.fired = {k: v for k, v in state.fired.items() if carried(k)}
         self.pending = {k: v for k, v in state.pending.items() if carried(k)}
@@ -428,6 +428,7 @@ class _Tick:
         self._peak_of: dict[int, float] = {id(a): self.peaks.get(a.name.lower(), 0.0) for a in snapshot.accounts}
         self._pkey_of: dict[int, str] = {}
         self._seen_of: dict[int, datetime] = {}
+        self._target_of_id: dict[int, TargetKey] = {}
         for account in snapshot.accounts:
             for pos in self._targets_of[id(account)]:
                 key = _position_key(account.name, pos)
@@ -447,11 +448,20 @@ class _Tick:
         return Target(account, position, self.now, local, rule.days, peak, seen)
 
     def target_key(self, rule: Rule, account: Account, position: Position | None) -> str:
+        return str(self._target(account, position))
+
+    def _target(self, account: Account, position: Position | None) -> TargetKey:
         """A target's identity: account and instrument compared as the API matches them (case-insensitively)."""
-        if position is None:
-            return account.name.lower()
-        pkey = self._pkey_of.get(id(position)) or _position_key(account.name, position)
-        return _target_of(pkey, self.first_seen[pkey])
+        cache_key = id(position) if position is not None else id(account)
+        target = self._target_of_id.get(cache_key)
+        if target is None:
+            if position is None:
+                target = TargetKey(account.name)
+            else:
+                pkey = self._pkey_of.get(id(position)) or _position_key(account.name, position)
+                target = _position(pkey).target(self.first_seen[pkey])
+            self._target_of_id[cache_key] = target
+        return target
 
     def decide(self, kind: str, rule: Rule, key: str, account: Account, position: Position | None, inputs: dict[str, Any], **extra: Any) -> None:
         if position is not None:
@@ -499,10 +509,9 @@ class _Tick:
                 self.edge(rule)
         except Exception as exc:  # noqa: BLE001 - isolation is the point
             del self.decisions[decided:]
-            mine = (rule.name + "|", rule.name + "@", rule.name + "!")
-            self.fired.update({k: v for k, v in self.old.fired.items() if k.startswith(mine)})
-            self.pending.update({k: v for k, v in self.old.pending.items() if k.startswith(mine)})
-            self.occurrences.update({k: v for k, v in self.old.occurrences.items() if k.startswith(mine)})
+            self.fired.update({k: v for k, v in self.old.fired.items() if rule_of(k) == rule.name})
+            self.pending.update({k: v for k, v in self.old.pending.items() if rule_of(k) == rule.name})
+            self.occurrences.update({k: v for k, v in self.old.occurrences.items() if rule_of(k) == rule.name})
             self._skip(rule, rule.name, f"{exc.__class__.__name__}: {exc}"[:500], kind="rule_failed")
 
     def edge(self, rule: Rule) -> None:
@@ -522,7 +531,7 @@ class _Tick:
                 holds, inputs = check(rule, target)
             if not holds:
                 continue  # markers and holds not carried over: the rule re-arms for this target
-            key = f"{rule.name}|{self.target_key(rule, account, position)}"
+            key = str(FiringKey(rule.name, self._target(account, position)))
             if key in self.old.fired:
                 self.fired[key] = self.old.fired[key]
                 continue
@@ -543,7 +552,7 @@ class _Tick:
         occ = last_occurrence(rule, self.now)
         if occ is None:
             return
-        okey = f"{rule.name}@{occ.isoformat()}"
+        okey = str(OccurrenceKey(rule.name, occ.isoformat()))
         record = self.occurrences.get(okey)
         late = self.now - occ
         grace = self.settings.misfire_grace
@@ -557,7 +566,7 @@ class _Tick:
                         record[self.target_key(rule, account, position)] = "pending"
                 for name in self.old.peaks:  # accounts seen this session that this snapshot does not show
                     if name not in self.present and _account_matches(rule.accounts, name):
-                        record["?" + name] = "waiting"
+                        record[str(TargetKey(name, waiting=True))] = "waiting"
                 if not record:
                     self._skip(rule, okey, "no target in scope at the scheduled time")
             else:
@@ -572,7 +581,7 @@ class _Tick:
         for wkey, status in list(record.items()):
             if status != "waiting":
                 continue
-            name = wkey[1:]
+            name = TargetKey.parse(wkey).account
             if name in self.present and late <= grace:
                 record[wkey] = "seen"
                 for tkey, (account, position) in present.items():
@@ -580,19 +589,18 @@ class _Tick:
                         record[tkey] = "pending"
             elif late > grace:
                 record[wkey] = "missed"
-                self._skip(rule, f"{okey}|{name}", f"account {name} was not visible (missing or unreadable in every snapshot) "
+                self._skip(rule, str(FiringKey(rule.name, TargetKey(name), occurrence=occ.isoformat())), f"account {name} was not visible (missing or unreadable in every snapshot) "
                            f"from {occ.isoformat()} until misfire_grace ({grace.total_seconds():.0f}s) ran out", kind="missed")
         for tkey, status in record.items():
             if status != "pending":
                 continue
             if tkey not in present:
-                account_name = tkey.split("|", 1)[0]
-                if account_name in self.present:  # a well-formed snapshot shows it gone
+                if TargetKey.parse(tkey).account in self.present:  # a well-formed snapshot shows it gone
                     record[tkey] = "gone"
                 continue
             account, position = present[tkey]
             _, inputs = check(rule, self.target(rule, account, position))
-            key = f"{okey}|{tkey}"
+            key = str(FiringKey(rule.name, TargetKey.parse(tkey), occurrence=occ.isoformat()))
             if key not in self.old.inflight:
                 self.decide("fire", rule, key, account, position, {**inputs, "scheduled": occ.isoformat()})
         self.occurrences[okey] = record
@@ -605,15 +613,15 @@ class _Tick:
 
     def enforce_locks(self, rules_by_name: dict[str, Rule]) -> None:
         for lock_key in self.old.locks:
-            rule_name, account_name = lock_key.split("|", 1)
-            rule = rules_by_name.get(rule_name)
-            account = self.snapshot.account(account_name)
+            lock = LockKey.parse(lock_key)
+            rule = rules_by_name.get(lock.rule)
+            account = self.snapshot.account(lock.account)
             if rule is None or account is None:
                 continue
             for position in self._targets_of[id(account)]:
                 if not _instrument_matches(rule.instruments, position.instrument):
                     continue
-                key = f"{rule.name}!lock|{self.target_key(rule, account, position)}"
+                key = str(FiringKey(rule.name, self._target(account, position), lock=True))
                 if key in self.old.fired:
                     self.fired[key] = self.old.fired[key]
                 elif key not in self.old.inflight:
@@ -672,7 +680,7 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
     session = session_of(now, settings)
     if state.session != session:  # a new session: markers, holds, peaks, locks and first-seen times start over
         horizon = now - timedelta(days=8)  # occurrences are keyed by their instant, so they stay (for `missed`)
-        occurrences = {k: v for k, v in state.occurrences.items() if datetime.fromisoformat(k.split("@", 1)[1]) >= horizon}
+        occurrences = {k: v for k, v in state.occurrences.items() if datetime.fromisoformat(OccurrenceKey.parse(k).instant) >= horizon}
         state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences)
     known = {}
     for rule in rules:
@@ -703,14 +711,14 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
         peaks=tick.peaks,
         first_seen=tick.first_seen,
         tracked=tick.tracked,
-        locks={k: v for k, v in state.locks.items() if k.split("|", 1)[0] in by_name},
+        locks={k: v for k, v in state.locks.items() if LockKey.parse(k).rule in by_name},
     )
     return decisions, new_state
 
 
 def _forget(state: State, names: set[str]) -> State:
     def keep(key: str) -> bool:
-        return key.split("|", 1)[0].split("@", 1)[0].split("!", 1)[0] not in names
+        return rule_of(key) not in names
 
     return replace(
         state,
@@ -727,16 +735,17 @@ def acknowledge(state: State, decision: Decision, now: datetime) -> State:
     fired = dict(state.fired)
     occurrences = dict(state.occurrences)
     for key in (decision.key, *decision.covers):
-        okey, _, tkey = key.partition("|")
-        if "@" in okey:
-            record = dict(occurrences.get(okey, {}))
-            record[tkey] = "done"
-            occurrences[okey] = record
+        firing = FiringKey.parse(key)
+        occurrence = firing.occurrence_key()
+        if occurrence is not None:
+            record = dict(occurrences.get(str(occurrence), {}))
+            record[str(firing.target)] = "done"
+            occurrences[str(occurrence)] = record
         else:
             fired[key] = now.isoformat()
     locks = state.locks
-    if decision.lock and "!lock" not in decision.key:
-        locks = {**locks, f"{decision.rule}|{decision.account.lower()}": now.isoformat()}
+    if decision.lock and not FiringKey.parse(decision.key).lock:
+        locks = {**locks, str(LockKey(decision.rule, decision.account)): now.isoformat()}
     return replace(state, fired=fired, occurrences=occurrences, locks=locks)
 
 
@@ -759,7 +768,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
         targets = list(tick.targets(rule))
         for account, position in targets:
             target = tick.target(rule, account, position)
-            key = f"{rule.name}|{tick.target_key(rule, account, position)}"
+            key = str(FiringKey(rule.name, tick._target(account, position)))
             holds, _ = check(rule, target)
             conditions = [_explain_condition(name, spec, target) for name, spec in rule.conditions]
             if rule.at is not None:

@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
+from riskd.keys import FiringKey, TargetKey
 from riskd.sim import Fault
 
 from harness import Rig, SimClock
@@ -276,12 +277,11 @@ def judge(s: Schedule, rig: Rig) -> dict[str, Any]:
             acks.setdefault(ev["key"], t)
     for e in s.expected:
         for key, t in acks.items():
-            rule, _, rest = key.replace("@", "|", 1).partition("|") if "@" in key else key.partition("|")
-            if rule != e.name:
+            firing = FiringKey.parse(key)
+            if firing.rule + ("!lock" if firing.lock else "") != e.name:
                 continue
-            target = rest.split("|")
-            # target keys compare account and instrument as the API does (case-insensitively)
-            if e.instrument is None and target[-1] == e.account.lower() or e.instrument is not None and e.instrument.upper() in target:
+            target = firing.target  # account and instrument compare as the API does (case-insensitively)
+            if e.instrument is None and target == TargetKey(e.account) or e.instrument is not None and target.instrument == e.instrument.upper():
                 e.acked_at = t
         if e.acked_at is None or e.acked_at > e.deadline:
             problems.append(f"{e.name} {e.instrument or e.account}: acknowledged at {e.acked_at} (trigger {e.trigger}, due {e.deadline})")
