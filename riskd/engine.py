@@ -28,13 +28,15 @@ Firing semantics (SPEC §3 "When a rule fires"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Iterable
 
+from riskd.conditions import REGISTRY, Target
 from riskd.keys import FiringKey, LockKey, OccurrenceKey, PositionKey, TargetKey, rule_of
 from riskd.model import Account, Decision, Order, Position, Rule, Severity, Snapshot
+from riskd.schedule import format_span, last_occurrence, next_occurrence
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,7 @@ def _position_or_none(text: str) -> PositionKey | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Time.
+# Sessions.
 
 
 def session_of(now: datetime, settings: EngineSettings) -> str:
@@ -122,48 +124,6 @@ def session_of(now: datetime, settings: EngineSettings) -> str:
     if local.time() >= settings.session_start:
         day += timedelta(days=1)
     return day.isoformat()
-
-
-def wall_instant(day: date, at: time, zone: Any) -> datetime:
-    """Given a local date, a wall-clock time and a zone, return the first instant at which that zone's
-    clock reads `at` or later on that date: the time itself on most days, the first of the two on a
-    fall-back day, and the end of the gap (e.g. 03:00 for 02:30) on a spring-forward day."""
-    wall = datetime.combine(day, at)
-    first = wall.replace(tzinfo=zone)  # fold=0: the earlier of two equal wall times
-    if first.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None) == wall:
-        return first
-    lo = wall.replace(tzinfo=zone, fold=1).astimezone(timezone.utc)  # before the jump: the clock reads less than `at`
-    hi = first.astimezone(timezone.utc)  # after the jump: more than `at`
-    while hi - lo > timedelta(seconds=1):
-        mid = lo + (hi - lo) / 2
-        if mid.astimezone(zone).replace(tzinfo=None) >= wall:
-            hi = mid
-        else:
-            lo = mid
-    return hi.replace(microsecond=0).astimezone(zone)
-
-
-def _wall_occurrences(at: time, days: frozenset[int], zone: Any, now: datetime, step: int) -> Iterable[datetime]:
-    local = now.astimezone(zone).date()
-    for offset in range(-1, 9):
-        day = local + timedelta(days=offset * step)
-        if day.weekday() in days:
-            yield wall_instant(day, at, zone)
-
-
-def last_occurrence(rule: Rule, now: datetime) -> datetime | None:
-    """Given an `at` rule and an instant, return its latest occurrence at or before it."""
-    return next((occ for occ in _wall_occurrences(rule.at, rule.days, rule.zone, now, -1) if occ <= now), None)
-
-
-def next_occurrence(rule: Rule, now: datetime) -> datetime | None:
-    """Given an `at` rule and an instant, return its first occurrence strictly after it."""
-    return next((occ for occ in _wall_occurrences(rule.at, rule.days, rule.zone, now, 1) if occ > now), None)
-
-
-def _in_window(window: tuple[time, time], moment: time) -> bool:
-    start, end = window
-    return start <= moment < end if start < end else (moment >= start or moment < end)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,79 +161,6 @@ def in_scope(rule: Rule, account: str, instrument: str | None = None) -> bool:
     return instrument is None or _instrument_matches(rule.instruments, instrument)
 
 
-# ---------------------------------------------------------------------------------------------
-# Conditions: an explicit registry, name -> pure function(spec, target) -> (holds, inputs).
-
-
-class Target(NamedTuple):
-    """What a condition sees of one target at one tick (a NamedTuple: built ~rules x targets times a tick)."""
-
-    account: Account
-    position: Position | None
-    now: datetime
-    local: datetime
-    days: frozenset[int]
-    peak: float
-    first_seen: datetime | None
-
-
-def _between(spec: tuple[time, time], t: Target) -> tuple[bool, dict[str, Any]]:
-    local = t.local.time().replace(microsecond=0)
-    day = t.local.date()
-    if spec[0] > spec[1] and local < spec[1]:
-        day -= timedelta(days=1)  # past midnight in a wrapping window: it belongs to the day it opened
-    return day.weekday() in t.days and _in_window(spec, local), {"local_time": local.isoformat()}
-
-
-def _outside(spec: tuple[time, time], t: Target) -> tuple[bool, dict[str, Any]]:
-    local = t.local.time().replace(microsecond=0)
-    return t.local.weekday() in t.days and not _in_window(spec, local), {"local_time": local.isoformat()}
-
-
-def _position_pnl(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
-    value = t.position.unrealized_pnl  # type: ignore[union-attr]
-    return spec.holds(value), {"position_pnl": value}
-
-
-def _position_size(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
-    size = t.position.quantity  # type: ignore[union-attr]
-    return size > spec.above, {"position_size": size}
-
-
-def _position_age(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
-    age = (t.now - t.first_seen) if t.first_seen else timedelta(0)
-    return age > spec.above, {"position_age_s": round(age.total_seconds(), 3)}
-
-
-def _account_pnl(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
-    value = t.account.pnl(spec.basis, spec.net_of_commission)
-    return spec.holds(value), {"account_pnl": value, "basis": spec.basis, "net_of_commission": spec.net_of_commission}
-
-
-def drawdown_floor(spec: Any, peak: float) -> float:
-    """Given an account_drawdown spec and the session peak, return the P&L at which it fires."""
-    kind, amount = spec.limit
-    return peak - (amount * peak if kind == "percent" else amount)
-
-
-def _account_drawdown(spec: Any, t: Target) -> tuple[bool, dict[str, Any]]:
-    pnl = t.account.pnl()
-    floor = drawdown_floor(spec, t.peak)
-    armed = t.peak >= spec.after and (spec.limit[0] == "dollars" or t.peak > 0)  # N% of a zero peak is no limit yet
-    return armed and pnl <= floor, {"account_pnl": pnl, "peak": t.peak, "floor": floor, "armed": armed}
-
-
-CONDITIONS: dict[str, Callable[[Any, Target], tuple[bool, dict[str, Any]]]] = {
-    "between": _between,
-    "outside": _outside,
-    "position_pnl": _position_pnl,
-    "position_size": _position_size,
-    "position_age": _position_age,
-    "account_pnl": _account_pnl,
-    "account_drawdown": _account_drawdown,
-}
-
-
 def _describe(spec: Any) -> Any:
     """A condition's parameters as plain JSON values, for the audit trail."""
     if hasattr(type(spec), "model_fields"):
@@ -292,7 +179,7 @@ def check(rule: Rule, target: Target) -> tuple[bool, dict[str, Any]]:
     holds = True
     inputs: dict[str, Any] = {}
     for name, spec in rule.conditions:
-        ok, seen = CONDITIONS[name](spec, target)
+        ok, seen = REGISTRY[name].check(spec, target)
         inputs.update(seen)
         holds = holds and ok
     if rule.action.kind == "reduce_to" and target.position is not None:
@@ -518,7 +405,7 @@ class _Tick:
         # the hot path (every rule x every target): Target built inline from the per-tick caches
         local = self._locals.get(rule.zone) or self._locals.setdefault(rule.zone, self.now.astimezone(rule.zone))
         now, days, peak_of, seen_of = self.now, rule.days, self._peak_of, self._seen_of
-        conditions = [(CONDITIONS[name], spec) for name, spec in rule.conditions]
+        conditions = [(REGISTRY[name].check, spec) for name, spec in rule.conditions]
         for account, position in self.targets(rule):
             target = Target(account, position, now, local, days, peak_of[id(account)], seen_of[id(position)] if position is not None else None)
             # fast rejection: stop at the first condition that does not hold; the conditions are
@@ -770,7 +657,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
             target = tick.target(rule, account, position)
             key = str(FiringKey(rule.name, tick._target(account, position)))
             holds, _ = check(rule, target)
-            conditions = [_explain_condition(name, spec, target) for name, spec in rule.conditions]
+            conditions = [REGISTRY[name].row(spec, target) for name, spec in rule.conditions]
             if rule.at is not None:
                 conditions.insert(0, {"name": "at", "seen": target.local.strftime("%H:%M:%S"), "threshold": rule.at.isoformat(),
                                       "holds": False, "distance": f"next {nxt.isoformat()} (in {format_span(nxt - now)})" if nxt else "never"})
@@ -794,52 +681,3 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
         if not targets:
             rows.append({**base, "target": "-", "status": "no target in scope", "conditions": []})
     return rows
-
-
-def format_span(delta: timedelta) -> str:
-    """A duration for people: 45s, 3m05s, 2h10m."""
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def _explain_condition(name: str, spec: Any, t: Target) -> dict[str, Any]:
-    """One condition of one target: the value seen, the threshold, whether it holds, how far from holding."""
-    holds, seen = CONDITIONS[name](spec, t)
-    row: dict[str, Any] = {"name": name, "holds": holds}
-    if name in ("position_pnl", "account_pnl"):
-        value = seen[name]
-        side, level = next(iter(spec.describe().items()))
-        row.update(seen=round(value, 2), threshold=f"{side} {level:.2f}")
-        gap = value - level if side == "below" else level - value
-        row["distance"] = "holds" if holds else f"${gap:.2f} to go"
-        if name == "account_pnl" and (spec.basis != "total" or spec.net_of_commission):
-            row["threshold"] += f" ({spec.basis}{', net of commission' if spec.net_of_commission else ''})"
-    elif name == "position_size":
-        row.update(seen=seen[name], threshold=f"above {spec.above}",
-                   distance="holds" if holds else f"{spec.above + 1 - seen[name]} contract(s) to go")
-    elif name == "position_age":
-        age = timedelta(seconds=seen["position_age_s"])
-        row.update(seen=format_span(age), threshold=f"above {format_span(spec.above)}",
-                   distance="holds" if holds else f"{format_span(spec.above - age)} to go")
-    elif name == "account_drawdown":
-        kind, amount = spec.limit
-        limit = f"{amount * 100:g}% of the peak" if kind == "percent" else f"${amount:.2f}"
-        row.update(seen=round(seen["account_pnl"], 2), threshold=f"{limit} below the peak (peak {seen['peak']:.2f}, floor {seen['floor']:.2f})")
-        if not seen["armed"]:
-            row["distance"] = f"inactive until the peak reaches {max(spec.after, 0):.2f}" + (" and is above 0" if kind == "percent" else "")
-        else:
-            row["distance"] = "holds" if holds else f"${seen['account_pnl'] - seen['floor']:.2f} to go"
-    else:  # between / outside
-        start, end = spec
-        row.update(seen=seen["local_time"], threshold=f"{name} {start.isoformat()}-{end.isoformat()}")
-        if holds:
-            row["distance"] = "holds"
-        else:
-            edge = start if name == "between" else end
-            nxt = next((o for o in _wall_occurrences(edge, t.days, t.local.tzinfo, t.now, 1) if o > t.now), None)
-            row["distance"] = f"holds from {nxt.isoformat()} (in {format_span(nxt - t.now)})" if nxt else "never"
-    return row

@@ -207,7 +207,8 @@ class Rule:
     enabled: bool = True
     dry_run: bool = False
     digest: str = ""
+    position_scoped: bool = False  # a condition of the rule is evaluated per position (riskd.conditions scope)
 
     @property
     def per_position(self) -> bool:
-        return self.action.per_position or any(name.startswith("position_") for name, _ in self.conditions)
+        return self.action.per_position or self.position_scoped

@@ -25,6 +25,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from riskd import yamldoc
+from riskd.conditions import REGISTRY
 from riskd.errors import ConfigError, Problem
 from riskd.model import Action, Rule
 
@@ -353,7 +354,7 @@ class Drawdown(_RuleModel):
     after: Money = Field(0.0, description="the drawdown arms once the session P&L peak has reached this (dollars)")
 
 
-CONDITION_KEYS = ("at", "between", "outside", "position_pnl", "position_size", "position_age", "account_pnl", "account_drawdown")
+CONDITION_KEYS = ("at", *REGISTRY)  # `at` is an event, not a condition: it sets when a rule is evaluated
 CLOCK_KEYS = ("at", "between", "outside")
 ACTION_KEYS = ("close", "reduce_to", "flatten")
 
@@ -593,4 +594,5 @@ def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: s
         enabled=spec.enabled,
         dry_run=spec.dry_run,
         digest=digest,
+        position_scoped=any(REGISTRY[name].scope == "position" for name, _ in conditions),
     )

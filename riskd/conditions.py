@@ -1,0 +1,166 @@
+"""The conditions a rule's `when` can hold: one registry entry each.
+
+An entry is the whole condition: its name (the YAML key), its scope (`position`: evaluated per
+matched position; `account`: per account; `clock`: the same for every target), the pure check
+(spec, target) -> (holds, inputs seen), and the explanation `riskd once` prints (the value seen, the
+threshold, how far it is from holding). Adding a condition is one `Condition(...)` here, its spec
+model in riskd.rules' `When`, and its tests.
+
+Pure: no I/O, no clock; `now` arrives in the Target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from typing import Any, Callable, Literal, NamedTuple
+
+from riskd.model import Account, Position
+from riskd.schedule import format_span, in_window, wall_occurrences
+
+
+class Target(NamedTuple):
+    """What a condition sees of one target at one tick (a NamedTuple: built ~rules x targets times a tick)."""
+
+    account: Account
+    position: Position | None
+    now: datetime
+    local: datetime
+    days: frozenset[int]
+    peak: float
+    first_seen: datetime | None
+
+
+Seen = dict[str, Any]
+Scope = Literal["position", "account", "clock"]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    name: str
+    scope: Scope
+    check: Callable[[Any, Target], tuple[bool, Seen]]
+    explain: Callable[[Any, Target, bool, Seen], dict[str, Any]]  # -> seen, threshold, distance
+
+    def row(self, spec: Any, target: Target) -> dict[str, Any]:
+        """One condition of one target as `riskd once` shows it."""
+        holds, seen = self.check(spec, target)
+        return {"name": self.name, "holds": holds, **self.explain(spec, target, holds, seen)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Clock.
+
+
+def _between(spec: tuple[time, time], t: Target) -> tuple[bool, Seen]:
+    local = t.local.time().replace(microsecond=0)
+    day = t.local.date()
+    if spec[0] > spec[1] and local < spec[1]:
+        day -= timedelta(days=1)  # past midnight in a wrapping window: it belongs to the day it opened
+    return day.weekday() in t.days and in_window(spec, local), {"local_time": local.isoformat()}
+
+
+def _outside(spec: tuple[time, time], t: Target) -> tuple[bool, Seen]:
+    local = t.local.time().replace(microsecond=0)
+    return t.local.weekday() in t.days and not in_window(spec, local), {"local_time": local.isoformat()}
+
+
+def _explain_window(name: str) -> Callable[[Any, Target, bool, Seen], dict[str, Any]]:
+    def explain(spec: tuple[time, time], t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
+        start, end = spec
+        row = {"seen": seen["local_time"], "threshold": f"{name} {start.isoformat()}-{end.isoformat()}", "distance": "holds"}
+        if not holds:
+            edge = start if name == "between" else end
+            nxt = next((o for o in wall_occurrences(edge, t.days, t.local.tzinfo, t.now, 1) if o > t.now), None)
+            row["distance"] = f"holds from {nxt.isoformat()} (in {format_span(nxt - t.now)})" if nxt else "never"
+        return row
+
+    return explain
+
+
+# ---------------------------------------------------------------------------------------------
+# Position.
+
+
+def _level(value: float, spec: Any, holds: bool) -> dict[str, Any]:
+    side, level = next(iter(spec.describe().items()))
+    gap = value - level if side == "below" else level - value
+    return {"seen": round(value, 2), "threshold": f"{side} {level:.2f}", "distance": "holds" if holds else f"${gap:.2f} to go"}
+
+
+def _position_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
+    value = t.position.unrealized_pnl  # type: ignore[union-attr]
+    return spec.holds(value), {"position_pnl": value}
+
+
+def _position_size(spec: Any, t: Target) -> tuple[bool, Seen]:
+    size = t.position.quantity  # type: ignore[union-attr]
+    return size > spec.above, {"position_size": size}
+
+
+def _explain_position_size(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
+    return {"seen": seen["position_size"], "threshold": f"above {spec.above}",
+            "distance": "holds" if holds else f"{spec.above + 1 - seen['position_size']} contract(s) to go"}
+
+
+def _position_age(spec: Any, t: Target) -> tuple[bool, Seen]:
+    age = (t.now - t.first_seen) if t.first_seen else timedelta(0)
+    return age > spec.above, {"position_age_s": round(age.total_seconds(), 3)}
+
+
+def _explain_position_age(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
+    age = timedelta(seconds=seen["position_age_s"])
+    return {"seen": format_span(age), "threshold": f"above {format_span(spec.above)}",
+            "distance": "holds" if holds else f"{format_span(spec.above - age)} to go"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Account.
+
+
+def _account_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
+    value = t.account.pnl(spec.basis, spec.net_of_commission)
+    return spec.holds(value), {"account_pnl": value, "basis": spec.basis, "net_of_commission": spec.net_of_commission}
+
+
+def _explain_account_pnl(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
+    row = _level(seen["account_pnl"], spec, holds)
+    if spec.basis != "total" or spec.net_of_commission:
+        row["threshold"] += f" ({spec.basis}{', net of commission' if spec.net_of_commission else ''})"
+    return row
+
+
+def drawdown_floor(spec: Any, peak: float) -> float:
+    """Given an account_drawdown spec and the session peak, return the P&L at which it fires."""
+    kind, amount = spec.limit
+    return peak - (amount * peak if kind == "percent" else amount)
+
+
+def _account_drawdown(spec: Any, t: Target) -> tuple[bool, Seen]:
+    pnl = t.account.pnl()
+    floor = drawdown_floor(spec, t.peak)
+    armed = t.peak >= spec.after and (spec.limit[0] == "dollars" or t.peak > 0)  # N% of a zero peak is no limit yet
+    return armed and pnl <= floor, {"account_pnl": pnl, "peak": t.peak, "floor": floor, "armed": armed}
+
+
+def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
+    kind, amount = spec.limit
+    limit = f"{amount * 100:g}% of the peak" if kind == "percent" else f"${amount:.2f}"
+    row = {"seen": round(seen["account_pnl"], 2),
+           "threshold": f"{limit} below the peak (peak {seen['peak']:.2f}, floor {seen['floor']:.2f})"}
+    if not seen["armed"]:
+        row["distance"] = f"inactive until the peak reaches {max(spec.after, 0):.2f}" + (" and is above 0" if kind == "percent" else "")
+    else:
+        row["distance"] = "holds" if holds else f"${seen['account_pnl'] - seen['floor']:.2f} to go"
+    return row
+
+
+REGISTRY: dict[str, Condition] = {c.name: c for c in (
+    Condition("between", "clock", _between, _explain_window("between")),
+    Condition("outside", "clock", _outside, _explain_window("outside")),
+    Condition("position_pnl", "position", _position_pnl, lambda spec, t, holds, seen: _level(seen["position_pnl"], spec, holds)),
+    Condition("position_size", "position", _position_size, _explain_position_size),
+    Condition("position_age", "position", _position_age, _explain_position_age),
+    Condition("account_pnl", "account", _account_pnl, _explain_account_pnl),
+    Condition("account_drawdown", "account", _account_drawdown, _explain_account_drawdown),
+)}
