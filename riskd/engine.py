@@ -274,9 +274,9 @@ class _Tick:
             lname = account.name.lower()
             now_ids = {_position_key(account.name, p): p for p in account.positions if p.quantity > 0}
             for key in tracked_by_account.get(lname, ()):
-                entry = state.tracked[key]
-                if key not in now_ids and entry[2] and entry[1] < 1 and key in state.first_seen:
-                    self.tracked[key] = [entry[0], entry[1] + 1, 1]  # absent once: remembered, not a target now
+                remembered = state.tracked[key]
+                if key not in now_ids and remembered[2] and remembered[1] < 1 and key in state.first_seen:
+                    self.tracked[key] = [remembered[0], remembered[1] + 1, 1]  # absent once: remembered, not a target now
                     self.first_seen[key] = state.first_seen[key]
                     kept_targets.add(str(_position(key).target(state.first_seen[key])))
             targets: list[Position] = []

@@ -146,7 +146,3 @@ def rule_of(text: str) -> str:
             end = min(end, at)
     return text[:end]
 
-
-def normal(text: str, kind: type) -> str:
-    """A stored key in this riskd's letter case (state written before names compared case-insensitively)."""
-    return str(kind.parse(text))

@@ -23,11 +23,6 @@ class Position:
     market_price: float
     unrealized_pnl: float
 
-    @property
-    def root(self) -> str:
-        """The root symbol: `MES` for `MES 12-26`."""
-        return self.instrument.split(" ", 1)[0].upper()
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "instrument": self.instrument,

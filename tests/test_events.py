@@ -1,0 +1,28 @@
+"""The audit event catalogue: one definition per event, that writers, readers and the README agree on."""
+
+from __future__ import annotations
+
+import pytest
+
+from riskd import events
+
+
+def test_a_reader_cannot_read_a_field_the_event_does_not_declare():
+    line = {"event": "fired", "inputs": {"account_pnl": -1200.0}}
+    assert events.FIRED.of(line) and events.FIRED.get(line, "inputs.account_pnl") == -1200.0
+    with pytest.raises(KeyError, match="declares no field 'input.account_pnl'"):
+        events.FIRED.get(line, "input.account_pnl")
+
+
+def test_a_line_missing_a_declared_field_is_named():
+    assert events.STALE.missing({"event": "stale", "last_ok": None, "stale_after_s": 10.0}) == ["consecutive", "last_error"]
+
+
+def test_the_fsync_and_drop_policies_come_from_the_catalogue():
+    assert "fired" in events.DURABLE and "action" in events.DURABLE and "sample" not in events.DURABLE
+    assert events.DROPPABLE == {"sample"}
+
+
+def test_an_unknown_event_name_lists_the_known_ones():
+    with pytest.raises(KeyError, match="the events are: started, stopped"):
+        events.of("bogus")
