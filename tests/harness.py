@@ -19,7 +19,7 @@ import yaml
 
 from riskd import config, rules as rules_mod
 from riskd.audit import AuditTrail
-from riskd.daemon import Ticker, build_ticker
+from riskd.tick import Ticker, build_ticker
 from riskd.sim import SimServer, Simulator
 from riskd.state import Store
 
