@@ -101,9 +101,6 @@ class Ticker:
         decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
         if state.session != self.state.session and self.state.session is not None:
             self.store.prune(now - INTENTS_KEPT)
-        for d in decisions:
-            if d.kind != "fire":
-                self._audit_decision(d, now)
         self.store.save(state, now)
         self.state = state
         fire_keys = {d.key for d in decisions if d.kind == "fire"}
@@ -128,6 +125,9 @@ class Ticker:
             acted.add(d.account.lower())
             self.state = state = self.executor.act(d, snapshot, state, now)
             unavailable = self.executor.unavailable
+        for d in decisions:  # after acting: 10,000 `superseded` lines never hold back a close
+            if d.kind != "fire":
+                self._audit_decision(d, now)
         self._sample(snapshot, now, acted)  # after acting: no delay
         self._save_health(now)
         return decisions
