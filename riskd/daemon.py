@@ -118,11 +118,11 @@ class Daemon:
         self.systemd.reloading()
         try:
             new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone)
-        except ConfigError as exc:
-            self.audit.emit("rules_rejected", source=[str(p) for p in self.settings.rules], errors=[str(p) for p in exc.problems],
-                            kept_rules=len(self.ticker.rules))
-            log.error("rules_rejected", errors=[str(p) for p in exc.problems], kept_rules=len(self.ticker.rules))
-            self.systemd.ready(f"reload REJECTED ({len(exc.problems)} errors), old rules kept; " + self.status())
+        except Exception as exc:  # whatever the loader raises, a reload never kills the daemon: the old rules run on
+            errors = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [f"{exc.__class__.__name__}: {exc}"[:2000]]
+            self.audit.emit("rules_rejected", source=[str(p) for p in self.settings.rules], errors=errors, kept_rules=len(self.ticker.rules))
+            log.error("rules_rejected", errors=errors, kept_rules=len(self.ticker.rules))
+            self.systemd.ready(f"reload REJECTED ({len(errors)} errors), old rules kept; " + self.status())
             return False
         changes = rules_mod.changes(self.ticker.rules, new_rules)
         self.ticker.swap_rules(new_rules)
