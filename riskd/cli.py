@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import signal
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -15,9 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from riskd import __version__, config, engine, rules as rules_mod
-from riskd.audit import AuditTrail, configure_console
-from riskd.errors import ConfigError, RiskdError, StateError
+# SIGHUP (systemctl reload) and SIGUSR1 (logrotate) may arrive while `riskd run` is still starting: by
+# default either kills the process. They are queued from the first moment (here, before riskd's slower
+# imports) and the daemon replays them once it is up.
+EARLY_SIGNALS: list[int] = []
+
+
+def hold_signals() -> None:
+    """Queue SIGHUP and SIGUSR1 in EARLY_SIGNALS until the daemon installs its own handlers."""
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, _frame: EARLY_SIGNALS.append(signum))
+
+
+if sys.argv[1:2] == ["run"]:
+    hold_signals()
+
+from riskd import __version__, config, engine, rules as rules_mod  # noqa: E402
+from riskd.audit import AuditTrail, configure_console  # noqa: E402
+from riskd.errors import ConfigError, RiskdError, StateError  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
 EXAMPLES = Path(__file__).parent / "examples"
@@ -207,6 +223,7 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    hold_signals()  # first: a reload or reopen requested while starting waits for the daemon
     from riskd.daemon import Daemon
     from riskd.state import ignore_sigxfsz
 
@@ -216,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
         wired = _wire(args, settings, stack, console=console, daemon=True)
         daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier)
-        daemon.install_signals()
+        daemon.install_signals(pending=EARLY_SIGNALS)
         return daemon.run()
 
 

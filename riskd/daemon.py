@@ -143,11 +143,18 @@ class Daemon:
         self._reload = True
         self._wake.set()
 
-    def install_signals(self) -> None:
+    def request_reopen(self) -> None:
+        self.audit.request_reopen()  # logrotate's postrotate
+        self._wake.set()
+
+    def install_signals(self, pending: list[int] | None = None) -> None:
+        """Install the handlers; then act on `pending`, the signals queued while riskd was starting."""
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
-        signal.signal(signal.SIGUSR1, lambda *_: (self.audit.request_reopen(), self._wake.set()))  # logrotate's postrotate
+        signal.signal(signal.SIGUSR1, lambda *_: self.request_reopen())
+        for sig in list(pending or ()):
+            self.request_reload() if sig == signal.SIGHUP else self.request_reopen()
 
     def run(self, on_ready: Callable[[], None] = lambda: None) -> int:
         """Run until a stop signal; return the exit code."""

@@ -30,3 +30,30 @@ def test_daemon_reload_that_raises_anything_is_rules_rejected_and_keeps_the_old_
         assert rig.quantities() == {}
     finally:
         rig.close()
+
+
+def test_run_survives_sighup_and_sigusr1_sent_while_it_starts_and_reloads_once_up(tmp_path, sim_factory, token):
+    sim, server = sim_factory(one_position())
+    config = write_policy(tmp_path, server.base_url, CAP, poll_interval="200ms")
+    env = {"CROSSTRADE_TOKEN": token, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([str(RISKD), "run", "-c", str(config)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        spawned = time.monotonic()
+        for sig, at in ((signal.SIGUSR1, 0.2), (signal.SIGHUP, 0.3)):  # logrotate / systemctl reload during start-up
+            time.sleep(max(0.0, spawned + at - time.monotonic()))
+            proc.send_signal(sig)
+        audit = tmp_path / "audit.jsonl"
+
+        def reloaded() -> bool:
+            assert proc.poll() is None, f"riskd died ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}"
+            return audit.exists() and '"reason":"reload"' in audit.read_text().replace(" ", "")
+
+        wait_until(reloaded, timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        proc.stderr.close()
