@@ -2,8 +2,9 @@
 
 `PollHealth` holds the bookkeeping of the snapshot polls (counters, consecutive failures, the
 back-off, a refused token, staleness and recovery) and answers in `Event`s; it does no I/O and reads
-no clock (the tick passes `now`), so the policy can be tested by calling it. The tick emits the
-events to the audit trail and the console.
+no clock (the tick passes `now`, the wall time it records, and `mono`, the monotonic seconds every
+interval is measured on, so a step of the wall clock neither stops polls nor hides staleness), so
+the policy can be tested by calling it. The tick emits the events to the audit trail and the console.
 """
 
 from __future__ import annotations
@@ -65,12 +66,19 @@ class PollHealth:
         self.stale_after = stale_after
         self.rng = rng or random.Random()
         self.health = Health()
+        self.next_poll_mono: float | None = None  # no poll before this (monotonic seconds): back-off, Retry-After
+        self.last_ok_mono: float | None = None
+        self._stale_since_mono: float | None = None
         self._auth_reported = False
         self._problems: tuple[str, ...] = ()
 
-    def due(self, now: datetime) -> bool:
-        """Whether a poll may go out at `now` (False while backing off after errors or a Retry-After)."""
-        return self.health.next_poll_at is None or now >= self.health.next_poll_at
+    def due(self, mono: float) -> bool:
+        """Whether a poll may go out at `mono` (False while backing off after errors or a Retry-After)."""
+        return self.next_poll_mono is None or mono >= self.next_poll_mono
+
+    def _next_poll(self, now: datetime, mono: float, delay: float | None) -> None:
+        self.next_poll_mono = mono + delay if delay else None
+        self.health.next_poll_at = now + timedelta(seconds=delay) if delay else None
 
     def on_problems(self, reply: Reply, problems: tuple[str, ...], unknown: frozenset[str]) -> list[Event]:
         """A usable snapshot with unreadable account entries: audited when they change, not every tick."""
@@ -83,38 +91,39 @@ class PollHealth:
                                     "error": "unreadable account entries: " + "; ".join(problems), "accounts": sorted(unknown),
                                     "retry": "those accounts are treated as not seen until a snapshot shows them well-formed"})]
 
-    def on_success(self, reply: Reply, now: datetime) -> list[Event]:
+    def on_success(self, reply: Reply, now: datetime, mono: float) -> list[Event]:
         """A usable snapshot arrived at `now`: return `recovered` when riskd was stale."""
         h = self.health
         h.polls_ok += 1
         h.latencies_ms.append(reply.latency_ms)
         del h.latencies_ms[:-2000]
         h.consecutive_failures = 0
-        h.next_poll_at = None
+        self._next_poll(now, mono, None)
         h.last_ok = now
+        self.last_ok_mono = mono
         self._auth_reported = False
         if not h.stale:
             return []
-        since = h.stale_since
+        since = self._stale_since_mono
         h.stale = False
         h.stale_since = None
-        return [Event("recovered", {"path": reply.path, "stale_for_s": round((now - since).total_seconds(), 3) if since else None,
+        return [Event("recovered", {"path": reply.path, "stale_for_s": round(mono - since, 3) if since is not None else None,
                                     "polls_failed": h.polls_failed}, level="info", log={"path": reply.path})]
 
-    def on_failure(self, reply: Reply, error: str | None, now: datetime) -> list[Event]:
+    def on_failure(self, reply: Reply, error: str | None, now: datetime, mono: float) -> list[Event]:
         """No usable snapshot at `now` (`error` says why): set the next poll time, return the `api_error`."""
         h = self.health
         h.polls_failed += 1
         h.last_error = error
         if reply.budget:  # held back by riskd's own rate budget or a Retry-After: not an API failure
-            h.next_poll_at = now + timedelta(seconds=reply.retry_after) if reply.retry_after else None
+            self._next_poll(now, mono, reply.retry_after)
             retry = f"after Retry-After, in {reply.retry_after:.2f}s" if reply.retry_after else "next tick: the rate budget went to actions"
             return [Event("api_error", {"path": reply.path, "status": None, "error": error, "outcome": reply.outcome,
                                         "consecutive": h.consecutive_failures, "retry": retry},
                           level="warning", log={"path": reply.path, "error": error, "retry": retry})]
         h.consecutive_failures += 1
         delay = self.backoff(reply)
-        h.next_poll_at = now + timedelta(seconds=delay)
+        self._next_poll(now, mono, delay)
         if reply.outcome == AUTH:
             retry = f"the token was refused: fix the credential; next attempt in {delay:.0f}s"
         else:
@@ -130,14 +139,15 @@ class PollHealth:
                                           "the credential is fixed; it retries once a minute"})]
         return [Event("api_error", fields, level="warning", log={"path": reply.path, "status": reply.status, "error": error, "retry": retry})]
 
-    def check_stale(self, now: datetime, started_at: datetime | None) -> list[Event]:
+    def check_stale(self, now: datetime, mono: float, started_mono: float | None) -> list[Event]:
         """No usable snapshot this tick: return `stale` once `stale_after` has passed since the last one (or the start)."""
         h = self.health
-        since = h.last_ok or started_at
-        if h.stale or since is None or now - since < self.stale_after:
+        since = self.last_ok_mono if self.last_ok_mono is not None else started_mono
+        if h.stale or since is None or mono - since < self.stale_after.total_seconds():
             return []
         h.stale = True
         h.stale_since = now
+        self._stale_since_mono = mono
         last_ok = h.last_ok.isoformat() if h.last_ok else None
         return [Event("stale", {"last_ok": last_ok, "stale_after_s": self.stale_after.total_seconds(),
                                 "consecutive": h.consecutive_failures, "last_error": h.last_error},

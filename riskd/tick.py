@@ -32,6 +32,8 @@ log = structlog.get_logger("riskd")
 HEALTH_EVERY = timedelta(seconds=5)
 # Finished intents are kept this long (the audit trail has them for good).
 INTENTS_KEPT = timedelta(days=3)
+# A change of the wall clock against the monotonic clock between two ticks larger than this is a step (audited `clock_step`).
+CLOCK_STEP_S = 2.0
 
 
 def utc_now() -> datetime:
@@ -54,7 +56,8 @@ class Ticker:
     """
 
     def __init__(self, settings: Settings, rules: list[Rule], client: CrossTradeClient, executor: Executor,
-                 store: Store, audit: AuditTrail, clock: Callable[[], datetime] = utc_now):
+                 store: Store, audit: AuditTrail, clock: Callable[[], datetime] = utc_now,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.settings = settings
         self.rules = rules
         self.client = client
@@ -62,6 +65,7 @@ class Ticker:
         self.store = store
         self.audit = audit
         self.clock = clock
+        self.monotonic = monotonic
         self.engine_settings = engine_settings(settings)
         self.state: State = store.load()
         self.polls = PollHealth(settings.poll_interval, settings.stale_after)
@@ -70,8 +74,10 @@ class Ticker:
         self.lock = threading.Lock()
         self.stopping = client.stopping
         self.started_at: datetime | None = None
+        self._started_mono: float | None = None
+        self._wall_offset: float | None = None  # wall minus monotonic seconds at the last tick
         self._deferred: dict[str, str] = {}
-        self._health_saved: datetime | None = None
+        self._health_saved: float | None = None
 
     @property
     def health(self) -> Health:
@@ -80,21 +86,36 @@ class Ticker:
     def tick(self, reason: str = "poll") -> list[Decision] | None:
         """Run one tick; return its decisions, or None when no usable snapshot was read."""
         with self.lock:
-            return self._tick(self.clock(), reason)
+            now, mono = self.clock(), self.monotonic()  # wall time for at/between/sessions; intervals on the monotonic clock
+            self._check_clock(now, mono)
+            return self._tick(now, mono, reason)
 
-    def _tick(self, now: datetime, reason: str) -> list[Decision] | None:
+    def _check_clock(self, now: datetime, mono: float) -> None:
+        """Audit a step of the wall clock (NTP, an operator): its offset to the monotonic clock jumped."""
+        offset = now.timestamp() - mono
+        previous, self._wall_offset = self._wall_offset, offset
+        if previous is None or abs(offset - previous) <= CLOCK_STEP_S:
+            return
+        step = offset - previous
+        self.audit.emit("clock_step", step_s=round(step, 3), direction="forward" if step > 0 else "back",
+                        wall_expected=datetime.fromtimestamp(mono + previous, timezone.utc).isoformat(), wall_now=now.isoformat())
+        log.warning("clock_step", step_s=round(step, 3), message="the wall clock stepped: polls keep their cadence (monotonic); "
+                    "at/between/session times follow the new wall time")
+
+    def _tick(self, now: datetime, mono: float, reason: str) -> list[Decision] | None:
         if self.stopping.is_set():
             return None
         if self.started_at is None:
             self.started_at = now
+            self._started_mono = mono
             self.store.prune(now - INTENTS_KEPT)
-        if reason == "poll" and not self.polls.due(now):
-            self._check_stale(now)  # backing off after API errors
+        if reason == "poll" and not self.polls.due(mono):
+            self._check_stale(now, mono)  # backing off after API errors
             return None
         self.health.ticks += 1
-        snapshot = self._poll(now)
+        snapshot = self._poll(now, mono)
         if snapshot is None:
-            self._check_stale(now)
+            self._check_stale(now, mono)
             return None
         self.last_snapshot = snapshot
         state = self.executor.resolve(snapshot, self.state, now)
@@ -129,7 +150,7 @@ class Ticker:
             if d.kind != "fire":
                 self._audit_decision(d, now)
         self._sample(snapshot, now, acted)  # after acting: no delay
-        self._save_health(now)
+        self._save_health(now, mono)
         return decisions
 
     def _emit(self, events: list[Event]) -> None:
@@ -138,7 +159,7 @@ class Ticker:
             if e.level is not None:
                 getattr(log, e.level)(e.log_name or e.name, **e.log)
 
-    def _poll(self, now: datetime) -> Snapshot | None:
+    def _poll(self, now: datetime, mono: float) -> Snapshot | None:
         reply = self.client.get_snapshot()
         error = reply.error
         snapshot = None
@@ -148,24 +169,24 @@ class Ticker:
             except ApiError as exc:
                 error = f"unexpected snapshot: {exc}"
         if snapshot is None:
-            self._emit(self.polls.on_failure(reply, error, now))
+            self._emit(self.polls.on_failure(reply, error, now, mono))
             return None
         self._emit(self.polls.on_problems(reply, snapshot.problems, snapshot.unknown))  # those accounts count as not seen: never as flat
-        recovered = self.polls.on_success(reply, now)
+        recovered = self.polls.on_success(reply, now, mono)
         self._emit(recovered)
         if recovered:
-            self._save_health(now, force=True)
+            self._save_health(now, mono, force=True)
         return snapshot
 
-    def _check_stale(self, now: datetime) -> None:
-        stale = self.polls.check_stale(now, self.started_at)
+    def _check_stale(self, now: datetime, mono: float) -> None:
+        stale = self.polls.check_stale(now, mono, self._started_mono)
         self._emit(stale)
-        self._save_health(now, force=bool(stale))
+        self._save_health(now, mono, force=bool(stale))
 
-    def _save_health(self, now: datetime, force: bool = False) -> None:
-        if force or self._health_saved is None or now - self._health_saved >= HEALTH_EVERY:
+    def _save_health(self, now: datetime, mono: float, force: bool = False) -> None:
+        if force or self._health_saved is None or mono - self._health_saved >= HEALTH_EVERY.total_seconds():
             self.store.save_health(self.health.as_json(), now)
-            self._health_saved = now
+            self._health_saved = mono
 
     def _defer(self, d: Decision, why: str) -> None:
         if self._deferred.get(d.key) == why:
@@ -216,4 +237,4 @@ def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: Audit
                               bucket=TokenBucket(settings.rate_per_second, settings.rate_burst, clock=monotonic, sleep=sleep),
                               transport=transport)
     executor = Executor(client, audit, store, dry_run=dry_run, settle=timedelta(seconds=settings.timeout), clock=clock)
-    return Ticker(settings, rules, client, executor, store, audit, clock=clock)
+    return Ticker(settings, rules, client, executor, store, audit, clock=clock, monotonic=monotonic)
