@@ -8,15 +8,32 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import signal
 import sys
 import tempfile
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from riskd import __version__, config, engine, rules as rules_mod
-from riskd.audit import AuditTrail, configure_console
-from riskd.errors import ConfigError, RiskdError, StateError
+# SIGHUP (systemctl reload) and SIGUSR1 (logrotate) may arrive while `riskd run` is still starting: by
+# default either kills the process. They are queued from the first moment (here, before riskd's slower
+# imports) and the daemon replays them once it is up.
+EARLY_SIGNALS: list[int] = []
+
+
+def hold_signals() -> None:
+    """Queue SIGHUP and SIGUSR1 in EARLY_SIGNALS until the daemon installs its own handlers."""
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, _frame: EARLY_SIGNALS.append(signum))
+
+
+if sys.argv[1:2] == ["run"]:
+    hold_signals()
+
+from riskd import __version__, config, engine, rules as rules_mod  # noqa: E402
+from riskd.audit import AuditTrail, configure_console  # noqa: E402
+from riskd.errors import ConfigError, RiskdError, StateError  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
 EXAMPLES = Path(__file__).parent / "examples"
@@ -156,30 +173,67 @@ def _token(settings: config.Settings) -> str:
     return token
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from riskd.daemon import Daemon, build_ticker, state_dir_for
-    from riskd.notify import Notifier
-    from riskd.state import Store, ignore_sigxfsz
+@dataclass
+class Wired:
+    """What `run` and `once` share: the settings pointed at the endpoint, the loaded rules, the token and the ticker."""
 
-    ignore_sigxfsz()  # a file-size limit makes a write fail (EFBIG, handled), never kills riskd mid-close
-    settings = _settings(args, demo_ok=args.sim)
-    console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
+    settings: config.Settings
+    rules: list[Any]
+    hashes: dict[str, str]
+    token: str
+    audit: AuditTrail
+    store: Any
+    ticker: Any
+    dry_run: bool
+    notifier: Any = None
+
+
+def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack, *, console: Any, daemon: bool) -> Wired:
+    """Load settings and rules (a bad policy stops here: no API call), find the endpoint, and wire the
+    audit trail, state store and ticker, each closed by `stack`. `daemon`: also the notifier, and the
+    daemon's own state directory; otherwise (`once`) a dry look works on a copy of the daemon's state."""
+    from riskd.notify import Notifier
+    from riskd.state import Store
+    from riskd.tick import build_ticker, state_dir_for, utc_now
+
     configure_console(stream=console)
-    loaded, hashes = rules_mod.load(settings.rules, settings.zone)  # a bad policy stops here: no API call
+    loaded, hashes = rules_mod.load(settings.rules, settings.zone)
     dry_run = args.dry_run or settings.dry_run
-    with ExitStack() as stack:
-        settings, token = _endpoint(args, settings, stack)
+    settings, token = _endpoint(args, settings, stack)
+    notifier = None
+    secrets: list[str] = [token]
+    if daemon:
         notifier = Notifier.from_settings(settings)  # a missing webhook URL is a config error (78)
         stack.callback(notifier.close, 0.0)
-        configure_console(secrets=[token, *notifier.secrets], stream=console)
-        audit = _audit_trail(settings, token, *notifier.secrets)
-        stack.callback(audit.close)
+        secrets += notifier.secrets
+    configure_console(secrets=secrets, stream=console)
+    audit = _audit_trail(settings, *secrets)
+    stack.callback(audit.close)
+    if daemon:
         store = Store(state_dir_for(settings, dry_run), on_condition=audit.emit)  # disk_full / disk_recovered in the trail
-        stack.callback(store.close)
-        ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
-        stack.callback(ticker.client.close)
-        daemon = Daemon(settings, ticker, audit, hashes, notifier=notifier)
-        daemon.install_signals()
+    elif dry_run:  # a dry look must not take the running daemon's state lock, nor change its state
+        store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        store.save(Store.peek(state_dir_for(settings, False)), utc_now())
+    else:
+        store = Store(settings.state_dir)
+    stack.callback(store.close)
+    ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
+    stack.callback(ticker.client.close)
+    return Wired(settings, loaded, hashes, token, audit, store, ticker, dry_run, notifier)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    hold_signals()  # first: a reload or reopen requested while starting waits for the daemon
+    from riskd.daemon import Daemon
+    from riskd.state import ignore_sigxfsz
+
+    ignore_sigxfsz()  # a file-size limit makes a write fail (EFBIG, handled), never kills riskd mid-close
+    with ExitStack() as stack:
+        settings = _settings(args, demo_ok=args.sim)
+        console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
+        wired = _wire(args, settings, stack, console=console, daemon=True)
+        daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier)
+        daemon.install_signals(pending=EARLY_SIGNALS)
         return daemon.run()
 
 
@@ -191,26 +245,13 @@ def _audit_trail(settings: config.Settings, token: str, *secrets: str) -> AuditT
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from riskd.daemon import build_ticker, engine_settings, state_dir_for, utc_now
     from riskd.state import Store
+    from riskd.tick import engine_settings, state_dir_for, utc_now
 
-    configure_console(stream=sys.stderr)  # stdout carries the decisions
-    settings = _settings(args, demo_ok=args.sim)
-    loaded, _ = rules_mod.load(settings.rules, settings.zone)
-    dry_run = args.dry_run or settings.dry_run
     with ExitStack() as stack:
-        settings, token = _endpoint(args, settings, stack)
-        configure_console(secrets=[token], stream=sys.stderr)
-        audit = _audit_trail(settings, token)
-        stack.callback(audit.close)
-        if dry_run:  # a dry look must not take the running daemon's state lock, nor change its state
-            store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())))
-            store.save(Store.peek(state_dir_for(settings, False)), utc_now())
-        else:
-            store = Store(settings.state_dir)
-        stack.callback(store.close)
-        ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
-        stack.callback(ticker.client.close)
+        configure_console(stream=sys.stderr)  # stdout carries the decisions
+        wired = _wire(args, _settings(args, demo_ok=args.sim), stack, console=sys.stderr, daemon=False)
+        ticker, settings, loaded = wired.ticker, wired.settings, wired.rules
         state_before = ticker.state
         _print_daemon_health(Store.peek_health(state_dir_for(settings, False)), utc_now())
         decisions = ticker.tick("once")
@@ -219,7 +260,8 @@ def cmd_once(args: argparse.Namespace) -> int:
                   "(see the audit trail's api_error)", file=sys.stderr)
             return EXIT_FAILURE
         now = utc_now()
-        _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, engine_settings(settings)), loaded, now, dry_run)
+        _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, engine_settings(settings)), loaded, now,
+                    wired.dry_run)
         return EXIT_OK
 
 

@@ -49,6 +49,15 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[int(rank) - 1]
 
 
+class ProcessMetrics(ProcessCollector):
+    """prometheus_client's process metrics (`process_start_time_seconds`, CPU, memory, fds) without
+    /proc/stat: the unit's `ProcSubset=pid` hides it, and the stock collector then reports nothing.
+    The boot time is now (wall) minus CLOCK_BOOTTIME, the clock /proc/<pid>/stat's start time counts on."""
+
+    def _boot_time(self) -> float:
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class Telemetry:
     """Given the client's token bucket level (a callable), count ticks, API calls and audit events."""
 
@@ -74,7 +83,7 @@ class Telemetry:
         bucket = Gauge("riskd_rate_bucket_tokens", "Tokens left in the client-side rate bucket", registry=r)
         bucket.set_function(lambda: self._bucket_level())
         Info("riskd_build", "riskd version", registry=r).info({"version": __version__})
-        ProcessCollector(registry=r)
+        ProcessMetrics(registry=r)
         self._lock = threading.Lock()  # ticks, the reload and the summary job run on different threads
         self._window_start = clock()
         self._latencies: deque[float] = deque(maxlen=50_000)  # bounded even if nobody reads the window

@@ -272,7 +272,7 @@ def snapshot_json(accounts: int, positions: int) -> dict[str, Any]:
 
 def bench_tick(accounts: int, rules_n: int, repeat: int, workdir: Path) -> dict[str, Any]:
     from riskd.audit import AuditTrail
-    from riskd.daemon import build_ticker
+    from riskd.tick import build_ticker
     from riskd.state import Store
 
     d = workdir / f"tick-{accounts}-{rules_n}"
@@ -336,7 +336,7 @@ def bench_memory(ticks: int, workdir: Path) -> dict[str, Any]:
     import gc
 
     from riskd.audit import AuditTrail
-    from riskd.daemon import build_ticker
+    from riskd.tick import build_ticker
     from riskd.metrics import Telemetry
     from riskd.state import Store
 

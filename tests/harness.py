@@ -19,7 +19,7 @@ import yaml
 
 from riskd import config, rules as rules_mod
 from riskd.audit import AuditTrail
-from riskd.daemon import Ticker, build_ticker
+from riskd.tick import Ticker, build_ticker
 from riskd.sim import SimServer, Simulator
 from riskd.state import Store
 
@@ -27,13 +27,19 @@ from conftest import read_audit
 
 
 class SimClock:
-    """Monotonic seconds = wall time since creation + every jump; `utc()` = `start` + that."""
+    """Monotonic seconds = wall time since creation + every jump; `utc()` = `start` + that + every
+    step of the wall clock alone (`step_wall`: an NTP correction, which the monotonic clock never sees)."""
 
     def __init__(self, start: datetime):
         self.start = start
         self._wall0 = time.monotonic()
         self._offset = 0.0
+        self._wall_step = 0.0
         self._lock = threading.Lock()
+
+    def step_wall(self, seconds: float) -> None:
+        with self._lock:
+            self._wall_step += seconds
 
     def monotonic(self) -> float:
         with self._lock:
@@ -53,7 +59,7 @@ class SimClock:
         self.sleep(seconds)
 
     def utc(self) -> datetime:
-        return self.start + timedelta(seconds=self.monotonic())
+        return self.start + timedelta(seconds=self.monotonic() + self._wall_step)
 
 
 def write_rules(directory: Path, rules: list[dict[str, Any]]) -> Path:

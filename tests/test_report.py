@@ -24,7 +24,7 @@ from conftest import run_cli, write_policy
 from riskd import config, engine, rules as rules_mod
 from riskd.audit import AuditTrail
 from riskd.cli import main as cli_main
-from riskd.daemon import build_ticker
+from riskd.tick import build_ticker
 from riskd.state import Store
 
 NY = ZoneInfo("America/New_York")

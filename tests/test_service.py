@@ -146,7 +146,8 @@ def test_watchdog_is_not_pinged_by_a_failing_tick(tmp_path, sim_factory, token):
     """A tick that raises (here: its state store is gone) must not feed the watchdog."""
     from riskd import config, rules as rules_mod
     from riskd.audit import AuditTrail
-    from riskd.daemon import Daemon, build_ticker
+    from riskd.daemon import Daemon
+    from riskd.tick import build_ticker
     from riskd.state import Store
 
     sim, server = sim_factory({"accounts": [{"name": "Sim101"}]})

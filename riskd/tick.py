@@ -1,0 +1,240 @@
+"""One tick: read the clock once, poll, settle unknown outcomes, evaluate, act, with that one `now`.
+
+`Ticker.tick` is the whole of it; the poll health and back-off policy is `riskd.poll.PollHealth`,
+the decisions are `riskd.engine`'s, the calls `riskd.actions.Executor`'s. `build_ticker` wires a
+ticker from settings (the daemon, `riskd once` and the tests all use it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from riskd import engine
+from riskd.actions import Executor
+from riskd.audit import AuditTrail
+from riskd.config import Settings
+from riskd.crosstrade import CrossTradeClient, TokenBucket, parse_snapshot
+from riskd.engine import EngineSettings, State
+from riskd.errors import ApiError
+from riskd.model import Decision, Rule, Snapshot
+from riskd.poll import Event, Health, PollHealth
+from riskd.state import Store
+
+log = structlog.get_logger("riskd")
+
+# The health row (`riskd once` shows it) is written on every change of staleness and at most this often otherwise.
+HEALTH_EVERY = timedelta(seconds=5)
+# Finished intents are kept this long (the audit trail has them for good).
+INTENTS_KEPT = timedelta(days=3)
+# A change of the wall clock against the monotonic clock between two ticks larger than this is a step (audited `clock_step`).
+CLOCK_STEP_S = 2.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def engine_settings(settings: Settings) -> EngineSettings:
+    return EngineSettings(zone=settings.zone, session_start=settings.session_start, misfire_grace=settings.misfire_grace)
+
+
+def state_dir_for(settings: Settings, dry_run: bool) -> Path:
+    """A daemon-wide dry run keeps its own state, so its markers never suppress a live firing."""
+    return settings.state_dir / "dry-run" if dry_run else settings.state_dir
+
+
+class Ticker:
+    """One tick at a time: poll -> settle -> evaluate -> act, all with the same `now`.
+
+    `stopping`, once set, lets an action in flight finish and starts no other (graceful stop).
+    """
+
+    def __init__(self, settings: Settings, rules: list[Rule], client: CrossTradeClient, executor: Executor,
+                 store: Store, audit: AuditTrail, clock: Callable[[], datetime] = utc_now,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self.rules = rules
+        self.client = client
+        self.executor = executor
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self.monotonic = monotonic
+        self.engine_settings = engine_settings(settings)
+        self.state: State = store.load()
+        self.polls = PollHealth(settings.poll_interval, settings.stale_after)
+        self.last_snapshot: Snapshot | None = None
+        self._sampled: dict[str, datetime] = {}  # account (lower case) -> minute of its last `sample`
+        self.lock = threading.Lock()
+        self.stopping = client.stopping
+        self.started_at: datetime | None = None
+        self._started_mono: float | None = None
+        self._wall_offset: float | None = None  # wall minus monotonic seconds at the last tick
+        self._deferred: dict[str, str] = {}
+        self._health_saved: float | None = None
+
+    @property
+    def health(self) -> Health:
+        return self.polls.health
+
+    def tick(self, reason: str = "poll") -> list[Decision] | None:
+        """Run one tick; return its decisions, or None when no usable snapshot was read."""
+        with self.lock:
+            now, mono = self.clock(), self.monotonic()  # wall time for at/between/sessions; intervals on the monotonic clock
+            self._check_clock(now, mono)
+            return self._tick(now, mono, reason)
+
+    def _check_clock(self, now: datetime, mono: float) -> None:
+        """Audit a step of the wall clock (NTP, an operator): its offset to the monotonic clock jumped."""
+        offset = now.timestamp() - mono
+        previous, self._wall_offset = self._wall_offset, offset
+        if previous is None or abs(offset - previous) <= CLOCK_STEP_S:
+            return
+        step = offset - previous
+        self.audit.emit("clock_step", step_s=round(step, 3), direction="forward" if step > 0 else "back",
+                        wall_expected=datetime.fromtimestamp(mono + previous, timezone.utc).isoformat(), wall_now=now.isoformat())
+        log.warning("clock_step", step_s=round(step, 3), message="the wall clock stepped: polls keep their cadence (monotonic); "
+                    "at/between/session times follow the new wall time")
+
+    def _tick(self, now: datetime, mono: float, reason: str) -> list[Decision] | None:
+        if self.stopping.is_set():
+            return None
+        if self.started_at is None:
+            self.started_at = now
+            self._started_mono = mono
+            self.store.prune(now - INTENTS_KEPT)
+        if reason == "poll" and not self.polls.due(mono):
+            self._check_stale(now, mono)  # backing off after API errors
+            return None
+        self.health.ticks += 1
+        snapshot = self._poll(now, mono)
+        if snapshot is None:
+            self._check_stale(now, mono)
+            return None
+        self.last_snapshot = snapshot
+        state = self.executor.resolve(snapshot, self.state, now)
+        decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
+        if state.session != self.state.session and self.state.session is not None:
+            self.store.prune(now - INTENTS_KEPT)
+        self.store.save(state, now)
+        self.state = state
+        fire_keys = {d.key for d in decisions if d.kind == "fire"}
+        self._deferred = {k: v for k, v in self._deferred.items() if k in fire_keys}
+        unavailable: str | None = None
+        acted: set[str] = set()
+        for d in decisions:
+            if d.kind != "fire":
+                continue
+            if self.stopping.is_set():
+                why: str | None = "riskd is stopping; the rule is evaluated again at start"
+            elif unavailable:  # the bridge is down or the budget spent: one probe per tick, not a volley
+                why = f"the API refused the previous action ({unavailable}); next tick"
+            else:
+                why = self.executor.gate(d, now)
+            if why is not None:
+                self._defer(d, why)
+                continue
+            self._deferred.pop(d.key, None)
+            self._audit_decision(d, now)
+            self.health.firings += 1
+            acted.add(d.account.lower())
+            self.state = state = self.executor.act(d, snapshot, state, now)
+            unavailable = self.executor.unavailable
+        for d in decisions:  # after acting: 10,000 `superseded` lines never hold back a close
+            if d.kind != "fire":
+                self._audit_decision(d, now)
+        self._sample(snapshot, now, acted)  # after acting: no delay
+        self._save_health(now, mono)
+        return decisions
+
+    def _emit(self, events: list[Event]) -> None:
+        for e in events:
+            self.audit.emit(e.name, **e.fields)
+            if e.level is not None:
+                getattr(log, e.level)(e.log_name or e.name, **e.log)
+
+    def _poll(self, now: datetime, mono: float) -> Snapshot | None:
+        reply = self.client.get_snapshot()
+        error = reply.error
+        snapshot = None
+        if reply.ok:
+            try:
+                snapshot = parse_snapshot(reply.response, now)
+            except ApiError as exc:
+                error = f"unexpected snapshot: {exc}"
+        if snapshot is None:
+            self._emit(self.polls.on_failure(reply, error, now, mono))
+            return None
+        self._emit(self.polls.on_problems(reply, snapshot.problems, snapshot.unknown))  # those accounts count as not seen: never as flat
+        recovered = self.polls.on_success(reply, now, mono)
+        self._emit(recovered)
+        if recovered:
+            self._save_health(now, mono, force=True)
+        return snapshot
+
+    def _check_stale(self, now: datetime, mono: float) -> None:
+        stale = self.polls.check_stale(now, mono, self._started_mono)
+        self._emit(stale)
+        self._save_health(now, mono, force=bool(stale))
+
+    def _save_health(self, now: datetime, mono: float, force: bool = False) -> None:
+        if force or self._health_saved is None or mono - self._health_saved >= HEALTH_EVERY.total_seconds():
+            self.store.save_health(self.health.as_json(), now)
+            self._health_saved = mono
+
+    def _defer(self, d: Decision, why: str) -> None:
+        if self._deferred.get(d.key) == why:
+            return
+        self._deferred[d.key] = why
+        self.audit.emit("deferred", rule=d.rule, key=d.key, account=d.account, instrument=d.instrument, action=d.action, reason=why)
+
+    def _sample(self, snapshot: Snapshot, now: datetime, firing: set[str]) -> None:
+        """Audit each account's session P&L as this tick's snapshot showed it (before any close),
+        once a minute by the tick's clock and at every firing, so a day can be reconstructed."""
+        minute = now.replace(second=0, microsecond=0)
+        session = engine.session_of(now, self.engine_settings)
+        for account in snapshot.accounts:
+            name = account.name.lower()
+            if self._sampled.get(name) == minute and name not in firing:
+                continue
+            self._sampled[name] = minute
+            self.audit.emit("sample", account=account.name, session=session, reason="firing" if name in firing else "minute",
+                            pnl=account.pnl(), realized=account.realized_pnl, unrealized=account.unrealized_pnl,
+                            commission=account.commission, net_liquidation=account.net_liquidation,
+                            positions=[{"instrument": p.instrument, "side": p.side, "quantity": p.quantity, "pnl": p.unrealized_pnl}
+                                       for p in account.positions])
+
+    def _audit_decision(self, d: Decision, now: datetime) -> None:
+        common: dict[str, Any] = {"rule": d.rule, "key": d.key, "account": d.account, "instrument": d.instrument,
+                                  "action": d.action, "dry_run": self.executor.is_dry(d)}
+        if d.kind == "fire":
+            self.audit.emit("fired", **common, session=engine.session_of(now, self.engine_settings), inputs=d.inputs,
+                            threshold=d.threshold, local_time=d.local_time,
+                            reason=d.reason, orders=[o.body() | {"kind": o.kind} for o in d.orders], covers=list(d.covers))
+            log.info("fired", rule=d.rule, account=d.account, instrument=d.instrument, action=d.action)
+        else:
+            self.audit.emit(d.kind, **common, reason=d.reason, inputs=d.inputs or None)
+            if d.kind == "missed":
+                log.warning("missed", rule=d.rule, reason=d.reason)
+
+    def swap_rules(self, rules: list[Rule]) -> None:
+        with self.lock:
+            self.rules = rules
+
+
+def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: AuditTrail, *, dry_run: bool,
+                 store: Store, transport: Any = None, clock: Callable[[], datetime] = utc_now,
+                 monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Ticker:
+    """Wire client, executor and ticker. `clock` (UTC datetimes), `monotonic` and `sleep` (the rate
+    bucket's and the 429 back-off's) are injectable so tests can run riskd on one simulated clock."""
+    client = CrossTradeClient(settings.base_url, token, timeout=settings.timeout,
+                              bucket=TokenBucket(settings.rate_per_second, settings.rate_burst, clock=monotonic, sleep=sleep),
+                              transport=transport)
+    executor = Executor(client, audit, store, dry_run=dry_run, settle=timedelta(seconds=settings.timeout), clock=clock)
+    return Ticker(settings, rules, client, executor, store, audit, clock=clock, monotonic=monotonic)

@@ -1,0 +1,59 @@
+"""The daemon (riskd/daemon.py): reload, signals, scheduling on the monotonic clock, stop, watchdog."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+from riskd.daemon import Daemon
+
+from conftest import RISKD, wait_until, write_policy
+from harness import Rig, one_position
+
+CAP = [{"name": "cap", "instruments": "MES", "when": {"position_pnl": {"below": -100}}, "then": {"close": "all"}}]
+
+
+def test_daemon_reload_that_raises_anything_is_rules_rejected_and_keeps_the_old_rules(tmp_path, token):
+    rig = Rig(tmp_path, token, one_position(), CAP)
+    try:
+        daemon = Daemon(rig.settings, rig.ticker, rig.audit, {})
+        before = rig.ticker.rules
+        # a number with 5,000 digits: int() raises ValueError (not a ConfigError) inside the loader
+        rig.rules_path.write_text("rules:\n- name: cap\n  when: {position_pnl: {below: -1" + "0" * 5000 + "}}\n  then: {close: all}\n")
+        assert daemon.reload() is False
+        (rejected,) = rig.events("rules_rejected")
+        assert rejected["kept_rules"] == 1 and rejected["errors"] and rejected["errors"][0]
+        assert rig.ticker.rules is before
+        rig.sim.set_price("MES 12-26", 5990.0)
+        rig.tick_at(1)  # the old rules still protect the account
+        assert rig.quantities() == {}
+    finally:
+        rig.close()
+
+
+def test_run_survives_sighup_and_sigusr1_sent_while_it_starts_and_reloads_once_up(tmp_path, sim_factory, token):
+    sim, server = sim_factory(one_position())
+    config = write_policy(tmp_path, server.base_url, CAP, poll_interval="200ms")
+    env = {"CROSSTRADE_TOKEN": token, "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([str(RISKD), "run", "-c", str(config)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        spawned = time.monotonic()
+        for sig, at in ((signal.SIGUSR1, 0.2), (signal.SIGHUP, 0.3)):  # logrotate / systemctl reload during start-up
+            time.sleep(max(0.0, spawned + at - time.monotonic()))
+            proc.send_signal(sig)
+        audit = tmp_path / "audit.jsonl"
+
+        def reloaded() -> bool:
+            assert proc.poll() is None, f"riskd died ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}"
+            return audit.exists() and '"reason":"reload"' in audit.read_text().replace(" ", "")
+
+        wait_until(reloaded, timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        proc.stderr.close()
