@@ -1,10 +1,11 @@
 """The conditions a rule's `when` can hold: one registry entry each.
 
-An entry is the whole condition: its name (the YAML key), its scope (`position`: evaluated per
+An entry is the whole condition: its name (the YAML key under `when`), its spec (the type its
+value is validated as: a model below or a riskd.fields type), its scope (`position`: evaluated per
 matched position; `account`: per account; `clock`: the same for every target), the pure check
 (spec, target) -> (holds, inputs seen), and the explanation `riskd once` prints (the value seen, the
-threshold, how far it is from holding). Adding a condition is one `Condition(...)` here, its spec
-model in riskd.rules' `When`, and its tests.
+threshold, how far it is from holding). riskd.rules builds `when` from this registry, so adding a
+condition is one `Condition(...)` here (with its spec model if it needs a new one) and its tests.
 
 Pure: no I/O, no clock; `now` arrives in the Target.
 """
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
+from pydantic import ConfigDict, Field
+
+from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Window
 from riskd.model import Account, Position
 from riskd.schedule import format_span, in_window, wall_occurrences
 
@@ -38,6 +42,8 @@ Scope = Literal["position", "account", "clock"]
 @dataclass(frozen=True, slots=True)
 class Condition:
     name: str
+    spec: Any  # the type the YAML value is validated as
+    description: str  # for the JSON Schema and the docs
     scope: Scope
     check: Callable[[Any, Target], tuple[bool, Seen]]
     explain: Callable[[Any, Target, bool, Seen], dict[str, Any]]  # -> seen, threshold, distance
@@ -82,6 +88,38 @@ def _explain_window(name: str) -> Callable[[Any, Target, bool, Seen], dict[str, 
 # Position.
 
 
+class Level(RuleModel):
+    """A dollar threshold: exactly one of below / above."""
+
+    expected: ClassVar[str] = "a threshold such as {below: -500}"
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["below"]}, {"required": ["above"]}]})
+
+    below: Money | None = Field(None, description="holds when the value is less than this (dollars)")
+    above: Money | None = Field(None, description="holds when the value is more than this (dollars)")
+
+    @classmethod
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
+        if ("below" in raw) == ("above" in raw) and not (misspelt and "below" not in raw):
+            return [((), "give exactly one of 'below' or 'above' (write two rules for a band)")]
+        return []
+
+    def holds(self, value: float) -> bool:
+        return value < self.below if self.below is not None else value > self.above  # type: ignore[operator]
+
+    def describe(self) -> dict[str, float]:
+        return {"below": self.below} if self.below is not None else {"above": self.above}  # type: ignore[dict-item]
+
+
+class SizeLevel(RuleModel):
+    expected: ClassVar[str] = "a threshold such as {above: 10}"
+    above: Contracts = Field(description="holds when the absolute position size is larger than this (contracts)")
+
+
+class AgeLevel(RuleModel):
+    expected: ClassVar[str] = "a threshold such as {above: 30m}"
+    above: Duration = Field(description="holds when the position has been open longer than this")
+
+
 def _level(value: float, spec: Any, holds: bool) -> dict[str, Any]:
     side, level = next(iter(spec.describe().items()))
     gap = value - level if side == "below" else level - value
@@ -116,6 +154,18 @@ def _explain_position_age(spec: Any, t: Target, holds: bool, seen: Seen) -> dict
 
 # ---------------------------------------------------------------------------------------------
 # Account.
+
+
+class AccountPnl(Level):
+    expected: ClassVar[str] = "a threshold such as {below: -1000}"
+    basis: Literal["total", "realized", "unrealized"] = Field("total", description="realized + unrealized (total), or one of them")
+    net_of_commission: Flag = Field(False, description="subtract the session's commissions")
+
+
+class Drawdown(RuleModel):
+    expected: ClassVar[str] = "a drawdown such as {limit: 300, after: 500}"
+    limit: DrawdownLimit = Field(description="dollars below the session P&L peak, or 'N%' of the peak")
+    after: Money = Field(0.0, description="the drawdown arms once the session P&L peak has reached this (dollars)")
 
 
 def _account_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
@@ -156,11 +206,18 @@ def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> 
 
 
 REGISTRY: dict[str, Condition] = {c.name: c for c in (
-    Condition("between", "clock", _between, _explain_window("between")),
-    Condition("outside", "clock", _outside, _explain_window("outside")),
-    Condition("position_pnl", "position", _position_pnl, lambda spec, t, holds, seen: _level(seen["position_pnl"], spec, holds)),
-    Condition("position_size", "position", _position_size, _explain_position_size),
-    Condition("position_age", "position", _position_age, _explain_position_age),
-    Condition("account_pnl", "account", _account_pnl, _explain_account_pnl),
-    Condition("account_drawdown", "account", _account_drawdown, _explain_account_drawdown),
+    Condition("between", Window, "local time is inside the window [start, end); may wrap midnight",
+              "clock", _between, _explain_window("between")),
+    Condition("outside", Window, "local time is outside the window [start, end)",
+              "clock", _outside, _explain_window("outside")),
+    Condition("position_pnl", Level, "the position's unrealized P&L (dollars)",
+              "position", _position_pnl, lambda spec, t, holds, seen: _level(seen["position_pnl"], spec, holds)),
+    Condition("position_size", SizeLevel, "the position's absolute size (contracts)",
+              "position", _position_size, _explain_position_size),
+    Condition("position_age", AgeLevel, "how long the position has been open",
+              "position", _position_age, _explain_position_age),
+    Condition("account_pnl", AccountPnl, "the account's session P&L (dollars)",
+              "account", _account_pnl, _explain_account_pnl),
+    Condition("account_drawdown", Drawdown, "giveback from the session P&L peak",
+              "account", _account_drawdown, _explain_account_drawdown),
 )}

@@ -16,18 +16,18 @@ from pydantic import Field, field_validator, model_validator
 
 from riskd import yamldoc
 from riskd.errors import ConfigError, Problem
-from riskd.rules import Duration, TimeOfDay, Zone, _Spec
+from riskd.fields import Duration, Spec, TimeOfDay, Zone
 
 SYSTEM_CONFIG = Path("/etc/riskd/riskd.yaml")
 SIM = "sim"
 
 
-class RateLimitSpec(_Spec):
+class RateLimitSpec(Spec):
     per_second: float = Field(3.0, gt=0)
     burst: int = Field(20, ge=1)
 
 
-class CrossTradeSpec(_Spec):
+class CrossTradeSpec(Spec):
     base_url: str = "https://app.crosstrade.io/v1/api"
     token_env: str = "CROSSTRADE_TOKEN"
     timeout: Duration = timedelta(seconds=5)
@@ -45,7 +45,7 @@ class CrossTradeSpec(_Spec):
 NOTIFY_EVENTS = ("fired", "failed", "stale", "rules_rejected")
 
 
-class NotifyTargetSpec(_Spec):
+class NotifyTargetSpec(Spec):
     """One webhook target. Its URL is a secret (it grants posting): give it as `url_credential`
     (a systemd credential name) or `url_env` (an environment variable), or, discouraged, as `url`."""
 
@@ -79,7 +79,7 @@ def _metrics_address(value: Any) -> tuple[str, int] | None:
     raise ValueError(f"invalid metrics address {value!r}; write a port (9465, on 127.0.0.1) or HOST:PORT such as 127.0.0.1:9465")
 
 
-class ConfigSpec(_Spec):
+class ConfigSpec(Spec):
     crosstrade: CrossTradeSpec = CrossTradeSpec()
     poll_interval: Duration = timedelta(seconds=1)
     timezone: Zone = None
