@@ -57,6 +57,9 @@ from typing import Any, Callable, Iterable, TextIO
 
 import structlog
 
+from riskd import events
+from riskd.redact import Redactor  # one redaction point
+
 GENESIS = "0" * 64
 REDACTED = "[REDACTED]"
 HEAD_SUFFIX = ".head"
@@ -64,15 +67,12 @@ HEAD_SIZE = 256  # the head file is one fixed-size record, overwritten in place
 
 # fsync policies: which events are fsync'ed after their line is written (None = every event).
 FSYNC_POLICIES: dict[str, frozenset[str] | None] = {
-    "actions": frozenset({
-        "fired", "action", "action_resolved", "superseded", "missed", "started", "stopped", "rules_loaded",
-        "rules_rejected", "rotated", "trail_repaired", "trail_unwritable", "trail_writable",
-    }),
+    "actions": events.DURABLE,  # decisions, API calls, lifecycle, rules and trail events
     "all": None,
     "none": frozenset(),
 }
 # Lines that may be dropped (oldest first) when the in-memory backlog is over its limit.
-DROPPABLE = frozenset({"sample"})
+DROPPABLE = events.DROPPABLE
 LOCK_WAIT_S = 0.5
 REMIND_EVERY_S = 60.0
 RETRY_EVERY_S = 1.0
@@ -88,7 +88,6 @@ _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 # The line format.
 
 
-from riskd.redact import Redactor  # noqa: E402  one redaction point
 
 
 def canonical(line: dict[str, Any]) -> str:
@@ -315,9 +314,10 @@ class AuditTrail:
 
     # public -----------------------------------------------------------------------------------
 
-    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Queue one audit line and write what can be written; return the line (its `seq` and
-        `hash` are set once it is chained, at once unless the trail is unwritable)."""
+    def emit(self, event: events.Event | str, **fields: Any) -> dict[str, Any]:
+        """Queue one audit line of an event of riskd.events and write what can be written; return the
+        line (its `seq` and `hash` are set once it is chained, at once unless the trail is unwritable)."""
+        event = str(event)
         with self._lock:
             try:
                 line: dict[str, Any] = self._logger.msg(event, **fields)
@@ -610,7 +610,7 @@ class AuditTrail:
             note = self._note("trail_unwritable", error=error, trail=str(self.path),
                               reason="lines are held in memory and written when the trail is writable again")
             at = 1 if requeued else 0
-            while at < len(self._queue) and self._queue[at].get("event") in ("trail_repaired", "rotated"):
+            while at < len(self._queue) and self._queue[at].get("event") in (events.TRAIL_REPAIRED.name, events.ROTATED.name):
                 at += 1  # these must stay right after the torn end / at the top of a new file
             self._queue.insert(at, note)
             self._failing = {"since": note["ts"], "error": error, "held_written": 0, "samples_dropped": 0}

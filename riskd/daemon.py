@@ -20,7 +20,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from riskd import __version__, rules as rules_mod
+from riskd import __version__, events
+from riskd import rules as rules_mod
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.errors import ConfigError
@@ -68,7 +69,7 @@ class Daemon:
         try:
             self.ticker.tick(reason)
         except Exception as exc:  # a tick must never kill the scheduler; the next one tries again
-            self.audit.emit("tick_failed", reason=reason, error=f"{exc.__class__.__name__}: {exc}")
+            self.audit.emit(events.TICK_FAILED, reason=reason, error=f"{exc.__class__.__name__}: {exc}")
             log.exception("tick_failed", reason=reason)
             return  # no watchdog ping: ticks that keep failing get riskd restarted by systemd
         self.telemetry.on_tick(reason, time.perf_counter() - started, self.ticker)
@@ -82,9 +83,9 @@ class Daemon:
 
     def _on_audit(self, line: dict[str, Any]) -> None:
         event = line.get("event")
-        if event == "action":
+        if event == events.ACTION.name:
             self.systemd.watchdog()  # an answered API call is progress, even inside a long tick
-        elif event in ("stale", "recovered"):
+        elif event in (events.STALE.name, events.RECOVERED.name):
             self._status_at = 0.0  # refresh the status line at the next ping
 
     def status(self) -> str:
@@ -120,7 +121,7 @@ class Daemon:
             new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone)
         except Exception as exc:  # whatever the loader raises, a reload never kills the daemon: the old rules run on
             errors = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [f"{exc.__class__.__name__}: {exc}"[:2000]]
-            self.audit.emit("rules_rejected", source=[str(p) for p in self.settings.rules], errors=errors, kept_rules=len(self.ticker.rules))
+            self.audit.emit(events.RULES_REJECTED, source=[str(p) for p in self.settings.rules], errors=errors, kept_rules=len(self.ticker.rules))
             log.error("rules_rejected", errors=errors, kept_rules=len(self.ticker.rules))
             self.systemd.ready(f"reload REJECTED ({len(errors)} errors), old rules kept; " + self.status())
             return False
@@ -128,7 +129,7 @@ class Daemon:
         self.ticker.swap_rules(new_rules)
         self.hashes = hashes
         self._schedule_timed()
-        self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload",
+        self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload",
                         **changes)
         log.info("rules_loaded", rule_count=len(new_rules), reason="reload")
         self.systemd.ready(self.status())
@@ -158,11 +159,11 @@ class Daemon:
 
     def run(self, on_ready: Callable[[], None] = lambda: None) -> int:
         """Run until a stop signal; return the exit code."""
-        self.audit.emit("started", version=__version__, config=str(self.settings.path) if self.settings.path else None,
+        self.audit.emit(events.STARTED, version=__version__, config=str(self.settings.path) if self.settings.path else None,
                         pid=os.getpid(), dry_run=self.ticker.executor.dry_run, base_url=self.settings.base_url,
                         poll_interval_s=self.settings.poll_interval, timezone=str(self.settings.zone),
                         session_start=self.settings.session_start.isoformat(timespec="minutes"))
-        self.audit.emit("rules_loaded", source=[str(p) for p in self.settings.rules], files=self.hashes, rule_count=len(self.ticker.rules), reason="start")
+        self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=self.hashes, rule_count=len(self.ticker.rules), reason="start")
         log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
                  dry_run=self.ticker.executor.dry_run)
         self._safe_tick("start")
@@ -192,7 +193,7 @@ class Daemon:
         self.scheduler.shutdown(wait=True)  # an in-flight tick finishes its action (bounded by the client timeouts)
         with self.ticker.lock:
             in_doubt = [i.key for i in self.ticker.executor.in_doubt]
-        self.audit.emit("stopped", reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
+        self.audit.emit(events.STOPPED, reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
                         firings=self.ticker.health.firings, in_doubt=in_doubt)
         log.info("stopped", reason=self._stop_reason)
         self.notifier.close(timeout=3.0)  # queued notifications get one last try, bounded

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
-from riskd import __version__
+from riskd import __version__, events
 from riskd.crosstrade import Reply
 
 log = structlog.get_logger("riskd")
@@ -124,23 +124,23 @@ class Telemetry:
 
     def _count_audit(self, line: dict[str, Any]) -> None:
         event = line.get("event")
-        if event == "fired":
+        if event == events.FIRED.name:
             self.firings.labels(line.get("rule", "")).inc()
             self._counts["firings"] += 1
-        elif event == "action" and not line.get("ok"):
+        elif event == events.ACTION.name and not line.get("ok"):
             self.failures.labels(line.get("rule", ""), str(line.get("outcome"))).inc()
             self._counts["failures"] += 1
-        elif event == "api_error":
+        elif event == events.API_ERROR.name:
             self.errors.labels("poll").inc()
             self._counts["errors"] += 1
             self._counts["polls_failed"] += 1
-        elif event == "tick_failed":
+        elif event == events.TICK_FAILED.name:
             self.errors.labels("tick").inc()
             self._counts["errors"] += 1
-        elif event == "stale":
+        elif event == events.STALE.name:
             self._stale = True
             self.stale.set(1)
-        elif event == "recovered":
+        elif event == events.RECOVERED.name:
             self._stale = False
             self.stale.set(0)
 

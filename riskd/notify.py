@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable
 import httpx
 import structlog
 
-from riskd import __version__
+from riskd import __version__, events
 from riskd.config import NotifyTarget, Settings
 from riskd.errors import ConfigError, Problem
 
@@ -62,7 +62,7 @@ class Message:
 
     @property
     def urgent(self) -> bool:
-        return self.kind in ("failed", "stale", "rules_rejected") and self.event != "recovered"
+        return self.kind in ("failed", "stale", "rules_rejected") and self.event != events.RECOVERED.name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,34 +78,34 @@ def message_for(line: dict[str, Any]) -> Message | None:
     event = line.get("event")
     target = " ".join(str(x) for x in (line.get("account"), line.get("instrument")) if x)
     dry = " [dry run]" if line.get("dry_run") else ""
-    if event == "fired":
+    if event == events.FIRED.name:
         inputs = line.get("inputs") or {}
         seen = ", ".join(f"{k}={_fmt(v)}" for k, v in inputs.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
         threshold = ", ".join(f"{k} {v}" for k, v in (line.get("threshold") or {}).items())
         text = f"riskd: rule {line.get('rule')} fired on {target}: {line.get('action')}{dry}"
         text += (f" (seen {seen}" if seen else " (") + (f"; threshold {threshold})" if threshold else ")")
         return Message("fired", event, text.replace(" ()", ""), line)
-    if event == "action" and not line.get("ok"):
+    if event == events.ACTION.name and not line.get("ok"):
         request = line.get("request") or {}
         status = line.get("status") or line.get("outcome")
         text = (f"riskd: FAILED {request.get('method')} {request.get('path')} for rule {line.get('rule')} on {target}: "
                 f"{status} {line.get('error') or ''}".rstrip() + "; riskd retries on the next tick")
         return Message("failed", event, text, line)
-    if event == "tick_failed":
+    if event == events.TICK_FAILED.name:
         return Message("failed", event, f"riskd: a tick failed ({line.get('error')}); the next tick tries again", line)
-    if event == "stale":
+    if event == events.STALE.name:
         error = f" (last error: {line['last_error']})" if line.get("last_error") else ""
         return Message("stale", event, f"riskd: STALE — no usable CrossTrade snapshot since {line.get('last_ok') or 'start'}{error}; "
                                        "rules cannot act until the API answers again", line)
-    if event == "recovered":
+    if event == events.RECOVERED.name:
         span = f" after {line['stale_for_s']:.0f}s" if isinstance(line.get("stale_for_s"), (int, float)) else ""
         return Message("stale", event, f"riskd: recovered — CrossTrade snapshots are arriving again{span}", line)
-    if event in ("disk_full", "state_write_failed"):
+    if event in (events.DISK_FULL.name, events.STATE_WRITE_FAILED.name):
         return Message("failed", event, f"riskd: DISK FULL writing state ({line.get('op')}: {line.get('error')}); closes still go out, "
                                         "free space under state_dir", line)
-    if event == "disk_recovered":
+    if event == events.DISK_RECOVERED.name:
         return Message("stale", event, "riskd: disk space is back; the state reserve is rebuilt", line)
-    if event == "rules_rejected":
+    if event == events.RULES_REJECTED.name:
         errors = line.get("errors") or []
         first = f": {errors[0]}" if errors else ""
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -116,9 +116,9 @@ def message_for(line: dict[str, Any]) -> Message | None:
 def _mute_key(message: Message) -> str | None:
     """Failures that repeat every tick are notified once per MUTE_REPEATS; firings never are muted."""
     a = message.audit
-    if message.event == "action":
+    if message.event == events.ACTION.name:
         return f"action|{a.get('key')}|{a.get('outcome')}|{a.get('status')}"
-    if message.event == "tick_failed":
+    if message.event == events.TICK_FAILED.name:
         return f"tick|{a.get('error')}"
     return None
 

@@ -22,11 +22,25 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from riskd import __version__
-from riskd.trail import Days, TrailError, Verdict, chain_order, closed_positions, closed_quantity, is_order_change, line_time, read, summary, verify
+from riskd import __version__, events
+from riskd.trail import (
+    Days,
+    TrailError,
+    Verdict,
+    chain_order,
+    closed_positions,
+    closed_quantity,
+    is_order_change,
+    line_time,
+    read,
+    summary,
+    verify,
+)
 
-OTHER_EVENTS = ("superseded", "missed", "skipped", "api_error", "stale", "recovered", "rules_rejected", "tick_failed",
-                "trail_repaired", "trail_unwritable", "trail_writable", "rotated", "action_resolved")
+OTHER_EVENTS = tuple(e.name for e in (
+    events.SUPERSEDED, events.MISSED, events.SKIPPED, events.RULE_FAILED, events.API_ERROR, events.STALE, events.RECOVERED,
+    events.RULES_REJECTED, events.TICK_FAILED, events.CLOCK_STEP, events.TRAIL_REPAIRED, events.TRAIL_UNWRITABLE,
+    events.TRAIL_WRITABLE, events.ROTATED, events.ACTION_RESOLVED, events.DISK_FULL, events.STATE_WRITE_FAILED, events.DISK_RECOVERED))
 
 
 @dataclass
@@ -60,7 +74,7 @@ def collect(lines: Iterable[dict[str, Any]], day: str) -> Day:
     in_force: dict[str, Any] | None = None  # the rules loaded before the day began still apply in it
     for line in lines:
         if days(line) != day:
-            if line.get("event") == "rules_loaded" and not result.lines:
+            if line.get("event") == events.RULES_LOADED.name and not result.lines:
                 in_force = line
             continue
         if in_force is not None:
@@ -69,15 +83,15 @@ def collect(lines: Iterable[dict[str, Any]], day: str) -> Day:
         result.lines.append(line)
         event = line.get("event")
         ts = line_time(line)
-        if event == "sample" and ts is not None and line.get("account"):
+        if event == events.SAMPLE.name and ts is not None and line.get("account"):
             result.account(str(line["account"])).samples.append((ts, float(line.get("pnl") or 0.0), float(line.get("realized") or 0.0)))
-        elif event == "fired" and line.get("account"):
+        elif event == events.FIRED.name and line.get("account"):
             result.account(str(line["account"])).firings.append(line)
-        elif event == "action" and line.get("account"):
+        elif event == events.ACTION.name and line.get("account"):
             result.account(str(line["account"])).actions.append(line)
-        elif event in ("started", "stopped"):
+        elif event in (events.STARTED.name, events.STOPPED.name):
             result.lifecycle.append(line)
-        elif event == "rules_loaded":
+        elif event == events.RULES_LOADED.name:
             result.rules_loaded.append(line)
         elif event in OTHER_EVENTS:
             result.other.append(line)
@@ -87,7 +101,7 @@ def collect(lines: Iterable[dict[str, Any]], day: str) -> Day:
 def days_in(lines: Iterable[dict[str, Any]]) -> list[str]:
     """The trading days that have samples or firings, in order."""
     days = Days()
-    found = {days(line) for line in lines if line.get("event") in ("sample", "fired")}
+    found = {days(line) for line in lines if line.get("event") in (events.SAMPLE.name, events.FIRED.name)}
     return sorted(found)
 
 
@@ -175,8 +189,7 @@ def chart(account: AccountDay, start: datetime, end: datetime, numbers: dict[int
 
 
 def _firing_pnl(fired: dict[str, Any]) -> float | None:
-    inputs = fired.get("inputs")
-    value = inputs.get("account_pnl") if isinstance(inputs, dict) else None
+    value = events.FIRED.get(fired, "inputs.account_pnl")
     return float(value) if isinstance(value, (int, float)) else None
 
 
@@ -251,7 +264,7 @@ def _lifecycle(day: Day, w: Any) -> None:
     w("<h2>riskd runs</h2><table><tr><th>time</th><th>event</th><th>detail</th></tr>")
     for line in day.lifecycle:
         detail = (f"riskd {line.get('version')}, pid {line.get('pid')}, config {line.get('config')}" + (", dry run" if line.get("dry_run") else "")
-                  if line.get("event") == "started" else f"{line.get('reason')}: {line.get('ticks')} ticks, {line.get('firings')} firings")
+                  if line.get("event") == events.STARTED.name else f"{line.get('reason')}: {line.get('ticks')} ticks, {line.get('firings')} firings")
         w(f"<tr><td>{_time(line)}</td><td>{_e(line.get('event'))}</td><td>{_e(detail)}</td></tr>")
     w("</table>")
 

@@ -26,16 +26,18 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as dtime
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from riskd import events
 from riskd.audit import GENESIS, HEAD_SUFFIX, chain_hash, render
 
 ROTATED = re.compile(r"^(\.\d+|-\d{8}(\d{2})?)(\.(gz|bz2|xz))?$")
-DEFAULT_HIDDEN = frozenset({"sample"})  # shown only when asked for (--event sample / --all)
+DEFAULT_HIDDEN = frozenset({events.SAMPLE.name})  # shown only when asked for (--event sample / --all)
 ORDER_PATHS = ("/positions/close", "/positions/flatten")
 
 
@@ -239,7 +241,7 @@ def _verify_file(path: Path, index: int, state: dict[str, Any], verdict: Verdict
 
 def _check_repair(line: dict[str, Any], junk: bytes, junk_at: tuple[int, int], path: Path, verdict: Verdict) -> None:
     number, offset = junk_at
-    torn = line.get("torn") if line.get("event") == "trail_repaired" else None
+    torn = line.get("torn") if line.get("event") == events.TRAIL_REPAIRED.name else None
     if not isinstance(torn, dict):
         raise _Bad(f"{path}:{number}: not an audit line (inserted or damaged), and no trail_repaired line records it")
     recorded = {hashlib.sha256(junk).hexdigest()}
@@ -281,7 +283,7 @@ def _check_line(line: dict[str, Any], body: bytes, where: str, index: int, first
         raise _Bad(f"{where}: seq {seq}: the content does not match its hash (the line was edited)")
     if render(line).encode("utf-8") != body:
         raise _Bad(f"{where}: seq {seq}: the bytes are not what riskd wrote (spacing or escaping edited)")
-    if index > 0 and first_in_file and line.get("event") != "rotated":
+    if index > 0 and first_in_file and line.get("event") != events.ROTATED.name:
         verdict.notes.append(f"{where}: the file starts without a `rotated` line (the chain goes on from the previous file)")
     state["prev"] = line["hash"]
     state["expected"] = seq + 1
@@ -404,10 +406,10 @@ class Days:
 
     def __call__(self, line: dict[str, Any]) -> str:
         key = line.get("key")
-        if line.get("event") == "started":
+        if line.get("event") == events.STARTED.name:
             self._learn(line)
         if line.get("session"):
-            if key and line.get("event") == "fired":
+            if key and line.get("event") == events.FIRED.name:
                 self._by_key[str(key)] = str(line["session"])
             return str(line["session"])
         if key and str(key) in self._by_key:
@@ -468,12 +470,12 @@ def summary(lines: Iterable[dict[str, Any]], keep: Filter | None = None) -> list
             continue
         row = table[(day, str(rule))]
         event = line.get("event")
-        if event == "fired":
+        if event == events.FIRED.name:
             row["firings"] += 1
             row["dry_run"] += 1 if line.get("dry_run") else 0
-        elif event in ("superseded", "missed"):
+        elif event in (events.SUPERSEDED.name, events.MISSED.name):
             row[event] += 1
-        elif event == "action":
+        elif event == events.ACTION.name:
             if not line.get("ok"):
                 row["failed"] += 1
                 continue
@@ -517,7 +519,7 @@ def _short_inputs(inputs: Any) -> str:
 def describe(line: dict[str, Any]) -> str:
     """One readable sentence for a line, per event."""
     event = line.get("event")
-    if event == "action":
+    if event == events.ACTION.name:
         req = line.get("request") or {}
         text = f"{req.get('method')} {req.get('path')} {json.dumps(req.get('json'))} -> {line.get('status')} {line.get('outcome')}"
         text += f" {line.get('latency_ms')}ms" if line.get("latency_ms") is not None else ""
@@ -529,32 +531,32 @@ def describe(line: dict[str, Any]) -> str:
         elif line.get("error"):
             text += f"; {line.get('error')}"
         return text + (" [dry run]" if line.get("dry_run") else "")
-    if event == "fired":
+    if event == events.FIRED.name:
         text = f"{line.get('action')}: {_short_inputs(line.get('inputs'))}; threshold {json.dumps(line.get('threshold'))}"
         text += f"; local {line.get('local_time')}" if line.get("local_time") else ""
         return text + (" [dry run]" if line.get("dry_run") else "")
-    if event == "sample":
+    if event == events.SAMPLE.name:
         positions = line.get("positions") or []
         return (f"P&L {_money(line.get('pnl'))} (realized {_money(line.get('realized'))}, unrealized "
                 f"{_money(line.get('unrealized'))}), {len(positions)} position(s)")
-    if event == "api_error":
+    if event == events.API_ERROR.name:
         return f"{line.get('path')} {line.get('status')} {line.get('error')} ({line.get('retry')})"
-    if event == "rules_loaded":
+    if event == events.RULES_LOADED.name:
         return f"{line.get('rule_count')} rules in {len(line.get('files') or {})} files ({line.get('reason')})"
-    if event == "rules_rejected":
+    if event == events.RULES_REJECTED.name:
         return "; ".join(str(e) for e in line.get("errors") or [])
-    if event == "started":
+    if event == events.STARTED.name:
         return f"riskd {line.get('version')} pid {line.get('pid')}" + (" dry run" if line.get("dry_run") else "")
-    if event == "stopped":
+    if event == events.STOPPED.name:
         return f"{line.get('reason')} after {line.get('ticks')} ticks, {line.get('firings')} firings"
-    if event == "rotated":
+    if event == events.ROTATED.name:
         return f"continues {line.get('previous_file') or 'the previous file'} (seq {line.get('previous_seq')})"
-    if event == "trail_repaired":
+    if event == events.TRAIL_REPAIRED.name:
         torn = line.get("torn") or {}
         return f"{torn.get('bytes', 0)} torn bytes at offset {torn.get('offset')}" + (f"; missing {line['missing']}" if line.get("missing") else "")
-    if event == "trail_unwritable":
+    if event == events.TRAIL_UNWRITABLE.name:
         return f"{line.get('error')}"
-    if event == "trail_writable":
+    if event == events.TRAIL_WRITABLE.name:
         return f"since {line.get('since')}: {line.get('held')} lines held, {line.get('samples_dropped')} samples dropped"
     return str(line.get("reason") or "")
 

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from riskd import events
+
 from conftest import read_audit, run_cli, wait_until, write_policy
 
 NY = ZoneInfo("America/New_York")
@@ -137,6 +139,9 @@ def test_demo_closes_something_within_30_seconds(tmp_path):
         assert proc.wait(10) == 0
     assert (tmp_path / "state").is_dir()
     assert run_cli("audit", "--verify", cwd=tmp_path).returncode == 0
+    # every line is an event of the catalogue, with every field the catalogue says it carries
+    lines = read_audit(tmp_path / "audit.jsonl")
+    assert [(line["event"], events.of(line["event"]).missing(line)) for line in lines if events.of(line["event"]).missing(line)] == []
 
 
 def test_check_accepts_the_shipped_examples():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from riskd import events
@@ -26,3 +29,10 @@ def test_the_fsync_and_drop_policies_come_from_the_catalogue():
 def test_an_unknown_event_name_lists_the_known_ones():
     with pytest.raises(KeyError, match="the events are: started, stopped"):
         events.of("bogus")
+
+
+def test_the_readme_event_table_lists_exactly_the_catalogue():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("| event | written when | key fields |", 1)[1].split("\n\n", 1)[0]
+    listed = {name for row in table.splitlines()[2:] for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    assert listed == set(events.CATALOGUE)
