@@ -1,8 +1,11 @@
 """The CrossTrade REST client: endpoints, the client-side token bucket, error mapping.
 
 Every call returns a `Reply` that says what happened in terms riskd acts on (`outcome`), with the
-request and the response body kept verbatim for the audit trail. The token lives only in the
-httpx client's default headers: it is never logged, audited or put in an exception.
+request and the response body kept verbatim for the audit trail, except for the token. The token
+lives only in the httpx client's default headers and in the client's `redactor`: every Reply leaves
+the client through `_send`, which hides whatever the API (or a proxy in front of it) echoed of the
+token (raw, URL-encoded, JSON- or HTML-escaped, base64'd; in bodies, JSON keys and error text), so
+it is never logged, audited, stored or put in an exception.
 
 There is deliberately no method for `POST /positions/flatten`: with an empty body it flattens
 every account, so riskd only ever flattens through `accounts/{account}/positions/flatten`, and
@@ -47,6 +50,7 @@ from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_expo
 from riskd import __version__
 from riskd.errors import ApiError
 from riskd.model import Account, Order, Position, Snapshot
+from riskd.redact import Redactor
 
 # What a reply means for riskd:
 OK = "ok"  # success: true
@@ -237,6 +241,7 @@ class CrossTradeClient:
         self.stopping = stopping or threading.Event()
         self.blocked_until: float | None = None  # Retry-After of the last 429, on the bucket's clock
         self.observers: list[Callable[[Reply], None]] = []  # see every Reply (metrics); must not raise or block
+        self.redactor = Redactor([token])  # the one ingress point: every Reply is scrubbed of the token (`_scrub`)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {token}", "User-Agent": f"riskd/{__version__}"},
@@ -257,10 +262,18 @@ class CrossTradeClient:
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool,
               on_send: Callable[[], None] | None = None) -> Reply:
-        reply = self._exchange(method, path, body, action=action, on_send=on_send)
+        reply = self._scrub(self._exchange(method, path, body, action=action, on_send=on_send))
         for observe in self.observers:
             observe(reply)
         return reply
+
+    def _scrub(self, reply: Reply) -> Reply:
+        """Given a Reply as the API made it, return it with every form of the token hidden: the body
+        (strings, JSON keys, nested), the error text and the earlier attempts."""
+        r = self.redactor
+        return replace(reply, path=r.text(reply.path), body=r.value(reply.body), response=r.value(reply.response),
+                       error=r.text(reply.error) if reply.error is not None else None,
+                       earlier=tuple(r.value(e) for e in reply.earlier))
 
     def _exchange(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool,
                   on_send: Callable[[], None] | None = None) -> Reply:
@@ -317,7 +330,7 @@ class CrossTradeClient:
             method, path, body = request_for(order)
         except ValueError as exc:
             path = _PATHS[order.kind].format(quote(order.account or "", safe="")) if order.kind in _PATHS else "?"
-            return Reply("POST", path, order.body(), None, 0.0, REFUSED, error=f"refused: {exc}")
+            return self._scrub(Reply("POST", path, order.body(), None, 0.0, REFUSED, error=f"refused: {exc}"))
         clock = self.bucket.clock
         started = clock()
         attempts: list[Reply] = []

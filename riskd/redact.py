@@ -1,6 +1,7 @@
 """One redaction point: every text riskd writes can pass through a Redactor holding its secrets.
 
-A secret is hidden raw, URL-encoded (quote and quote_plus), JSON-escaped, HTML-escaped and base64'd
+A secret is hidden raw, URL-encoded (quote and quote_plus), JSON-escaped, HTML-escaped, escaped as in a
+Python repr (a server's `str({'Authorization': 'Bearer ...'})` escapes a quote) and base64'd
 (standard and url-safe, at all three alignments, so "Bearer TOKEN" or "user:TOKEN" base64'd is caught).
 Short secrets (even 1 character) are still hidden: the trade-off is that an ordinary word equal to a
 short secret is blacked out too; leaking a credential is worse than an over-redacted log line.
@@ -33,7 +34,8 @@ def _b64_cores(secret: bytes) -> set[str]:
 def forms(secret: str) -> set[str]:
     """Every encoded form of one secret riskd hides."""
     out = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), json.dumps(secret)[1:-1],
-           json.dumps(secret, ensure_ascii=False)[1:-1], html.escape(secret), html.escape(secret, quote=False)}
+           json.dumps(secret, ensure_ascii=False)[1:-1], html.escape(secret), html.escape(secret, quote=False),
+           repr(secret + '"')[1:-2], ascii(secret + '"')[1:-2], secret.encode("unicode_escape").decode("ascii")}
     out |= _b64_cores(secret.encode("utf-8"))
     return {f for f in out if f}
 

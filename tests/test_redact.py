@@ -41,3 +41,10 @@ def test_nested_keys_and_values_are_hidden():
 def test_audit_redact_hides_token_used_as_a_json_key():
     out = json.dumps(redact({TOKEN: "ok", "a": {TOKEN: 1}}, (TOKEN,)))
     assert TOKEN not in out and json.dumps(TOKEN)[1:-1] not in out
+
+
+def test_a_python_repr_of_the_token_is_hidden():
+    # a server answering 500 with str({'Authorization': 'Bearer TOKEN'}) escapes the token's quote
+    for text in (repr(TOKEN), str({"Authorization": f"Bearer {TOKEN}"}), repr(TOKEN + "é"), ascii(TOKEN)):
+        out = Redactor([TOKEN]).text(text)
+        assert "S3cr" not in out and REDACTED in out
