@@ -46,7 +46,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -58,10 +57,9 @@ from typing import Any, Callable, Iterable, TextIO
 import structlog
 
 from riskd import events
-from riskd.redact import Redactor  # one redaction point
+from riskd.redact import REDACTED, Redactor  # the one redaction module
 
 GENESIS = "0" * 64
-REDACTED = "[REDACTED]"
 HEAD_SUFFIX = ".head"
 HEAD_SIZE = 256  # the head file is one fixed-size record, overwritten in place
 
@@ -77,11 +75,6 @@ LOCK_WAIT_S = 0.5
 REMIND_EVERY_S = 60.0
 RETRY_EVERY_S = 1.0
 
-SECRET_KEYS = frozenset({
-    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api_key", "apikey",
-    "token", "access_token", "refresh_token", "password", "secret", "client_secret",
-})
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,27 +134,6 @@ def _valid_text(text: str) -> str:
         return text
     except UnicodeEncodeError:  # lone surrogates from a bad \u escape: keep them visible, escaped
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def redact(value: Any, secrets: tuple[str, ...]) -> Any:
-    """Given data and the secrets to hide, return it with every secret, every value under an
-    Authorization-like key and every `Bearer <credential>` replaced by [REDACTED]."""
-    if isinstance(value, str):
-        value = Redactor(secrets).text(value)
-        return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", value) if len(value) > 12 else value
-    if isinstance(value, dict):
-        return {(redact(k, secrets) if isinstance(k, str) else k):
-                (REDACTED if isinstance(k, str) and k.lower() in SECRET_KEYS and v is not None else redact(v, secrets))
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact(v, secrets) for v in value]
-    return value
-
-
-def _secrets(values: Iterable[str | None]) -> tuple[str, ...]:
-    # longest first, so a secret containing another is hidden whole; very short strings would
-    # black out ordinary words, and are no secrets worth the name
-    return tuple(sorted({s for s in values if s and len(s) >= 4}, key=len, reverse=True))
 
 
 def utc_stamp(moment: datetime) -> str:
@@ -259,14 +231,14 @@ class AuditTrail:
     `fsync` is a key of FSYNC_POLICIES. `clock` stamps `ts`.
     """
 
-    def __init__(self, target: str, secrets: Iterable[str | None] = (), console: Any = None, fsync: str = "actions",
+    def __init__(self, target: str, secrets: Iterable[str | None] | Redactor = (), console: Any = None, fsync: str = "actions",
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc), backlog_limit: int = 200_000):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
         self.target = target
         self.path: Path | None = None if target == "-" else Path(target)
         self.head_path: Path | None = None if self.path is None else self.path.with_name(self.path.name + HEAD_SUFFIX)
-        self._secrets = _secrets(secrets)
+        self.redactor = secrets if isinstance(secrets, Redactor) else Redactor(secrets)
         self._console = console or _QuietConsole()
         self._durable = FSYNC_POLICIES[fsync]
         self._clock = clock
@@ -296,7 +268,7 @@ class AuditTrail:
         self.observers: list[Callable[[dict[str, Any]], None]] = []
         self._logger = structlog.wrap_logger(
             _Sink(self),
-            processors=[self._stamp, self._scrub, _plain, _deliver],
+            processors=[self._stamp, _plain, self._scrub, _deliver],  # plain first: the text of any object is scrubbed too
             wrapper_class=structlog.BoundLogger,  # no level filtering: every audit line is written
             cache_logger_on_first_use=False,
         )
@@ -310,7 +282,7 @@ class AuditTrail:
         return {"ts": utc_stamp(self._clock()), **event}
 
     def _scrub(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-        return redact(event, self._secrets)
+        return self.redactor.value(event)
 
     # public -----------------------------------------------------------------------------------
 
@@ -708,7 +680,7 @@ def _fsync_dir(directory: Path) -> None:
 # Console (journald) logging.
 
 
-def configure_console(json_output: bool | None = None, level: str = "info", secrets: Iterable[str | None] = (),
+def configure_console(json_output: bool | None = None, level: str = "info", secrets: Iterable[str | None] | Redactor = (),
                       stream: TextIO | None = None) -> None:
     """structlog for the console: JSON lines to `stream` (default stdout, journald's) when it is not
     a TTY, readable on a TTY. Every event (tracebacks included) and every stdlib-logging record is
@@ -716,15 +688,15 @@ def configure_console(json_output: bool | None = None, level: str = "info", secr
     stream = stream or sys.stdout
     if json_output is None:
         json_output = not stream.isatty()
-    hidden = _secrets(secrets)
+    hidden = secrets if isinstance(secrets, Redactor) else Redactor(secrets)
     renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            lambda _l, _n, event: redact(event, hidden),
-            renderer,
+            lambda _l, _n, event: hidden.value(event),
+            lambda _l, _n, event: hidden.text(renderer(_l, _n, event)),  # the rendered line too: reprs of any object
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
@@ -741,15 +713,15 @@ def configure_console(json_output: bool | None = None, level: str = "info", secr
 class _RedactingFilter(logging.Filter):
     """Scrubs stdlib log records (httpx, APScheduler) before any handler prints them."""
 
-    def __init__(self, secrets: tuple[str, ...]):
+    def __init__(self, redactor: Redactor):
         super().__init__()
-        self._secrets = secrets
+        self._redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage(), self._secrets)
+        record.msg = self._redactor.text(record.getMessage())
         record.args = None
         if record.exc_info:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info), self._secrets)
+            record.exc_text = self._redactor.text(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
 

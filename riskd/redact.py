@@ -5,16 +5,32 @@ Python repr (a server's `str({'Authorization': 'Bearer ...'})` escapes a quote) 
 (standard and url-safe, at all three alignments, so "Bearer TOKEN" or "user:TOKEN" base64'd is caught).
 Short secrets (even 1 character) are still hidden: the trade-off is that an ordinary word equal to a
 short secret is blacked out too; leaking a credential is worse than an over-redacted log line.
+
+Whatever the secrets, a Redactor also hides every value under an Authorization-like key
+(`SECRET_KEYS`, any letter case) and the credential of every `Bearer ...` / `Basic ...` string, so a
+credential riskd was never told about (a proxy's, another client's) does not leak either.
+
+This is the only redaction module: the CrossTrade client (every Reply), the audit trail, the console,
+sd_notify STATUS, the state store's health row, `riskd once` output, notifications and metrics
+labels all scrub through a Redactor.
 """
 from __future__ import annotations
 
 import base64
 import html
 import json
+import re
 from typing import Any, Iterable
 from urllib.parse import quote, quote_plus
 
 REDACTED = "[REDACTED]"
+
+# Keys whose value is a credential whatever it holds (compared in lower case).
+SECRET_KEYS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api_key", "apikey",
+    "token", "access_token", "refresh_token", "password", "secret", "client_secret",
+})
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 
 def _b64_cores(secret: bytes) -> set[str]:
@@ -44,30 +60,41 @@ class Redactor:
     """Holds the secrets; `text`, `value` and `bytes_` return their input with every form hidden."""
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self.secrets: tuple[str, ...] = tuple(dict.fromkeys(s for s in secrets if s))
         found: set[str] = set()
-        for s in secrets:
-            if s:
-                found |= forms(s)
-        self._forms = tuple(sorted(found, key=len, reverse=True))
+        for s in self.secrets:
+            found |= forms(s)
+        self._forms = tuple(sorted(found, key=len, reverse=True))  # longest first: a secret containing another is hidden whole
 
     def __bool__(self) -> bool:
         return bool(self._forms)
+
+    def plus(self, secrets: Iterable[str | None]) -> "Redactor":
+        """A Redactor hiding these secrets as well."""
+        return Redactor([*self.secrets, *secrets])
 
     def text(self, text: str) -> str:
         for f in self._forms:
             if f in text:
                 text = text.replace(f, REDACTED)
+        if len(text) > 12 and _CREDENTIAL.search(text):
+            text = _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
         return text
 
     def bytes_(self, data: bytes) -> bytes:
         return self.text(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 
     def value(self, value: Any) -> Any:
-        """Data with secrets hidden in strings, dict keys and values, nested."""
+        """Data with secrets hidden in strings, dict keys and values, nested; the value under a key of
+        SECRET_KEYS is REDACTED whatever it is (None stays None: an absent credential is no secret)."""
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
-            return {(self.text(k) if isinstance(k, str) else k): self.value(v) for k, v in value.items()}
+            return {(self.text(k) if isinstance(k, str) else k):
+                    (REDACTED if isinstance(k, str) and v is not None and k.lower() in SECRET_KEYS else self.value(v))
+                    for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.value(v) for v in value]
+        if isinstance(value, (set, frozenset)):
+            return type(value)(self.value(v) for v in value)
         return value

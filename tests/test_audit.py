@@ -241,6 +241,28 @@ def test_audit_token_authorization_and_configured_secrets_never_reach_the_trail(
     assert verify([path]).ok
 
 
+def test_audit_scrubs_the_text_of_values_that_are_not_strings(tmp_path, token):
+    path = tmp_path / "audit.jsonl"
+    t = trail(path, secrets=[token])
+    t.emit("api_error", error=RuntimeError(f"refused {token}"), url=Path(f"/x/{token}"), tags={f"k-{token}"})
+    t.close()
+    text = path.read_text()
+    assert token not in text and "[REDACTED]" in text
+    assert verify([path]).ok
+
+
+def test_console_log_scrubs_the_repr_of_objects(tmp_path, token, capsys):
+    import structlog
+
+    audit_mod.configure_console(json_output=True, secrets=[token])
+    try:
+        structlog.get_logger("riskd").error("api_error", error=RuntimeError(f"refused {token}"))
+    finally:
+        structlog.reset_defaults()
+    out = capsys.readouterr().out
+    assert "api_error" in out and token not in out
+
+
 def test_console_log_is_scrubbed_of_the_token(tmp_path, token, capsys):
     import structlog
 

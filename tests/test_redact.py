@@ -5,8 +5,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from riskd.audit import redact
-from riskd.redact import REDACTED, Redactor
+from riskd.redact import REDACTED, SECRET_KEYS, Redactor
 
 TOKEN = "tok/en+S3cr=t&<x>\"y'z"
 
@@ -38,9 +37,23 @@ def test_nested_keys_and_values_are_hidden():
     assert TOKEN not in out and json.dumps(TOKEN)[1:-1] not in out and '"n": 1' in out
 
 
-def test_audit_redact_hides_token_used_as_a_json_key():
-    out = json.dumps(redact({TOKEN: "ok", "a": {TOKEN: 1}}, (TOKEN,)))
+def test_redactor_hides_token_used_as_a_json_key():
+    out = json.dumps(Redactor([TOKEN]).value({TOKEN: "ok", "a": {TOKEN: 1}}))
     assert TOKEN not in out and json.dumps(TOKEN)[1:-1] not in out
+
+
+def test_redactor_hides_values_under_secret_keys_and_any_bearer_credential():
+    r = Redactor()  # no secret known: the key names and the Bearer shape still hide credentials
+    out = r.value({"headers": {"Authorization": "Bearer abcdefghijklmnop", "X-Api-Key": "k"}, "token": None,
+                   "raw": "Authorization: Bearer abcdefghijklmnop", "items": ("basic   qwertyuiop12",)})
+    assert out == {"headers": {"Authorization": REDACTED, "X-Api-Key": REDACTED}, "token": None,
+                   "raw": f"Authorization: Bearer {REDACTED}", "items": [f"basic   {REDACTED}"]}
+    assert "authorization" in SECRET_KEYS and r.text("Bearer short") == "Bearer short"
+
+
+def test_redactor_plus_adds_secrets():
+    r = Redactor(["first-secret"]).plus(["second-secret"])
+    assert r.text("first-secret second-secret") == f"{REDACTED} {REDACTED}"
 
 
 def test_a_python_repr_of_the_token_is_hidden():
