@@ -442,7 +442,7 @@ class AuditTrail:
             self._fd = None
         fresh = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         st = os.fstat(fd)
         self._fd, self._ino, self._ident = fd, st.st_ino, (st.st_ino, st.st_dev)
         if fresh and self._durable != frozenset():
@@ -450,7 +450,7 @@ class AuditTrail:
         if self._head_fd is None:
             assert self.head_path is not None
             try:
-                self._head_fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                self._head_fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as exc:  # no head file: the trail still works (its last line is the link)
                 self._console.warning("audit_head_unavailable", path=str(self.head_path), error=_describe(exc))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import signal
 import sys
@@ -222,8 +223,15 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
     return Wired(settings, loaded, hashes, token, audit, store, ticker, dry_run, notifier)
 
 
+def private_files() -> None:
+    """Whatever the umask riskd was started with, every file it creates is owner-only: the state
+    store, the audit trail and anything a library creates for them (SQLite's journals)."""
+    os.umask(0o077)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     hold_signals()  # first: a reload or reopen requested while starting waits for the daemon
+    private_files()
     from riskd.daemon import Daemon
     from riskd.state import ignore_sigxfsz
 
@@ -248,6 +256,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from riskd.state import Store
     from riskd.tick import engine_settings, state_dir_for, utc_now
 
+    private_files()
     with ExitStack() as stack:
         configure_console(stream=sys.stderr)  # stdout carries the decisions
         wired = _wire(args, _settings(args, demo_ok=args.sim), stack, console=sys.stderr, daemon=False)

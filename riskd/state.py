@@ -23,6 +23,9 @@ then only in memory (this process) and in the audit trail of the action, not on 
 later write succeeds could lose it. After a later write succeeds and free space allows (2 x RESERVE_BYTES),
 the reserve is rebuilt and `disk_recovered` reported. Conditions reach the daemon through
 `on_condition(event, **fields)` (default: ignored). Other errors still raise as before.
+
+Every file of a state_dir (the database, its -wal and -shm, which SQLite creates with the database's
+mode, the lock and the reserve) is created owner-only (0600) whatever the umask; the directory 0700.
 """
 
 from __future__ import annotations
@@ -141,8 +144,8 @@ class Store:
         self.reserve_path = state_dir / RESERVE_NAME
         self._disk_full = False  # disk_full reported, disk_recovered not yet
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            self._lockfile = open(state_dir / "riskd.lock", "a+")  # noqa: SIM115
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lockfile = os.fdopen(_create_private(state_dir / "riskd.lock", os.O_RDWR | os.O_APPEND), "a+")
         except OSError as exc:
             raise StateError(f"cannot use state_dir {state_dir}: {exc.strerror}") from None
         try:
@@ -151,6 +154,11 @@ class Store:
             self._lockfile.close()
             raise StateError(f"another riskd is running with state_dir {state_dir} (lock held on riskd.lock)") from None
         self.path = state_dir / "riskd.sqlite3"
+        try:
+            os.close(_create_private(self.path, os.O_RDONLY))  # SQLite gives -wal and -shm the database's mode
+        except OSError as exc:
+            self.close()
+            raise StateError(f"cannot create state store {self.path}: {exc.strerror}") from None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # serialized by the ticker lock
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -186,7 +194,7 @@ class Store:
             if shutil.disk_usage(self.dir).free < 2 * self.reserve_bytes:
                 return False
             chunk = b"\0" * 65536
-            with open(self.reserve_path, "wb") as f:
+            with os.fdopen(_create_private(self.reserve_path, os.O_WRONLY | os.O_TRUNC), "wb") as f:
                 left = self.reserve_bytes
                 while left > 0:
                     left -= f.write(chunk[:min(left, len(chunk))])
@@ -404,6 +412,11 @@ class Store:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob("riskd.sqlite3*") if p.exists())
+
+
+def _create_private(path: Path, flags: int) -> int:
+    """Open `path`, creating it 0600 whatever the umask; return the fd."""
+    return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 def ignore_sigxfsz() -> None:

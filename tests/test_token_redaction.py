@@ -96,3 +96,35 @@ def test_observers_see_the_scrubbed_reply():
     client.observers.append(seen.append)
     client.get_snapshot()
     assert seen and _leaks(seen[0]) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Files riskd creates are owner-only whatever the umask.
+
+
+def _modes(directory) -> dict[str, str]:
+    import stat
+
+    return {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in directory.rglob("*") if p.is_file()}
+
+
+def test_state_and_trail_files_are_created_owner_only_under_umask_022(tmp_path):
+    import os
+
+    from riskd.audit import AuditTrail
+    from riskd.state import Store
+
+    old = os.umask(0o022)
+    try:
+        store = Store(tmp_path / "state", reserve_bytes=4096)
+        store.save_health({"last_error": "x"}, __import__("datetime").datetime.now())
+        trail = AuditTrail(str(tmp_path / "audit.jsonl"), secrets=[TOKEN])
+        trail.emit("started")
+        modes = {**_modes(tmp_path / "state"), **_modes(tmp_path)}
+        trail.close()
+        store.close()
+    finally:
+        os.umask(old)
+    assert {"riskd.sqlite3", "riskd.sqlite3-wal", "riskd.sqlite3-shm", "riskd.lock", "riskd.reserve",
+            "audit.jsonl", "audit.jsonl.head"} <= set(modes)
+    assert set(modes.values()) == {"0o600"}, modes
