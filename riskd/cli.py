@@ -35,6 +35,7 @@ if sys.argv[1:2] == ["run"]:
 from riskd import __version__, config, engine, rules as rules_mod  # noqa: E402
 from riskd.audit import AuditTrail, configure_console  # noqa: E402
 from riskd.errors import ConfigError, RiskdError, StateError  # noqa: E402
+from riskd.redact import RedactingStream, Redactor  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
 EXAMPLES = Path(__file__).parent / "examples"
@@ -187,6 +188,7 @@ class Wired:
     ticker: Any
     dry_run: bool
     notifier: Any = None
+    redactor: Any = None
 
 
 def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack, *, console: Any, daemon: bool) -> Wired:
@@ -207,20 +209,37 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
         notifier = Notifier.from_settings(settings)  # a missing webhook URL is a config error (78)
         stack.callback(notifier.close, 0.0)
         secrets += notifier.secrets
-    configure_console(secrets=secrets, stream=console)
-    audit = _audit_trail(settings, *secrets)
+    redactor = Redactor(secrets)  # one Redactor for every writer: console, trail, state, STATUS, notifications, metrics
+    if notifier is not None:
+        notifier.redactor = redactor
+    console = _redact_streams(redactor, console, stack)
+    configure_console(secrets=redactor, stream=console)
+    audit = _audit_trail(settings, redactor)
     stack.callback(audit.close)
     if daemon:
-        store = Store(state_dir_for(settings, dry_run), on_condition=audit.emit)  # disk_full / disk_recovered in the trail
+        store = Store(state_dir_for(settings, dry_run), on_condition=audit.emit, redactor=redactor)  # disk_full / disk_recovered in the trail
     elif dry_run:  # a dry look must not take the running daemon's state lock, nor change its state
-        store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())), redactor=redactor)
         store.save(Store.peek(state_dir_for(settings, False)), utc_now())
     else:
-        store = Store(settings.state_dir)
+        store = Store(settings.state_dir, redactor=redactor)
     stack.callback(store.close)
     ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
     stack.callback(ticker.client.close)
-    return Wired(settings, loaded, hashes, token, audit, store, ticker, dry_run, notifier)
+    return Wired(settings, loaded, hashes, token, audit, store, ticker, dry_run, notifier, redactor)
+
+
+def _redact_streams(redactor: Any, console: Any, stack: ExitStack) -> Any:
+    """From here on every byte riskd prints (console log, `once` output, a traceback) is scrubbed:
+    stdout and stderr are wrapped until `stack` closes. Return the wrapped `console`."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(out, redactor), RedactingStream(err, redactor)
+
+    def restore() -> None:
+        sys.stdout, sys.stderr = out, err
+
+    stack.callback(restore)
+    return sys.stdout if console is out else sys.stderr if console is err else RedactingStream(console, redactor)
 
 
 def private_files() -> None:
@@ -240,16 +259,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _settings(args, demo_ok=args.sim)
         console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
         wired = _wire(args, settings, stack, console=console, daemon=True)
-        daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier)
+        daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor)
         daemon.install_signals(pending=EARLY_SIGNALS)
         return daemon.run()
 
 
-def _audit_trail(settings: config.Settings, token: str, *secrets: str) -> AuditTrail:
+def _audit_trail(settings: config.Settings, redactor: Redactor) -> AuditTrail:
     """The audit trail; write failures go to the console (journald) and never stop riskd."""
     import structlog
 
-    return AuditTrail(settings.audit_log, secrets=[token, *secrets], console=structlog.get_logger("riskd.audit"), fsync=settings.audit_fsync)
+    return AuditTrail(settings.audit_log, secrets=redactor, console=structlog.get_logger("riskd.audit"), fsync=settings.audit_fsync)
 
 
 def cmd_once(args: argparse.Namespace) -> int:

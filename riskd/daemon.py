@@ -27,6 +27,7 @@ from riskd.config import Settings
 from riskd.errors import ConfigError
 from riskd.metrics import Telemetry
 from riskd.notify import Notifier
+from riskd.redact import Redactor
 from riskd.sdnotify import Systemd
 from riskd.tick import Ticker, utc_now
 
@@ -43,14 +44,21 @@ class Daemon:
     """
 
     def __init__(self, settings: Settings, ticker: Ticker, audit: AuditTrail, hashes: dict[str, str], *,
-                 systemd: Systemd | None = None, telemetry: Telemetry | None = None, notifier: Notifier | None = None):
+                 systemd: Systemd | None = None, telemetry: Telemetry | None = None, notifier: Notifier | None = None,
+                 redactor: Redactor | None = None):
         self.settings = settings
         self.ticker = ticker
         self.audit = audit
         self.hashes = hashes
+        # the token (and any other secret) is scrubbed from STATUS, metrics labels and notifications: defence in depth
+        # behind the client, which already hides whatever the API echoes of it
+        self.redactor = redactor or ticker.client.redactor
         self.systemd = systemd or Systemd()
         self.telemetry = telemetry or Telemetry(bucket_level=lambda: ticker.client.bucket.level)
         self.notifier = notifier or Notifier([])
+        for part in (self.systemd, self.telemetry, self.notifier):
+            if not part.redactor:
+                part.redactor = self.redactor
         self.metrics_server: Any = None
         self._status_at = 0.0
         ticker.client.observers.append(self.telemetry.on_reply)
@@ -89,7 +97,10 @@ class Daemon:
             self._status_at = 0.0  # refresh the status line at the next ping
 
     def status(self) -> str:
-        """One line for `systemctl status`."""
+        """One line for `systemctl status` (scrubbed: it quotes the last API error)."""
+        return self.redactor.text(self._status())
+
+    def _status(self) -> str:
         h = self.ticker.health
         snap = self.ticker.last_snapshot
         watched = f"{len(snap.accounts)} accounts, {sum(len(a.positions) for a in snap.accounts)} positions" if snap else "no snapshot yet"

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from riskd import __version__, events
 from riskd.crosstrade import Reply
+from riskd.redact import Redactor
 
 log = structlog.get_logger("riskd")
 
@@ -62,8 +63,9 @@ class Telemetry:
     """Given the client's token bucket level (a callable), count ticks, API calls and audit events."""
 
     def __init__(self, bucket_level: Callable[[], float] = lambda: float("nan"), registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None):
         self.registry = registry or CollectorRegistry()
+        self.redactor = redactor or Redactor()  # label values come from rule names, paths and outcomes
         self._clock = clock
         self._bucket_level = bucket_level
         r = self.registry
@@ -96,7 +98,7 @@ class Telemetry:
 
     def on_reply(self, reply: Reply) -> None:
         status = str(reply.status) if reply.status is not None else reply.outcome
-        self.api_seconds.labels(endpoint_of(reply.path), status).observe(reply.latency_ms / 1000)
+        self.api_seconds.labels(self._label(endpoint_of(reply.path)), self._label(status)).observe(reply.latency_ms / 1000)
         with self._lock:
             if reply.status is not None:
                 self._latencies.append(reply.latency_ms)
@@ -125,10 +127,10 @@ class Telemetry:
     def _count_audit(self, line: dict[str, Any]) -> None:
         event = line.get("event")
         if event == events.FIRED.name:
-            self.firings.labels(line.get("rule", "")).inc()
+            self.firings.labels(self._label(line.get("rule", ""))).inc()
             self._counts["firings"] += 1
         elif event == events.ACTION.name and not line.get("ok"):
-            self.failures.labels(line.get("rule", ""), str(line.get("outcome"))).inc()
+            self.failures.labels(self._label(line.get("rule", "")), self._label(line.get("outcome"))).inc()
             self._counts["failures"] += 1
         elif event == events.API_ERROR.name:
             self.errors.labels("poll").inc()
@@ -145,7 +147,10 @@ class Telemetry:
             self.stale.set(0)
 
     def on_notification(self, target: str, outcome: str) -> None:
-        self.notifications.labels(target, outcome).inc()
+        self.notifications.labels(self._label(target), self._label(outcome)).inc()
+
+    def _label(self, value: Any) -> str:
+        return self.redactor.text(str(value))
 
     # the summary line ---------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ import structlog
 from riskd import __version__, events
 from riskd.config import NotifyTarget, Settings
 from riskd.errors import ConfigError, Problem
+from riskd.redact import Redactor
 
 log = structlog.get_logger("riskd")
 
@@ -287,8 +288,9 @@ class Webhook:
 class Notifier:
     """Given resolved targets, route audit lines to them (register `on_audit` as an audit observer)."""
 
-    def __init__(self, webhooks: Iterable[Webhook], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, webhooks: Iterable[Webhook], clock: Callable[[], float] = time.monotonic, redactor: Redactor | None = None):
         self.webhooks = list(webhooks)
+        self.redactor = redactor or Redactor()  # messages quote API errors: scrubbed before they are queued
         self._clock = clock
         self._muted: dict[str, float] = {}
         self._lock = threading.Lock()  # audit lines come from tick threads and the reload
@@ -311,6 +313,7 @@ class Notifier:
         message = message_for(line)
         if message is None:
             return
+        message = Message(message.kind, message.event, self.redactor.text(message.text), self.redactor.value(message.audit))
         key = _mute_key(message)
         if key is not None:
             with self._lock:

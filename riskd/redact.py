@@ -20,7 +20,7 @@ import base64
 import html
 import json
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, TextIO
 from urllib.parse import quote, quote_plus
 
 REDACTED = "[REDACTED]"
@@ -98,3 +98,24 @@ class Redactor:
         if isinstance(value, (set, frozenset)):
             return type(value)(self.value(v) for v in value)
         return value
+
+
+class RedactingStream:
+    """A text stream (stdout, stderr) whose every write passes through a Redactor first; the rest
+    (isatty, fileno, encoding ...) is the wrapped stream's. A secret split across two writes is not
+    joined: riskd writes whole lines (print, structlog, tracebacks)."""
+
+    def __init__(self, stream: TextIO, redactor: Redactor) -> None:
+        self._stream = stream
+        self.redactor = redactor
+
+    def write(self, text: str) -> int:
+        self._stream.write(self.redactor.text(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

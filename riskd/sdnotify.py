@@ -24,13 +24,16 @@ from typing import Mapping
 
 import structlog
 
+from riskd.redact import Redactor
+
 log = structlog.get_logger("riskd")
 
 
 class Systemd:
     """Given the environment, notify systemd; every method is a no-op when not run by systemd."""
 
-    def __init__(self, env: Mapping[str, str] | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None, redactor: Redactor | None = None):
+        self.redactor = redactor or Redactor()  # STATUS carries API error text: scrubbed before it leaves
         env = os.environ if env is None else env
         address = env.get("NOTIFY_SOCKET", "")
         self.address: str | None = ("\0" + address[1:] if address.startswith("@") else address) or None
@@ -51,7 +54,7 @@ class Systemd:
         """Send one message (`notify(READY=1, STATUS="…")`); return whether it was sent."""
         if self.address is None:
             return False
-        message = "\n".join(f"{key}={str(value).replace(chr(10), ' ')}" for key, value in fields.items()).encode("utf-8")
+        message = self.redactor.text("\n".join(f"{key}={str(value).replace(chr(10), ' ')}" for key, value in fields.items())).encode("utf-8")
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)

@@ -45,6 +45,7 @@ from typing import Any, Callable, TypeVar
 from riskd.engine import State
 from riskd.errors import StateError
 from riskd.model import Decision, Order
+from riskd.redact import Redactor
 
 SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, str] = {
@@ -137,8 +138,10 @@ def _decision_from_json(text: str) -> Decision:
 class Store:
     """The state store of one state_dir. Not thread-safe: the daemon uses it from the tick only."""
 
-    def __init__(self, state_dir: Path, on_condition: Condition = _no_condition, *, reserve_bytes: int = RESERVE_BYTES):
+    def __init__(self, state_dir: Path, on_condition: Condition = _no_condition, *, reserve_bytes: int = RESERVE_BYTES,
+                 redactor: Redactor | None = None):
         self.dir = state_dir
+        self.redactor = redactor or Redactor()  # the health row carries API error text
         self._on_condition = on_condition
         self.reserve_bytes = reserve_bytes
         self.reserve_path = state_dir / RESERVE_NAME
@@ -386,7 +389,7 @@ class Store:
     # health ------------------------------------------------------------------------------------
 
     def save_health(self, health: dict[str, Any], now: datetime) -> None:
-        doc = json.dumps(health, sort_keys=True, default=str)
+        doc = self.redactor.text(json.dumps(self.redactor.value(health), sort_keys=True, default=str))
         self._write("save_health", lambda: self._db.execute(
             "INSERT INTO health (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
             (doc, now.isoformat()),

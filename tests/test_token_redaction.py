@@ -128,3 +128,116 @@ def test_state_and_trail_files_are_created_owner_only_under_umask_022(tmp_path):
     assert {"riskd.sqlite3", "riskd.sqlite3-wal", "riskd.sqlite3-shm", "riskd.lock", "riskd.reserve",
             "audit.jsonl", "audit.jsonl.head"} <= set(modes)
     assert set(modes.values()) == {"0o600"}, modes
+
+
+# ---------------------------------------------------------------------------------------------
+# Defence in depth: every writer of text built from outside data scrubs it again.
+
+
+def test_sd_notify_status_is_scrubbed(tmp_path):
+    import socket
+
+    from riskd.redact import Redactor
+    from riskd.sdnotify import Systemd
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify.sock"))
+    listener.settimeout(2)
+    try:
+        sd = Systemd({"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}, redactor=Redactor([TOKEN]))
+        assert sd.status(f"STALE: no usable snapshot (invalid token {TOKEN})")
+        raw = listener.recv(4096).decode()
+    finally:
+        listener.close()
+    assert raw == "STATUS=STALE: no usable snapshot (invalid token [REDACTED])"
+
+
+def test_the_health_row_is_scrubbed(tmp_path):
+    from datetime import datetime, timezone
+
+    from riskd.redact import Redactor
+    from riskd.state import Store
+
+    store = Store(tmp_path / "state", reserve_bytes=4096, redactor=Redactor([TOKEN]))
+    try:
+        store.save_health({"last_error": f"invalid token {quote(TOKEN, safe='')}", "stale": True}, datetime.now(timezone.utc))
+    finally:
+        store.close()
+    health = Store.peek_health(tmp_path / "state")
+    assert health["last_error"] == "invalid token [REDACTED]"
+    assert not [f for f in forms(TOKEN) if f.encode() in (tmp_path / "state" / "riskd.sqlite3").read_bytes()]
+
+
+def test_a_redacting_stream_scrubs_every_write():
+    import io
+
+    from riskd.redact import RedactingStream, Redactor
+
+    buf = io.StringIO()
+    stream = RedactingStream(buf, Redactor([TOKEN]))
+    print(f"daemon: STALE (last error: invalid token {TOKEN})", file=stream)
+    stream.writelines([f"{json.dumps(TOKEN)}\n"])
+    stream.flush()
+    assert TOKEN not in buf.getvalue() and buf.getvalue().count("[REDACTED]") == 2
+    assert stream.isatty() is False
+
+
+def test_notifications_are_scrubbed():
+    from riskd.notify import Message, Notifier
+    from riskd.redact import Redactor
+
+    got: list[Message] = []
+
+    class Hook:
+        class target:
+            events = frozenset({"stale"})
+
+        def put(self, message):
+            got.append(message)
+
+    notifier = Notifier([Hook()], redactor=Redactor([TOKEN]))
+    notifier.on_audit({"event": "stale", "last_ok": None, "last_error": f"invalid token {TOKEN}"})
+    assert got and TOKEN not in got[0].text and TOKEN not in json.dumps(got[0].audit)
+
+
+def test_metrics_labels_are_scrubbed():
+    from prometheus_client import generate_latest
+
+    from riskd.metrics import Telemetry
+    from riskd.redact import Redactor
+
+    telemetry = Telemetry(redactor=Redactor([TOKEN]))
+    telemetry.on_audit({"event": "fired", "rule": f"rule-{TOKEN}"})
+    telemetry.on_audit({"event": "action", "ok": False, "rule": TOKEN, "outcome": TOKEN})
+    telemetry.on_notification(TOKEN, "sent")
+    exposition = generate_latest(telemetry.registry).decode()
+    assert "rule-[REDACTED]" in exposition
+    assert not [f for f in forms(TOKEN) if f in exposition]
+
+
+def test_the_daemon_scrubs_its_status_and_wires_the_client_redactor(tmp_path):
+    from conftest import write_policy
+    from riskd import config, rules as rules_mod
+    from riskd.audit import AuditTrail
+    from riskd.daemon import Daemon
+    from riskd.sdnotify import Systemd
+    from riskd.state import Store
+    from riskd.tick import build_ticker
+
+    path = write_policy(tmp_path, "https://api.example/v1/api", [{"name": "cap", "when": {"account_pnl": {"below": -500}}, "then": {"flatten": True}}])
+    settings = config.load(path)
+    loaded, hashes = rules_mod.load(settings.rules, settings.zone)
+    audit = AuditTrail(str(tmp_path / "audit.jsonl"))
+    store = Store(tmp_path / "state", reserve_bytes=4096)
+    transport = httpx.MockTransport(lambda r: httpx.Response(401, json={"error": f"invalid token {_bearer(r)}"}))
+    ticker = build_ticker(settings, loaded, TOKEN, audit, dry_run=False, store=store, transport=transport)
+    daemon = Daemon(settings, ticker, audit, hashes, systemd=Systemd({}))
+    try:
+        ticker.health.stale, ticker.health.last_error = True, f"not from the client: {TOKEN}"
+        assert TOKEN not in daemon.status() and "[REDACTED]" in daemon.status()
+        for part in (daemon.systemd, daemon.telemetry, daemon.notifier):
+            assert part.redactor.text(TOKEN) == "[REDACTED]"
+    finally:
+        ticker.client.close()
+        audit.close()
+        store.close()
