@@ -32,9 +32,11 @@ What the writer guarantees:
   many lines were held, how many per-minute samples were dropped to bound memory). The console
   (journald) gets the failure at once and a reminder every minute; lines still unwritten at exit
   go to the console in full.
-- Redaction: the API token, any configured secret, `Authorization`-like keys and `Bearer ...`
-  strings are replaced by `[REDACTED]` before a line is chained; the console log is scrubbed the
-  same way (`configure_console`).
+- Redaction (riskd.redact.Redactor, the one redaction module): the API token in every encoded form,
+  any configured secret, `Authorization`-like keys and `Bearer ...` strings are replaced by
+  `[REDACTED]` before a line is chained (after values are made plain, so an object's text is
+  scrubbed too); the console log is scrubbed the same way, rendered line included (`configure_console`).
+- Files: the trail and its head are created 0600 whatever the umask.
 """
 
 from __future__ import annotations
