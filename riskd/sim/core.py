@@ -69,6 +69,7 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/accounts/{a}/orders/cancel"),
     ("GET", "/accounts/{a}/orders"),
     ("GET", "/accounts/{a}/watermarks"),
+    ("GET", "/accounts/{a}/executions"),
     ("GET", "/positions"),
     ("POST", "/positions/flatten"),
 )
@@ -166,8 +167,11 @@ class _Account:
     orders: dict[str, _Order] = field(default_factory=dict)
     flat_instruments: list[str] = field(default_factory=list)  # closed this session (includeFlat)
     marks: dict[str, float] = field(default_factory=dict)
+    executions: list[dict] = field(default_factory=list)  # fills, oldest first (GET .../executions)
 
 
+EXECUTIONS_KEPT = 10_000  # fills kept per account
+EXECUTIONS_LOOKBACK_MAX = 900  # seconds of history the executions endpoint gives at most (default 320)
 WALK_KEPT = 1024  # random-walk steps kept per instrument (older ones are never asked for)
 
 
@@ -231,16 +235,19 @@ class Simulator:
     ``scenario``: a mapping as returned by :func:`riskd.sim.load_scenario` (or any raw scenario
     mapping, validated here; None = empty). ``token``: the bearer token every request must
     carry. ``clock``: returns seconds (monotonic); sim time is ``clock() - clock()@creation``.
+    ``wall``: the bridge's wall clock (aware datetimes) for snapshot timestamps and execution
+    times (default: the machine's).
     """
 
     def __init__(self, scenario: Mapping[str, Any] | None = None, token: str | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], datetime] | None = None):
         if not isinstance(token, str) or not token:
             raise ValueError("Simulator needs a non-empty bearer token (token=...)")
         sc = validate_scenario(scenario if scenario is not None else {}, source="scenario")
         self._lock = threading.RLock()
         self._token = token.encode()
         self._clock = clock
+        self._wall = wall or (lambda: datetime.now().astimezone())
         self._t0 = clock()
         self._commission = sc["commission_per_contract"]
         self._point_values = dict(sc["point_values"])
@@ -348,7 +355,11 @@ class Simulator:
             price = float(price)
             if not self._prices.known(inst):
                 self._prices.initial[inst] = price
+            before = acc.positions[inst].qty if inst in acc.positions else 0
             self._open(acc, inst, quantity if side == "long" else -quantity, price, commission=True)
+            after = acc.positions[inst].qty if inst in acc.positions else 0
+            self._fill(acc, inst, quantity if side == "long" else -quantity, price, after,
+                       "Entry" if abs(after) > abs(before) or (after and (after > 0) != (before > 0)) else "Exit")
             self._observe_all()
             pos = acc.positions.get(inst)
             return None if pos is None else self._position_dict(acc, pos)
@@ -788,6 +799,7 @@ class Simulator:
             ("orders", "cancel"): ("POST", self._h_cancel),
             ("orders",): ("GET", self._h_orders),
             ("watermarks",): ("GET", self._h_watermarks),
+            ("executions",): ("GET", self._h_executions),
         }
         in_api = full_path.startswith(API_PREFIX + "/") or full_path.rstrip("/") == API_PREFIX
         allowed: str | None = None
@@ -828,7 +840,7 @@ class Simulator:
     # ------------------------------------------------------------------ endpoint handlers
 
     def _h_snapshot(self, query, body):
-        now = datetime.now().astimezone()
+        now = self._wall()
         return {
             "type": "snapshot",
             "timestamp": now.isoformat(timespec="milliseconds"),
@@ -911,9 +923,34 @@ class Simulator:
         acc.commission += n * self._commission
         acc.last_tx = pnl
         pos.qty -= sign * n
+        self._fill(acc, pos.instrument, -sign * n, px, pos.qty, "Exit")
         if pos.qty == 0:
             del acc.positions[pos.instrument]
             self._mark_flat(acc, pos.instrument)
+
+    def _fill(self, acc: _Account, inst: str, signed_qty: int, price: float, after: int, name: str) -> None:
+        """Record one execution as NinjaTrader reports it (GET /accounts/{a}/executions)."""
+        now = self._wall()
+        acc.executions.append({
+            "id": uuid.uuid4().hex, "type": "NinjaTrader.Cbi.Execution",
+            "time": now.replace(tzinfo=None).isoformat(timespec="microseconds"), "epoch": int(now.timestamp() * 1000),
+            "name": name, "orderId": uuid.uuid4().hex, "account": acc.name, "serverName": "SIM",
+            "instrument": inst, "instrumentType": "Future", "position": after,
+            "marketPosition": "Long" if signed_qty > 0 else "Short", "positionStrategy": 0,
+            "price": price, "quantity": abs(signed_qty),
+        })
+        del acc.executions[:-EXECUTIONS_KEPT]
+
+    def _h_executions(self, acc, query, body):
+        raw = query.get("lookbackTime", "320")
+        try:
+            lookback = int(raw)
+        except (TypeError, ValueError):
+            raise _err(400, "invalid_argument", f"lookbackTime must be whole seconds, got {raw!r}") from None
+        if not 0 < lookback <= EXECUTIONS_LOOKBACK_MAX:
+            raise _err(400, "invalid_argument", f"lookbackTime must be 1..{EXECUTIONS_LOOKBACK_MAX} seconds, got {lookback}")
+        floor = (self._wall().timestamp() - lookback) * 1000
+        return {"executions": [dict(e) for e in acc.executions if e["epoch"] >= floor]}
 
     def _flatten(self, acc: _Account, pred: Callable[[str], bool], side: str | None) -> tuple[list, list]:
         closed = []
