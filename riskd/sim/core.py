@@ -291,9 +291,6 @@ class Simulator:
             self._prices.pinned[inst] = price
             self._observe_all()
 
-    def point_value(self, instrument: str) -> float:
-        return self._point_values[instrument_root(self._contract(instrument))]
-
     def _contract(self, instrument: str) -> str:
         inst = canonical_instrument(instrument)
         if instrument_root(inst) not in self._point_values:
