@@ -9,7 +9,8 @@ Usage::
         httpx.get(server.base_url + "/accounts/snapshot", headers={"Authorization": f"Bearer {token}"})
 
 Test/demo controls on :class:`Simulator` (all thread-safe): ``set_price``, ``open_position``,
-``add_order``, ``add_account``, ``positions``, ``orders``, ``account_pnl``, ``price``, ``now``,
+``add_order``, ``add_account``, ``positions``, ``orders``, ``executions``, ``account_pnl``, ``price``,
+``now``,
 ``inject(Fault(...))``, ``clear_faults``, ``set_rate_limit``, ``requests`` / ``request_log()``
 (every request received, 401/429/faulted ones included), ``clear_requests``, ``handle``
 (one request without sockets).

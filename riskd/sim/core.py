@@ -69,6 +69,7 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/accounts/{a}/orders/cancel"),
     ("GET", "/accounts/{a}/orders"),
     ("GET", "/accounts/{a}/watermarks"),
+    ("GET", "/accounts/{a}/executions"),
     ("GET", "/positions"),
     ("POST", "/positions/flatten"),
 )
@@ -166,6 +167,12 @@ class _Account:
     orders: dict[str, _Order] = field(default_factory=dict)
     flat_instruments: list[str] = field(default_factory=list)  # closed this session (includeFlat)
     marks: dict[str, float] = field(default_factory=dict)
+    executions: list[tuple[float, dict]] = field(default_factory=list)  # (sim time of the fill, Execution)
+
+
+LOOKBACK_DEFAULT = 320  # GET /accounts/{a}/executions?lookbackTime=N: seconds, default 320, max 900
+LOOKBACK_MAX = 900
+SERVER_NAME = "riskd-sim"
 
 
 WALK_KEPT = 1024  # random-walk steps kept per instrument (older ones are never asked for)
@@ -219,6 +226,17 @@ class _Prices:
         if inst in self.walk_instruments:
             base = base + self.walk_ticks(inst, t) * self.walk["tick"]
         return base
+
+
+def _wall_now() -> datetime:
+    """The wall clock every timestamp the API reports is on (snapshot ``timestamp``/``epoch``,
+    Execution ``time``/``epoch``): the machine's local time, not the sim clock."""
+    return datetime.now().astimezone()
+
+
+def _nt_time(moment: datetime) -> str:
+    """NT8's local time string without offset, 7 fractional digits: ``2025-09-26T18:09:38.3736787``."""
+    return moment.replace(tzinfo=None).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}0"
 
 
 def _side(qty: int) -> str:
@@ -345,12 +363,29 @@ class Simulator:
             price = float(price)
             if not self._prices.known(inst):
                 self._prices.initial[inst] = price
-            self._open(acc, inst, quantity if side == "long" else -quantity, price, commission=True)
+            self._open(acc, inst, quantity if side == "long" else -quantity, price, commission=True, fill=True)
             self._observe_all()
             pos = acc.positions.get(inst)
             return None if pos is None else self._position_dict(acc, pos)
 
-    def _open(self, acc: _Account, inst: str, signed_qty: int, price: float, *, commission: bool) -> None:
+    def _open(self, acc: _Account, inst: str, signed_qty: int, price: float, *, commission: bool,
+              fill: bool = False) -> None:
+        """Trade ``signed_qty`` at ``price``. ``fill``: record Executions (scenario start positions
+        are state that already exists, not fills)."""
+        before = acc.positions[inst].qty if inst in acc.positions else 0
+        self._apply_open(acc, inst, signed_qty, price, commission=commission)
+        if fill:
+            after = acc.positions[inst].qty if inst in acc.positions else 0
+            order_id = uuid.uuid4().hex
+            closing = min(abs(before), abs(signed_qty)) if before and (before > 0) != (signed_qty > 0) else 0
+            if closing:  # reduces (and maybe flips): an Exit for the closed part, an Entry for the rest
+                self._record_execution(acc, inst, signed_qty > 0, closing, price, "Exit", order_id,
+                                       abs(before) - closing)
+            if abs(signed_qty) > closing:
+                self._record_execution(acc, inst, signed_qty > 0, abs(signed_qty) - closing, price, "Entry",
+                                       order_id, abs(after))
+
+    def _apply_open(self, acc: _Account, inst: str, signed_qty: int, price: float, *, commission: bool) -> None:
         if not self._prices.known(inst):
             self._prices.initial[inst] = price
         pv = self._point_values[instrument_root(inst)]
@@ -414,6 +449,44 @@ class Simulator:
         with self._lock:
             accs = [self._account(account)] if account is not None else list(self._accounts.values())
             return [self._order_dict(a, o) for a in accs for o in a.orders.values()]
+
+    def executions(self, account: str | None = None, lookback: float | None = None) -> list[dict]:
+        """Executions (API shape, oldest first) of one account or of all, from the last ``lookback``
+        sim seconds (None: every one still kept, i.e. the last ``LOOKBACK_MAX`` seconds)."""
+        with self._lock:
+            accs = [self._account(account)] if account is not None else list(self._accounts.values())
+            return [e for a in accs for e in self._executions(a, lookback)]
+
+    def _executions(self, acc: _Account, lookback: float | None) -> list[dict]:
+        now = self.now()
+        return [dict(e) for t, e in acc.executions if lookback is None or now - t <= lookback]
+
+    def _record_execution(self, acc: _Account, inst: str, bought: bool, quantity: int, price: float,
+                          name: str, order_id: str, position_after: int) -> None:
+        """One fill. ``marketPosition`` is the side of the fill (Long = bought, Short = sold, as NT8
+        reports it), ``position`` the account's size in the contract after it (unsigned), and
+        ``positionStrategy`` 0 (no NinjaScript strategy owns simulator positions)."""
+        t = self.now()
+        moment = _wall_now()
+        acc.executions.append((t, {
+            "id": uuid.uuid4().hex,
+            "type": "NinjaTrader.Cbi.Execution",
+            "time": _nt_time(moment),
+            "epoch": int(moment.timestamp() * 1000),
+            "name": name,
+            "orderId": order_id,
+            "account": acc.name,
+            "serverName": SERVER_NAME,
+            "instrument": inst,
+            "instrumentType": "Future",
+            "position": int(position_after),
+            "marketPosition": "Long" if bought else "Short",
+            "positionStrategy": 0,
+            "price": float(price),
+            "quantity": int(quantity),
+        }))
+        while acc.executions and t - acc.executions[0][0] > LOOKBACK_MAX:  # never asked for again
+            del acc.executions[0]
 
     def account_pnl(self, account: str) -> dict[str, float]:
         """``realized`` (gross), ``unrealized``, ``total`` (= realized + unrealized, gross),
@@ -785,6 +858,7 @@ class Simulator:
             ("orders", "cancel"): ("POST", self._h_cancel),
             ("orders",): ("GET", self._h_orders),
             ("watermarks",): ("GET", self._h_watermarks),
+            ("executions",): ("GET", self._h_executions),
         }
         in_api = full_path.startswith(API_PREFIX + "/") or full_path.rstrip("/") == API_PREFIX
         allowed: str | None = None
@@ -825,7 +899,7 @@ class Simulator:
     # ------------------------------------------------------------------ endpoint handlers
 
     def _h_snapshot(self, query, body):
-        now = datetime.now().astimezone()
+        now = _wall_now()
         return {
             "type": "snapshot",
             "timestamp": now.isoformat(timespec="milliseconds"),
@@ -908,6 +982,7 @@ class Simulator:
         acc.commission += n * self._commission
         acc.last_tx = pnl
         pos.qty -= sign * n
+        self._record_execution(acc, pos.instrument, sign < 0, n, px, "Exit", uuid.uuid4().hex, abs(pos.qty))
         if pos.qty == 0:
             del acc.positions[pos.instrument]
             self._mark_flat(acc, pos.instrument)
@@ -976,6 +1051,18 @@ class Simulator:
 
     def _h_watermarks(self, acc, query, body):
         return {**self._observe(acc), "success": True}
+
+    def _h_executions(self, acc, query, body):
+        raw = query.get("lookbackTime")
+        lookback = LOOKBACK_DEFAULT
+        if raw is not None:
+            text = raw.strip()
+            if not text.isdigit() or not 1 <= int(text) <= LOOKBACK_MAX:
+                raise _err(400, "invalid_argument",
+                           f"lookbackTime must be a whole number of seconds from 1 to {LOOKBACK_MAX} "
+                           f"(default {LOOKBACK_DEFAULT}), got {raw!r}")
+            lookback = int(text)
+        return {"executions": self._executions(acc, lookback)}  # the documented shape: no "success"
 
 
 def _pick(value: str, choices: Iterable[str], what: str) -> str:
