@@ -892,7 +892,8 @@ class Simulator:
         if m == "account_missing":
             gone = {id(e) for e in chosen}
             data["accounts"] = [e for e in data["accounts"] if id(e) not in gone]
-        for entry in chosen if m != "account_missing" else ():
+            return json.dumps(data).encode()
+        for entry in chosen:
             if m == "positions_null":
                 entry["positions"] = None
                 continue
