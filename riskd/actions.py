@@ -8,11 +8,15 @@ Exactly once, across timeouts and kill -9:
 1. `act` writes an intent (the decision and the quantities it saw) BEFORE the first request, marks
    it `sent` right before each request leaves, and records the outcome after: done (the firing
    counts: `engine.acknowledge`), failed (not applied: the engine may fire again) or unknown.
-2. An unknown outcome (timeout, 5xx, reset, unreadable answer, or a crash) is settled by `resolve`
-   against the next snapshot: a changed position means the request was applied (done, never sent
-   again; a partial close is never repeated). An unchanged one means "not applied" only once the
-   request can no longer land (`settle` after the answer was given up on); until then the firing,
-   and every firing it covered, stays in `State.inflight`, so the engine does not fire it again.
+2. An unknown outcome (timeout, 5xx, reset, unreadable answer, or a crash), and a refusal of a
+   partial close that reached the bridge (408, `success: false`: the relay may have applied it all
+   the same), is settled by `resolve` against the evidence: a changed position in a later snapshot
+   means the request was applied (done, never sent again; a partial close is never repeated). An
+   unchanged one means "not applied" only once the request can no longer land (`settle_window` after
+   it was sent, for a partial close; the answer timeout for an order that is harmless to repeat) AND
+   the account's executions since the request left show no fill of what it touched. Executions that
+   cannot be read keep it in doubt. Until settled the firing, and every firing it covered, stays in
+   `State.inflight`, so the engine does not fire it again.
 3. While an intent is in doubt, no other partial close or reduction is sent for the same position
    (`gate`): its quantity is what tells whether the first one was applied.
 """
@@ -21,18 +25,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from riskd import crosstrade
 from riskd.audit import AuditTrail
 from riskd.crosstrade import OK, UNKNOWN, Reply, request_for
 from riskd.engine import State, acknowledge
-from riskd.model import Decision, Order, Snapshot
+from riskd.model import Account, Decision, Order, Snapshot
 from riskd.state import Intent, Store, fingerprint, positions_by_instrument
 
 # Orders that are safe to send again once their first outcome is settled as "not applied": a second
-# flatten or cancel of something already flat is a no-op. A close is not (it would close a second slice).
+# flatten, close-all or cancel of something already flat is a no-op. A partial close is not (it would
+# close a second slice).
 IDEMPOTENT = frozenset({"flatten", "cancel_orders"})
+# A fill this long before riskd's own send time still counts as evidence (the bridge's clock may lag riskd's).
+EXECUTION_SKEW = timedelta(seconds=1)
+# The executions endpoint keeps at most this much history.
+EXECUTIONS_LOOKBACK_MAX_S = 900
 # A rejected firing (a 4xx that is not a rate limit or a disconnected bridge) is tried again after
 # this back-off, doubling per attempt up to the cap, so a refused order does not become a request per tick.
 REJECTED_BACKOFF = timedelta(seconds=2)
@@ -41,6 +50,8 @@ REJECTED_BACKOFF_CAP = timedelta(seconds=60)
 
 class Sender(Protocol):
     def execute(self, order: Order, on_send: Callable[[], None] | None = None) -> Reply: ...
+
+    def get_executions(self, account: str, lookback_s: int) -> Reply: ...
 
 
 class DrySender:
@@ -52,6 +63,9 @@ class DrySender:
         except ValueError as exc:
             return Reply("POST", order.kind, order.body(), None, 0.0, crosstrade.REFUSED, error=f"refused: {exc}")
         return Reply(method, path, body, None, 0.0, OK, response={"success": True, "dry_run": True})
+
+    def get_executions(self, account: str, lookback_s: int) -> Reply:
+        return Reply("GET", f"accounts/{account}/executions", None, None, 0.0, OK, response={"executions": []})
 
 
 def _utc_now() -> datetime:
@@ -71,8 +85,38 @@ def _overlaps(a: set[tuple[str, str | None]], b: set[tuple[str, str | None]]) ->
     return False
 
 
+def repeatable(order: Order) -> bool:
+    """Is sending `order` a second time harmless? (flatten, cancel, a close of the whole position)"""
+    return order.kind in IDEMPOTENT or (order.kind == "close" and order.quantity is None and (order.percent is None or order.percent >= 1))
+
+
 def is_idempotent(decision: Decision) -> bool:
-    return all(o.kind in IDEMPOTENT for o in decision.orders)
+    return all(repeatable(o) for o in decision.orders)
+
+
+def fills_since(executions: Any, account: str, closing: dict[str, str], whole_account: bool, since: datetime) -> list[dict[str, Any]] | None:
+    """Given an executions answer, the fills of `account` at or after `since` (less EXECUTION_SKEW)
+    that reduce a position: `closing` maps INSTRUMENT to the fill direction that reduces it ("Short"
+    for a long position); `whole_account`: any instrument. A fill the other way (the trader adding)
+    is not evidence. None when the answer is not the documented shape (no evidence)."""
+    rows = executions.get("executions") if isinstance(executions, dict) else executions
+    if not isinstance(rows, list):
+        return None
+    floor_ms = (since - EXECUTION_SKEW).timestamp() * 1000
+    found = []
+    for row in rows:
+        if not isinstance(row, dict):
+            return None
+        epoch, name, inst = row.get("epoch"), row.get("account"), row.get("instrument")
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not isinstance(name, str) or not isinstance(inst, str):
+            return None
+        if name.lower() != account.lower() or epoch < floor_ms or (inst.upper() not in closing and not whole_account):
+            continue
+        direction = row.get("marketPosition")
+        reduces = closing.get(inst.upper())
+        if reduces is None or not isinstance(direction, str) or direction.lower() == reduces.lower():
+            found.append(row)  # an unreadable direction counts: sending a close twice is the worse mistake
+    return found
 
 
 def settled_as_applied(intent_decision: Decision, seen: dict[str, int], now_seen: dict[str, int]) -> bool:
@@ -91,21 +135,26 @@ def settled_as_applied(intent_decision: Decision, seen: dict[str, int], now_seen
 class Executor:
     """Given a live sender, act on decisions: intent first, then the calls, then the outcome.
 
-    `settle`: how long after riskd gave up waiting for an answer the request may still be applied
-    (the relay's worst case; riskd uses the client timeout). `clock`: the time of sends and outcomes.
+    `resend_after`: how long after riskd gave up on an answer an order that is harmless to repeat
+    (flatten, close-all) is settled against the position alone (riskd uses the client timeout).
+    `settle_window`: how long after a partial close was sent it may still land (the relay's worst
+    case; the `settle_window` setting). `clock`: the time of sends and outcomes.
     """
 
     def __init__(self, live: crosstrade.CrossTradeClient | Sender, audit: AuditTrail, store: Store, dry_run: bool = False, *,
-                 settle: timedelta = timedelta(seconds=5), clock: Callable[[], datetime] = _utc_now):
+                 resend_after: timedelta = timedelta(seconds=5), settle_window: timedelta = timedelta(seconds=30),
+                 clock: Callable[[], datetime] = _utc_now):
         self.live = live
         self.dry = DrySender()
         self.audit = audit
         self.store = store
         self.dry_run = dry_run
-        self.settle = settle
+        self.resend_after = resend_after
+        self.settle_window = max(settle_window, resend_after)
         self.clock = clock
         self._in_doubt: list[Intent] = []
         self._retry_at: dict[str, tuple[datetime, int]] = {}  # key -> (not before, rejected attempts)
+        self._no_evidence: set[str] = set()  # intents whose executions could not be read (audited once)
         # why the last action did not get through (408, 429, 5xx, timeout, refused, no budget): the
         # ticker then sends no other action on that tick, so a sick API gets one probe per tick
         self.unavailable: str | None = None
@@ -142,8 +191,11 @@ class Executor:
         last: Reply | None = None
         sender = self.sender_for(decision)
 
+        sent: list[datetime] = []
+
         def on_send() -> None:
-            self.store.mark_sent(decision.key, self.clock())
+            sent.append(self.clock())
+            self.store.mark_sent(decision.key, sent[-1])
 
         for order in decision.orders:
             try:
@@ -178,67 +230,119 @@ class Executor:
             break
         finished = self.clock()
         outcome = last.outcome if last is not None else None
+        if status == "failed" and sent and last is not None and self._may_have_landed(decision, last):
+            status = "refused"  # the bridge saw it and said no: verify against the evidence before sending again
         self.unavailable = None
-        if last is not None and (status == "unknown" or (status == "failed" and last.transient)):
+        if last is not None and status != "done" and (last.outcome == UNKNOWN or last.transient):
             self.unavailable = f"{last.status or last.outcome}: {last.error}"
+        if last is not None and status in ("failed", "refused") and not last.transient:
+            _, attempts = self._retry_at.get(decision.key, (now, 0))
+            delay = min(REJECTED_BACKOFF * 2 ** attempts, REJECTED_BACKOFF_CAP)
+            self._retry_at[decision.key] = (now + delay, attempts + 1)
         if status == "done":
             self._retry_at.pop(decision.key, None)
             state = acknowledge(state, decision, now)
             self.store.finish(decision.key, "done", finished, state, outcome=outcome)
-        elif status == "unknown":
-            self.store.finish(decision.key, "unknown", finished, settle_at=finished + self.settle, outcome=outcome)
-            intent = Intent(decision.key, decision, seen, "unknown", now, finished, finished + self.settle, outcome)
-            self._in_doubt.append(intent)
+        elif status in ("unknown", "refused"):
+            settle_at = finished if status == "refused" else self._settle_at(decision, sent[-1] if sent else finished, finished)
+            self.store.finish(decision.key, "unknown", finished, settle_at=settle_at, outcome=outcome)
+            self._in_doubt.append(Intent(decision.key, decision, seen, "unknown", now, sent[-1] if sent else None, settle_at, outcome))
             state = replace(state, inflight=state.inflight | {decision.key, *decision.covers})
         else:
-            if last is not None and not last.transient:
-                _, attempts = self._retry_at.get(decision.key, (now, 0))
-                delay = min(REJECTED_BACKOFF * 2 ** attempts, REJECTED_BACKOFF_CAP)
-                self._retry_at[decision.key] = (now + delay, attempts + 1)
             self.store.finish(decision.key, "failed", finished, outcome=outcome)
         return state
+
+    def _may_have_landed(self, decision: Decision, reply: Reply) -> bool:
+        """A refused partial close that reached the bridge may have been applied all the same: a 408
+        (NinjaTrader disconnected) or a 2xx `success: false` come from the relay, which may have passed
+        it on. A 429 or another 4xx is CrossTrade's own refusal, before anything was relayed."""
+        return (not is_idempotent(decision) and reply.outcome == crosstrade.REJECTED
+                and (reply.status == 408 or reply.status is not None and 200 <= reply.status < 300))
+
+    def _settle_at(self, decision: Decision, sent: datetime, finished: datetime) -> datetime:
+        """From when an unchanged position (and no fill) means "not applied"."""
+        if is_idempotent(decision):
+            return finished + self.resend_after  # sending it again is harmless
+        return sent + self.settle_window
 
     # -- settling unknown outcomes -------------------------------------------------------------
 
     def resolve(self, snapshot: Snapshot, state: State, now: datetime) -> State:
-        """Settle every intent whose outcome is unknown (timeout, crash) against a fresh snapshot.
+        """Settle every intent whose outcome is unknown (timeout, crash, a refusal that may have
+        landed) against the evidence: a later snapshot, then the account's executions.
 
         A changed position means the firing happened (done, acknowledged). An unchanged one means
-        it did not, once the request can no longer land (`settle_at`); the firing may then act
-        again. Until then it stays in doubt: its key and the keys it covers go to `inflight`."""
+        it did not once the request can no longer land (`settle_at`) and, for an order that must not
+        be repeated, the executions since it was sent show no fill of what it touched; the firing
+        may then act again. Until then it stays in doubt: its key and the keys it covers go to `inflight`."""
         in_doubt: list[Intent] = []
+        executions: dict[str, Reply] = {}  # one read per account per tick
         for intent in self.store.open_intents():
             account = snapshot.account(intent.decision.account)
             if account is None:
                 in_doubt.append(intent)
                 continue
             now_seen = fingerprint(intent.decision, positions_by_instrument(account))
-            settle_at = self._settle_at(intent)
+            settle_at = intent.settle_at if intent.settle_at is not None else self._settle_after_crash(intent)
+            evidence: dict[str, Any] = {}
             if settled_as_applied(intent.decision, intent.seen, now_seen):
+                verdict = "done: the position changed since the request was sent"
+            elif now < settle_at:
+                in_doubt.append(intent)
+                continue
+            elif intent.sent is None or is_idempotent(intent.decision):
+                verdict = "not applied: the position is unchanged; the rule may act again"
+            else:
+                fills = self._fills(intent, account, executions, now)
+                if fills is None:
+                    in_doubt.append(intent)
+                    continue
+                evidence = {"fills": fills}
+                verdict = ("done: the executions show a fill since the request was sent" if fills else
+                           "not applied: the position is unchanged and no fill since the request was sent; the rule may act again")
+            self._no_evidence.discard(intent.key)
+            if verdict.startswith("done"):
                 state = acknowledge(state, intent.decision, now)
                 self.store.finish(intent.key, "done", now, state)
                 self._retry_at.pop(intent.key, None)
-                verdict = "done: the position changed since the request was sent"
-            elif now >= settle_at:
-                self.store.finish(intent.key, "failed", now)
-                verdict = "not applied: the position is unchanged; the rule may act again"
             else:
-                in_doubt.append(intent)
-                continue
+                self.store.finish(intent.key, "failed", now)
             self.audit.emit("action_resolved", rule=intent.decision.rule, key=intent.key, account=intent.decision.account,
                             seen_before=intent.seen, seen_now=now_seen, previous_status=intent.status,
-                            previous_outcome=intent.outcome, verdict=verdict)
+                            previous_outcome=intent.outcome, verdict=verdict, **evidence)
         self._in_doubt = in_doubt
         self._retry_at = {k: v for k, v in self._retry_at.items() if now - v[0] < REJECTED_BACKOFF_CAP}  # targets long gone
         inflight = frozenset(k for intent in in_doubt for k in (intent.key, *intent.decision.covers))
         return replace(state, inflight=inflight)
 
-    def _settle_at(self, intent: Intent) -> datetime:
-        if intent.settle_at is not None:
-            return intent.settle_at
+    def _fills(self, intent: Intent, seen: Account, cache: dict[str, Reply], now: datetime) -> list[dict[str, Any]] | None:
+        """The fills since `intent` was sent, from the account's executions; None when they cannot be read."""
+        assert intent.sent is not None
+        account = intent.decision.account
+        reply = cache.get(account.lower())
+        if reply is None:
+            lookback = min(EXECUTIONS_LOOKBACK_MAX_S, max(60, int((now - intent.sent + EXECUTION_SKEW).total_seconds()) + 30))
+            try:
+                reply = self.sender_for(intent.decision).get_executions(account, lookback)
+            except Exception as exc:  # evidence that cannot be read is no evidence: stay in doubt
+                reply = Reply("GET", f"accounts/{account}/executions", None, None, 0.0, UNKNOWN, error=f"{exc.__class__.__name__}: {exc}")
+            cache[account.lower()] = reply
+        whole = any(o.instrument is None for o in intent.decision.orders)
+        touched = {o.instrument.upper() for o in intent.decision.orders if o.instrument}
+        closing = {p.instrument.upper(): "Short" if p.side.lower() == "long" else "Long"
+                   for p in seen.positions if whole or p.instrument.upper() in touched}
+        fills = fills_since(reply.response, account, closing, whole, intent.sent) if reply.outcome == OK else None
+        if fills is None and intent.key not in self._no_evidence:
+            self._no_evidence.add(intent.key)
+            self.audit.emit("deferred", rule=intent.decision.rule, key=intent.key, account=account, instrument=intent.decision.instrument,
+                            action=intent.decision.action, reason=f"in doubt: the executions cannot be read ({reply.status or reply.outcome}: "
+                            f"{reply.error or 'not the documented shape'}); not sent again until they can")
+        return fills
+
+    def _settle_after_crash(self, intent: Intent) -> datetime:
         if intent.sent is None:
             return intent.created  # crashed before any request left: nothing can land
-        return intent.sent + self.settle + self.settle  # crashed waiting: the answer was due by sent + timeout
+        return self._settle_at(intent.decision, intent.sent, intent.sent + self.resend_after)
 
     @property
     def in_doubt(self) -> list[Intent]:

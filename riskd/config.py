@@ -89,6 +89,9 @@ class ConfigSpec(Spec):
     audit_fsync: Literal["actions", "all", "none"] = Field("actions", description="fsync after: decisions, API calls and lifecycle lines (actions), every line (all), none")
     state_dir: str = "state/"
     misfire_grace: Duration = timedelta(seconds=60)
+    settle_window: Duration = Field(timedelta(seconds=30), description=(
+        "how long after a partial close was sent it may still be applied (a relay holding it): until then, and until the "
+        "account's executions show no fill, an unanswered or refused partial close is not sent again"))
     stale_after: Duration = timedelta(seconds=10)
     dry_run: bool = False
     notify: list[NotifyTargetSpec] = []
@@ -150,6 +153,7 @@ class Settings:
     misfire_grace: timedelta
     stale_after: timedelta
     dry_run: bool
+    settle_window: timedelta = timedelta(seconds=30)
     scenario: Path | None = None
     audit_fsync: str = "actions"
     notify: tuple[NotifyTarget, ...] = ()
@@ -207,6 +211,7 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         audit_log=spec.audit_log if spec.audit_log == "-" else str((root / spec.audit_log).resolve()),
         state_dir=(root / spec.state_dir).resolve(),
         misfire_grace=spec.misfire_grace,
+        settle_window=spec.settle_window,
         stale_after=spec.stale_after,
         dry_run=spec.dry_run,
         scenario=(root / ct.scenario).resolve() if ct.scenario else None,

@@ -320,6 +320,11 @@ class CrossTradeClient:
         """One GET /accounts/snapshot (a poll: it never spends the headroom kept for actions)."""
         return self._send("GET", "accounts/snapshot", None, action=False)
 
+    def get_executions(self, account: str, lookback_s: int) -> Reply:
+        """One GET /accounts/{account}/executions?lookbackTime=N: the evidence for an outcome in doubt
+        (a read: it never spends the headroom kept for actions)."""
+        return self._send("GET", f"accounts/{quote(account, safe='')}/executions?lookbackTime={int(lookback_s)}", None, action=False)
+
     # -- writes --------------------------------------------------------------------------------
 
     def execute(self, order: Order, on_send: Callable[[], None] | None = None) -> Reply:

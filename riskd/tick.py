@@ -236,5 +236,6 @@ def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: Audit
     client = CrossTradeClient(settings.base_url, token, timeout=settings.timeout,
                               bucket=TokenBucket(settings.rate_per_second, settings.rate_burst, clock=monotonic, sleep=sleep),
                               transport=transport)
-    executor = Executor(client, audit, store, dry_run=dry_run, settle=timedelta(seconds=settings.timeout), clock=clock)
+    executor = Executor(client, audit, store, dry_run=dry_run, resend_after=timedelta(seconds=settings.timeout),
+                        settle_window=settings.settle_window, clock=clock)
     return Ticker(settings, rules, client, executor, store, audit, clock=clock, monotonic=monotonic)

@@ -6,6 +6,8 @@ jumps between ticks while network waits pass in real time.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from riskd.actions import settled_as_applied
@@ -78,14 +80,18 @@ def test_act_answer_later_than_the_timeout_is_not_resent_before_it_could_have_la
     Fault("reset", match="POST */positions/close", count=1),
 ])
 def test_act_unknown_outcome_not_applied_is_retried_once_it_cannot_land(rig_factory, fault):
-    rig = rig_factory(_losing(), HALF)
+    rig = rig_factory(_losing(), HALF, settle_window=timedelta(seconds=3))
     rig.sim.inject(fault)
     rig.tick_at(0)
     assert rig.events("action")[0]["outcome"] == "unknown"
     rig.settle_server()
-    rig.tick_at(1)  # unchanged and past settle: not applied, so the rule acts again
-    assert rig.events("action_resolved")[0]["verdict"].startswith("not applied")
-    for t in range(2, 5):
+    for t in (1, 2, 3):  # unchanged, but within the settle window (3 s after it was sent): it may still land
+        rig.tick_at(t)
+    assert rig.events("action_resolved") == [] and len(rig.posts("/positions/close")) == 1
+    rig.tick_at(4)  # past the window, unchanged, and no fill in the executions: not applied, so the rule acts again
+    resolved = rig.events("action_resolved")[0]
+    assert resolved["verdict"].startswith("not applied") and resolved["fills"] == []
+    for t in range(5, 8):
         rig.tick_at(t)
     assert len(rig.posts("/positions/close", applied=True)) == 1
     assert rig.quantities() == {("Sim101", "MES 12-26"): 2}
@@ -121,6 +127,64 @@ def test_act_partial_close_waits_while_another_close_on_its_position_is_in_doubt
     bodies = [c.body for c in rig.posts("/positions/close", applied=True)]
     assert bodies == [{"instrument": "MES 12-26", "percent": 0.5}, {"instrument": "MES 12-26", "quantity": 1}]
     assert rig.quantities() == {("Sim101", "MES 12-26"): 1}
+
+
+def test_act_close_applied_long_after_the_timeout_is_still_one_close(rig_factory):
+    """The relay holds the close past riskd's 0.3 s timeout and applies it 12 s after it arrived:
+    riskd must not send it again while it may still land (settle_window 20 s)."""
+    rig = rig_factory(_losing(), HALF, timeout=0.3, settle_window=timedelta(seconds=20))
+    rig.sim.inject(Fault("late_apply", match="POST */positions/close", ms=400, apply_ms=12000, count=1))
+    rig.tick_at(0)
+    assert rig.events("action")[0]["outcome"] == "unknown"
+    settled_at = None
+    for t in range(1, 30):
+        rig.tick_at(t)
+        if settled_at is None and rig.events("action_resolved"):
+            settled_at = t
+    assert len(rig.posts("/positions/close")) == 1
+    assert rig.quantities() == {("Sim101", "MES 12-26"): 2}
+    (resolved,) = rig.events("action_resolved")
+    assert resolved["verdict"].startswith("done: the position changed") and settled_at in (12, 13)
+
+
+@pytest.mark.parametrize("status, body", [(408, None), (200, {"success": False})])
+def test_act_close_refused_but_applied_is_not_sent_again(rig_factory, status, body):
+    rig = rig_factory(_losing(), HALF)
+    rig.sim.inject(Fault("applied_refused", match="POST */positions/close", status=status, body=body, count=1))
+    for t in range(6):
+        rig.tick_at(t)
+    assert len(rig.posts("/positions/close")) == 1
+    assert rig.quantities() == {("Sim101", "MES 12-26"): 2}
+    assert rig.events("action_resolved")[0]["verdict"].startswith("done: the position changed")
+
+
+def test_act_close_applied_then_reopened_is_found_in_the_executions(rig_factory):
+    """The close timed out, was applied, and the trader bought the lots back before riskd looked:
+    the position shows the old size, but the executions show the fill, so it is not sent again."""
+    rig = rig_factory(_losing(), HALF, settle_window=timedelta(seconds=2))
+    rig.sim.inject(Fault("lost_response", match="POST */positions/close", count=1))
+    rig.tick_at(0)
+    rig.sim.open_position("Sim101", "MES 12-26", "long", 2, price=5990.0)  # back to 4 lots
+    for t in range(1, 6):
+        rig.tick_at(t)
+    assert len(rig.posts("/positions/close")) == 1
+    resolved = rig.events("action_resolved")[0]
+    assert resolved["verdict"].startswith("done: the executions show a fill") and resolved["fills"]
+
+
+def test_act_in_doubt_close_waits_while_the_executions_cannot_be_read(rig_factory):
+    rig = rig_factory(_losing(), HALF, settle_window=timedelta(seconds=1))
+    rig.sim.inject(Fault("timeout", match="POST */positions/close", ms=400, count=1))
+    rig.sim.inject(Fault("status", match="GET */executions", status=500, count=3))
+    rig.tick_at(0)
+    rig.settle_server()
+    for t in range(1, 7):  # in the window at 1; the executions fail at 2, 3, 4: no evidence, no resend
+        rig.tick_at(t)
+        if t < 5:
+            assert len(rig.posts("/positions/close")) == 1
+    assert len([d for d in rig.events("deferred") if "executions cannot be read" in d["reason"]]) == 1  # said once
+    assert rig.events("action_resolved")[0]["verdict"].startswith("not applied")
+    assert len(rig.posts("/positions/close", applied=True)) == 1 and rig.quantities() == {("Sim101", "MES 12-26"): 2}
 
 
 # -- refusals and retries ------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from harness import Rig, SimClock
 SCHEDULES = int(__import__("os").environ.get("CHAOS_SCHEDULES", 200))
 WORKERS = 4
 END = 20  # simulated seconds per schedule
+SETTLE = 1.0  # settle_window: the late answers here land within 120 ms
 RATE, BURST = 3.0, 20  # CrossTrade's bucket, riskd's default
 START = datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc)  # Tuesday 10:00 New York
 NY = ZoneInfo("America/New_York")
@@ -139,14 +140,15 @@ def make_schedule(seed: int) -> Schedule:
 
 
 def deadline(trigger: float, windows: list[tuple[float, float, str]]) -> float:
-    """Two ticks (+0.5 s) after the trigger, pushed past every fault window it runs into."""
+    """Two ticks (+0.5 s) after the trigger, pushed past every fault window it runs into (and the
+    settle window of a partial close whose outcome the fault left in doubt)."""
     due = trigger + 2.5
     changed = True
     while changed:
         changed = False
         for start, end, _ in windows:
-            if start < due and end > trigger - 0.2 and end + 2.5 > due:
-                due = end + 2.5
+            if start < due and end > trigger - 0.2 and end + 2.5 + SETTLE > due:
+                due = end + 2.5 + SETTLE
                 changed = True
     return due
 
@@ -185,7 +187,7 @@ def rules_for(s: Schedule) -> list[dict[str, Any]]:
 def run_schedule(s: Schedule, base: Path, token: str) -> dict[str, Any]:
     transport = CountingTransport()
     rig = Rig(base / f"s{s.seed}", token, scenario_for(s), rules_for(s), start=START, clock=SimClock(START), fsync=False,
-              transport=transport, timeout=0.05, poll_interval=1.0, stale_after=timedelta(seconds=5),
+              transport=transport, timeout=0.05, settle_window=timedelta(seconds=SETTLE), poll_interval=1.0, stale_after=timedelta(seconds=5),
               rate_per_second=RATE, rate_burst=BURST)
     try:
         rig.ticker.client.token_wait = 3.0  # an action may wait 3 simulated seconds for a rate token

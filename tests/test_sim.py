@@ -363,6 +363,70 @@ def test_open_position_controls(make):
     assert (pos["marketPosition"], pos["quantity"], pos["averagePrice"]) == ("Short", 2, 6020.0)
 
 
+EXECUTION_KEYS = {
+    "id", "type", "time", "epoch", "name", "orderId", "account", "serverName", "instrument", "instrumentType",
+    "position", "marketPosition", "positionStrategy", "price", "quantity",
+}
+
+
+def test_executions_record_every_fill(make):
+    env = make({**BASIC, "commission_per_contract": 0.0})
+    wall0 = int(time.time() * 1000)
+    assert env.get("/accounts/Sim101/executions").json() == {"executions": []}  # scenario positions are no fills
+    env.sim.open_position("Sim101", "MES 12-26", side="long", quantity=2, price=5995.0)  # adds: Entry
+    env.post("/accounts/Sim101/positions/close", {"instrument": "MES 12-26", "quantity": 1})  # Exit 1 @ 5990
+    env.sim.open_position("Sim101", "NQ 12-26", side="short", quantity=1, price=21010.0)  # opens: Entry
+    env.sim.open_position("Sim101", "NQ 12-26", side="long", quantity=3, price=21000.0)  # flips: Exit + Entry
+    env.post("/accounts/Sim101/positions/flatten", {})  # Exit MES 5, Exit ES 3, Exit NQ 2
+    wall1 = int(time.time() * 1000)
+    r = env.get("/accounts/Sim101/executions")
+    assert r.status_code == 200 and set(r.json()) == {"executions"}
+    ex = r.json()["executions"]
+    assert all(set(e) == EXECUTION_KEYS for e in ex)
+    assert [(e["name"], e["instrument"], e["marketPosition"], e["quantity"], e["position"], e["price"]) for e in ex] == [
+        ("Entry", "MES 12-26", "Long", 2, 6, 5995.0),
+        ("Exit", "MES 12-26", "Short", 1, 5, 5990.0),
+        ("Entry", "NQ 12-26", "Short", 1, 1, 21010.0),
+        ("Exit", "NQ 12-26", "Long", 1, 0, 21000.0),
+        ("Entry", "NQ 12-26", "Long", 2, 2, 21000.0),
+        ("Exit", "MES 12-26", "Short", 5, 0, 5990.0),
+        ("Exit", "ES 12-26", "Long", 3, 0, 6000.0),
+        ("Exit", "NQ 12-26", "Short", 2, 0, 21010.0),
+    ]
+    assert ex[3]["orderId"] == ex[4]["orderId"]  # one order flipped the position
+    assert len({e["id"] for e in ex}) == len(ex) and all(int(e["id"], 16) >= 0 for e in ex)
+    for e in ex:
+        assert e["type"] == "NinjaTrader.Cbi.Execution" and e["account"] == "Sim101"
+        assert e["instrumentType"] == "Future" and e["positionStrategy"] == 0 and isinstance(e["serverName"], str)
+        assert isinstance(e["epoch"], int) and wall0 <= e["epoch"] <= wall1  # the snapshot's (wall) time base
+        assert "+" not in e["time"] and not e["time"].endswith("Z") and len(e["time"].split(".")[1]) == 7
+        local = datetime.fromisoformat(e["time"][:26])  # naive local time, same moment as epoch
+        assert abs(local.timestamp() * 1000 - e["epoch"]) < 2
+    assert env.get("/accounts/snapshot").json()["epoch"] >= ex[-1]["epoch"]
+    assert env.get("/accounts/Sim102/executions").json() == {"executions": []}
+    assert len(env.sim.executions()) == len(ex)
+
+
+def test_executions_lookback_on_the_sim_clock(make):
+    clock = FakeClock()
+    env = make(BASIC, clock)
+    env.post("/accounts/Sim101/positions/close", {"instrument": "MES 12-26"})
+    clock.advance(400)
+    env.post("/accounts/Sim101/positions/close", {"instrument": "ES 12-26"})
+    names = lambda q="": [e["instrument"] for e in env.get("/accounts/Sim101/executions" + q).json()["executions"]]
+    assert names() == ["ES 12-26"]  # default 320 s
+    assert names("?lookbackTime=900") == ["MES 12-26", "ES 12-26"]
+    assert names("?lookbackTime=399") == ["ES 12-26"]
+    for bad in ("901", "0", "-5", "abc", "1.5", ""):
+        r = env.get("/accounts/Sim101/executions", params={"lookbackTime": bad})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_argument" and "900" in r.json()["detail"]
+    assert env.get("/accounts/Nope/executions").status_code == 404
+    assert env.post("/accounts/Sim101/executions").status_code == 405
+    clock.advance(600)  # the MES fill is now older than the max lookback: forgotten
+    env.sim.open_position("Sim101", "NQ 12-26", side="short", quantity=1)
+    assert [e["instrument"] for e in env.sim.executions("Sim101")] == ["ES 12-26", "NQ 12-26"]
+
+
 # ------------------------------------------------------------------ auth, rate limit, errors
 
 

@@ -9,10 +9,11 @@ Usage::
         httpx.get(server.base_url + "/accounts/snapshot", headers={"Authorization": f"Bearer {token}"})
 
 Test/demo controls on :class:`Simulator` (all thread-safe): ``set_price``, ``open_position``,
-``add_order``, ``add_account``, ``positions``, ``orders``, ``account_pnl``, ``price``, ``now``,
-``inject(Fault(...))``, ``clear_faults``, ``set_rate_limit``, ``requests`` / ``request_log()``
-(every request received, 401/429/faulted ones included), ``clear_requests``, ``handle``
-(one request without sockets).
+``add_order``, ``add_account``, ``positions``, ``orders``, ``executions``, ``account_pnl``,
+``price``, ``now``, ``inject(Fault(...))``, ``clear_faults``, ``set_rate_limit``, ``requests`` /
+``request_log()`` (every request received, 401/429/faulted ones included), ``clear_requests``,
+``handle`` (one request without sockets), ``in_progress``, ``run_due`` / ``next_due``
+(``late_apply`` requests still to be applied).
 
 Modules: :mod:`.scenario` (YAML keys, documented there and in ``scenarios/README.md``),
 :mod:`.faults` (fault kinds), :mod:`.core` (state machine), :mod:`.server` (HTTP),

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import heapq
 import hmac
+import itertools
 import json
 import math
 import random
@@ -21,12 +23,13 @@ import re
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .faults import Fault, default_fault_body
+from .faults import SNAPSHOT_ROUTE, Fault, default_fault_body
 from .scenario import (
     ORDER_ACTIONS,
     ORDER_TYPES,
@@ -69,6 +72,7 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/accounts/{a}/orders/cancel"),
     ("GET", "/accounts/{a}/orders"),
     ("GET", "/accounts/{a}/watermarks"),
+    ("GET", "/accounts/{a}/executions"),
     ("GET", "/positions"),
     ("POST", "/positions/flatten"),
 )
@@ -83,7 +87,9 @@ class RequestRecord:
     JSON object, or None when the body was empty or not a JSON object; ``status`` is the HTTP
     status the simulator produced (0 while still in progress and for ``reset``/``timeout``
     faults, where nothing is sent; for ``lost_response`` the status of the response that was
-    computed and then dropped); ``fault`` is the kind of the injected fault, if any.
+    computed and then dropped, for ``late_apply`` that of the late application, 0 until it
+    happens; for ``applied_refused`` the status sent, not the one computed); ``fault`` is the
+    kind of the injected fault, if any.
     """
 
     t: float
@@ -97,12 +103,14 @@ class RequestRecord:
 
 @dataclass
 class SimResponse:
-    """What the server should do: ``action`` is "respond", "close" (FIN, no response) or "reset" (RST)."""
+    """What the server should do: ``action`` is "respond", "close" (FIN, no response) or "reset" (RST).
+    ``pace`` (``trickle`` fault): send the body ``pace[0]`` bytes at a time, ``pace[1]`` seconds apart."""
 
     status: int
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
     action: str = "respond"
+    pace: tuple[int, float] | None = None
 
 
 @dataclass
@@ -118,7 +126,10 @@ class Ticket:
     record: RequestRecord
     fault: Fault | None = None
     response: SimResponse | None = None  # set when rejected at admission (401 / 429)
-    delay: float = 0.0  # seconds the server waits before complete() (latency / timeout faults)
+    delay: float = 0.0  # seconds the server waits before complete() (latency / timeout / late_apply faults)
+    apply_at: float | None = None  # late_apply: sim time the request gets applied
+    token: str = field(default="", repr=False)  # the bearer token presented (echo_token); never logged
+    completed: bool = False
 
 
 class _ApiError(Exception):
@@ -166,6 +177,12 @@ class _Account:
     orders: dict[str, _Order] = field(default_factory=dict)
     flat_instruments: list[str] = field(default_factory=list)  # closed this session (includeFlat)
     marks: dict[str, float] = field(default_factory=dict)
+    executions: list[tuple[float, dict]] = field(default_factory=list)  # (sim time of the fill, Execution)
+
+
+LOOKBACK_DEFAULT = 320  # GET /accounts/{a}/executions?lookbackTime=N: seconds, default 320, max 900
+LOOKBACK_MAX = 900
+SERVER_NAME = "riskd-sim"
 
 
 WALK_KEPT = 1024  # random-walk steps kept per instrument (older ones are never asked for)
@@ -221,6 +238,17 @@ class _Prices:
         return base
 
 
+def _wall_now() -> datetime:
+    """The wall clock every timestamp the API reports is on (snapshot ``timestamp``/``epoch``,
+    Execution ``time``/``epoch``): the machine's local time, not the sim clock."""
+    return datetime.now().astimezone()
+
+
+def _nt_time(moment: datetime) -> str:
+    """NT8's local time string without offset, 7 fractional digits: ``2025-09-26T18:09:38.3736787``."""
+    return moment.replace(tzinfo=None).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}0"
+
+
 def _side(qty: int) -> str:
     return "Long" if qty > 0 else "Short" if qty < 0 else "Flat"
 
@@ -231,16 +259,22 @@ class Simulator:
     ``scenario``: a mapping as returned by :func:`riskd.sim.load_scenario` (or any raw scenario
     mapping, validated here; None = empty). ``token``: the bearer token every request must
     carry. ``clock``: returns seconds (monotonic); sim time is ``clock() - clock()@creation``.
+    ``wall``: the bridge's wall clock (aware datetimes) that snapshot and execution times are on
+    (default: the machine's local time); a test gives the clock riskd runs on.
     """
 
     def __init__(self, scenario: Mapping[str, Any] | None = None, token: str | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], datetime] = _wall_now):
         if not isinstance(token, str) or not token:
             raise ValueError("Simulator needs a non-empty bearer token (token=...)")
         sc = validate_scenario(scenario if scenario is not None else {}, source="scenario")
         self._lock = threading.RLock()
+        self._pending: list[tuple[float, int, Ticket]] = []  # late_apply: heap of (due sim time, seq, ticket)
+        self._pending_seq = itertools.count()
+        self._as_of: float | None = None  # sim time a late application is computed at
         self._token = token.encode()
         self._clock = clock
+        self._wall = wall
         self._t0 = clock()
         self._commission = sc["commission_per_contract"]
         self._point_values = dict(sc["point_values"])
@@ -266,7 +300,7 @@ class Simulator:
                 self._add_order(a, o["instrument"], o["action"], o["type"], o["quantity"], o["limit"], o["stop"])
         for f in sc["faults"]:
             self.inject(f)
-        with self._lock:
+        with self._guard():
             self._observe_all()
 
     # ------------------------------------------------------------------ clock & prices
@@ -275,11 +309,49 @@ class Simulator:
         """Sim time: seconds since this Simulator was created (per its clock)."""
         return self._clock() - self._t0
 
+    def _t(self) -> float:
+        """Sim time the state is being computed at: now, or a late application's due time."""
+        return self.now() if self._as_of is None else self._as_of
+
+    @contextmanager
+    def _guard(self):
+        """The lock, after applying every ``late_apply`` request that has come due (so nothing
+        reads or changes the state as if the clock had not passed it)."""
+        with self._lock:
+            self._run_due()
+            yield
+
+    def run_due(self) -> int:
+        """Apply the ``late_apply`` requests due by now (sim clock); returns how many. Called by
+        every public method, and by SimServer's timers, so there is rarely a reason to call it."""
+        with self._lock:
+            return self._run_due()
+
+    def _run_due(self) -> int:
+        done = 0
+        if self._as_of is not None:  # already applying (re-entered)
+            return done
+        while self._pending and self._pending[0][0] <= self.now():
+            at, _, ticket = heapq.heappop(self._pending)
+            self._as_of = at
+            try:
+                resp = self._dispatch(ticket)
+            finally:
+                self._as_of = None
+            ticket.record.status = resp.status
+            done += 1
+        return done
+
+    def next_due(self) -> float | None:
+        """Sim time of the next pending ``late_apply`` application (None: none pending)."""
+        with self._lock:
+            return self._pending[0][0] if self._pending else None
+
     def price(self, instrument: str) -> float | None:
         """Current market price of a contract (None if it has none)."""
         inst = canonical_instrument(instrument)
-        with self._lock:
-            return self._prices.price(inst, self.now())
+        with self._guard():
+            return self._prices.price(inst, self._t())
 
     def set_price(self, instrument: str, price: float) -> None:
         """Pin a contract's price from now on (overrides the scripted path and random walk)."""
@@ -287,12 +359,9 @@ class Simulator:
         price = float(price)
         if not math.isfinite(price) or price <= 0:
             raise ValueError(f"price must be > 0, got {price!r}")
-        with self._lock:
+        with self._guard():
             self._prices.pinned[inst] = price
             self._observe_all()
-
-    def point_value(self, instrument: str) -> float:
-        return self._point_values[instrument_root(self._contract(instrument))]
 
     def _contract(self, instrument: str) -> str:
         inst = canonical_instrument(instrument)
@@ -301,7 +370,7 @@ class Simulator:
         return inst
 
     def _px(self, inst: str) -> float:
-        p = self._prices.price(inst, self.now())
+        p = self._prices.price(inst, self._t())
         if p is None:
             raise ValueError(f"no market price for {inst}; call set_price() first")
         return p
@@ -315,7 +384,7 @@ class Simulator:
     def _add_account(self, name: str, cash: float) -> _Account:
         if not isinstance(name, str) or not name.strip() or "/" in name:
             raise ValueError(f"bad account name {name!r}")
-        with self._lock:
+        with self._guard():
             key = name.strip().lower()
             if key in self._accounts:
                 raise ValueError(f"account {name!r} already exists")
@@ -341,19 +410,36 @@ class Simulator:
         if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
             raise ValueError(f"quantity must be an int >= 1, got {quantity!r}")
         inst = self._contract(instrument)
-        with self._lock:
+        with self._guard():
             acc = self._account(account)
             if price is None:
                 price = self._px(inst)
             price = float(price)
             if not self._prices.known(inst):
                 self._prices.initial[inst] = price
-            self._open(acc, inst, quantity if side == "long" else -quantity, price, commission=True)
+            self._open(acc, inst, quantity if side == "long" else -quantity, price, commission=True, fill=True)
             self._observe_all()
             pos = acc.positions.get(inst)
             return None if pos is None else self._position_dict(acc, pos)
 
-    def _open(self, acc: _Account, inst: str, signed_qty: int, price: float, *, commission: bool) -> None:
+    def _open(self, acc: _Account, inst: str, signed_qty: int, price: float, *, commission: bool,
+              fill: bool = False) -> None:
+        """Trade ``signed_qty`` at ``price``. ``fill``: record Executions (scenario start positions
+        are state that already exists, not fills)."""
+        before = acc.positions[inst].qty if inst in acc.positions else 0
+        self._apply_open(acc, inst, signed_qty, price, commission=commission)
+        if fill:
+            after = acc.positions[inst].qty if inst in acc.positions else 0
+            order_id = uuid.uuid4().hex
+            closing = min(abs(before), abs(signed_qty)) if before and (before > 0) != (signed_qty > 0) else 0
+            if closing:  # reduces (and maybe flips): an Exit for the closed part, an Entry for the rest
+                self._record_execution(acc, inst, signed_qty > 0, closing, price, "Exit", order_id,
+                                       abs(before) - closing)
+            if abs(signed_qty) > closing:
+                self._record_execution(acc, inst, signed_qty > 0, abs(signed_qty) - closing, price, "Entry",
+                                       order_id, abs(after))
+
+    def _apply_open(self, acc: _Account, inst: str, signed_qty: int, price: float, *, commission: bool) -> None:
         if not self._prices.known(inst):
             self._prices.initial[inst] = price
         pv = self._point_values[instrument_root(inst)]
@@ -394,7 +480,7 @@ class Simulator:
         order_type = _pick(order_type, ORDER_TYPES, "order_type")
         if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
             raise ValueError(f"quantity must be an int >= 1, got {quantity!r}")
-        with self._lock:
+        with self._guard():
             return self._add_order(self._account(account), inst, action, order_type, quantity,
                                    limit_price, stop_price)
 
@@ -407,21 +493,59 @@ class Simulator:
 
     def positions(self, account: str | None = None) -> list[dict]:
         """Open positions (API shape), of one account or of all."""
-        with self._lock:
+        with self._guard():
             self._observe_all()
             accs = [self._account(account)] if account is not None else list(self._accounts.values())
             return [self._position_dict(a, p) for a in accs for p in self._sorted_positions(a)]
 
     def orders(self, account: str | None = None) -> list[dict]:
         """Working orders (API shape), of one account or of all."""
-        with self._lock:
+        with self._guard():
             accs = [self._account(account)] if account is not None else list(self._accounts.values())
             return [self._order_dict(a, o) for a in accs for o in a.orders.values()]
+
+    def executions(self, account: str | None = None, lookback: float | None = None) -> list[dict]:
+        """Executions (API shape, oldest first) of one account or of all, from the last ``lookback``
+        sim seconds (None: every one still kept, i.e. the last ``LOOKBACK_MAX`` seconds)."""
+        with self._guard():
+            accs = [self._account(account)] if account is not None else list(self._accounts.values())
+            return [e for a in accs for e in self._executions(a, lookback)]
+
+    def _executions(self, acc: _Account, lookback: float | None) -> list[dict]:
+        now = self._t()
+        return [dict(e) for t, e in acc.executions if lookback is None or now - t <= lookback]
+
+    def _record_execution(self, acc: _Account, inst: str, bought: bool, quantity: int, price: float,
+                          name: str, order_id: str, position_after: int) -> None:
+        """One fill. ``marketPosition`` is the side of the fill (Long = bought, Short = sold, as NT8
+        reports it), ``position`` the account's size in the contract after it (unsigned), and
+        ``positionStrategy`` 0 (no NinjaScript strategy owns simulator positions)."""
+        t = self._t()
+        moment = self._wall() - timedelta(seconds=max(0.0, self.now() - t))  # a late application: when due
+        acc.executions.append((t, {
+            "id": uuid.uuid4().hex,
+            "type": "NinjaTrader.Cbi.Execution",
+            "time": _nt_time(moment),
+            "epoch": int(moment.timestamp() * 1000),
+            "name": name,
+            "orderId": order_id,
+            "account": acc.name,
+            "serverName": SERVER_NAME,
+            "instrument": inst,
+            "instrumentType": "Future",
+            "position": int(position_after),
+            "marketPosition": "Long" if bought else "Short",
+            "positionStrategy": 0,
+            "price": float(price),
+            "quantity": int(quantity),
+        }))
+        while acc.executions and t - acc.executions[0][0] > LOOKBACK_MAX:  # never asked for again
+            del acc.executions[0]
 
     def account_pnl(self, account: str) -> dict[str, float]:
         """``realized`` (gross), ``unrealized``, ``total`` (= realized + unrealized, gross),
         ``commission``, ``net`` (= total - commission), ``netLiquidation``."""
-        with self._lock:
+        with self._guard():
             acc = self._account(account)
             self._observe(acc)
             unreal = self._unrealized(acc)
@@ -436,29 +560,29 @@ class Simulator:
             }
 
     def accounts(self) -> list[str]:
-        with self._lock:
+        with self._guard():
             return [a.name for a in self._accounts.values()]
 
     def inject(self, fault: Fault | Mapping[str, Any]) -> Fault:
         """Add a fault rule (a Fault or a mapping of its fields); returns the Fault."""
         if not isinstance(fault, Fault):
             fault = Fault.from_dict(fault)
-        with self._lock:
+        with self._guard():
             self._faults.append([fault, fault.count])
         return fault
 
     def clear_faults(self) -> None:
-        with self._lock:
+        with self._guard():
             self._faults.clear()
 
     def faults(self) -> list[Fault]:
         """Active (not used-up) fault rules."""
-        with self._lock:
+        with self._guard():
             return [f for f, _ in self._faults]
 
     def set_rate_limit(self, per_second: float | None = 3.0, burst: int = 20) -> None:
         """Configure the token bucket (refilled to ``burst``); ``per_second=None`` disables it."""
-        with self._lock:
+        with self._guard():
             if per_second is None:
                 self._rate = None
                 return
@@ -474,13 +598,13 @@ class Simulator:
         return self.request_log()
 
     def request_log(self) -> list[RequestRecord]:
-        with self._lock:
+        with self._guard():
             return [dataclasses.replace(r, query=dict(r.query),
                                         body=None if r.body is None else json.loads(json.dumps(r.body)))
                     for r in self._requests]
 
     def clear_requests(self) -> None:
-        with self._lock:
+        with self._guard():
             self._requests.clear()
 
     # ------------------------------------------------------------------ P&L helpers
@@ -511,7 +635,7 @@ class Simulator:
         }
 
     def _flat_position_dict(self, acc: _Account, inst: str) -> dict[str, Any]:
-        px = self._prices.price(inst, self.now())
+        px = self._prices.price(inst, self._t())
         return {
             "type": "NinjaTrader.Cbi.Position",
             "account": acc.name,
@@ -661,12 +785,13 @@ class Simulator:
         for k, v in (headers or {}).items():
             if k.lower() == "authorization":
                 auth = v
-        with self._lock:
+        with self._guard():
             record = RequestRecord(t=self._clock(), method=method, path=full_path, query=query,
                                    body=parsed, status=0, fault=None)
             self._requests.append(record)
             ticket = Ticket(method, path, full_path, query, parsed, body_error, record)
             scheme, _, presented = auth.strip().partition(" ")
+            ticket.token = presented.strip()
             if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), self._token):
                 return self._reject(ticket, 401, {"success": False, "error": "unauthorized",
                                                   "detail": "Invalid or missing API key"})
@@ -678,6 +803,8 @@ class Simulator:
                 fault, remaining = entry
                 if fault.kind == "refuse":  # the server's listening socket, not a request (SimServer)
                     continue
+                if fault.kind == "mutate" and (method, path.lower()) != SNAPSHOT_ROUTE:
+                    continue
                 if fault.in_window(now) and fault.matches(method, path):
                     if remaining is not None:
                         entry[1] = remaining - 1
@@ -685,8 +812,11 @@ class Simulator:
                             self._faults.remove(entry)
                     ticket.fault = fault
                     record.fault = fault.kind
-                    if fault.kind in ("latency", "timeout"):
+                    if fault.kind in ("latency", "timeout", "late_apply"):
                         ticket.delay = fault.ms / 1000.0
+                    if fault.kind == "late_apply":
+                        ticket.apply_at = now + fault.apply_ms / 1000.0
+                        heapq.heappush(self._pending, (ticket.apply_at, next(self._pending_seq), ticket))
                     break
             return ticket
 
@@ -708,10 +838,11 @@ class Simulator:
         return False
 
     def in_progress(self) -> int:
-        """How many admitted requests are not completed yet (a latency or timeout fault holds them):
-        a request counted here may still be applied later."""
-        with self._lock:
-            return self._in_progress
+        """How many admitted requests are not completed yet (a latency, timeout or late_apply
+        fault holds them, or a late_apply request is not applied yet although its connection is
+        gone): a request counted here may still be applied later."""
+        with self._guard():
+            return self._in_progress + sum(1 for _, _, t in self._pending if t.completed)
 
     def complete(self, ticket: Ticket) -> SimResponse:
         """Step 2: apply the request (unless the fault forbids it) and build the response."""
@@ -720,21 +851,22 @@ class Simulator:
         try:
             return self._complete(ticket)
         finally:
-            with self._lock:
+            with self._guard():
                 self._in_progress -= 1
+                ticket.completed = True
 
     def _complete(self, ticket: Ticket) -> SimResponse:
-        kind = ticket.fault.kind if ticket.fault else None
-        with self._lock:
+        f = ticket.fault
+        kind = f.kind if f else None
+        with self._guard():
             if kind == "status":
-                f = ticket.fault
-                body = f.body if f.body is not None else default_fault_body(f.status)
-                resp = _json_response(f.status, body)
-                if f.retry_after is not None:
-                    ra = f.retry_after
-                    resp.headers.append(("Retry-After", str(int(ra)) if float(ra).is_integer() else str(ra)))
+                resp = _fault_response(f)
+            elif kind == "echo_token":
+                resp = _json_response(f.status, _echo_body(f.form, ticket.token))
             elif kind in ("timeout", "reset"):
                 resp = SimResponse(0, action="close" if kind == "timeout" else "reset")
+            elif kind == "late_apply":  # applied by _run_due when due; nothing is ever sent
+                return SimResponse(0, action="close")
             else:
                 resp = self._dispatch(ticket)
                 if kind == "malformed":
@@ -742,8 +874,60 @@ class Simulator:
                 elif kind == "lost_response":
                     ticket.record.status = resp.status
                     return SimResponse(resp.status, action="close")
+                elif kind == "applied_refused":
+                    resp = _fault_response(f)
+                elif kind == "trickle":
+                    resp.pace = (f.bytes, f.ms / 1000.0)
+                elif kind == "mutate" and resp.status == 200:
+                    resp = SimResponse(resp.status, self._mutate(f, resp.body), resp.headers)
             ticket.record.status = resp.status
             return resp
+
+    def _mutate(self, f: Fault, body: bytes) -> bytes:
+        """The ``mutate`` fault: change a snapshot body (see riskd.sim.faults)."""
+        m = f.mutation
+        if m == "deep_nesting":
+            return b"[" * 100_000 + b"]" * 100_000
+        data = json.loads(body)
+        key = None if f.account is None else f.account.strip().lower()
+        chosen = [e for e in data["accounts"] if key is None or e["account"]["name"].lower() == key]
+        pred = (lambda c: True) if f.instrument is None else self._instrument_predicate(f.instrument)
+        if m == "account_missing":
+            gone = {id(e) for e in chosen}
+            data["accounts"] = [e for e in data["accounts"] if id(e) not in gone]
+            return json.dumps(data).encode()
+        for entry in chosen:
+            if m == "positions_null":
+                entry["positions"] = None
+                continue
+            if m == "positions_missing":
+                entry.pop("positions", None)
+                continue
+            if m == "account_case":
+                a = entry["account"]
+                a["name"], a["displayName"] = a["name"].upper(), a["displayName"].upper()
+            for pos in entry["positions"]:
+                if m == "account_case":
+                    pos["account"] = pos["account"].upper()
+                    continue
+                if not pred(pos["instrument"]):
+                    continue
+                if m == "side_flat":
+                    pos["marketPosition"] = "Flat"
+                elif m == "quantity_missing":
+                    pos.pop("quantity", None)
+                elif m == "side_missing":
+                    pos.pop("marketPosition", None)
+                elif m == "side_lowercase":
+                    pos["marketPosition"] = pos["marketPosition"].lower()
+                elif m == "side_flip":
+                    pos["marketPosition"] = {"Long": "Short", "Short": "Long"}.get(pos["marketPosition"],
+                                                                                  pos["marketPosition"])
+                elif m == "instrument_case":
+                    pos["instrument"] = pos["instrument"].lower()
+                elif m == "quantity_absurd":
+                    pos["quantity"] = f.value
+        return json.dumps(data).encode()
 
     def handle(self, method: str, target: str, headers: Mapping[str, str] | None = None,
                body: bytes | dict | None = b"") -> SimResponse:
@@ -788,6 +972,7 @@ class Simulator:
             ("orders", "cancel"): ("POST", self._h_cancel),
             ("orders",): ("GET", self._h_orders),
             ("watermarks",): ("GET", self._h_watermarks),
+            ("executions",): ("GET", self._h_executions),
         }
         in_api = full_path.startswith(API_PREFIX + "/") or full_path.rstrip("/") == API_PREFIX
         allowed: str | None = None
@@ -828,7 +1013,7 @@ class Simulator:
     # ------------------------------------------------------------------ endpoint handlers
 
     def _h_snapshot(self, query, body):
-        now = datetime.now().astimezone()
+        now = self._wall()
         return {
             "type": "snapshot",
             "timestamp": now.isoformat(timespec="milliseconds"),
@@ -911,6 +1096,7 @@ class Simulator:
         acc.commission += n * self._commission
         acc.last_tx = pnl
         pos.qty -= sign * n
+        self._record_execution(acc, pos.instrument, sign < 0, n, px, "Exit", uuid.uuid4().hex, abs(pos.qty))
         if pos.qty == 0:
             del acc.positions[pos.instrument]
             self._mark_flat(acc, pos.instrument)
@@ -980,12 +1166,44 @@ class Simulator:
     def _h_watermarks(self, acc, query, body):
         return {**self._observe(acc), "success": True}
 
+    def _h_executions(self, acc, query, body):
+        raw = query.get("lookbackTime")
+        lookback = LOOKBACK_DEFAULT
+        if raw is not None:
+            text = raw.strip()
+            if not text.isdigit() or not 1 <= int(text) <= LOOKBACK_MAX:
+                raise _err(400, "invalid_argument",
+                           f"lookbackTime must be a whole number of seconds from 1 to {LOOKBACK_MAX} "
+                           f"(default {LOOKBACK_DEFAULT}), got {raw!r}")
+            lookback = int(text)
+        return {"executions": self._executions(acc, lookback)}  # the documented shape: no "success"
+
 
 def _pick(value: str, choices: Iterable[str], what: str) -> str:
     for c in choices:
         if isinstance(value, str) and c.lower() == value.lower():
             return c
     raise ValueError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _fault_response(f: Fault) -> SimResponse:
+    """The answer of a ``status`` / ``applied_refused`` fault: its status, body and Retry-After."""
+    resp = _json_response(f.status, f.body if f.body is not None else default_fault_body(f.status))
+    ra = f.retry_after
+    if isinstance(ra, str):  # an HTTP date, verbatim
+        resp.headers.append(("Retry-After", ra))
+    elif ra is not None:
+        resp.headers.append(("Retry-After", str(int(ra)) if float(ra).is_integer() else str(ra)))
+    return resp
+
+
+def _echo_body(form: str, token: str) -> dict[str, Any]:
+    """An ``echo_token`` fault's body: the caller's bearer token where a careless server puts it."""
+    if form == "detail":
+        return {"error": "Internal Server Error", "detail": f"{{'Authorization': 'Bearer {token}'}}"}
+    if form == "key":
+        return {"success": True, token: {"status": "active"}}
+    return {"error": f"invalid token {token}"}
 
 
 def _json_response(status: int, body: Any) -> SimResponse:

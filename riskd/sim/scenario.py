@@ -38,7 +38,8 @@ A scenario is a YAML mapping. Every key is optional; unknown keys are errors.
 ``faults``
     List of fault rules, each a mapping of :class:`riskd.sim.faults.Fault` fields
     (``kind``, ``match``, ``count``, ``start``, ``duration``, ``status``, ``body``, ``ms``,
-    ``retry_after``). ``start``/``duration`` are durations in sim time.
+    ``retry_after``, ``bytes``, ``apply_ms``, ``form``, ``mutation``, ``value``, ``account``,
+    ``instrument``). ``start``/``duration`` are durations in sim time.
 
 Durations are ``"500ms"``, ``"5s"``, ``"2m"``, ``"1h"`` or plain numbers (seconds).
 Instruments are contract names ``"ROOT MM-YY"`` (e.g. ``"MES 12-26"``), matched case-insensitively.

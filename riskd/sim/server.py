@@ -97,10 +97,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         sim = owner.sim
         ticket = sim.admit(self.command, self.path, dict(self.headers.items()), body)
+        if ticket.apply_at is not None:  # late_apply: applied on time even if this thread is gone
+            owner._arm_apply(ticket.apply_at)
         if ticket.delay > 0:
             owner._stopping.wait(ticket.delay)
         resp = sim.complete(ticket)
-        if resp.action == "respond":
+        if resp.action == "respond" and resp.pace is not None:
+            self._send_paced(resp, *resp.pace)
+        elif resp.action == "respond":
             self._send(resp)
         elif resp.action == "reset":
             try:
@@ -122,6 +126,24 @@ class _Handler(BaseHTTPRequestHandler):
         # headers and body in one write (no Nagle / delayed-ACK stall between them)
         self._headers_buffer.extend([b"\r\n", resp.body])
         self.flush_headers()
+
+    def _send_paced(self, resp: SimResponse, size: int, interval: float) -> None:
+        """``trickle``: headers at once, then the body ``size`` bytes every ``interval`` seconds
+        (stopped, connection closed, by SimServer.stop() or when the client goes away)."""
+        owner: SimServer = self.server.owner
+        self.send_response(resp.status)
+        for k, v in resp.headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(resp.body)))
+        try:
+            self.end_headers()
+            for i in range(0, len(resp.body), size):
+                if i and owner._stopping.wait(interval):
+                    self.close_connection = True
+                    return
+                self.wfile.write(resp.body[i:i + size])
+        except OSError:
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _serve
 
@@ -149,6 +171,7 @@ class SimServer:
         self._stopping = threading.Event()
         self._timer: threading.Timer | None = None
         self._window_timers: list[threading.Timer] = []
+        self._apply_timers: set[threading.Timer] = set()
         self._started = False
         self._stopped = False
 
@@ -195,6 +218,25 @@ class SimServer:
             timer.daemon = True
             self._window_timers.append(timer)
             timer.start()
+
+    def _arm_apply(self, at: float) -> None:
+        """Wake when a ``late_apply`` request comes due (sim time ``at``, assuming the sim clock
+        runs at wall speed) and apply it. A faster or stopped sim clock is covered too: the
+        Simulator applies due requests on its next call anyway."""
+        with self._ctl:
+            if self._stopped:
+                return
+            timer = threading.Timer(max(0.0, at - self.sim.now()) + 0.001, self._apply_due, args=(at,))
+            timer.daemon = True
+            self._apply_timers.add(timer)
+            timer.start()
+
+    def _apply_due(self, at: float) -> None:
+        with self._ctl:
+            self._apply_timers.discard(threading.current_thread())
+        self.sim.run_due()
+        if self.sim.now() < at:  # woke early, or the sim clock lags the wall: try again
+            self._arm_apply(at)
 
     def _refuse_window(self, end: float) -> None:
         with self._ctl:
@@ -243,6 +285,9 @@ class SimServer:
             self._stopping.set()
             for timer in self._window_timers:
                 timer.cancel()
+            for timer in list(self._apply_timers):
+                timer.cancel()
+            self._apply_timers.clear()
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
