@@ -27,7 +27,7 @@ Faults, and what each one becomes (`Reply.outcome`):
       timeout, no rate budget         UNSENT    the request never left
     an order riskd must never send    REFUSED   nothing left (see `request_for`)
 
-Retry-After is a hint, not a stop order: it is capped at `RETRY_AFTER_CAP_S` (30 s) whatever the
+Retry-After is a hint, not a stop order: it is capped at `RETRY_AFTER_CAP_S` (5 s) whatever the
 server says (seconds or an HTTP date). A 429's Retry-After holds back later polls (`blocked_until`) up
 to that cap; it never holds back an action (a close, a flatten): actions wait only for the token bucket.
 """
@@ -65,7 +65,9 @@ AUTH = "auth"  # 401/403: the token is refused; retrying will not help
 TRANSIENT_STATUSES = frozenset({408, 429})
 
 # The longest riskd waits on a server's Retry-After (seconds); a longer or later hint is cut to this.
-RETRY_AFTER_CAP_S = 30.0
+# Five seconds: polls resume within half of the default stale_after, and a request sent too early is only
+# refused again (a 429 is never applied), while a breach waiting out a long hint is a loss that runs on.
+RETRY_AFTER_CAP_S = 5.0
 
 
 _EPSILON = 1e-9

@@ -95,10 +95,13 @@ def test_tick_stale_is_seen_while_backing_off_not_only_on_the_next_failed_poll(r
     rig.tick_at(0)
     rig.sim.inject(Fault("status", status=429, retry_after=30, match="GET /accounts/snapshot", count=1))
     rig.tick_at(1)
-    for t in range(2, 8):
+    for t in range(2, 6):
         rig.tick_at(t)
-    assert len(_polls(rig)) == 2  # Retry-After 30 s honoured: no poll in between
+    assert len(_polls(rig)) == 2  # Retry-After honoured up to its 5 s cap: no poll in between
     assert len(rig.events("stale")) == 1  # yet stale after 5 s without a successful poll
+    rig.tick_at(6)
+    rig.tick_at(7)
+    assert len(_polls(rig)) == 4  # the 30 s hint was cut to 5 s: polling runs again
 
 
 def test_tick_malformed_and_unexpected_snapshots_are_audited_never_a_crash(rig):
