@@ -6,10 +6,13 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from riskd.daemon import Daemon
 
-from conftest import RISKD, wait_until, write_policy
+from conftest import RISKD, read_audit, wait_until, write_policy
 from harness import Rig, one_position
+from trickle import TrickleServer
 
 CAP = [{"name": "cap", "instruments": "MES", "when": {"position_pnl": {"below": -100}}, "then": {"close": "all"}}]
 
@@ -57,3 +60,35 @@ def test_run_survives_sighup_and_sigusr1_sent_while_it_starts_and_reloads_once_u
             proc.kill()
         proc.wait(5)
         proc.stderr.close()
+
+
+@pytest.mark.parametrize("good", [1, 0], ids=["stuck-poll-tick", "stuck-start-tick"])
+def test_sigterm_during_a_trickled_snapshot_stops_within_2s_with_stopped_last_and_a_valid_chain(tmp_path, token, good):
+    """The API sends the snapshot's headers, then one byte every 0.3 s (each read well within the 5 s
+    timeout): riskd must not wait for the tick stuck in that read to honour SIGTERM."""
+    with TrickleServer(interval=0.3, good=good) as server:
+        config = write_policy(tmp_path, server.base_url, CAP, poll_interval="500ms", crosstrade={"timeout": "5s"})
+        env = {"CROSSTRADE_TOKEN": token, "PATH": "/usr/bin:/bin"}
+        proc = subprocess.Popen([str(RISKD), "run", "-c", str(config)], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert server.trickling.wait(15), "riskd never polled"  # a tick is now stuck in the body for the 5 s deadline
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(10)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5)
+            err = proc.stderr.read().decode()
+            proc.stderr.close()
+    print(f"SIGTERM to exit: {took:.3f} s")
+    assert code == 0, err[-2000:]
+    assert took < 2.0, f"riskd took {took:.2f} s to stop"
+    lines = read_audit(tmp_path / "audit.jsonl")
+    assert lines[-1]["event"] == "stopped", [line["event"] for line in lines[-5:]]
+    assert lines[-1]["abandoned_tick"] is True and lines[-1]["in_doubt"] == []
+    verify = subprocess.run([str(RISKD), "audit", "--verify", str(tmp_path / "audit.jsonl")], capture_output=True, text=True, timeout=30)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
