@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -92,3 +93,40 @@ def test_sigterm_during_a_trickled_snapshot_stops_within_2s_with_stopped_last_an
     assert lines[-1]["abandoned_tick"] is True and lines[-1]["in_doubt"] == []
     verify = subprocess.run([str(RISKD), "audit", "--verify", str(tmp_path / "audit.jsonl")], capture_output=True, text=True, timeout=30)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_stop_abandoning_a_tick_in_a_close_names_the_close_in_doubt_and_its_intent_stays_open(tmp_path, token, monkeypatch):
+    import riskd.daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "STOP_GRACE_S", 0.1)
+    rig = Rig(tmp_path, token, one_position(market=5990.0), CAP)
+    try:
+        daemon = Daemon(rig.settings, rig.ticker, rig.audit, {})
+        stuck = threading.Event()
+        release = threading.Event()
+        real_execute = rig.ticker.client.execute
+
+        def hang(order, on_send=None):  # the close leaves (its intent marked sent), then its answer never comes
+            if on_send is not None:
+                on_send()
+            stuck.set()
+            release.wait(10)
+            return real_execute(order)
+
+        rig.ticker.client.execute = hang  # type: ignore[method-assign]
+        tick = threading.Thread(target=daemon._safe_tick, args=("poll",))
+        tick.start()
+        assert stuck.wait(5)
+        daemon.request_stop("SIGTERM")
+        assert daemon._stop() == 0 and daemon.abandoned
+        (stopped,) = rig.events("stopped")
+        key = stopped["in_doubt"][0]
+        assert stopped["abandoned_tick"] is True and len(stopped["in_doubt"]) == 1
+        assert rig.events()[-1]["event"] == "stopped"
+        assert rig.store.intent_status(key) == "sending"  # settled by Executor.resolve at the next start
+        release.set()
+        tick.join(10)
+        assert rig.events()[-1]["event"] == "stopped"  # the abandoned tick's `action` line never follows it
+    finally:
+        release.set()
+        rig.close()
