@@ -31,8 +31,10 @@ Faults, and what each one becomes (`Reply.outcome`):
 Every request has a total deadline, the client `timeout`: connect, send and the whole response body
 must be done within it. The body is streamed and the deadline checked after every chunk, so a body
 trickled one byte at a time (each read well within the per-read timeout) still ends at the deadline
-(the response is closed, the connection dropped); one read in progress when the deadline passes may
-still take up to what was left of the deadline when the body began. A body over MAX_BODY_BYTES is cut
+(the response is closed, the connection dropped). Limits: a socket read cannot be interrupted, so
+one read in progress when the deadline passes may still take up to what was left of the deadline
+when the body began; connect, send and the status line are each bounded by `timeout` (httpx's
+per-phase timeouts), the deadline is enforced from the first body chunk on. A body over MAX_BODY_BYTES is cut
 the same way. Either is a read that failed: `error` says which ("deadline: response body not complete
 after 5.0 s").
 
