@@ -158,6 +158,9 @@ class Executor:
         # why the last action did not get through (408, 429, 5xx, timeout, refused, no budget): the
         # ticker then sends no other action on that tick, so a sick API gets one probe per tick
         self.unavailable: str | None = None
+        # the key of the firing being acted on right now (its intent is in the store, `sending`), else None:
+        # what a stop that abandons a stuck tick reports as in doubt (settled by `resolve` at the next start)
+        self.acting: str | None = None
 
     def is_dry(self, decision: Decision) -> bool:
         """The one dry-run switch: a daemon-wide --dry-run, or the rule's own `dry_run: true`."""
@@ -184,6 +187,13 @@ class Executor:
 
     def act(self, decision: Decision, snapshot: Snapshot, state: State, now: datetime) -> State:
         """Send the decision's orders; return the state (acknowledged when the firing counts)."""
+        self.acting = decision.key
+        try:
+            return self._act(decision, snapshot, state, now)
+        finally:
+            self.acting = None
+
+    def _act(self, decision: Decision, snapshot: Snapshot, state: State, now: datetime) -> State:
         dry = self.is_dry(decision)
         seen = fingerprint(decision, positions_by_instrument(snapshot.account(decision.account)))
         self.store.begin(decision, seen, now)

@@ -293,6 +293,10 @@ class AuditTrail:
         line (its `seq` and `hash` are set once it is chained, at once unless the trail is unwritable)."""
         event = str(event)
         with self._lock:
+            if self._closed:  # after the last line (`stopped`): never written, never chained; the console has it
+                self._console.error("audit_line_after_close", trail=self.target,
+                                    line=plain(redact({"event": event, **fields}, self._secrets)))
+                return {}
             try:
                 line: dict[str, Any] = self._logger.msg(event, **fields)
             except Exception as exc:  # never let the audit trail break a tick (and the close in it)
@@ -324,9 +328,19 @@ class AuditTrail:
             self._drain(check=True)
             return not self._queue and not self._pending
 
-    def close(self) -> None:
-        """Write what can be written; put what cannot on the console; release the files."""
+    def close_with(self, event: events.Event | str, **fields: Any) -> dict[str, Any]:
+        """Emit one last line and close, atomically: a line another thread emits afterwards (a tick
+        abandoned at stop) goes to the console, never after it into the trail or its chain."""
         with self._lock:
+            line = self.emit(event, **fields)
+            self.close()
+            return line
+
+    def close(self) -> None:
+        """Write what can be written; put what cannot on the console; release the files (once)."""
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
             if self._retry is not None:
                 self._retry.cancel()

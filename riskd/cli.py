@@ -261,7 +261,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         wired = _wire(args, settings, stack, console=console, daemon=True)
         daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor)
         daemon.install_signals(pending=EARLY_SIGNALS)
-        return daemon.run()
+        code = daemon.run()
+        if daemon.abandoned:
+            _exit_now(code, wired)
+        return code
+
+
+def _exit_now(code: int, wired: Wired) -> None:
+    """End the process at once: the stop abandoned a tick stuck in a request (riskd/daemon.py `_stop`).
+
+    A normal exit would wait for that thread: concurrent.futures joins its worker threads at
+    interpreter exit, so SIGTERM would take as long as the request's deadline. There is no way to
+    end a thread blocked in a socket read, so the process ends with os._exit, after what must not be
+    lost is on disk: the audit trail is already closed (`stopped` written and fsync'd, later lines
+    refused), the console streams are flushed here. The state store is deliberately not closed under
+    the abandoned thread's feet (the connection is shared, serialized by the ticker lock that thread
+    holds): every committed transaction is durable (WAL, synchronous=FULL), an uncommitted one is
+    rolled back by SQLite at the next open, exactly as after a kill -9, and the kernel releases the
+    state_dir lock and the sockets. The intent of a close in flight is durable as `sending` and is
+    settled at the next start (Executor.resolve)."""
+    import os
+
+    wired.audit.close()  # a no-op after close_with; here in case the trail was not closed
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _audit_trail(settings: config.Settings, redactor: Redactor) -> AuditTrail:

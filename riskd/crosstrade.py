@@ -23,9 +23,23 @@ Faults, and what each one becomes (`Reply.outcome`):
     5xx, read timeout, reset, a 2xx
       whose body is not what a write
       answers (malformed JSON ...)    UNKNOWN   it may have acted: settle against a fresh snapshot
+    the deadline passes before the
+      whole body is in, or the body
+      is over MAX_BODY_BYTES          UNKNOWN   (for a GET: a failed poll) judged on the status
+                                                alone: a 2xx or 5xx may have acted; a 4xx as above
     connection refused, connect
-      timeout, no rate budget         UNSENT    the request never left
+      timeout, no rate budget         UNSENT    the request never left (the error names host:port)
     an order riskd must never send    REFUSED   nothing left (see `request_for`)
+
+Every request has a total deadline, the client `timeout`: connect, send and the whole response body
+must be done within it. The body is streamed and the deadline checked after every chunk, so a body
+trickled one byte at a time (each read well within the per-read timeout) still ends at the deadline
+(the response is closed, the connection dropped). Limits: a socket read cannot be interrupted, so
+one read in progress when the deadline passes may still take up to what was left of the deadline
+when the body began; connect, send and the status line are each bounded by `timeout` (httpx's
+per-phase timeouts), the deadline is enforced from the first body chunk on. A body over MAX_BODY_BYTES is cut
+the same way. Either is a read that failed: `error` says which ("deadline: response body not complete
+after 5.0 s").
 
 Retry-After is a hint, not a stop order: it is capped at `RETRY_AFTER_CAP_S` (5 s) whatever the
 server says (seconds or an HTTP date). A 429's Retry-After holds back later polls (`blocked_until`) up
@@ -69,6 +83,10 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 # refused again (a 429 is never applied), while a breach waiting out a long hint is a loss that runs on.
 RETRY_AFTER_CAP_S = 5.0
 
+
+# The largest response body riskd reads (a snapshot of many accounts is well under 1 MB); a longer
+# one is cut and counts as unreadable, so a runaway answer cannot exhaust memory.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 
 _EPSILON = 1e-9
 
@@ -297,24 +315,65 @@ class CrossTradeClient:
         if on_send is not None:
             on_send()
         started = time.perf_counter()
+        deadline = time.monotonic() + self.timeout  # network waits are real time, whatever the bucket's clock
+        response = None
         try:
-            response = self._http.send(request)
+            response = self._http.send(request, stream=True)
+            # the body's reads may take at most what is left (httpcore reads the read timeout when the body starts)
+            timeouts = request.extensions.get("timeout")
+            if isinstance(timeouts, dict):
+                timeouts["read"] = max(0.001, deadline - time.monotonic())
+            text, cut = self._read_body(response, deadline)
         except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-            return Reply(method, path, body, None, _ms(started), UNSENT, error=exc.__class__.__name__)
+            return Reply(method, path, body, None, _ms(started), UNSENT, error=f"{exc.__class__.__name__} ({self._address(request)})")
         except httpx.HTTPError as exc:  # read/write timeout, reset, protocol error: it may have been applied
             return Reply(method, path, body, None, _ms(started), UNKNOWN, error=exc.__class__.__name__)
+        finally:
+            if response is not None:
+                response.close()
         latency = _ms(started)
-        text = response.text
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if response.status_code == 429 and retry_after:
+            self.blocked_until = self.bucket.clock() + min(retry_after, RETRY_AFTER_CAP_S)
+        if cut is not None:  # judged on its status alone: a 2xx (or 5xx) may have acted, a 4xx did not
+            outcome, _ = _classify(response.status_code, None, write=action)
+            return Reply(method, path, body, response.status_code, latency, outcome, error=cut, retry_after=retry_after)
         try:
             data: Any = json.loads(text) if text else None
         except (ValueError, RecursionError):  # a body nested too deep to decode is as unreadable as bad JSON
             data = None
         outcome, error = _classify(response.status_code, data, write=action)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if response.status_code == 429 and retry_after:
-            self.blocked_until = self.bucket.clock() + min(retry_after, RETRY_AFTER_CAP_S)
         return Reply(method, path, body, response.status_code, latency, outcome,
                      response=data if data is not None else text, error=error, retry_after=retry_after)
+
+    def _read_body(self, response: httpx.Response, deadline: float) -> tuple[str, str | None]:
+        """Read a streamed body until it ends, the deadline passes or it grows over MAX_BODY_BYTES;
+        return (text, None) or ("", why it was cut)."""
+        too_big = f"response body over {MAX_BODY_BYTES} bytes: cut"
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return "", too_big
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return "", too_big
+            if time.monotonic() > deadline:
+                return "", f"deadline: response body not complete after {self.timeout:.1f} s"
+        raw = b"".join(chunks)
+        encoding = response.encoding or "utf-8"
+        try:
+            return raw.decode(encoding, errors="replace"), None
+        except LookupError:
+            return raw.decode("utf-8", errors="replace"), None
+
+    @staticmethod
+    def _address(request: httpx.Request) -> str:
+        """host:port of a request, for an error that never carries the token."""
+        url = request.url
+        return f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
 
     # -- reads ---------------------------------------------------------------------------------
 

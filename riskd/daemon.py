@@ -33,6 +33,12 @@ from riskd.tick import Ticker, utc_now
 
 log = structlog.get_logger("riskd")
 
+# SIGTERM is honoured within STOP_BUDGET_S: a stop waits at most STOP_GRACE_S for the tick in flight
+# (an answer being read, a close being sent); a tick still running then is abandoned (see `_stop`), and
+# queued notifications get what is left of the budget.
+STOP_GRACE_S = 1.5
+STOP_BUDGET_S = 2.0
+
 
 class Daemon:
     """Schedules the ticker (poll interval + one cron job per `at` rule) and handles signals.
@@ -70,7 +76,9 @@ class Daemon:
         )
         self._wake = threading.Event()
         self._stop_reason: str | None = None
+        self._stop_at: float | None = None  # monotonic time of the stop request
         self._reload = False
+        self.abandoned = False  # the stop left a tick running (the caller must then end the process at once)
 
     def _safe_tick(self, reason: str) -> None:
         started = time.perf_counter()
@@ -147,6 +155,8 @@ class Daemon:
         return True
 
     def request_stop(self, reason: str) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop_reason = reason
         self.ticker.stopping.set()  # an action in flight finishes; no other starts
         self._wake.set()
@@ -177,7 +187,22 @@ class Daemon:
         self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=self.hashes, rule_count=len(self.ticker.rules), reason="start")
         log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
                  dry_run=self.ticker.executor.dry_run)
+        # The first tick runs in its own (daemon) thread so a stop during it is honoured like any other.
+        first = threading.Thread(target=self._first_tick, name="riskd-start-tick", daemon=True)
+        first.start()
+        while first.is_alive() and self._stop_reason is None:
+            self._wake.wait()
+            self._wake.clear()
+        self._wake.set()  # a reload or reopen requested meanwhile is handled below
+        if self._stop_reason is None:
+            self._serve(on_ready)
+        return self._stop()
+
+    def _first_tick(self) -> None:
         self._safe_tick("start")
+        self._wake.set()
+
+    def _serve(self, on_ready: Callable[[], None]) -> None:
         gc.collect()
         gc.freeze()  # startup objects live forever: keep them out of every later GC pass (shorter tick tails)
         self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.poll_interval, start_date=poll_phase(self.settings.poll_interval)),
@@ -200,14 +225,32 @@ class Daemon:
                 self._reload = False
                 self.reload()
             self.audit.flush()  # reopen after SIGUSR1 now, not at the next line
+
+    def _stop(self) -> int:
+        """Stop within STOP_BUDGET_S of the request: wait up to STOP_GRACE_S for the tick in flight, then
+        write `stopped` as the trail's last line. A tick still running is abandoned (`self.abandoned`):
+        it is stuck in a request bounded only by the client deadline. If it is a close, its intent is
+        already durable as `sending` with `sent` set (Store.begin / mark_sent before the request left)
+        and is settled against the next start's first snapshot by Executor.resolve, exactly as after a
+        kill -9; `stopped` names it in `in_doubt`. Lines the abandoned tick emits later go to the
+        console, never into the trail after `stopped` (AuditTrail.close_with)."""
+        started = self._stop_at if self._stop_at is not None else time.monotonic()
         self.systemd.stopping(f"stopping ({self._stop_reason}): finishing the tick in flight")
-        self.scheduler.shutdown(wait=True)  # an in-flight tick finishes its action (bounded by the client timeouts)
-        with self.ticker.lock:
-            in_doubt = [i.key for i in self.ticker.executor.in_doubt]
-        self.audit.emit(events.STOPPED, reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
-                        firings=self.ticker.health.firings, in_doubt=in_doubt)
-        log.info("stopped", reason=self._stop_reason)
-        self.notifier.close(timeout=3.0)  # queued notifications get one last try, bounded
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)  # no new ticks; the one running is waited for below, bounded
+        # Holding the ticker lock from here on: no tick starts after `stopped` (a queued one waits, then exits with us).
+        idle = self.ticker.lock.acquire(timeout=max(0.0, STOP_GRACE_S - (time.monotonic() - started)))
+        self.abandoned = not idle
+        in_doubt = [i.key for i in self.ticker.executor.in_doubt]
+        acting = self.ticker.executor.acting
+        if acting is not None and acting not in in_doubt:
+            in_doubt.append(acting)  # sent (or about to be) when the stop came: its outcome is settled at the next start
+        self.audit.close_with(events.STOPPED, reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
+                              firings=self.ticker.health.firings, in_doubt=in_doubt, abandoned_tick=self.abandoned,
+                              stop_s=round(time.monotonic() - started, 3))
+        log.info("stopped", reason=self._stop_reason, abandoned_tick=self.abandoned, in_doubt=in_doubt)
+        left = STOP_BUDGET_S - (time.monotonic() - started)
+        self.notifier.close(timeout=max(0.25, left - 0.1))  # queued notifications get one last try, within the budget
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

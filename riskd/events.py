@@ -56,7 +56,7 @@ class Event:
 _DECISION = ("rule", "key", "account", "instrument", "action", "reason")
 
 STARTED = Event("started", "riskd starts", ("version", "config", "pid", "dry_run", "base_url", "poll_interval_s", "timezone"), durable=True)
-STOPPED = Event("stopped", "riskd stops", ("reason", "pid", "ticks", "firings", "in_doubt"), durable=True)
+STOPPED = Event("stopped", "riskd stops", ("reason", "pid", "ticks", "firings", "in_doubt", "abandoned_tick"), durable=True)
 RULES_LOADED = Event("rules_loaded", "start and every reload that took", ("source", "files", "rule_count", "reason"), durable=True)
 RULES_REJECTED = Event("rules_rejected", "a reload refused (the old rules stay)", ("source", "errors", "kept_rules"), durable=True)
 SAMPLE = Event("sample", "once a minute per account (by the tick's clock) and at every firing",

@@ -475,3 +475,22 @@ def test_run_sigusr1_after_logrotate_renamed_the_trail_continues_the_chain_in_a_
     assert read_audit(proc.audit_path)[-1]["event"] == "stopped"
     verdict = verify([proc.audit_path, tmp_path / "audit.jsonl.1"])
     assert verdict.ok, verdict.message
+
+
+def test_close_with_makes_its_line_the_last_and_later_lines_go_to_the_console(tmp_path):
+    seen: list[tuple[str, dict]] = []
+
+    class Console:
+        def __getattr__(self, level):
+            return lambda event, **kw: seen.append((event, kw))
+
+    path = tmp_path / "audit.jsonl"
+    t = AuditTrail(str(path), console=Console())
+    t.emit("started")
+    t.close_with("stopped", reason="SIGTERM")
+    assert t.emit("api_error", error="ReadTimeout", token_like="x") == {}  # a stuck tick's line, after the stop
+    t.close()  # a second close is a no-op
+    events = [json.loads(line)["event"] for line in path.read_text().splitlines()]
+    assert events == ["started", "stopped"]
+    late = [kw for event, kw in seen if event == "audit_line_after_close"]
+    assert late and late[0]["line"]["event"] == "api_error"

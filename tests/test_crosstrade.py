@@ -116,7 +116,9 @@ def test_execute_transport_errors_say_whether_the_request_may_have_acted(token, 
 
     client, _ = client_for(handler, token)
     reply = client.execute(CLOSE)
-    assert reply.outcome == outcome and reply.status is None and reply.error == exc.__class__.__name__
+    assert reply.outcome == outcome and reply.status is None and reply.error.split(" ")[0] == exc.__class__.__name__
+    if outcome == UNSENT:
+        assert reply.error == f"{exc.__class__.__name__} (api.test:80)"  # where it could not get to
 
 
 # -- 429 -----------------------------------------------------------------------------------------
@@ -345,3 +347,64 @@ def test_refused_action_is_reported_with_its_real_path(token):
     reply = client.execute(Order("close", "Sim101"))
     assert reply.outcome == REFUSED and not seen
     assert reply.path == "accounts/Sim101/positions/close"
+
+
+# -- the total deadline of a request ---------------------------------------------------------------
+
+
+def test_a_body_trickled_under_the_read_timeout_ends_at_the_requests_deadline(token):
+    """Headers at once, then one byte every 0.3 s: each read is well within the 1 s timeout, the body never."""
+    import time
+
+    from trickle import TrickleServer
+
+    with TrickleServer(interval=0.3) as server:
+        client = CrossTradeClient(server.base_url, token, timeout=1.0)
+        try:
+            started = time.monotonic()
+            reply = client.get_snapshot()
+            poll_s = time.monotonic() - started
+            started = time.monotonic()
+            action = client.execute(Order("flatten", "Sim101"))
+            action_s = time.monotonic() - started
+        finally:
+            client.close()
+    assert poll_s < 2.5 and action_s < 2.5, (poll_s, action_s)
+    assert not reply.ok and reply.outcome == UNKNOWN and reply.status == 200
+    assert reply.error == "deadline: response body not complete after 1.0 s"
+    assert action.outcome == UNKNOWN and action.error.startswith("deadline:")  # it may have been applied
+
+
+def test_a_body_over_the_size_cap_is_cut(token, monkeypatch):
+    monkeypatch.setattr(crosstrade, "MAX_BODY_BYTES", 1000)
+    client, _ = client_for(answer(200, text=json.dumps({"accounts": [], "pad": "x" * 5000})), token)
+    reply = client.get_snapshot()
+    assert not reply.ok and reply.outcome == UNKNOWN and reply.error == "response body over 1000 bytes: cut"
+    small, _ = client_for(answer(200, {"accounts": []}), token)
+    assert small.get_snapshot().ok
+
+
+def test_connect_errors_name_the_host_and_port_never_the_token(token):
+    with socket_closed_port() as port:
+        client = CrossTradeClient(f"http://127.0.0.1:{port}/v1/api", token, timeout=1.0)
+        try:
+            reply = client.get_snapshot()
+        finally:
+            client.close()
+    assert reply.outcome == UNSENT and reply.error == f"ConnectError (127.0.0.1:{port})"
+    assert token not in repr(reply)
+
+
+def socket_closed_port():
+    import contextlib
+    import socket
+
+    @contextlib.contextmanager
+    def closed():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()  # nothing listens there now
+        yield port
+
+    return closed()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
+
+import pytest
 
 from riskd.daemon import Daemon
 
-from conftest import RISKD, wait_until, write_policy
+from conftest import RISKD, read_audit, wait_until, write_policy
 from harness import Rig, one_position
+from trickle import TrickleServer
 
 CAP = [{"name": "cap", "instruments": "MES", "when": {"position_pnl": {"below": -100}}, "then": {"close": "all"}}]
 
@@ -57,3 +61,72 @@ def test_run_survives_sighup_and_sigusr1_sent_while_it_starts_and_reloads_once_u
             proc.kill()
         proc.wait(5)
         proc.stderr.close()
+
+
+@pytest.mark.parametrize("good", [1, 0], ids=["stuck-poll-tick", "stuck-start-tick"])
+def test_sigterm_during_a_trickled_snapshot_stops_within_2s_with_stopped_last_and_a_valid_chain(tmp_path, token, good):
+    """The API sends the snapshot's headers, then one byte every 0.3 s (each read well within the 5 s
+    timeout): riskd must not wait for the tick stuck in that read to honour SIGTERM."""
+    with TrickleServer(interval=0.3, good=good) as server:
+        config = write_policy(tmp_path, server.base_url, CAP, poll_interval="500ms", crosstrade={"timeout": "5s"})
+        env = {"CROSSTRADE_TOKEN": token, "PATH": "/usr/bin:/bin"}
+        proc = subprocess.Popen([str(RISKD), "run", "-c", str(config)], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert server.trickling.wait(15), "riskd never polled"  # a tick is now stuck in the body for the 5 s deadline
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(10)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5)
+            err = proc.stderr.read().decode()
+            proc.stderr.close()
+    print(f"SIGTERM to exit: {took:.3f} s")
+    assert code == 0, err[-2000:]
+    assert took < 2.0, f"riskd took {took:.2f} s to stop"
+    lines = read_audit(tmp_path / "audit.jsonl")
+    assert lines[-1]["event"] == "stopped", [line["event"] for line in lines[-5:]]
+    assert lines[-1]["abandoned_tick"] is True and lines[-1]["in_doubt"] == []
+    verify = subprocess.run([str(RISKD), "audit", "--verify", str(tmp_path / "audit.jsonl")], capture_output=True, text=True, timeout=30)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_stop_abandoning_a_tick_in_a_close_names_the_close_in_doubt_and_its_intent_stays_open(tmp_path, token, monkeypatch):
+    import riskd.daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "STOP_GRACE_S", 0.1)
+    rig = Rig(tmp_path, token, one_position(market=5990.0), CAP)
+    try:
+        daemon = Daemon(rig.settings, rig.ticker, rig.audit, {})
+        stuck = threading.Event()
+        release = threading.Event()
+        real_execute = rig.ticker.client.execute
+
+        def hang(order, on_send=None):  # the close leaves (its intent marked sent), then its answer never comes
+            if on_send is not None:
+                on_send()
+            stuck.set()
+            release.wait(10)
+            return real_execute(order)
+
+        rig.ticker.client.execute = hang  # type: ignore[method-assign]
+        tick = threading.Thread(target=daemon._safe_tick, args=("poll",))
+        tick.start()
+        assert stuck.wait(5)
+        daemon.request_stop("SIGTERM")
+        assert daemon._stop() == 0 and daemon.abandoned
+        (stopped,) = rig.events("stopped")
+        key = stopped["in_doubt"][0]
+        assert stopped["abandoned_tick"] is True and len(stopped["in_doubt"]) == 1
+        assert rig.events()[-1]["event"] == "stopped"
+        assert rig.store.intent_status(key) == "sending"  # settled by Executor.resolve at the next start
+        release.set()
+        tick.join(10)
+        assert rig.events()[-1]["event"] == "stopped"  # the abandoned tick's `action` line never follows it
+    finally:
+        release.set()
+        rig.close()

@@ -226,3 +226,38 @@ def test_metrics_port_in_use_is_logged_and_riskd_keeps_running(tmp_path, sim_fac
         assert proc.stop() == 0
     finally:
         blocker.close()
+
+
+def test_watchdog_is_not_pinged_while_a_tick_hangs_in_a_trickled_body(tmp_path, token):
+    """While a tick is stuck reading a trickled snapshot, no WATCHDOG=1 goes out (systemd's watchdog
+    sees the hang); the tick ends at the request's 1 s deadline, and only then pings (an API error
+    handled is a healthy tick)."""
+    import threading
+
+    from riskd.daemon import Daemon
+
+    from harness import Rig, one_position
+    from trickle import TrickleServer
+
+    rig = Rig(tmp_path, token, one_position(), [], timeout=1.0)
+    listener = NotifySocket(str(tmp_path / "notify.sock"))
+    try:
+        daemon = Daemon(rig.settings, rig.ticker, rig.audit, {}, systemd=Systemd({"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}))
+        with TrickleServer(interval=0.1) as server:
+            rig.ticker.client._http.base_url = server.base_url + "/"
+            started = time.monotonic()
+            tick = threading.Thread(target=daemon._safe_tick, args=("poll",))
+            tick.start()
+            assert server.trickling.wait(5)
+            while True:
+                seen = list(listener.drain())
+                if not tick.is_alive():
+                    break
+                assert not any("WATCHDOG" in m for m in seen), "pinged while the tick hangs"  # all sent while it was alive
+            took = time.monotonic() - started
+        assert took < 2.0, took
+        assert listener.wait_for("WATCHDOG", "1", timeout=2)
+        assert rig.events("api_error")[0]["error"].startswith("deadline:")
+    finally:
+        listener.close()
+        rig.close()

@@ -99,3 +99,24 @@ def test_tick_forward_step_across_an_at_instant_is_a_misfire_within_grace_else_m
         assert rig.quantities() == {("Sim101", "MES 12-26"): 4}
     finally:
         rig.close()
+
+
+def test_tick_polls_cut_at_the_deadline_are_failed_polls_and_stale_is_audited_once(tmp_path, token):
+    """A snapshot trickled one byte per 50 ms (each read within the 0.2 s timeout, the body ~2 s): every
+    poll ends at its 0.2 s deadline as a failed poll, and 5 s (monotonic) of them make riskd stale."""
+    from trickle import TrickleServer
+
+    rig = Rig(tmp_path, token, one_position(), CAP)
+    try:
+        with TrickleServer(interval=0.05, good=1) as server:
+            rig.ticker.client._http.base_url = server.base_url + "/"
+            rig.tick_at(0)  # the one good answer
+            for t in range(1, 8):
+                rig.tick_at(t)  # polls that are due (the back-off skips some) each end at the deadline
+        errors = rig.events("api_error")
+        assert len(errors) >= 3 and all(e["error"] == "deadline: response body not complete after 0.2 s" for e in errors)
+        assert all(e["latency_ms"] < 1000 for e in errors)  # cut at the deadline, not at the end of the body
+        (stale,) = rig.events("stale")
+        assert stale["last_error"].startswith("deadline:") and rig.ticker.health.stale
+    finally:
+        rig.close()
