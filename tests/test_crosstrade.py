@@ -142,19 +142,21 @@ def test_execute_honours_retry_after_seconds_and_http_dates(token):
     client, seen = client_for(lambda r: next(answers)(r), token, clock=clock, timeout=2.0)
     assert client.execute(CLOSE).outcome == OK
     assert clock.slept == [1.5]
-    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
-    assert 28 <= parse_retry_after(later) <= 30
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=4), usegmt=True)
+    assert 2.5 <= parse_retry_after(later) <= 4
+    much_later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after(much_later) == crosstrade.RETRY_AFTER_CAP_S
     assert parse_retry_after("soon") is None and parse_retry_after("nan") is None and parse_retry_after("-3") == 0.0
 
 
 def test_execute_retry_after_beyond_the_budget_gives_up_and_holds_every_request_until_then(token):
     clock = FakeClock()
-    client, seen = client_for(answer(429, {"error": "Rate limit exceeded"}, headers={"Retry-After": "30"}), token, clock=clock)
-    reply = client.execute(CLOSE)
+    client, seen = client_for(answer(429, {"error": "Rate limit exceeded"}, headers={"Retry-After": "30"}), token, clock=clock, timeout=0.5)
+    reply = client.execute(CLOSE)  # the hint (30 s, capped at 5 s) is beyond a 0.5 s client's whole budget
     assert reply.outcome == REJECTED and reply.status == 429 and len(seen) == 1 and clock.slept == []
     assert client.get_snapshot().outcome == UNSENT
     assert len(seen) == 1  # no poll is sent while the server asked us to wait
-    clock.t += 30
+    clock.t += crosstrade.RETRY_AFTER_CAP_S
     client.get_snapshot()
     assert len(seen) == 2
 

@@ -91,17 +91,19 @@ def test_tick_no_successful_poll_for_stale_after_is_audited_once_and_recovery_to
     assert len(rig.events("stale")) == 1
 
 
-def test_tick_stale_is_seen_while_backing_off_not_only_on_the_next_failed_poll(rig):
+def test_tick_stale_is_seen_while_backing_off_not_only_on_the_next_failed_poll(tmp_path, token):
+    rig = Rig(tmp_path, token, one_position(market=6000.0), CAP, stale_after=timedelta(seconds=3))
     rig.tick_at(0)
     rig.sim.inject(Fault("status", status=429, retry_after=30, match="GET /accounts/snapshot", count=1))
     rig.tick_at(1)
     for t in range(2, 6):
         rig.tick_at(t)
     assert len(_polls(rig)) == 2  # Retry-After honoured up to its 5 s cap: no poll in between
-    assert len(rig.events("stale")) == 1  # yet stale after 5 s without a successful poll
-    rig.tick_at(6)
+    assert len(rig.events("stale")) == 1  # yet stale after 3 s without a successful poll
     rig.tick_at(7)
+    rig.tick_at(8)
     assert len(_polls(rig)) == 4  # the 30 s hint was cut to 5 s: polling runs again
+    rig.close()
 
 
 def test_tick_malformed_and_unexpected_snapshots_are_audited_never_a_crash(rig):
