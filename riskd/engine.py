@@ -451,7 +451,8 @@ class _Tick:
                     holds, _ = check(rule, self.target(rule, account, position))
                     if holds:
                         record[self.target_key(rule, account, position)] = "pending"
-                for name in self.old.peaks:  # accounts seen this session that this snapshot does not show
+                # accounts seen this session that this snapshot does not show, and accounts it shows unreadable
+                for name in set(self.old.peaks) | set(self.snapshot.unknown):
                     if name not in self.present and _account_matches(rule.accounts, name):
                         record[str(TargetKey(name, waiting=True))] = "waiting"
                 if not record:

@@ -82,6 +82,7 @@ class Rig:
         self.tmp = tmp
         self.clock = clock or SimClock(start or datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc))  # a Tuesday, 10:00 New York
         self.sim = Simulator(scenario, token=token, clock=self.clock.monotonic, wall=self.clock.utc)
+        self.sim_t0 = self.clock.monotonic()  # request times (`r.t`) minus this: sim seconds
         self.server = SimServer(self.sim, host="127.0.0.1", port=0).start()
         spec = config.ConfigSpec(crosstrade=config.CrossTradeSpec(base_url=self.server.base_url), rules="rules/",
                                  audit_log="audit.jsonl", state_dir="state/")

@@ -49,7 +49,7 @@ RATE, BURST = 3.0, 20  # CrossTrade's bucket, riskd's default
 START = datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc)  # Tuesday 10:00 New York
 NY = ZoneInfo("America/New_York")
 YM = ["YM 03-27", "YM 06-27", "YM 09-27", "YM 12-27", "YM 03-28"]
-HOSTILE = ["late_apply", "applied_refused", "echo", "mutate", "mutate", "retry_after", "clock_step"]
+HOSTILE = ["trickle", "late_apply", "applied_refused", "echo", "mutate", "mutate", "retry_after", "clock_step"]
 MATCHES = ["*", "*", "POST *", "GET /accounts/snapshot", "POST */positions/close", "POST */positions/flatten"]
 
 
@@ -128,6 +128,8 @@ def make_schedule(seed: int) -> Schedule:
             faults.append(Fault("latency", ms=rng.uniform(5, 30), **common))  # under the 50 ms timeout
         elif kind == "late":
             faults.append(Fault("latency", ms=rng.uniform(60, 120), **common))  # answered after the timeout, applied late
+        elif kind == "trickle":  # the answer comes a byte at a time, each within the read timeout
+            faults.append(Fault("trickle", bytes=1, ms=rng.uniform(10, 30), **common))
         elif kind == "late_apply":  # held past the timeout, applied later, within the settle window
             faults.append(Fault("late_apply", ms=rng.uniform(60, 120), apply_ms=rng.uniform(150, 700), **common))
         elif kind == "applied_refused":  # applied, answered 408 or 200 success: false
@@ -180,7 +182,8 @@ def deadline(trigger: float, windows: list[tuple[float, float, str]]) -> float:
     while changed:
         changed = False
         for start, end, what in windows:
-            after = end + 2.5 + SETTLE + (RETRY_AFTER_CAP_S if what.startswith("retry_after") else 0.0)
+            end += RETRY_AFTER_CAP_S if what.startswith("retry_after") else 0.0  # polls wait out the (capped) hint
+            after = end + 2.5 + SETTLE
             if start < due and end > trigger - 0.2 and after > due:
                 due = after
                 changed = True
@@ -315,6 +318,11 @@ def judge(s: Schedule, rig: Rig, marks: list[tuple[float, int]], token: str) -> 
         e.applied = len([r for r in applied if f"/accounts/{e.account}/" in r.path and r.path.endswith(e.path)
                          and str((r.body or {}).get("instrument")).upper() == str(e.instrument).upper()])  # as the API matches
     unmatched = len(applied) - sum(e.applied for e in s.expected)
+    merged = False
+    lock, loss = next(e for e in s.expected if e.name == "a3-loss!lock"), next(e for e in s.expected if e.name == "a3-loss")
+    if lock.applied == 0 and loss.applied == 1 and any(r.path.endswith("/accounts/A3/positions/flatten") and r.t - rig.sim_t0 >= lock.trigger
+                                                       for r in applied):
+        lock.applied, merged = 1, True  # the account flatten, held back past the lock's trigger, closed the new position too
     if unmatched:
         problems.append(f"{unmatched} applied order(s) matching no firing")
     for e in s.expected:
@@ -336,6 +344,8 @@ def judge(s: Schedule, rig: Rig, marks: list[tuple[float, int]], token: str) -> 
             target = firing.target  # account and instrument compare as the API does (case-insensitively)
             if e.instrument is None and target == TargetKey(e.account) or e.instrument is not None and target.instrument == e.instrument.upper():
                 e.acked_at = t
+        if e is lock and merged and e.acked_at is None and loss.acked_at is not None:
+            e.acked_at = max(loss.acked_at, lock.trigger)
         if e.acked_at is None or e.acked_at > e.deadline:
             problems.append(f"{e.name} {e.instrument or e.account}: acknowledged at {e.acked_at} (trigger {e.trigger}, due {e.deadline})")
 

@@ -183,6 +183,19 @@ def test_timed_an_account_missing_at_the_instant_is_closed_when_seen_within_grac
     assert [d.account for d in run.fired] == ["Sim101", "Sim102"]
 
 
+def test_timed_an_account_unreadable_since_start_is_closed_when_readable_within_grace():
+    """riskd has never seen Sim102 well-formed this session (it started during the glitch): the
+    occurrence still waits for it, it does not count as 'no target in scope'."""
+    run = Run(AT_CLOSE)
+    glitched = body(entry("Sim101", position(2, 0.0)), entry("Sim102", position(3, 0.0)))
+    glitched["accounts"][1]["positions"] = None
+    for _ in range(6):
+        run.tick(glitched)  # 10:00:00 .. 10:00:05, Sim102 unreadable throughout
+    assert [d.account for d in run.fired] == ["Sim101"]
+    run.tick(body(entry("Sim101"), entry("Sim102", position(3, 0.0))))
+    assert [d.account for d in run.fired] == ["Sim101", "Sim102"]
+
+
 def test_timed_an_account_never_seen_within_grace_is_audited_missed():
     run = Run(AT_CLOSE)
     both = body(entry("Sim101", position(2, 0.0)), entry("Sim102", position(3, 0.0)))
