@@ -188,7 +188,11 @@ def load(path: Path) -> Settings:
     spec = yamldoc.validate(doc, ConfigSpec)
     if spec is None:
         raise ConfigError(doc.problems)
-    return from_spec(spec, path.resolve())
+    try:
+        return from_spec(spec, path.resolve())
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on 3.11) or an unreadable directory
+        raise ConfigError([doc.problem_at(doc.node, "rules/audit_log/state_dir",
+                                          f"a path cannot be resolved ({exc}); fix the symlink or point the key at a real directory")]) from None
 
 
 def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> Settings:

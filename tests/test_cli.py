@@ -83,3 +83,12 @@ def test_every_cli_option_has_help_text():
             if not action.help:
                 missing.append(f"{verb} {'/'.join(action.option_strings) or action.dest}")
     assert not missing, f"options without help: {missing}"
+
+
+def test_check_a_rules_directory_in_a_symlink_loop_is_a_located_config_error(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "riskd.yaml").write_text("rules: a/\n")
+    result = run_cli("check", "-c", str(tmp_path / "riskd.yaml"))
+    assert result.returncode == 78, result.stderr  # a traceback (exit 1) would not stop systemd's restart loop
+    assert "riskd.yaml:1:1" in result.stderr and "Symlink loop" in result.stderr and "Traceback" not in result.stderr
