@@ -68,6 +68,8 @@ class Daemon:
         self.metrics_server: Any = None
         self._status_at = 0.0
         ticker.client.observers.append(self.telemetry.on_reply)
+        for webhook in self.notifier.webhooks:  # riskd_notifications_total{target,outcome}
+            webhook.observers.append(self.telemetry.on_notification)
         audit.observers.extend([self.telemetry.on_audit, self.notifier.on_audit, self._on_audit])
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(4)},

@@ -193,7 +193,7 @@ class Webhook:
         self._queue: deque[Message] = deque(maxlen=QUEUE_LIMIT)
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._on_outcome = on_outcome
+        self.observers: list[Callable[[str, str], None]] = [on_outcome]  # (target, "sent" | "retried" | "dropped"): metrics
         self.dropped = 0
         self.sent = 0
         self._http = httpx.Client(timeout=httpx.Timeout(target.timeout), transport=transport, follow_redirects=False,
@@ -235,17 +235,21 @@ class Webhook:
             outcome, retry_after = self._post(headers, body)
             if outcome == "sent":
                 self.sent += len(batch)
-                self._on_outcome(self.target.name, "sent")
+                self._report("sent")
                 return
             if outcome == "rejected" or time.monotonic() - started > GIVE_UP_AFTER:
-                self._on_outcome(self.target.name, "dropped")
+                self._report("dropped")
                 log.error("notify_dropped", target=self.target.name, messages=len(batch), attempts=attempt, reason=outcome)
                 return
-            self._on_outcome(self.target.name, "retried")
+            self._report("retried")
             delay = retry_after if retry_after is not None else min(MAX_BACKOFF, 2 ** (attempt - 1)) * random.uniform(0.8, 1.0)
             if self._stop.wait(min(delay, MAX_BACKOFF)):
                 self._queue.extendleft(reversed(batch))  # keep them for the final flush
                 return
+
+    def _report(self, outcome: str) -> None:
+        for observe in self.observers:
+            observe(self.target.name, outcome)
 
     def _post(self, headers: dict[str, str], body: bytes) -> tuple[str, float | None]:
         """POST once; return ("sent" | "retry" | "rejected", Retry-After seconds or None). Logs never name the URL."""
@@ -272,7 +276,7 @@ class Webhook:
             batch = self._take()
             headers, body = render(self.target.format, batch, self.host)
             outcome, _ = self._post(headers, body)
-            self._on_outcome(self.target.name, "sent" if outcome == "sent" else "dropped")
+            self._report("sent" if outcome == "sent" else "dropped")
             if outcome != "sent":
                 self.dropped += len(batch) + len(self._queue)
                 self._queue.clear()

@@ -413,9 +413,6 @@ class Store:
             raise StateError(f"state store {path} is unreadable ({exc.__class__.__name__})") from None
         return {**json.loads(row[0]), "updated": row[1]} if row else None
 
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.dir.glob("riskd.sqlite3*") if p.exists())
-
 
 def _create_private(path: Path, flags: int) -> int:
     """Open `path`, creating it 0600 whatever the umask; return the fd."""

@@ -1,6 +1,6 @@
 """YAML documents that remember where every value came from.
 
-Given a file, `load` returns the Python data and the composed node tree; `validate` turns the data
+Given a file, `read` returns a `Document` (the Python data and the composed node tree); `validate` turns the data
 into a frozen pydantic model and reports EVERY problem at once as a located `Problem`
 (file:line:col, the rule it belongs to, the field, and a fix). YAML 1.1 traps are closed:
 `15:55` stays the string "15:55" (not the base-60 integer 955), only true/false are booleans (so

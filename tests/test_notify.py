@@ -189,6 +189,25 @@ def test_notifier_routes_by_event_class_and_mutes_repeated_failures(webhook_serv
         notifier.close(1)
 
 
+def test_daemon_counts_each_delivered_notification_in_the_metrics(tmp_path, token, webhook_server):
+    from harness import Rig, one_position
+    from riskd.daemon import Daemon
+
+    server = webhook_server([500])
+    rig = Rig(tmp_path, token, one_position(), [])
+    notifier = Notifier([Webhook(target("hook"), server.url, "h")])
+    try:
+        daemon = Daemon(rig.settings, rig.ticker, rig.audit, {}, notifier=notifier)
+        notifier.on_audit(FIRED)
+        wait_until(lambda: notifier.webhooks[0].sent == 1, timeout=10)
+        metric = daemon.telemetry.registry.get_sample_value
+        assert metric("riskd_notifications_total", {"target": "hook", "outcome": "retried"}) == 1
+        assert metric("riskd_notifications_total", {"target": "hook", "outcome": "sent"}) == 1
+    finally:
+        notifier.close(1)
+        rig.close()
+
+
 def test_urls_are_never_logged(silent_port):
     url = f"http://127.0.0.1:{closed_port()}/secret-path-{time.monotonic_ns()}"
     with structlog.testing.capture_logs() as logs:
