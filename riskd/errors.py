@@ -3,7 +3,9 @@
     RiskdError
     ├── ConfigError        riskd.yaml or a rule file is invalid (exit 78); carries every located problem
     ├── StateError         the state store is unreadable, corrupt or from a newer riskd (exit 1)
-    └── ApiError           a CrossTrade answer could not be understood (e.g. a malformed snapshot)
+    ├── ApiError           a CrossTrade answer could not be understood (e.g. a malformed snapshot)
+    ├── TrailError         an audit trail cannot be read (missing file, overlapping files)
+    └── ScenarioError      a simulator scenario or fault rule is invalid (also a ValueError)
 
 Messages never contain the API token.
 """
@@ -48,3 +50,11 @@ class StateError(RiskdError):
 
 class ApiError(RiskdError):
     """A CrossTrade request failed before a usable answer was read."""
+
+
+class TrailError(RiskdError):
+    """A trail cannot be read (missing file, overlapping files); the message says which and why."""
+
+
+class ScenarioError(RiskdError, ValueError):
+    """A scenario file, scenario mapping or fault rule is invalid; the message names the file and key."""

@@ -34,15 +34,13 @@ from typing import IO, Any, Iterable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from riskd import events
+from riskd.errors import TrailError
 from riskd.audit import GENESIS, HEAD_SUFFIX, chain_hash, render
 
 ROTATED = re.compile(r"^(\.\d+|-\d{8}(\d{2})?)(\.(gz|bz2|xz))?$")
 DEFAULT_HIDDEN = frozenset({events.SAMPLE.name})  # shown only when asked for (--event sample / --all)
 ORDER_PATHS = ("/positions/close", "/positions/flatten")
 
-
-class TrailError(Exception):
-    """A trail cannot be read (missing file, overlapping files); the message says which and why."""
 
 
 # ---------------------------------------------------------------------------------------------

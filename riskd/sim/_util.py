@@ -6,12 +6,11 @@ import math
 import re
 from typing import Any
 
+from riskd.errors import ScenarioError
+
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
-
-class ScenarioError(ValueError):
-    """A scenario file, scenario mapping or fault rule is invalid; the message names the file and key."""
 
 
 def parse_duration(value: Any, *, where: str = "duration") -> float:
