@@ -32,7 +32,7 @@ from riskd.audit import AuditTrail
 from riskd.crosstrade import OK, UNKNOWN, Reply, request_for
 from riskd.engine import State, acknowledge
 from riskd.model import Account, Decision, Order, Snapshot
-from riskd.state import Intent, Store, fingerprint, positions_by_instrument
+from riskd.state import Intent, Store
 
 # Orders that are safe to send again once their first outcome is settled as "not applied": a second
 # flatten, close-all or cancel of something already flat is a no-op. A partial close is not (it would
@@ -83,6 +83,20 @@ def _overlaps(a: set[tuple[str, str | None]], b: set[tuple[str, str | None]]) ->
             if account == other_account and (instrument is None or other_instrument is None or instrument == other_instrument):
                 return True
     return False
+
+
+def fingerprint(decision: Decision, positions: dict[str, int]) -> dict[str, int]:
+    """Given a decision and {INSTRUMENT: quantity} of its account, return the quantities its orders touch."""
+    if any(o.instrument is None for o in decision.orders):
+        return dict(positions)
+    touched = {o.instrument.upper() for o in decision.orders if o.instrument}
+    return {inst: positions.get(inst, 0) for inst in sorted(touched)}
+
+
+def positions_by_instrument(snapshot_account: Account | None) -> dict[str, int]:
+    if snapshot_account is None:
+        return {}
+    return {p.instrument.upper(): p.quantity for p in snapshot_account.positions}
 
 
 def repeatable(order: Order) -> bool:

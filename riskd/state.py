@@ -108,14 +108,6 @@ class Intent:
     outcome: str | None = None
 
 
-def fingerprint(decision: Decision, positions: dict[str, int]) -> dict[str, int]:
-    """Given a decision and {INSTRUMENT: quantity} of its account, return the quantities its orders touch."""
-    if any(o.instrument is None for o in decision.orders):
-        return dict(positions)
-    touched = {o.instrument.upper() for o in decision.orders if o.instrument}
-    return {inst: positions.get(inst, 0) for inst in sorted(touched)}
-
-
 def _decision_to_json(d: Decision) -> str:
     return json.dumps({
         "rule": d.rule, "key": d.key, "account": d.account, "instrument": d.instrument, "action": d.action,
@@ -430,10 +422,3 @@ def ignore_sigxfsz() -> None:
 
 def _when(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
-
-
-def positions_by_instrument(snapshot_account: Any) -> dict[str, int]:
-    if snapshot_account is None:
-        return {}
-    return {p.instrument.upper(): p.quantity for p in snapshot_account.positions}
-
