@@ -295,7 +295,7 @@ class AuditTrail:
         with self._lock:
             if self._closed:  # after the last line (`stopped`): never written, never chained; the console has it
                 self._console.error("audit_line_after_close", trail=self.target,
-                                    line=plain(redact({"event": event, **fields}, self._secrets)))
+                                    line=self.redactor.value(plain({"event": event, **fields})))
                 return {}
             try:
                 line: dict[str, Any] = self._logger.msg(event, **fields)
