@@ -59,7 +59,7 @@ from typing import Any, Callable, Iterable, TextIO
 import structlog
 
 from riskd import events
-from riskd.redact import REDACTED, Redactor  # the one redaction module
+from riskd.redact import Redactor  # the one redaction module
 
 GENESIS = "0" * 64
 HEAD_SUFFIX = ".head"
@@ -295,7 +295,7 @@ class AuditTrail:
         with self._lock:
             if self._closed:  # after the last line (`stopped`): never written, never chained; the console has it
                 self._console.error("audit_line_after_close", trail=self.target,
-                                    line=plain(redact({"event": event, **fields}, self._secrets)))
+                                    line=plain(self.redactor.value({"event": event, **fields})))
                 return {}
             try:
                 line: dict[str, Any] = self._logger.msg(event, **fields)
