@@ -41,7 +41,8 @@ def parse_duration(value: Any) -> timedelta:
 
 def _time_of_day(value: Any) -> time:
     if isinstance(value, str) and re.fullmatch(_TIME, value.strip()):
-        return time(*(int(p) for p in value.strip().split(":")))
+        parts = [int(p) for p in value.strip().split(":")]  # HH:MM or HH:MM:SS (the pattern above)
+        return time(parts[0], parts[1], parts[2] if len(parts) > 2 else 0)
     raise ValueError(f"invalid time {value!r}; write \"HH:MM\" or \"HH:MM:SS\" in 24-hour time, e.g. \"15:55\"")
 
 

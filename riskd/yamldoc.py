@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from riskd.errors import ConfigError, Problem
 
@@ -207,7 +208,7 @@ def read(path: Path) -> Document:
     return Document(path, text)
 
 
-def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+def _message(err: ErrorDetails, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
