@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
 import structlog
+from structlog.typing import EventDict
 
 from riskd import events
 from riskd.redact import Redactor  # the one redaction module
@@ -280,10 +281,10 @@ class AuditTrail:
 
     # processors -------------------------------------------------------------------------------
 
-    def _stamp(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def _stamp(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
         return {"ts": utc_stamp(self._clock()), **event}
 
-    def _scrub(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def _scrub(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
         return self.redactor.value(event)
 
     # public -----------------------------------------------------------------------------------
@@ -652,11 +653,11 @@ class AuditTrail:
         self._drain()
 
 
-def _plain(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _plain(_logger: Any, _name: str, event: EventDict) -> dict[str, Any]:
     return plain(event)
 
 
-def _deliver(_logger: Any, _name: str, event: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _deliver(_logger: Any, _name: str, event: EventDict) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (event,), {}
 
 
@@ -719,7 +720,8 @@ def configure_console(json_output: bool | None = None, level: str = "info", secr
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
-    for handler in root.handlers or [logging.lastResort]:
+    lone: list[logging.Handler | None] = [logging.lastResort]  # None if a program cleared it
+    for handler in root.handlers or lone:
         if handler is not None:
             for old in [f for f in handler.filters if isinstance(f, _RedactingFilter)]:
                 handler.removeFilter(old)

@@ -347,9 +347,10 @@ def _print_once(decisions: list[Any], rows: list[dict[str, Any]], loaded: list[A
         for c in row["conditions"]:
             print(f"      {c['name']}={_fmt(c['seen'])}  ({c['threshold']})  {c['distance']}")
     print("next scheduled firings:")
-    timed = sorted(((engine.next_occurrence(r, now), r.name) for r in loaded if r.at is not None and r.enabled), key=lambda x: x[0])
+    timed = sorted(((engine.next_occurrence(r, now), r.name) for r in loaded if r.at is not None and r.enabled),
+                   key=lambda x: (x[0] is None, x[0] or now))  # an `at` rule with no next occurrence: last, as never
     for when, name in timed:
-        print(f"  {when.isoformat()}  {name}  (in {engine.format_span(when - now)})")
+        print(f"  {when.isoformat()}  {name}  (in {engine.format_span(when - now)})" if when else f"  never  {name}")
     if not timed:
         print("  none")
 

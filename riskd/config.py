@@ -42,7 +42,8 @@ class CrossTradeSpec(Spec):
         return value.rstrip("/")
 
 
-NOTIFY_EVENTS = ("fired", "failed", "stale", "rules_rejected")
+NotifyEvent = Literal["fired", "failed", "stale", "rules_rejected"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("fired", "failed", "stale", "rules_rejected")
 
 
 class NotifyTargetSpec(Spec):
@@ -54,7 +55,7 @@ class NotifyTargetSpec(Spec):
     url: str | None = None
     url_env: str | None = None
     url_credential: str | None = None
-    events: list[Literal["fired", "failed", "stale", "rules_rejected"]] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
     timeout: Duration = timedelta(seconds=5)
 
     @model_validator(mode="after")

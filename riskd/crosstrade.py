@@ -490,7 +490,8 @@ def parse_position(raw: Any, account: str) -> Position | None:
     quantity = abs(int(quantity))
     if quantity > MAX_PLAUSIBLE_QUANTITY:
         raise UnknownEntry(f"position {raw['instrument']!r}: quantity {str(quantity)[:40]} is implausible")
-    side = _SIDES.get(raw.get("marketPosition").lower()) if isinstance(raw.get("marketPosition"), str) else None
+    market_position = raw.get("marketPosition")
+    side = _SIDES.get(market_position.lower()) if isinstance(market_position, str) else None
     if side is None:
         raise UnknownEntry(f"position {raw['instrument']!r}: unreadable marketPosition {str(raw.get('marketPosition'))[:40]}")
     if (side == "Flat") != (quantity == 0):
@@ -529,7 +530,7 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
         raise ApiError("snapshot without an 'accounts' list")
     if data.get("success") is False:
         raise ApiError(f"snapshot refused: {data.get('error')}")
-    accounts = []
+    accounts: list[Account] = []
     unknown: set[str] = set()
     problems: list[str] = []
     for entry in data["accounts"]:

@@ -134,7 +134,7 @@ def render(fmt: str, messages: list[Message], host: str) -> tuple[dict[str, str]
     if fmt == "slack":
         return {"Content-Type": "application/json"}, json.dumps({"text": _clip("\n".join(texts), 3500)}).encode()
     if fmt == "discord":
-        body = {"content": _clip("\n".join(texts), 1900), "allowed_mentions": {"parse": []}}
+        body: dict[str, Any] = {"content": _clip("\n".join(texts), 1900), "allowed_mentions": {"parse": []}}
         return {"Content-Type": "application/json"}, json.dumps(body).encode()
     if fmt == "ntfy":
         urgent = any(m.urgent for m in messages)

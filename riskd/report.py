@@ -153,14 +153,15 @@ def chart(account: AccountDay, start: datetime, end: datetime, numbers: dict[int
     first = start.timestamp() - start.timestamp() % xstep + xstep
     t = first
     while t < end.timestamp() + 1e-6:
-        moment = datetime.fromtimestamp(t, timezone.utc)
-        parts.append(f'<line x1="{x(moment):.1f}" x2="{x(moment):.1f}" y1="{MT}" y2="{H - MB}" class="grid"/>'
-                     f'<text x="{x(moment):.1f}" y="{H - MB + 16}" class="xlab">{moment:%H:%M}</text>')
+        grid_at = datetime.fromtimestamp(t, timezone.utc)
+        parts.append(f'<line x1="{x(grid_at):.1f}" x2="{x(grid_at):.1f}" y1="{MT}" y2="{H - MB}" class="grid"/>'
+                     f'<text x="{x(grid_at):.1f}" y="{H - MB + 16}" class="xlab">{grid_at:%H:%M}</text>')
         t += xstep
     parts.append(f'<text x="{(ML + W - MR) / 2:.0f}" y="{H - 8}" class="xlab">time (UTC)</text>')
     if account.samples:
-        for index, style in ((2, "realized"), (1, "total")):
-            points = " ".join(f"{x(s[0]):.1f},{y(s[index]):.1f}" for s in account.samples)
+        for style, curve in (("realized", [(s[0], s[2]) for s in account.samples]),
+                             ("total", [(s[0], s[1]) for s in account.samples])):
+            points = " ".join(f"{x(at):.1f},{y(value):.1f}" for at, value in curve)
             parts.append(f'<polyline points="{points}" class="{style}"/>')
         if len(account.samples) == 1:
             s = account.samples[0]

@@ -8,6 +8,7 @@ riskd.fields.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -206,7 +207,7 @@ def _compile(docs: list[yamldoc.Document], default_zone: Any, problems: list[Pro
     for doc in docs:
         if doc.node is None and not doc.problems:
             doc.problems.append(doc.problem_at(None, "", "empty rule file; write rules: followed by a list of rules (see rules/README.md)"))
-        specs = yamldoc.validate(doc, RuleFile, field_of=lambda loc, doc=doc: _field_of(doc, loc))
+        specs = yamldoc.validate(doc, RuleFile, field_of=functools.partial(_field_of, doc))
         raw_rules = doc.data.get("rules") if isinstance(doc.data, dict) else None
         for i, raw in enumerate(raw_rules if isinstance(raw_rules, list) else []):
             name = raw.get("name") if isinstance(raw, dict) else None
