@@ -536,7 +536,8 @@ class AuditTrail:
             if head and head.get("ino") == st.st_ino:
                 if head["seq"] > tail.seq:
                     notes["missing"] = {"from_seq": tail.seq + 1, "to_seq": head["seq"], "head_hash": head["hash"],
-                                        "note": "written before, no longer in the trail (power loss before they reached the disk, or cut off)"}
+                                        "note": "written before, no longer in the trail "
+                                                "(power loss before they reached the disk, or cut off)"}
                 elif head["seq"] == tail.seq and head["hash"] != tail.hash:
                     notes["mismatch"] = {"seq": tail.seq, "head_hash": head["hash"], "trail_hash": tail.hash,
                                          "note": "the trail's last line is not the line riskd wrote (edited while riskd was not writing)"}
@@ -558,7 +559,8 @@ class AuditTrail:
             if not tail.junk_terminated:
                 self._pending, self._pending_line, self._pending_len = b"\n", None, 1  # end the torn line
             front.append(self._note("trail_repaired", torn=tail.torn(), **notes, **anchor,
-                                    reason="the trail ended with an incomplete line (crash or power loss mid-write); left as is, terminated by a newline"))
+                                    reason="the trail ended with an incomplete line (crash or power loss mid-write); "
+                                           "left as is, terminated by a newline"))
             self._console.warning("trail_repaired", trail=str(self.path), offset=tail.end, bytes=tail.junk_bytes)
         elif notes:
             front.append(self._note("trail_repaired", **notes, **anchor, reason="the trail's end differs from what riskd last wrote"))

@@ -126,7 +126,8 @@ def _settings(args: argparse.Namespace, *, demo_ok: bool = False) -> config.Sett
     if path is None:
         if demo_ok:
             return demo_settings()
-        raise ConfigError([config.Problem("riskd.yaml", 1, 1, "", "no config file: pass -c FILE, set RISKD_CONFIG, or create ./riskd.yaml")])
+        raise ConfigError([config.Problem("riskd.yaml", 1, 1, "",
+                                          "no config file: pass -c FILE, set RISKD_CONFIG, or create ./riskd.yaml")])
     return config.load(path)
 
 
@@ -217,7 +218,8 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
     audit = _audit_trail(settings, redactor)
     stack.callback(audit.close)
     if daemon:
-        store = Store(state_dir_for(settings, dry_run), on_condition=audit.emit, redactor=redactor)  # disk_full / disk_recovered in the trail
+        store = Store(state_dir_for(settings, dry_run), on_condition=audit.emit,
+                      redactor=redactor)  # disk_full / disk_recovered in the trail
     elif dry_run:  # a dry look must not take the running daemon's state lock, nor change its state
         store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())), redactor=redactor)
         store.save(Store.peek(state_dir_for(settings, False)), utc_now())

@@ -87,7 +87,8 @@ class ConfigSpec(Spec):
     session_start: TimeOfDay = time(18, 0)
     rules: str | list[str] = "rules/"
     audit_log: str = "audit.jsonl"
-    audit_fsync: Literal["actions", "all", "none"] = Field("actions", description="fsync after: decisions, API calls and lifecycle lines (actions), every line (all), none")
+    audit_fsync: Literal["actions", "all", "none"] = Field(
+        "actions", description="fsync after: decisions, API calls and lifecycle lines (actions), every line (all), none")
     state_dir: str = "state/"
     misfire_grace: Duration = timedelta(seconds=60)
     settle_window: Duration = Field(timedelta(seconds=30), description=(
@@ -193,7 +194,8 @@ def load(path: Path) -> Settings:
         return from_spec(spec, path.resolve())
     except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on 3.11) or an unreadable directory
         raise ConfigError([doc.problem_at(doc.node, "rules/audit_log/state_dir",
-                                          f"a path cannot be resolved ({exc}); fix the symlink or point the key at a real directory")]) from None
+                                          f"a path cannot be resolved ({exc}); "
+                                          "fix the symlink or point the key at a real directory")]) from None
 
 
 def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> Settings:

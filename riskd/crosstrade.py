@@ -552,7 +552,8 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
             if nulls:  # a null P&L is not a zero P&L
                 raise UnknownEntry(f"account figures {', '.join(nulls)} are null")
             figures = {key: _float(item, key) for key in ("realizedProfitLoss", "commission", "netLiquidation")}
-            unrealized = _float(item, "unrealizedProfitLoss") if "unrealizedProfitLoss" in item else sum(p.unrealized_pnl for p in positions)
+            unrealized = (_float(item, "unrealizedProfitLoss") if "unrealizedProfitLoss" in item
+                          else sum(p.unrealized_pnl for p in positions))
         except (UnknownEntry, ApiError) as exc:
             unknown.add(name.lower())
             problems.append(f"{name}: {exc}")

@@ -110,7 +110,8 @@ def message_for(line: dict[str, Any]) -> Message | None:
         errors = line.get("errors") or []
         first = f": {errors[0]}" if errors else ""
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        return Message("rules_rejected", event, f"riskd: rule reload REJECTED, {line.get('kept_rules')} old rules keep running{first}{more}", line)
+        return Message("rules_rejected", event,
+                       f"riskd: rule reload REJECTED, {line.get('kept_rules')} old rules keep running{first}{more}", line)
     return None
 
 

@@ -93,7 +93,8 @@ class Then(RuleModel):
         "not": {"required": ["flatten", "cancel_orders"], "properties": {"cancel_orders": {"const": True}}},
         "if": {"required": ["lock"], "properties": {"lock": {"const": True}}},
         "then": {"anyOf": [{"required": ["flatten"]},
-                           {"required": ["close"], "properties": {"close": {"anyOf": [{"const": "all"}, {"type": "string", "pattern": r"^100(\.0+)?%$"}]}}}]},
+                           {"required": ["close"], "properties": {"close": {"anyOf": [{"const": "all"},
+                                                                                      {"type": "string", "pattern": r"^100(\.0+)?%$"}]}}}]},
     })
 
     close: CloseAmount | None = Field(None, description="per matched position: all, N% (rounded up by the API) or N contracts")

@@ -553,7 +553,8 @@ def describe(line: dict[str, Any]) -> str:
         return f"continues {line.get('previous_file') or 'the previous file'} (seq {line.get('previous_seq')})"
     if event == events.TRAIL_REPAIRED.name:
         torn = line.get("torn") or {}
-        return f"{torn.get('bytes', 0)} torn bytes at offset {torn.get('offset')}" + (f"; missing {line['missing']}" if line.get("missing") else "")
+        return (f"{torn.get('bytes', 0)} torn bytes at offset {torn.get('offset')}"
+                + (f"; missing {line['missing']}" if line.get("missing") else ""))
     if event == events.TRAIL_UNWRITABLE.name:
         return f"{line.get('error')}"
     if event == events.TRAIL_WRITABLE.name:
