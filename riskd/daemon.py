@@ -20,8 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from riskd import __version__, events
-from riskd import rules as rules_mod
+from riskd import __version__, events, rules as rules_mod
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.errors import ConfigError

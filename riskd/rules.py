@@ -22,8 +22,24 @@ from pydantic.json_schema import GenerateJsonSchema
 from riskd import yamldoc
 from riskd.conditions import REGISTRY
 from riskd.errors import ConfigError, Problem
-from riskd.fields import (NAME, Accounts, CloseAmount, Cross, Days, Duration, Flag, Instruments, Name, PositiveContracts, RuleModel,
-                          TimeOfDay, TrueOnly, Zone, close_amount, lenient)
+from riskd.fields import (
+    NAME,
+    Accounts,
+    CloseAmount,
+    Cross,
+    Days,
+    Duration,
+    Flag,
+    Instruments,
+    Name,
+    PositiveContracts,
+    RuleModel,
+    TimeOfDay,
+    TrueOnly,
+    Zone,
+    close_amount,
+    lenient,
+)
 from riskd.model import Action, Rule
 
 # ---------------------------------------------------------------------------------------------

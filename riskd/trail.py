@@ -26,8 +26,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from datetime import time as dtime
+from datetime import date, datetime, time as dtime, timedelta, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, cast

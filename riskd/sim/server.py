@@ -10,7 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
-from .core import API_PREFIX, Simulator, SimResponse
+from .core import API_PREFIX, SimResponse, Simulator
 
 __all__ = ["SimServer"]
 
