@@ -108,7 +108,8 @@ def is_idempotent(decision: Decision) -> bool:
     return all(repeatable(o) for o in decision.orders)
 
 
-def fills_since(executions: Any, account: str, closing: dict[str, str], whole_account: bool, since: datetime) -> list[dict[str, Any]] | None:
+def fills_since(executions: Any, account: str, closing: dict[str, str], whole_account: bool,
+                since: datetime) -> list[dict[str, Any]] | None:
     """Given an executions answer, the fills of `account` at or after `since` (less EXECUTION_SKEW)
     that reduce a position: `closing` maps INSTRUMENT to the fill direction that reduces it ("Short"
     for a long position); `whole_account`: any instrument. A fill the other way (the trader adding)
@@ -359,7 +360,8 @@ class Executor:
         if fills is None and intent.key not in self._no_evidence:
             self._no_evidence.add(intent.key)
             self.audit.emit("deferred", rule=intent.decision.rule, key=intent.key, account=account, instrument=intent.decision.instrument,
-                            action=intent.decision.action, reason=f"in doubt: the executions cannot be read ({reply.status or reply.outcome}: "
+                            action=intent.decision.action,
+                            reason=f"in doubt: the executions cannot be read ({reply.status or reply.outcome}: "
                             f"{reply.error or 'not the documented shape'}); not sent again until they can")
         return fills
 

@@ -57,9 +57,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
 import structlog
+from structlog.typing import EventDict
 
 from riskd import events
-from riskd.redact import REDACTED, Redactor  # the one redaction module
+from riskd.redact import Redactor  # the one redaction module
 
 GENESIS = "0" * 64
 HEAD_SUFFIX = ".head"
@@ -280,10 +281,10 @@ class AuditTrail:
 
     # processors -------------------------------------------------------------------------------
 
-    def _stamp(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def _stamp(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
         return {"ts": utc_stamp(self._clock()), **event}
 
-    def _scrub(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def _scrub(self, _logger: Any, _name: str, event: EventDict) -> EventDict:
         return self.redactor.value(event)
 
     # public -----------------------------------------------------------------------------------
@@ -535,7 +536,8 @@ class AuditTrail:
             if head and head.get("ino") == st.st_ino:
                 if head["seq"] > tail.seq:
                     notes["missing"] = {"from_seq": tail.seq + 1, "to_seq": head["seq"], "head_hash": head["hash"],
-                                        "note": "written before, no longer in the trail (power loss before they reached the disk, or cut off)"}
+                                        "note": "written before, no longer in the trail "
+                                                "(power loss before they reached the disk, or cut off)"}
                 elif head["seq"] == tail.seq and head["hash"] != tail.hash:
                     notes["mismatch"] = {"seq": tail.seq, "head_hash": head["hash"], "trail_hash": tail.hash,
                                          "note": "the trail's last line is not the line riskd wrote (edited while riskd was not writing)"}
@@ -557,7 +559,8 @@ class AuditTrail:
             if not tail.junk_terminated:
                 self._pending, self._pending_line, self._pending_len = b"\n", None, 1  # end the torn line
             front.append(self._note("trail_repaired", torn=tail.torn(), **notes, **anchor,
-                                    reason="the trail ended with an incomplete line (crash or power loss mid-write); left as is, terminated by a newline"))
+                                    reason="the trail ended with an incomplete line (crash or power loss mid-write); "
+                                           "left as is, terminated by a newline"))
             self._console.warning("trail_repaired", trail=str(self.path), offset=tail.end, bytes=tail.junk_bytes)
         elif notes:
             front.append(self._note("trail_repaired", **notes, **anchor, reason="the trail's end differs from what riskd last wrote"))
@@ -652,11 +655,11 @@ class AuditTrail:
         self._drain()
 
 
-def _plain(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _plain(_logger: Any, _name: str, event: EventDict) -> dict[str, Any]:
     return plain(event)
 
 
-def _deliver(_logger: Any, _name: str, event: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _deliver(_logger: Any, _name: str, event: EventDict) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (event,), {}
 
 
@@ -719,7 +722,8 @@ def configure_console(json_output: bool | None = None, level: str = "info", secr
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
-    for handler in root.handlers or [logging.lastResort]:
+    lone: list[logging.Handler | None] = [logging.lastResort]  # None if a program cleared it
+    for handler in root.handlers or lone:
         if handler is not None:
             for old in [f for f in handler.filters if isinstance(f, _RedactingFilter)]:
                 handler.removeFilter(old)

@@ -126,7 +126,8 @@ def _settings(args: argparse.Namespace, *, demo_ok: bool = False) -> config.Sett
     if path is None:
         if demo_ok:
             return demo_settings()
-        raise ConfigError([config.Problem("riskd.yaml", 1, 1, "", "no config file: pass -c FILE, set RISKD_CONFIG, or create ./riskd.yaml")])
+        raise ConfigError([config.Problem("riskd.yaml", 1, 1, "",
+                                          "no config file: pass -c FILE, set RISKD_CONFIG, or create ./riskd.yaml")])
     return config.load(path)
 
 
@@ -217,7 +218,8 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
     audit = _audit_trail(settings, redactor)
     stack.callback(audit.close)
     if daemon:
-        store = Store(state_dir_for(settings, dry_run), on_condition=audit.emit, redactor=redactor)  # disk_full / disk_recovered in the trail
+        store = Store(state_dir_for(settings, dry_run), on_condition=audit.emit,
+                      redactor=redactor)  # disk_full / disk_recovered in the trail
     elif dry_run:  # a dry look must not take the running daemon's state lock, nor change its state
         store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())), redactor=redactor)
         store.save(Store.peek(state_dir_for(settings, False)), utc_now())
@@ -347,9 +349,10 @@ def _print_once(decisions: list[Any], rows: list[dict[str, Any]], loaded: list[A
         for c in row["conditions"]:
             print(f"      {c['name']}={_fmt(c['seen'])}  ({c['threshold']})  {c['distance']}")
     print("next scheduled firings:")
-    timed = sorted(((engine.next_occurrence(r, now), r.name) for r in loaded if r.at is not None and r.enabled), key=lambda x: x[0])
+    timed = sorted(((engine.next_occurrence(r, now), r.name) for r in loaded if r.at is not None and r.enabled),
+                   key=lambda x: (x[0] is None, x[0] or now))  # an `at` rule with no next occurrence: last, as never
     for when, name in timed:
-        print(f"  {when.isoformat()}  {name}  (in {engine.format_span(when - now)})")
+        print(f"  {when.isoformat()}  {name}  (in {engine.format_span(when - now)})" if when else f"  never  {name}")
     if not timed:
         print("  none")
 

@@ -42,7 +42,8 @@ class CrossTradeSpec(Spec):
         return value.rstrip("/")
 
 
-NOTIFY_EVENTS = ("fired", "failed", "stale", "rules_rejected")
+NotifyEvent = Literal["fired", "failed", "stale", "rules_rejected"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("fired", "failed", "stale", "rules_rejected")
 
 
 class NotifyTargetSpec(Spec):
@@ -54,7 +55,7 @@ class NotifyTargetSpec(Spec):
     url: str | None = None
     url_env: str | None = None
     url_credential: str | None = None
-    events: list[Literal["fired", "failed", "stale", "rules_rejected"]] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
     timeout: Duration = timedelta(seconds=5)
 
     @model_validator(mode="after")
@@ -86,7 +87,8 @@ class ConfigSpec(Spec):
     session_start: TimeOfDay = time(18, 0)
     rules: str | list[str] = "rules/"
     audit_log: str = "audit.jsonl"
-    audit_fsync: Literal["actions", "all", "none"] = Field("actions", description="fsync after: decisions, API calls and lifecycle lines (actions), every line (all), none")
+    audit_fsync: Literal["actions", "all", "none"] = Field(
+        "actions", description="fsync after: decisions, API calls and lifecycle lines (actions), every line (all), none")
     state_dir: str = "state/"
     misfire_grace: Duration = timedelta(seconds=60)
     settle_window: Duration = Field(timedelta(seconds=30), description=(
@@ -192,7 +194,8 @@ def load(path: Path) -> Settings:
         return from_spec(spec, path.resolve())
     except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on 3.11) or an unreadable directory
         raise ConfigError([doc.problem_at(doc.node, "rules/audit_log/state_dir",
-                                          f"a path cannot be resolved ({exc}); fix the symlink or point the key at a real directory")]) from None
+                                          f"a path cannot be resolved ({exc}); "
+                                          "fix the symlink or point the key at a real directory")]) from None
 
 
 def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> Settings:

@@ -490,7 +490,8 @@ def parse_position(raw: Any, account: str) -> Position | None:
     quantity = abs(int(quantity))
     if quantity > MAX_PLAUSIBLE_QUANTITY:
         raise UnknownEntry(f"position {raw['instrument']!r}: quantity {str(quantity)[:40]} is implausible")
-    side = _SIDES.get(raw.get("marketPosition").lower()) if isinstance(raw.get("marketPosition"), str) else None
+    market_position = raw.get("marketPosition")
+    side = _SIDES.get(market_position.lower()) if isinstance(market_position, str) else None
     if side is None:
         raise UnknownEntry(f"position {raw['instrument']!r}: unreadable marketPosition {str(raw.get('marketPosition'))[:40]}")
     if (side == "Flat") != (quantity == 0):
@@ -529,7 +530,7 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
         raise ApiError("snapshot without an 'accounts' list")
     if data.get("success") is False:
         raise ApiError(f"snapshot refused: {data.get('error')}")
-    accounts = []
+    accounts: list[Account] = []
     unknown: set[str] = set()
     problems: list[str] = []
     for entry in data["accounts"]:
@@ -551,7 +552,8 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
             if nulls:  # a null P&L is not a zero P&L
                 raise UnknownEntry(f"account figures {', '.join(nulls)} are null")
             figures = {key: _float(item, key) for key in ("realizedProfitLoss", "commission", "netLiquidation")}
-            unrealized = _float(item, "unrealizedProfitLoss") if "unrealizedProfitLoss" in item else sum(p.unrealized_pnl for p in positions)
+            unrealized = (_float(item, "unrealizedProfitLoss") if "unrealizedProfitLoss" in item
+                          else sum(p.unrealized_pnl for p in positions))
         except (UnknownEntry, ApiError) as exc:
             unknown.add(name.lower())
             problems.append(f"{name}: {exc}")

@@ -20,8 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from riskd import __version__, events
-from riskd import rules as rules_mod
+from riskd import __version__, events, rules as rules_mod
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.errors import ConfigError
@@ -117,7 +116,8 @@ class Daemon:
         mode = " (dry run)" if self.ticker.executor.dry_run else ""
         if h.stale:
             error = f" ({h.last_error})" if h.last_error else ""
-            return f"STALE: no usable snapshot since {h.last_ok.isoformat(timespec='seconds') if h.last_ok else 'start'}{error}; {len(self.ticker.rules)} rules{mode}"
+            since = h.last_ok.isoformat(timespec='seconds') if h.last_ok else 'start'
+            return f"STALE: no usable snapshot since {since}{error}; {len(self.ticker.rules)} rules{mode}"
         return f"{watched}, {len(self.ticker.rules)} rules; {h.ticks} ticks, {h.firings} firings{mode}"
 
     def _summary(self) -> None:
@@ -142,7 +142,8 @@ class Daemon:
             new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone)
         except Exception as exc:  # whatever the loader raises, a reload never kills the daemon: the old rules run on
             errors = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [f"{exc.__class__.__name__}: {exc}"[:2000]]
-            self.audit.emit(events.RULES_REJECTED, source=[str(p) for p in self.settings.rules], errors=errors, kept_rules=len(self.ticker.rules))
+            self.audit.emit(events.RULES_REJECTED, source=[str(p) for p in self.settings.rules], errors=errors,
+                            kept_rules=len(self.ticker.rules))
             log.error("rules_rejected", errors=errors, kept_rules=len(self.ticker.rules))
             self.systemd.ready(f"reload REJECTED ({len(errors)} errors), old rules kept; " + self.status())
             return False
@@ -150,7 +151,8 @@ class Daemon:
         self.ticker.swap_rules(new_rules)
         self.hashes = hashes
         self._schedule_timed()
-        self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules), reason="reload",
+        self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules),
+                        reason="reload",
                         **changes)
         log.info("rules_loaded", rule_count=len(new_rules), reason="reload")
         self.systemd.ready(self.status())
@@ -186,7 +188,8 @@ class Daemon:
                         pid=os.getpid(), dry_run=self.ticker.executor.dry_run, base_url=self.settings.base_url,
                         poll_interval_s=self.settings.poll_interval, timezone=str(self.settings.zone),
                         session_start=self.settings.session_start.isoformat(timespec="minutes"))
-        self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=self.hashes, rule_count=len(self.ticker.rules), reason="start")
+        self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=self.hashes,
+                        rule_count=len(self.ticker.rules), reason="start")
         log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
                  dry_run=self.ticker.executor.dry_run)
         # The first tick runs in its own (daemon) thread so a stop during it is honoured like any other.
@@ -207,7 +210,8 @@ class Daemon:
     def _serve(self, on_ready: Callable[[], None]) -> None:
         gc.collect()
         gc.freeze()  # startup objects live forever: keep them out of every later GC pass (shorter tick tails)
-        self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.poll_interval, start_date=poll_phase(self.settings.poll_interval)),
+        self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.poll_interval,
+                                                                start_date=poll_phase(self.settings.poll_interval)),
                                args=["poll"], id="poll", misfire_grace_time=max(1, int(self.settings.poll_interval)))
         self._schedule_timed()
         if self.settings.summary_interval > 0:

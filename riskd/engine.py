@@ -350,7 +350,8 @@ class _Tick:
             self._target_of_id[cache_key] = target
         return target
 
-    def decide(self, kind: str, rule: Rule, key: str, account: Account, position: Position | None, inputs: dict[str, Any], **extra: Any) -> None:
+    def decide(self, kind: str, rule: Rule, key: str, account: Account, position: Position | None, inputs: dict[str, Any],
+               **extra: Any) -> None:
         if position is not None:
             inputs = {**inputs, "position": position.as_dict()}
         inputs.setdefault("account_pnl", account.pnl())
@@ -407,7 +408,8 @@ class _Tick:
         now, days, peak_of, seen_of = self.now, rule.days, self._peak_of, self._seen_of
         conditions = [(REGISTRY[name].check, spec) for name, spec in rule.conditions]
         for account, position in self.targets(rule):
-            target = Target(account, position, now, local, days, peak_of[id(account)], seen_of[id(position)] if position is not None else None)
+            target = Target(account, position, now, local, days, peak_of[id(account)],
+                            seen_of[id(position)] if position is not None else None)
             # fast rejection: stop at the first condition that does not hold; the conditions are
             # pure, so check() recomputes the same result (and the inputs) for the targets that pass
             for condition, spec in conditions:
@@ -460,7 +462,9 @@ class _Tick:
             else:
                 record = {}
                 if occ >= known_since - grace:
-                    self._skip(rule, okey, f"riskd was not running at {occ.isoformat()} (found {late.total_seconds():.0f}s late, misfire_grace {grace.total_seconds():.0f}s)", kind="missed")
+                    self._skip(rule, okey,
+                               f"riskd was not running at {occ.isoformat()} "
+                               f"(found {late.total_seconds():.0f}s late, misfire_grace {grace.total_seconds():.0f}s)", kind="missed")
             self.occurrences[okey] = record
         if "pending" not in record.values() and "waiting" not in record.values():
             return
@@ -477,7 +481,8 @@ class _Tick:
                         record[tkey] = "pending"
             elif late > grace:
                 record[wkey] = "missed"
-                self._skip(rule, str(FiringKey(rule.name, TargetKey(name), occurrence=occ.isoformat())), f"account {name} was not visible (missing or unreadable in every snapshot) "
+                self._skip(rule, str(FiringKey(rule.name, TargetKey(name), occurrence=occ.isoformat())),
+                           f"account {name} was not visible (missing or unreadable in every snapshot) "
                            f"from {occ.isoformat()} until misfire_grace ({grace.total_seconds():.0f}s) ran out", kind="missed")
         for tkey, status in record.items():
             if status != "pending":
@@ -661,7 +666,8 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
             conditions = [REGISTRY[name].row(spec, target) for name, spec in rule.conditions]
             if rule.at is not None:
                 conditions.insert(0, {"name": "at", "seen": target.local.strftime("%H:%M:%S"), "threshold": rule.at.isoformat(),
-                                      "holds": False, "distance": f"next {nxt.isoformat()} (in {format_span(nxt - now)})" if nxt else "never"})
+                                      "holds": False,
+                                      "distance": f"next {nxt.isoformat()} (in {format_span(nxt - now)})" if nxt else "never"})
             if rule.hold is not None:
                 since = state.pending.get(key)
                 held = (now - datetime.fromisoformat(since)) if since else timedelta(0)

@@ -41,7 +41,8 @@ def parse_duration(value: Any) -> timedelta:
 
 def _time_of_day(value: Any) -> time:
     if isinstance(value, str) and re.fullmatch(_TIME, value.strip()):
-        return time(*(int(p) for p in value.strip().split(":")))
+        parts = [int(p) for p in value.strip().split(":")]  # HH:MM or HH:MM:SS (the pattern above)
+        return time(parts[0], parts[1], parts[2] if len(parts) > 2 else 0)
     raise ValueError(f"invalid time {value!r}; write \"HH:MM\" or \"HH:MM:SS\" in 24-hour time, e.g. \"15:55\"")
 
 
@@ -115,7 +116,8 @@ def _instruments(value: Any) -> tuple[str, ...]:
         if bad:
             raise ValueError("; ".join(bad))
         return tuple(parsed)
-    raise ValueError(f"invalid instrument filter {value!r}; write a root such as MES, a contract such as 'MES 12-26', a glob, or a list of them")
+    raise ValueError(f"invalid instrument filter {value!r}; "
+                     "write a root such as MES, a contract such as 'MES 12-26', a glob, or a list of them")
 
 
 def _money(value: Any) -> float:
@@ -199,7 +201,8 @@ def _window(value: Any) -> tuple[time, time]:
 
 _TIME_SCHEMA = {"type": "string", "pattern": _TIME, "examples": ["15:55", "16:58:30"]}
 _PERCENT_SCHEMA = {"type": "string", "pattern": _PERCENT}
-Duration = Annotated[timedelta, PlainValidator(parse_duration), WithJsonSchema({"type": "string", "pattern": _DURATION.pattern, "examples": ["3s", "30m"]})]
+Duration = Annotated[timedelta, PlainValidator(parse_duration), WithJsonSchema({"type": "string", "pattern": _DURATION.pattern,
+                                                                                "examples": ["3s", "30m"]})]
 TimeOfDay = Annotated[time, PlainValidator(_time_of_day), WithJsonSchema(_TIME_SCHEMA)]
 Zone = Annotated[Any, PlainValidator(_zone), WithJsonSchema({"type": "string", "description": "IANA time zone, e.g. America/New_York",
                                                              "examples": ["America/New_York", "America/Chicago"]})]
@@ -208,7 +211,8 @@ Days = Annotated[
     PlainValidator(_days),
     WithJsonSchema({"anyOf": [{"enum": ["weekdays", "daily"]}, {"type": "array", "items": {"enum": list(DAY_NAMES)}, "minItems": 1}]}),
 ]
-_FILTER_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}]}
+_FILTER_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1},
+                                                                 "minItems": 1}]}
 Accounts = Annotated[tuple[str, ...], PlainValidator(_accounts), WithJsonSchema(_FILTER_SCHEMA)]
 Instruments = Annotated[tuple[str, ...], PlainValidator(_instruments), WithJsonSchema(_FILTER_SCHEMA)]
 Money = Annotated[float, PlainValidator(_money), WithJsonSchema({"type": "number"})]
@@ -219,7 +223,8 @@ CloseAmount = Annotated[
     PlainValidator(close_amount),
     WithJsonSchema({"anyOf": [{"const": "all"}, _PERCENT_SCHEMA, {"type": "integer", "minimum": 1}]}),
 ]
-DrawdownLimit = Annotated[Any, PlainValidator(_drawdown_limit), WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, _PERCENT_SCHEMA]})]
+DrawdownLimit = Annotated[Any, PlainValidator(_drawdown_limit), WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                                                                                          _PERCENT_SCHEMA]})]
 Flag = Annotated[bool, PlainValidator(_flag), WithJsonSchema({"type": "boolean"})]
 TrueOnly = Annotated[bool, PlainValidator(_true_only), WithJsonSchema({"const": True})]
 Name = Annotated[str, PlainValidator(_name), WithJsonSchema({"type": "string", "pattern": NAME})]

@@ -110,7 +110,8 @@ def message_for(line: dict[str, Any]) -> Message | None:
         errors = line.get("errors") or []
         first = f": {errors[0]}" if errors else ""
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        return Message("rules_rejected", event, f"riskd: rule reload REJECTED, {line.get('kept_rules')} old rules keep running{first}{more}", line)
+        return Message("rules_rejected", event,
+                       f"riskd: rule reload REJECTED, {line.get('kept_rules')} old rules keep running{first}{more}", line)
     return None
 
 
@@ -134,7 +135,7 @@ def render(fmt: str, messages: list[Message], host: str) -> tuple[dict[str, str]
     if fmt == "slack":
         return {"Content-Type": "application/json"}, json.dumps({"text": _clip("\n".join(texts), 3500)}).encode()
     if fmt == "discord":
-        body = {"content": _clip("\n".join(texts), 1900), "allowed_mentions": {"parse": []}}
+        body: dict[str, Any] = {"content": _clip("\n".join(texts), 1900), "allowed_mentions": {"parse": []}}
         return {"Content-Type": "application/json"}, json.dumps(body).encode()
     if fmt == "ntfy":
         urgent = any(m.urgent for m in messages)

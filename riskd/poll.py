@@ -137,7 +137,8 @@ class PollHealth:
                           log={"path": reply.path, "status": reply.status, "error": error,
                                "message": "CrossTrade refused the API token (401/403): riskd cannot see or close positions until "
                                           "the credential is fixed; it retries once a minute"})]
-        return [Event("api_error", fields, level="warning", log={"path": reply.path, "status": reply.status, "error": error, "retry": retry})]
+        return [Event("api_error", fields, level="warning", log={"path": reply.path, "status": reply.status, "error": error,
+                                                                 "retry": retry})]
 
     def check_stale(self, now: datetime, mono: float, started_mono: float | None) -> list[Event]:
         """No usable snapshot this tick: return `stale` once `stale_after` has passed since the last one (or the start)."""
@@ -152,7 +153,8 @@ class PollHealth:
         return [Event("stale", {"last_ok": last_ok, "stale_after_s": self.stale_after.total_seconds(),
                                 "consecutive": h.consecutive_failures, "last_error": h.last_error},
                       level="error", log={"last_ok": last_ok,
-                                          "message": f"no successful poll for {self.stale_after.total_seconds():g}s: riskd cannot see positions"})]
+                                          "message": f"no successful poll for {self.stale_after.total_seconds():g}s: "
+                                                     "riskd cannot see positions"})]
 
     def backoff(self, reply: Reply) -> float:
         """Seconds until the next poll after a failed one: bounded exponential back-off with jitter from

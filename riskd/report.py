@@ -153,14 +153,15 @@ def chart(account: AccountDay, start: datetime, end: datetime, numbers: dict[int
     first = start.timestamp() - start.timestamp() % xstep + xstep
     t = first
     while t < end.timestamp() + 1e-6:
-        moment = datetime.fromtimestamp(t, timezone.utc)
-        parts.append(f'<line x1="{x(moment):.1f}" x2="{x(moment):.1f}" y1="{MT}" y2="{H - MB}" class="grid"/>'
-                     f'<text x="{x(moment):.1f}" y="{H - MB + 16}" class="xlab">{moment:%H:%M}</text>')
+        grid_at = datetime.fromtimestamp(t, timezone.utc)
+        parts.append(f'<line x1="{x(grid_at):.1f}" x2="{x(grid_at):.1f}" y1="{MT}" y2="{H - MB}" class="grid"/>'
+                     f'<text x="{x(grid_at):.1f}" y="{H - MB + 16}" class="xlab">{grid_at:%H:%M}</text>')
         t += xstep
     parts.append(f'<text x="{(ML + W - MR) / 2:.0f}" y="{H - 8}" class="xlab">time (UTC)</text>')
     if account.samples:
-        for index, style in ((2, "realized"), (1, "total")):
-            points = " ".join(f"{x(s[0]):.1f},{y(s[index]):.1f}" for s in account.samples)
+        for style, curve in (("realized", [(s[0], s[2]) for s in account.samples]),
+                             ("total", [(s[0], s[1]) for s in account.samples])):
+            points = " ".join(f"{x(at):.1f},{y(value):.1f}" for at, value in curve)
             parts.append(f'<polyline points="{points}" class="{style}"/>')
         if len(account.samples) == 1:
             s = account.samples[0]
@@ -183,7 +184,8 @@ def chart(account: AccountDay, start: datetime, end: datetime, numbers: dict[int
                  f'<text x="{ML + 30}" y="16">session P&amp;L (total)</text>'
                  f'<line x1="{ML + 180}" x2="{ML + 204}" y1="12" y2="12" class="realized"/>'
                  f'<text x="{ML + 210}" y="16">realized</text>'
-                 f'<circle cx="{ML + 290}" cy="12" r="5" class="mark"/><text x="{ML + 300}" y="16">firing (number = row in the table)</text></g>')
+                 f'<circle cx="{ML + 290}" cy="12" r="5" class="mark"/>'
+                 f'<text x="{ML + 300}" y="16">firing (number = row in the table)</text></g>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -211,7 +213,7 @@ svg .xlab{font-size:11px;fill:#5a6275;text-anchor:middle}svg .total{fill:none;st
 svg .realized{fill:none;stroke:#7a8599;stroke-width:1.5;stroke-dasharray:5 4}svg .dot{fill:#1f5fbf}
 svg .firing line{stroke:#c0362c;stroke-width:1.2;stroke-dasharray:3 3}svg .firing circle,svg .mark{fill:#c0362c;stroke:#fff;stroke-width:1.5}
 svg .firing text{font-size:12px;font-weight:700;fill:#c0362c}svg .legend text{font-size:12px;fill:#1d2330}
-"""
+"""  # noqa: E501 - CSS, one selector group a line
 
 
 def _e(value: Any) -> str:
@@ -241,7 +243,8 @@ def build(day: Day, verdict: Verdict | None, sources: list[str], generated: date
     w(f'<p class="meta">From the audit trail {", ".join(_e(s) for s in sources)}; generated {generated:%Y-%m-%d %H:%M:%S} UTC '
       f"by riskd {_e(__version__)}. Times are UTC unless marked local.</p>")
     if verdict is not None:
-        w(f'<p class="{"ok" if verdict.ok else "bad"}">{"Trail verified" if verdict.ok else "TRAIL DOES NOT VERIFY"}: {_e(verdict.message)}</p>')
+        w(f'<p class="{"ok" if verdict.ok else "bad"}">'
+          f'{"Trail verified" if verdict.ok else "TRAIL DOES NOT VERIFY"}: {_e(verdict.message)}</p>')
         if verdict.notes:
             w("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in verdict.notes) + "</ul>")
     _lifecycle(day, w)
@@ -263,8 +266,10 @@ def _lifecycle(day: Day, w: Any) -> None:
         return
     w("<h2>riskd runs</h2><table><tr><th>time</th><th>event</th><th>detail</th></tr>")
     for line in day.lifecycle:
-        detail = (f"riskd {line.get('version')}, pid {line.get('pid')}, config {line.get('config')}" + (", dry run" if line.get("dry_run") else "")
-                  if line.get("event") == events.STARTED.name else f"{line.get('reason')}: {line.get('ticks')} ticks, {line.get('firings')} firings")
+        detail = (f"riskd {line.get('version')}, pid {line.get('pid')}, config {line.get('config')}"
+                  + (", dry run" if line.get("dry_run") else "")
+                  if line.get("event") == events.STARTED.name
+                  else f"{line.get('reason')}: {line.get('ticks')} ticks, {line.get('firings')} firings")
         w(f"<tr><td>{_time(line)}</td><td>{_e(line.get('event'))}</td><td>{_e(detail)}</td></tr>")
     w("</table>")
 
@@ -343,12 +348,15 @@ def _firing_rows(fired: dict[str, Any] | None, calls: list[dict[str, Any]], numb
         inputs = fired.get("inputs") or {}
         seen = ", ".join(f"{k} {v:,.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in inputs.items() if k != "position")
         head = (f'<td rowspan="{span}" class=n>{number}</td><td rowspan="{span}">{_time(fired)}</td>'
-                f'<td rowspan="{span}">{_e(str(fired.get("local_time") or "")[11:23])}</td><td rowspan="{span}">{_e(fired.get("rule"))}</td>'
+                f'<td rowspan="{span}">{_e(str(fired.get("local_time") or "")[11:23])}</td>'
+                f'<td rowspan="{span}">{_e(fired.get("rule"))}</td>'
                 f'<td rowspan="{span}">{_e(fired.get("instrument") or "account")}</td>'
                 f'<td rowspan="{span}">{_e(fired.get("action"))}{" (dry run)" if fired.get("dry_run") else ""}<br><small>{_e(seen)}; '
                 f'threshold <code>{_e(json.dumps(fired.get("threshold")))}</code></small></td>')
     else:
-        head = f'<td rowspan="{span}"></td><td rowspan="{span}">{_time(calls[0])}</td><td rowspan="{span}"></td><td rowspan="{span}">{_e(calls[0].get("rule"))}</td><td rowspan="{span}">{_e(calls[0].get("instrument"))}</td><td rowspan="{span}">(fired earlier)</td>'
+        head = (f'<td rowspan="{span}"></td><td rowspan="{span}">{_time(calls[0])}</td><td rowspan="{span}"></td>'
+                f'<td rowspan="{span}">{_e(calls[0].get("rule"))}</td><td rowspan="{span}">{_e(calls[0].get("instrument"))}</td>'
+                f'<td rowspan="{span}">(fired earlier)</td>')
     if not calls:
         w(f"<tr>{head}<td colspan=5>no API call recorded</td></tr>")
         return
@@ -361,9 +369,12 @@ def _firing_rows(fired: dict[str, Any] | None, calls: list[dict[str, Any]], numb
         qty = sum(closed_quantity(call, c) for c in closed) if is_order_change(call) else 0
         pnl = sum(float(c.get("unrealizedProfitLoss") or 0.0) * closed_quantity(call, c) / max(1, int(c.get("quantity") or 1))
                   for c in closed) if is_order_change(call) else None
-        result = f"{_e(call.get('status'))} {_e(call.get('outcome'))}, {_e(call.get('latency_ms'))} ms" + (" (dry run)" if call.get("dry_run") else "")
-        w(f"<tr>{head if i == 0 else ''}<td><code>{_e(req.get('method'))} {_e(req.get('path'))}<br>{_e(json.dumps(req.get('json')))}</code></td>"
-          f"<td>{result}</td><td>{closed_txt}</td><td class=n>{qty if closed else ''}</td><td class=n>{_money(pnl) if closed else ''}</td></tr>")
+        result = (f"{_e(call.get('status'))} {_e(call.get('outcome'))}, {_e(call.get('latency_ms'))} ms"
+                  + (" (dry run)" if call.get("dry_run") else ""))
+        w(f"<tr>{head if i == 0 else ''}<td><code>{_e(req.get('method'))} {_e(req.get('path'))}<br>"
+          f"{_e(json.dumps(req.get('json')))}</code></td>"
+          f"<td>{result}</td><td>{closed_txt}</td><td class=n>{qty if closed else ''}</td>"
+          f"<td class=n>{_money(pnl) if closed else ''}</td></tr>")
 
 
 def _other(day: Day, w: Any) -> None:
@@ -406,7 +417,8 @@ def main(files: list[Path], args: argparse.Namespace) -> int:
             return 2
     collected = collect(lines, day)
     if not collected.lines:
-        print(f"riskd report: nothing in the trail for trading day {day} (days with data: {', '.join(days_in(lines)) or 'none'})", file=sys.stderr)
+        print(f"riskd report: nothing in the trail for trading day {day} (days with data: {', '.join(days_in(lines)) or 'none'})",
+              file=sys.stderr)
         return 1
     page = build(collected, verify(ordered), [str(p) for p in ordered], datetime.now(timezone.utc))
     target = args.output or f"riskd-report-{day}.html"

@@ -8,6 +8,7 @@ riskd.fields.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -21,8 +22,24 @@ from pydantic.json_schema import GenerateJsonSchema
 from riskd import yamldoc
 from riskd.conditions import REGISTRY
 from riskd.errors import ConfigError, Problem
-from riskd.fields import (NAME, Accounts, CloseAmount, Cross, Days, Duration, Flag, Instruments, Name, PositiveContracts, RuleModel,
-                          TimeOfDay, TrueOnly, Zone, close_amount, lenient)
+from riskd.fields import (
+    NAME,
+    Accounts,
+    CloseAmount,
+    Cross,
+    Days,
+    Duration,
+    Flag,
+    Instruments,
+    Name,
+    PositiveContracts,
+    RuleModel,
+    TimeOfDay,
+    TrueOnly,
+    Zone,
+    close_amount,
+    lenient,
+)
 from riskd.model import Action, Rule
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +109,8 @@ class Then(RuleModel):
         "not": {"required": ["flatten", "cancel_orders"], "properties": {"cancel_orders": {"const": True}}},
         "if": {"required": ["lock"], "properties": {"lock": {"const": True}}},
         "then": {"anyOf": [{"required": ["flatten"]},
-                           {"required": ["close"], "properties": {"close": {"anyOf": [{"const": "all"}, {"type": "string", "pattern": r"^100(\.0+)?%$"}]}}}]},
+                           {"required": ["close"], "properties": {"close": {"anyOf": [{"const": "all"},
+                                                                                      {"type": "string", "pattern": r"^100(\.0+)?%$"}]}}}]},
     })
 
     close: CloseAmount | None = Field(None, description="per matched position: all, N% (rounded up by the API) or N contracts")
@@ -206,7 +224,7 @@ def _compile(docs: list[yamldoc.Document], default_zone: Any, problems: list[Pro
     for doc in docs:
         if doc.node is None and not doc.problems:
             doc.problems.append(doc.problem_at(None, "", "empty rule file; write rules: followed by a list of rules (see rules/README.md)"))
-        specs = yamldoc.validate(doc, RuleFile, field_of=lambda loc, doc=doc: _field_of(doc, loc))
+        specs = yamldoc.validate(doc, RuleFile, field_of=functools.partial(_field_of, doc))
         raw_rules = doc.data.get("rules") if isinstance(doc.data, dict) else None
         for i, raw in enumerate(raw_rules if isinstance(raw_rules, list) else []):
             name = raw.get("name") if isinstance(raw, dict) else None

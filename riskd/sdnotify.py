@@ -54,7 +54,8 @@ class Systemd:
         """Send one message (`notify(READY=1, STATUS="…")`); return whether it was sent."""
         if self.address is None:
             return False
-        message = self.redactor.text("\n".join(f"{key}={str(value).replace(chr(10), ' ')}" for key, value in fields.items())).encode("utf-8")
+        message = self.redactor.text("\n".join(f"{key}={str(value).replace(chr(10), ' ')}"
+                                               for key, value in fields.items())).encode("utf-8")
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)

@@ -75,7 +75,7 @@ RESERVE_NAME = "riskd.reserve"
 RESERVE_BYTES = 4 * 1024 * 1024
 _SQLITE_FULL, _SQLITE_IOERR = 13, 10
 _T = TypeVar("_T")
-Condition = Callable[..., None]
+Condition = Callable[..., object]  # its return value (audit.emit's line) is ignored
 
 
 def _no_condition(event: str, **fields: Any) -> None:
@@ -112,7 +112,8 @@ def _decision_to_json(d: Decision) -> str:
     return json.dumps({
         "rule": d.rule, "key": d.key, "account": d.account, "instrument": d.instrument, "action": d.action,
         "severity": int(d.severity), "lock": d.lock, "covers": list(d.covers),
-        "orders": [{"kind": o.kind, "account": o.account, "instrument": o.instrument, "quantity": o.quantity, "percent": o.percent} for o in d.orders],
+        "orders": [{"kind": o.kind, "account": o.account, "instrument": o.instrument, "quantity": o.quantity,
+                    "percent": o.percent} for o in d.orders],
     })
 
 
@@ -302,7 +303,8 @@ class Store:
             row = self._db.execute("SELECT doc FROM engine WHERE id = 1").fetchone()
             state = State.from_json(json.loads(row[0])) if row else State()
         except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
-            raise StateError(f"state store {self.path} holds an unreadable engine state ({exc.__class__.__name__}); move it aside to start fresh") from None
+            raise StateError(f"state store {self.path} holds an unreadable engine state ({exc.__class__.__name__}); "
+                             "move it aside to start fresh") from None
         self._saved_doc = row[0] if row else None
         return state
 
@@ -313,7 +315,8 @@ class Store:
 
         def write() -> None:
             self._db.execute(
-                "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+                "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
                 (doc, now.isoformat()),
             )
             self._saved_doc = doc
@@ -327,7 +330,8 @@ class Store:
         self._write("begin", lambda: self._db.execute(
             "INSERT OR REPLACE INTO intents (key, rule, account, decision, seen, status, created, updated, sent, settle_at, outcome) "
             "VALUES (?, ?, ?, ?, ?, 'sending', ?, ?, NULL, NULL, NULL)",
-            (decision.key, decision.rule, decision.account, _decision_to_json(decision), json.dumps(seen), now.isoformat(), now.isoformat()),
+            (decision.key, decision.rule, decision.account, _decision_to_json(decision), json.dumps(seen), now.isoformat(),
+             now.isoformat()),
         ), None)
 
     def mark_sent(self, key: str, now: datetime) -> None:
@@ -349,7 +353,8 @@ class Store:
                 )
                 if doc is not None:
                     self._db.execute(
-                        "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+                        "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
                         (doc, now.isoformat()),
                     )
             if doc is not None:
@@ -383,7 +388,8 @@ class Store:
     def save_health(self, health: dict[str, Any], now: datetime) -> None:
         doc = self.redactor.text(json.dumps(self.redactor.value(health), sort_keys=True, default=str))
         self._write("save_health", lambda: self._db.execute(
-            "INSERT INTO health (id, doc, updated) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+            "INSERT INTO health (id, doc, updated) VALUES (1, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
             (doc, now.isoformat()),
         ), None)
 

@@ -26,11 +26,10 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from datetime import time as dtime
+from datetime import date, datetime, time as dtime, timedelta, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from riskd import events
@@ -54,7 +53,7 @@ def open_binary(path: Path) -> IO[bytes]:
     fh.seek(0)
     if magic.startswith(b"\x1f\x8b"):
         fh.close()
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))  # a GzipFile: typeshed types it as BufferedIOBase only
     if magic.startswith(b"BZh"):
         fh.close()
         return bz2.open(path, "rb")
@@ -180,7 +179,7 @@ def verify_once(paths: list[Path]) -> Verdict:
         last = files[-1]
         if head["seq"] > (verdict.last_seq or 0):
             return Verdict(False, f"{last}: ends at seq {verdict.last_seq}, but riskd wrote up to seq {head['seq']} "
-                                  f"({last.name}{HEAD_SUFFIX}): seq {verdict.last_seq + 1}..{head['seq']} were cut off the end",
+                                  f"({last.name}{HEAD_SUFFIX}): seq {(verdict.last_seq or 0) + 1}..{head['seq']} were cut off the end",
                            files=verdict.files)
         if state["hash_at_head"] != head["hash"]:
             return Verdict(False, f"{last}: the line with seq {head['seq']} is not the line riskd wrote "
@@ -551,7 +550,8 @@ def describe(line: dict[str, Any]) -> str:
         return f"continues {line.get('previous_file') or 'the previous file'} (seq {line.get('previous_seq')})"
     if event == events.TRAIL_REPAIRED.name:
         torn = line.get("torn") or {}
-        return f"{torn.get('bytes', 0)} torn bytes at offset {torn.get('offset')}" + (f"; missing {line['missing']}" if line.get("missing") else "")
+        return (f"{torn.get('bytes', 0)} torn bytes at offset {torn.get('offset')}"
+                + (f"; missing {line['missing']}" if line.get("missing") else ""))
     if event == events.TRAIL_UNWRITABLE.name:
         return f"{line.get('error')}"
     if event == events.TRAIL_WRITABLE.name:

@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from riskd.errors import ConfigError, Problem
 
@@ -27,7 +28,8 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                                                                      "tag:yaml.org,2002:bool")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(  # YAML 1.2 booleans only: `name: off` is a name, `flatten: yes` is an error
@@ -77,7 +79,8 @@ class Document:
             self.node = None
             self.data = None
         except RecursionError:
-            self.problems.append(Problem(str(path), 1, 1, "", f"nested deeper than the parser can follow; a rule file nests at most {MAX_DEPTH} levels"))
+            self.problems.append(Problem(str(path), 1, 1, "",
+                                         f"nested deeper than the parser can follow; a rule file nests at most {MAX_DEPTH} levels"))
             self.node = None
             self.data = None
         except _TooBig as exc:
@@ -150,7 +153,8 @@ def _check_size(root: yaml.Node) -> None:
         if done:
             size[id(node)] = 1 + sum(size[id(c)] for c in kids)
             if size[id(node)] > MAX_NODES:
-                raise _TooBig(node, f"expands to over {MAX_NODES} values (anchors and aliases counted each time used); remove repeated aliases")
+                raise _TooBig(node,
+                              f"expands to over {MAX_NODES} values (anchors and aliases counted each time used); remove repeated aliases")
             continue
         if id(node) in size:
             continue
@@ -197,7 +201,8 @@ def read(path: Path) -> Document:
         at = data.index(b"\x00")
         line, col = data[:at].count(b"\n") + 1, at - (data.rfind(b"\n", 0, at) + 1) + 1
         utf16 = data.count(b"\x00") * 3 > len(data)
-        raise fail("file is UTF-16; save it as UTF-8" if utf16 else "NUL byte in file; remove it (is this a binary or a corrupted file?)", line, col)
+        raise fail("file is UTF-16; save it as UTF-8" if utf16 else "NUL byte in file; remove it (is this a binary or a corrupted file?)",
+                   line, col)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -207,7 +212,7 @@ def read(path: Path) -> Document:
     return Document(path, text)
 
 
-def _message(err: dict[str, Any], model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+def _message(err: ErrorDetails, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])

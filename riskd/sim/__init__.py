@@ -22,7 +22,7 @@ Modules: :mod:`.scenario` (YAML keys, documented there and in ``scenarios/README
 
 from ._util import ScenarioError, parse_duration
 from .cli import DEMO_SCENARIO, serve
-from .core import RequestRecord, Simulator, SimResponse
+from .core import RequestRecord, SimResponse, Simulator
 from .faults import Fault
 from .scenario import POINT_VALUES, load_scenario, validate_scenario
 from .server import SimServer

@@ -209,6 +209,7 @@ class _Prices:
         """The walk's offset (in ticks) at time t: deterministic for a seed, O(1) memory over a long run
         (only the latest WALK_KEPT steps are kept: requests arrive in clock order, give or take a thread)."""
         w = self.walk
+        assert w is not None  # only instruments of a walk are walked
         n = max(0, int(math.floor(t / w["every"] + 1e-9)))
         rng, first, cum = self._walk_cache.setdefault(inst, (random.Random(f"{w['seed']}:{inst}"), [0], [0]))
         bound = None if w["max_offset"] is None else int(math.floor(w["max_offset"] / w["tick"] + 1e-9))
@@ -234,6 +235,7 @@ class _Prices:
         if base is None:
             return None
         if inst in self.walk_instruments:
+            assert self.walk is not None  # walk_instruments is empty without a walk
             base = base + self.walk_ticks(inst, t) * self.walk["tick"]
         return base
 
@@ -857,11 +859,17 @@ class Simulator:
 
     def _complete(self, ticket: Ticket) -> SimResponse:
         f = ticket.fault
-        kind = f.kind if f else None
+        if f is None:
+            with self._guard():
+                resp = self._dispatch(ticket)
+                ticket.record.status = resp.status
+                return resp
+        kind = f.kind
         with self._guard():
             if kind == "status":
                 resp = _fault_response(f)
             elif kind == "echo_token":
+                assert f.status is not None and f.form is not None  # Fault sets both for echo_token
                 resp = _json_response(f.status, _echo_body(f.form, ticket.token))
             elif kind in ("timeout", "reset"):
                 resp = SimResponse(0, action="close" if kind == "timeout" else "reset")
@@ -877,6 +885,7 @@ class Simulator:
                 elif kind == "applied_refused":
                     resp = _fault_response(f)
                 elif kind == "trickle":
+                    assert f.bytes is not None and f.ms is not None  # required for trickle (Fault validates)
                     resp.pace = (f.bytes, f.ms / 1000.0)
                 elif kind == "mutate" and resp.status == 200:
                     resp = SimResponse(resp.status, self._mutate(f, resp.body), resp.headers)
@@ -1188,6 +1197,7 @@ def _pick(value: str, choices: Iterable[str], what: str) -> str:
 
 def _fault_response(f: Fault) -> SimResponse:
     """The answer of a ``status`` / ``applied_refused`` fault: its status, body and Retry-After."""
+    assert f.status is not None  # a status / applied_refused fault always has one (Fault defaults it)
     resp = _json_response(f.status, f.body if f.body is not None else default_fault_body(f.status))
     ra = f.retry_after
     if isinstance(ra, str):  # an HTTP date, verbatim

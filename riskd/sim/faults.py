@@ -185,6 +185,7 @@ class Fault:
         elif self.kind in _DEFAULT_STATUS:
             object.__setattr__(self, "status", _DEFAULT_STATUS[self.kind])
         elif self.kind == "echo_token":
+            assert self.form is not None  # set just above for echo_token
             object.__setattr__(self, "status", ECHO_FORMS[self.form])
         if self.body is not None and not isinstance(self.body, (dict, list, str)):
             raise ScenarioError(f"body: expected a mapping, list or string, got {type(self.body).__name__}")

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import AbstractSet, Any, Mapping
 
 import yaml
 
@@ -146,7 +146,7 @@ def _int(value: Any, where: str, *, minimum: int = 1) -> int:
     return value
 
 
-def _mapping(value: Any, where: str, allowed: set[str], required: set[str] = frozenset()) -> Mapping[str, Any]:
+def _mapping(value: Any, where: str, allowed: set[str], required: AbstractSet[str] = frozenset()) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ScenarioError(f"{where}: expected a mapping, got {type(value).__name__}")
     for key in value:
@@ -295,7 +295,7 @@ def _validate(data: Any) -> dict[str, Any]:
     # path
     raw_path = data.get("path") or {}
     _mapping(raw_path, "path", {"steps", "random_walk"})
-    steps = []
+    steps: list[dict[str, Any]] = []
     for j, step in enumerate(_list(raw_path.get("steps"), "path.steps")):
         sw = f"path.steps[{j}]"
         _mapping(step, sw, {"at", "instrument", "price"}, {"at", "instrument", "price"})
@@ -305,7 +305,7 @@ def _validate(data: Any) -> dict[str, Any]:
             "price": _number(step["price"], f"{sw}.price", positive=True),
         })
     steps.sort(key=lambda s: s["at"])  # stable: equal times keep file order (the later one wins)
-    walk = None
+    walk: dict[str, Any] | None = None
     if raw_path.get("random_walk") is not None:
         rw = _mapping(raw_path["random_walk"], "path.random_walk",
                       {"seed", "every", "tick", "max_ticks", "max_offset", "instruments"}, {"instruments"})

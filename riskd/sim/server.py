@@ -8,9 +8,9 @@ import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
-from .core import API_PREFIX, Simulator, SimResponse
+from .core import API_PREFIX, SimResponse, Simulator
 
 __all__ = ["SimServer"]
 
@@ -46,6 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "riskd-sim"
     sys_version = ""
     timeout = 300  # idle keep-alive connections are dropped after this
+    server: _HTTPServer  # always the _HTTPServer that created the handler
     disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # silence stderr request logging
@@ -124,7 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         # headers and body in one write (no Nagle / delayed-ACK stall between them)
-        self._headers_buffer.extend([b"\r\n", resp.body])
+        # _headers_buffer is http.server's own (private, not in its stubs)
+        self._headers_buffer.extend([b"\r\n", resp.body])  # type: ignore[attr-defined]
         self.flush_headers()
 
     def _send_paced(self, resp: SimResponse, size: int, interval: float) -> None:
@@ -210,6 +212,7 @@ class SimServer:
         for fault in self.sim.faults():
             if fault.kind != "refuse":
                 continue
+            assert fault.start is not None and fault.duration is not None  # Fault requires both for refuse
             delay = max(0.0, fault.start - self.sim.now())
             end = fault.start + fault.duration
             if end <= self.sim.now():
@@ -268,7 +271,8 @@ class SimServer:
             stopper = threading.Thread(target=httpd.shutdown, daemon=True)
             stopper.start()
             try:
-                socket.create_connection(httpd.server_address[:2], timeout=0.2).close()
+                host, port = httpd.server_address[:2]
+                socket.create_connection((cast(str, host), port), timeout=0.2).close()  # an AF_INET/AF_INET6 address
             except OSError:
                 pass
             stopper.join()
