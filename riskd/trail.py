@@ -33,8 +33,8 @@ from typing import IO, Any, Iterable, Iterator, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from riskd import events
-from riskd.errors import TrailError
 from riskd.audit import GENESIS, HEAD_SUFFIX, chain_hash, render
+from riskd.errors import TrailError
 
 ROTATED = re.compile(r"^(\.\d+|-\d{8}(\d{2})?)(\.(gz|bz2|xz))?$")
 DEFAULT_HIDDEN = frozenset({events.SAMPLE.name})  # shown only when asked for (--event sample / --all)
