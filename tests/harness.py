@@ -26,6 +26,19 @@ from riskd.state import Store
 from conftest import read_audit
 
 
+class FakeClock:
+    """A monotonic clock that moves only when told (for the Simulator on its own)."""
+
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
 class SimClock:
     """Monotonic seconds = wall time since creation + every jump; `utc()` = `start` + that + every
     step of the wall clock alone (`step_wall`: an NTP correction, which the monotonic clock never sees)."""

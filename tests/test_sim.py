@@ -18,6 +18,8 @@ import pytest
 
 from riskd.sim import DEMO_SCENARIO, Fault, SimServer, Simulator, load_scenario, serve, validate_scenario
 
+from harness import FakeClock
+
 ITEM_KEYS = {
     "buyingPower", "cashValue", "commission", "dailyLossLimit", "dailyProfitTrigger",
     "excessInitialMargin", "excessIntradayMargin", "excessMaintenanceMargin", "excessPositionMargin",
@@ -63,17 +65,6 @@ BASIC = {
     ],
     "prices": {"MES 12-26": 5990.0, "ES 12-26": 6000.0, "NQ 12-26": 21010.0},
 }
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class Env:

@@ -8,6 +8,8 @@ import httpx
 
 from riskd.sim import Fault, SimServer, Simulator, load_scenario
 
+from harness import FakeClock
+
 from conftest import wait_until
 
 
@@ -78,17 +80,6 @@ SCENARIO = {
     ],
     "prices": {"MES 12-26": 5990.0, "ES 12-26": 6000.0, "NQ 12-26": 21010.0},
 }
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 @pytest.fixture
