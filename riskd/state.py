@@ -114,7 +114,8 @@ def _decision_to_json(d: Decision) -> str:
         "severity": int(d.severity), "lock": d.lock, "covers": list(d.covers),
         "orders": [{"kind": o.kind, "account": o.account, "instrument": o.instrument, "quantity": o.quantity,
                     "percent": o.percent} for o in d.orders],
-    })
+        "inputs": d.inputs, "threshold": d.threshold, "dry_run": d.dry_run, "reason": d.reason, "local_time": d.local_time,
+    }, default=str)
 
 
 def _decision_from_json(text: str) -> Decision:
@@ -125,6 +126,9 @@ def _decision_from_json(text: str) -> Decision:
         kind="fire", rule=raw["rule"], key=raw["key"], account=raw["account"], instrument=raw["instrument"],
         action=raw["action"], severity=Severity(raw["severity"]), lock=raw["lock"], covers=tuple(raw["covers"]),
         orders=tuple(Order(**o) for o in raw["orders"]),
+        # what the rule saw when it fired (intents written before these were kept have none)
+        inputs=raw.get("inputs") or {}, threshold=raw.get("threshold") or {}, dry_run=bool(raw.get("dry_run", False)),
+        reason=raw.get("reason"), local_time=raw.get("local_time"),
     )
 
 

@@ -133,6 +133,17 @@ def test_store_intent_lifecycle_and_prune(store):
     assert store.prune(NOW + timedelta(days=1)) == 1
 
 
+def test_store_intent_keeps_what_the_rule_saw_and_whether_it_was_a_dry_run(store):
+    """After a crash the intent is all riskd has of the firing: its inputs, threshold and dry-run flag
+    come back with it (a dry intent must never be settled against the live API)."""
+    d = _decision()
+    d = Decision(**{**{f: getattr(d, f) for f in d.__dataclass_fields__}, "inputs": {"position_pnl": -612.5},
+                    "threshold": {"position_pnl": {"below": -500}}, "dry_run": True, "reason": "below -500"})
+    store.begin(d, {"MES 12-26": 4}, NOW)
+    (intent,) = store.open_intents()
+    assert intent.decision == d
+
+
 def test_store_prune_keeps_intents_whose_outcome_is_unknown(store):
     store.begin(_decision(), {"MES 12-26": 4}, NOW)
     assert store.prune(NOW + timedelta(days=30)) == 0 and len(store.open_intents()) == 1
