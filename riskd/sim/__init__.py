@@ -1,4 +1,5 @@
-"""A faithful, stdlib-only stand-in for the CrossTrade REST API (see crosstrade-api.md).
+"""A faithful, stdlib-only stand-in for the CrossTrade REST API (endpoints, bodies, errors and the
+3 req/s bucket as CrossTrade documents them).
 
 Usage::
 
