@@ -288,10 +288,10 @@ class CrossTradeClient:
         return reply
 
     def _scrub(self, reply: Reply) -> Reply:
-        """Given a Reply as the API made it, return it with every form of the token hidden: the body
-        (strings, JSON keys, nested), the error text and the earlier attempts."""
+        """Given a Reply as the API made it, return it with every form of the token hidden: the error
+        text, the request and the earlier attempts (the response body is scrubbed as it is read, `_exchange`)."""
         r = self.redactor
-        return replace(reply, path=r.text(reply.path), body=r.value(reply.body), response=r.value(reply.response),
+        return replace(reply, path=r.text(reply.path), body=r.value(reply.body),
                        error=r.text(reply.error) if reply.error is not None else None,
                        earlier=tuple(r.value(e) for e in reply.earlier))
 
@@ -343,8 +343,11 @@ class CrossTradeClient:
         except (ValueError, RecursionError):  # a body nested too deep to decode is as unreadable as bad JSON
             data = None
         outcome, error = _classify(response.status_code, data, write=action)
+        kept = data if data is not None else text
+        if not self.redactor.json_is_clean(text):  # the token (or a credential) may be in it: walk every value
+            kept = self.redactor.value(kept)
         return Reply(method, path, body, response.status_code, latency, outcome,
-                     response=data if data is not None else text, error=error, retry_after=retry_after)
+                     response=kept, error=error, retry_after=retry_after)
 
     def _read_body(self, response: httpx.Response, deadline: float) -> tuple[str, str | None]:
         """Read a streamed body until it ends, the deadline passes or it grows over MAX_BODY_BYTES;

@@ -81,6 +81,15 @@ class Redactor:
             text = _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
         return text
 
+    def json_is_clean(self, raw: str) -> bool:
+        """Given JSON text, True when no string or key decoded from it could be changed by `value`
+        (a cheap scan of the text, so a clean snapshot is not walked value by value). Sound only
+        without escapes: with a backslash in the text, False (walk it)."""
+        if "\\" in raw or any(f in raw for f in self._forms):
+            return False
+        low = raw.lower()
+        return "bearer" not in low and "basic" not in low and not any(f'"{k}"' in low for k in SECRET_KEYS)
+
     def bytes_(self, data: bytes) -> bytes:
         return self.text(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
 

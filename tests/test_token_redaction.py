@@ -77,6 +77,17 @@ def test_encoded_echoes_are_scrubbed(encode):
     assert reply.outcome == AUTH and _leaks(reply) == []
 
 
+def test_a_token_spelt_in_unicode_escapes_inside_a_snapshot_is_scrubbed():
+    """The raw body holds no form of the token, its decoded string does: a clean-looking text with
+    escapes in it is still walked value by value."""
+    def handler(r):
+        escaped = "".join(f"\\u{ord(c):04x}" for c in _bearer(r))
+        return httpx.Response(200, text='{"accounts": [], "note": "' + escaped + '"}', headers={"Content-Type": "application/json"})
+
+    reply = _client(handler).get_snapshot()
+    assert reply.ok and _leaks(reply) == [] and reply.response["note"] == "[REDACTED]"
+
+
 def test_a_429_retried_close_keeps_no_echo_in_its_earlier_attempts():
     calls = []
 
