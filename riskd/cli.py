@@ -33,7 +33,8 @@ if sys.argv[1:2] == ["run"]:
     hold_signals()
 
 from riskd import __version__, config, engine, rules as rules_mod  # noqa: E402
-from riskd.audit import AuditTrail, configure_console  # noqa: E402
+from riskd.audit import AuditTrail  # noqa: E402
+from riskd.console import configure_console  # noqa: E402
 from riskd.errors import ConfigError, RiskdError, StateError  # noqa: E402
 from riskd.redact import RedactingStream, Redactor  # noqa: E402
 

@@ -33,7 +33,7 @@ from typing import IO, Any, Iterable, Iterator, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from riskd import events
-from riskd.audit import GENESIS, HEAD_SUFFIX, chain_hash, render
+from riskd.chain import GENESIS, HEAD_SUFFIX, chain_hash, parse_head, render
 from riskd.errors import TrailError
 
 ROTATED = re.compile(r"^(\.\d+|-\d{8}(\d{2})?)(\.(gz|bz2|xz))?$")
@@ -193,12 +193,10 @@ def _head_for(path: Path) -> dict[str, Any] | None:
     """The head record of a live trail, when it describes this very file (read before the file)."""
     head_path = path.with_name(path.name + HEAD_SUFFIX)
     try:
-        data = json.loads(head_path.read_bytes().rstrip(b" \n\x00") or b"null")
-        if isinstance(data, dict) and isinstance(data.get("seq"), int) and data.get("ino") == path.stat().st_ino:
-            return data
-    except (OSError, ValueError):
-        pass
-    return None
+        data = parse_head(head_path.read_bytes())
+        return data if data is not None and data.get("ino") == path.stat().st_ino else None
+    except OSError:
+        return None
 
 
 def _verify_file(path: Path, index: int, state: dict[str, Any], verdict: Verdict, head: dict[str, Any] | None) -> None:
