@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace, *, demo_ok: bool = False) -> config.Settings:
-    path = config.find(getattr(args, "config", None))
+    path = config.find(args.config)
     if path is None:
         if demo_ok:
             return demo_settings()
@@ -164,7 +164,7 @@ def _start_sim(settings: config.Settings, stack: ExitStack) -> tuple[config.Sett
 
 def _endpoint(args: argparse.Namespace, settings: config.Settings, stack: ExitStack) -> tuple[config.Settings, str]:
     """The API to talk to: the embedded simulator (--sim, or base_url: sim), else CrossTrade with the configured token."""
-    if getattr(args, "sim", False) or settings.simulated:
+    if args.sim or settings.simulated:
         return _start_sim(settings, stack)
     return settings, _token(settings)
 
@@ -390,10 +390,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     files = _trail_files(args)
     if args.follow and not args.files:
         files = files[-1:]  # like tail -f: the live file, then what is appended to it
-    return trail.main(files, args)
+    if args.verify:
+        return trail.main(files, trail.Query(task="verify"))
+    try:
+        keep = trail.parse_filter(rule=args.rule, account=args.account, instrument=args.instrument, events=args.event,
+                                  since=args.since, until=args.until, day=args.date, show_all=args.all)
+    except ValueError as exc:
+        print(f"riskd audit: bad time: {exc}", file=sys.stderr)
+        return 2
+    return trail.main(files, trail.Query(keep, "summary" if args.summary else "list", json=args.json, follow=args.follow))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from riskd import report
 
-    return report.main(_trail_files(args), args)
+    return report.main(_trail_files(args), day=args.date, output=args.output)

@@ -12,7 +12,6 @@ line). A UTC date would cut the evening session in two.
 
 from __future__ import annotations
 
-import argparse
 import bz2
 import gzip
 import hashlib
@@ -25,11 +24,11 @@ import shutil
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, cast
+from typing import IO, Any, Iterable, Iterator, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from riskd import events
@@ -328,7 +327,7 @@ def line_time(line: dict[str, Any]) -> datetime | None:
 # Filtering.
 
 
-@dataclass
+@dataclass(frozen=True)
 class Filter:
     """What `riskd audit` was asked to show."""
 
@@ -571,42 +570,46 @@ TABLE_HEADER = f"{'time (UTC)':23} {'seq':>6} {'event':15} {'rule':22} {'target'
 # The command.
 
 
-def build_filter(args: argparse.Namespace, now: datetime | None = None) -> Filter:
-    """Given parsed `riskd audit` arguments, return the Filter; raise ValueError on a bad time."""
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What `riskd audit` was asked: which lines (`keep`), what to do with them, and how to print them."""
+
+    keep: Filter = field(default_factory=Filter)
+    task: Literal["list", "summary", "verify"] = "list"
+    json: bool = False
+    follow: bool = False
+
+
+def parse_filter(rule: str | None = None, account: str | None = None, instrument: str | None = None, events: str | None = None,
+                 since: str | None = None, until: str | None = None, day: str | None = None, show_all: bool = False,
+                 now: datetime | None = None) -> Filter:
+    """Given `riskd audit`'s filter options as the user typed them (events comma-separated, times in the
+    forms parse_when reads), return the Filter; raise ValueError on a bad time."""
     now = now or datetime.now(timezone.utc)
-    events = frozenset(e.strip() for e in args.event.split(",") if e.strip()) if getattr(args, "event", None) else None
-    return Filter(
-        rule=getattr(args, "rule", None), account=getattr(args, "account", None), instrument=getattr(args, "instrument", None),
-        events=events,
-        since=parse_when(args.since, now) if getattr(args, "since", None) else None,
-        until=parse_when(args.until, now, end=True) if getattr(args, "until", None) else None,
-        day=getattr(args, "date", None), show_all=getattr(args, "all", False),
-    )
+    named = frozenset(e.strip() for e in events.split(",") if e.strip()) if events else None
+    return Filter(rule=rule, account=account, instrument=instrument, events=named or None,
+                  since=parse_when(since, now) if since else None, until=parse_when(until, now, end=True) if until else None,
+                  day=day, show_all=show_all)
 
 
-def main(files: list[Path], args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    """`riskd audit`: 0 ok, 1 a bad trail (or a missing file), 2 a bad argument."""
+def main(files: list[Path], query: Query, out: IO[str] | None = None) -> int:
+    """`riskd audit`: 0 ok, 1 a bad trail (or a missing file)."""
     out = out or sys.stdout
-    if args.verify:
+    if query.task == "verify":
         verdict = verify(files)
         for note in verdict.notes:
             print(f"note: {note}", file=out if verdict.ok else sys.stderr)
         print(verdict.message, file=out if verdict.ok else sys.stderr)
         return 0 if verdict.ok else 1
-    try:
-        keep = build_filter(args)
-    except ValueError as exc:
-        print(f"riskd audit: bad time: {exc}", file=sys.stderr)
-        return 2
+    keep = query.keep
     try:
         ordered = chain_order(files)
     except TrailError as exc:
         print(f"riskd audit: {exc}", file=sys.stderr)
         return 1
-    if args.summary:
-        keep.events, keep.show_all = None, True
-        rows = summary(read(ordered), keep)
-        if args.json:
+    if query.task == "summary":
+        rows = summary(read(ordered), replace(keep, events=None, show_all=True))
+        if query.json:
             for row in rows:
                 print(json.dumps(row), file=out)
         else:
@@ -618,7 +621,7 @@ def main(files: list[Path], args: argparse.Namespace, out: IO[str] | None = None
         return 0
     tty = out.isatty()
     width = shutil.get_terminal_size().columns if tty else None
-    if not args.json:
+    if not query.json:
         print(TABLE_HEADER, file=out)
     days = Days()
     hidden = 0
@@ -629,19 +632,19 @@ def main(files: list[Path], args: argparse.Namespace, out: IO[str] | None = None
         if not keep(line, day):
             hidden += line.get("event") in DEFAULT_HIDDEN and keep.events is None and not keep.show_all
             return
-        print(json.dumps(line, ensure_ascii=False) if args.json else table_row(line, width), file=out, flush=args.follow)
+        print(json.dumps(line, ensure_ascii=False) if query.json else table_row(line, width), file=out, flush=query.follow)
 
     try:
         for line in read(ordered):
             show(line)
-        if args.follow:
+        if query.follow:
             for line in follow(ordered[-1]):
                 show(line)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
         return 0
-    if hidden and tty and not args.json:
+    if hidden and tty and not query.json:
         print(f"({hidden} per-minute sample lines hidden: --event sample or --all to show them)", file=sys.stderr)
     return 0
 
