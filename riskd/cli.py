@@ -303,7 +303,7 @@ def _audit_trail(settings: config.Settings, redactor: Redactor) -> AuditTrail:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from riskd.state import Store
-    from riskd.tick import engine_settings, state_dir_for, utc_now
+    from riskd.tick import state_dir_for, utc_now
 
     private_files()
     with ExitStack() as stack:
@@ -318,7 +318,7 @@ def cmd_once(args: argparse.Namespace) -> int:
                   "(see the audit trail's api_error)", file=sys.stderr)
             return EXIT_FAILURE
         now = utc_now()
-        _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, engine_settings(settings)), loaded, now,
+        _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, settings.engine), loaded, now,
                     wired.dry_run)
         return EXIT_OK
 

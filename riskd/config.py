@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import time, timedelta
+from datetime import time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from riskd import yamldoc
+from riskd.engine import EngineSettings
 from riskd.errors import ConfigError, Problem
 from riskd.fields import Duration, Spec, TimeOfDay, Zone
 
@@ -130,7 +131,7 @@ class NotifyTarget:
     format: str
     url_source: tuple[str, str]
     events: frozenset[str]
-    timeout: float
+    timeout: timedelta
 
     def __repr__(self) -> str:  # never print a literal URL
         return f"NotifyTarget(name={self.name!r}, format={self.format!r}, source={self.url_source[0]!r})"
@@ -138,16 +139,17 @@ class NotifyTarget:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything riskd.yaml says, resolved: absolute paths, parsed durations, a tzinfo."""
+    """Everything riskd.yaml says, resolved: absolute paths, durations as timedelta, a tzinfo.
+    `engine` is the part the pure engine reads (riskd.engine.EngineSettings)."""
 
     path: Path | None
     base_url: str
     token_env: str
-    timeout: float
+    timeout: timedelta
     rate_per_second: float
     rate_burst: int
-    poll_interval: float
-    zone: Any
+    poll_interval: timedelta
+    zone: tzinfo
     session_start: time
     rules: tuple[Path, ...]
     audit_log: str
@@ -160,11 +162,15 @@ class Settings:
     audit_fsync: str = "actions"
     notify: tuple[NotifyTarget, ...] = ()
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
-    summary_interval: float = 60.0
+    summary_interval: timedelta = timedelta(seconds=60)
 
     @property
     def simulated(self) -> bool:
         return self.base_url == SIM
+
+    @property
+    def engine(self) -> EngineSettings:
+        return EngineSettings(zone=self.zone, session_start=self.session_start, misfire_grace=self.misfire_grace)
 
 
 def find(explicit: str | None) -> Path | None:
@@ -208,10 +214,10 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         path=path,
         base_url=ct.base_url,
         token_env=ct.token_env,
-        timeout=ct.timeout.total_seconds(),
+        timeout=ct.timeout,
         rate_per_second=ct.rate_limit.per_second,
         rate_burst=ct.rate_limit.burst,
-        poll_interval=spec.poll_interval.total_seconds(),
+        poll_interval=spec.poll_interval,
         zone=spec.timezone or ZoneInfo("America/New_York"),
         session_start=spec.session_start,
         rules=tuple((root / r).resolve() for r in ([spec.rules] if isinstance(spec.rules, str) else spec.rules)),
@@ -225,13 +231,13 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         audit_fsync=spec.audit_fsync,
         notify=tuple(_notify_target(t) for t in spec.notify),
         metrics=spec.metrics,
-        summary_interval=spec.summary_interval.total_seconds(),
+        summary_interval=spec.summary_interval,
     )
 
 
 def _notify_target(t: NotifyTargetSpec) -> NotifyTarget:
     source = ("credential", t.url_credential) if t.url_credential else ("env", t.url_env) if t.url_env else ("url", t.url)
-    return NotifyTarget(t.name, t.format, source, frozenset(t.events), t.timeout.total_seconds())  # type: ignore[arg-type]
+    return NotifyTarget(t.name, t.format, source, frozenset(t.events), t.timeout)  # type: ignore[arg-type]
 
 
 def read_token(settings: Settings) -> str | None:

@@ -186,11 +186,11 @@ class Daemon:
         """Run until a stop signal; return the exit code."""
         self.audit.emit(events.STARTED, version=__version__, config=str(self.settings.path) if self.settings.path else None,
                         pid=os.getpid(), dry_run=self.ticker.executor.dry_run, base_url=self.settings.base_url,
-                        poll_interval_s=self.settings.poll_interval, timezone=str(self.settings.zone),
+                        poll_interval_s=self.settings.poll_interval.total_seconds(), timezone=str(self.settings.zone),
                         session_start=self.settings.session_start.isoformat(timespec="minutes"))
         self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=self.hashes,
                         rule_count=len(self.ticker.rules), reason="start")
-        log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
+        log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval.total_seconds(),
                  dry_run=self.ticker.executor.dry_run)
         # The first tick runs in its own (daemon) thread so a stop during it is honoured like any other.
         first = threading.Thread(target=self._first_tick, name="riskd-start-tick", daemon=True)
@@ -210,16 +210,16 @@ class Daemon:
     def _serve(self, on_ready: Callable[[], None]) -> None:
         gc.collect()
         gc.freeze()  # startup objects live forever: keep them out of every later GC pass (shorter tick tails)
-        self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=self.settings.poll_interval,
-                                                                start_date=poll_phase(self.settings.poll_interval)),
-                               args=["poll"], id="poll", misfire_grace_time=max(1, int(self.settings.poll_interval)))
+        every = self.settings.poll_interval
+        self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=every.total_seconds(), start_date=poll_phase(every)),
+                               args=["poll"], id="poll", misfire_grace_time=max(1, int(every.total_seconds())))
         self._schedule_timed()
-        if self.settings.summary_interval > 0:
-            self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval), id="summary")
+        if self.settings.summary_interval > timedelta(0):
+            self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval.total_seconds()), id="summary")
         self._start_metrics()
         interval = self.systemd.watchdog_interval
-        if interval is not None and self.settings.poll_interval > interval / 2:
-            log.error("watchdog_too_short", watchdog_s=interval, poll_interval_s=self.settings.poll_interval,
+        if interval is not None and self.settings.poll_interval.total_seconds() > interval / 2:
+            log.error("watchdog_too_short", watchdog_s=interval, poll_interval_s=self.settings.poll_interval.total_seconds(),
                       fix="ticks feed the watchdog: set WatchdogSec= to at least twice poll_interval (systemctl edit riskd)")
         self.scheduler.start()
         self.systemd.ready(self.status())
@@ -279,10 +279,10 @@ class Daemon:
             log.warning("metrics_exposed", address=f"{host}:{bound}", note="the endpoint is not on loopback; firewall it")
 
 
-def poll_phase(interval: float, now: datetime | None = None) -> datetime:
+def poll_phase(interval: timedelta, now: datetime | None = None) -> datetime:
     """The phase of the poll ticks (APScheduler runs them at start + k * interval, the first one
     within an interval from now): half an interval off whole seconds, where `at` rules fire, so a
     timed tick does not wait for a poll tick to release the ticker."""
     now = now or utc_now()
-    offset = (interval / 2) % 1.0 or 0.5
+    offset = (interval.total_seconds() / 2) % 1.0 or 0.5
     return now.replace(microsecond=0) + timedelta(seconds=offset)

@@ -28,7 +28,7 @@ Firing semantics (SPEC §3 "When a rule fires"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone, tzinfo
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Iterable
@@ -41,9 +41,9 @@ from riskd.schedule import format_span, last_occurrence, next_occurrence
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    """The parts of riskd.yaml the engine needs."""
+    """The parts of riskd.yaml the engine needs (riskd.config.Settings.engine)."""
 
-    zone: Any
+    zone: tzinfo
     session_start: time = time(18, 0)
     misfire_grace: timedelta = timedelta(seconds=60)
 

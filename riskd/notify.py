@@ -197,7 +197,7 @@ class Webhook:
         self.observers: list[Callable[[str, str], None]] = [on_outcome]  # (target, "sent" | "retried" | "dropped"): metrics
         self.dropped = 0
         self.sent = 0
-        self._http = httpx.Client(timeout=httpx.Timeout(target.timeout), transport=transport, follow_redirects=False,
+        self._http = httpx.Client(timeout=httpx.Timeout(target.timeout.total_seconds()), transport=transport, follow_redirects=False,
                                   headers={"User-Agent": f"riskd/{__version__}"})
         self._thread = threading.Thread(target=self._run, name=f"notify-{target.name}", daemon=True)
         self._thread.start()

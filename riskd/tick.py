@@ -20,7 +20,7 @@ from riskd.actions import Executor
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.crosstrade import CrossTradeClient, TokenBucket, parse_snapshot
-from riskd.engine import EngineSettings, State
+from riskd.engine import State
 from riskd.errors import ApiError
 from riskd.model import Decision, Rule, Snapshot
 from riskd.poll import Event, Health, PollHealth
@@ -38,10 +38,6 @@ CLOCK_STEP_S = 2.0
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def engine_settings(settings: Settings) -> EngineSettings:
-    return EngineSettings(zone=settings.zone, session_start=settings.session_start, misfire_grace=settings.misfire_grace)
 
 
 def state_dir_for(settings: Settings, dry_run: bool) -> Path:
@@ -66,7 +62,7 @@ class Ticker:
         self.audit = audit
         self.clock = clock
         self.monotonic = monotonic
-        self.engine_settings = engine_settings(settings)
+        self.engine_settings = settings.engine
         self.state: State = store.load()
         self.polls = PollHealth(settings.poll_interval, settings.stale_after)
         self.last_snapshot: Snapshot | None = None
@@ -233,9 +229,9 @@ def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: Audit
                  monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Ticker:
     """Wire client, executor and ticker. `clock` (UTC datetimes), `monotonic` and `sleep` (the rate
     bucket's and the 429 back-off's) are injectable so tests can run riskd on one simulated clock."""
-    client = CrossTradeClient(settings.base_url, token, timeout=settings.timeout,
+    client = CrossTradeClient(settings.base_url, token, timeout=settings.timeout.total_seconds(),
                               bucket=TokenBucket(settings.rate_per_second, settings.rate_burst, clock=monotonic, sleep=sleep),
                               transport=transport)
-    executor = Executor(client, audit, store, dry_run=dry_run, resend_after=timedelta(seconds=settings.timeout),
+    executor = Executor(client, audit, store, dry_run=dry_run, resend_after=settings.timeout,
                         settle_window=settings.settle_window, clock=clock)
     return Ticker(settings, rules, client, executor, store, audit, clock=clock, monotonic=monotonic)

@@ -224,7 +224,7 @@ def rules_for(s: Schedule) -> list[dict[str, Any]]:
 def run_schedule(s: Schedule, base: Path, token: str) -> dict[str, Any]:
     transport = CountingTransport()
     rig = Rig(base / f"s{s.seed}", token, scenario_for(s), rules_for(s), start=START, clock=SimClock(START), fsync=False,
-              transport=transport, timeout=0.05, settle_window=timedelta(seconds=SETTLE), poll_interval=1.0, stale_after=timedelta(seconds=5),
+              transport=transport, timeout=timedelta(seconds=0.05), settle_window=timedelta(seconds=SETTLE), poll_interval=timedelta(seconds=1), stale_after=timedelta(seconds=5),
               rate_per_second=RATE, rate_burst=BURST)
     try:
         rig.ticker.client.token_wait = 3.0  # an action may wait 3 simulated seconds for a rate token
