@@ -246,11 +246,14 @@ class Daemon:
             self.scheduler.shutdown(wait=False)  # no new ticks; the one running is waited for below, bounded
         # Holding the ticker lock from here on: no tick starts after `stopped` (a queued one waits, then exits with us).
         idle = self.ticker.lock.acquire(timeout=max(0.0, STOP_GRACE_S - (time.monotonic() - started)))
-        self.abandoned = not idle
-        in_doubt = [i.key for i in self.ticker.executor.in_doubt]
-        acting = self.ticker.executor.acting
-        if acting is not None and acting not in in_doubt:
-            in_doubt.append(acting)  # sent (or about to be) when the stop came: its outcome is settled at the next start
+        executor = self.ticker.executor
+        while idle and executor.acting and time.monotonic() - started < STOP_GRACE_S:
+            executor.wait_sends(0.05)  # closes a past tick left in flight past its deadline
+        acting = executor.acting
+        self.abandoned = not idle or bool(acting)
+        in_doubt = [i.key for i in executor.in_doubt]
+        # sent (or about to be) when the stop came: their outcomes are settled at the next start
+        in_doubt += [key for key in acting if key not in in_doubt]
         self.audit.close_with(events.STOPPED, reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
                               firings=self.ticker.health.firings, in_doubt=in_doubt, abandoned_tick=self.abandoned,
                               stop_s=round(time.monotonic() - started, 3))
