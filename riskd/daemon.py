@@ -1,4 +1,5 @@
-"""The daemon: decides when ticks run (APScheduler 3.x), handles signals (SIGTERM/SIGINT stop,
+"""The daemon: decides when ticks run (polls on the monotonic clock in their own thread, `at` rules
+and the summary with APScheduler 3.x), handles signals (SIGTERM/SIGINT stop,
 SIGHUP reload, SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd and serves metrics.
 
 One tick itself is `riskd.tick.Ticker`; the wiring of a ticker is `riskd.tick.build_ticker`.
@@ -7,6 +8,7 @@ One tick itself is `riskd.tick.Ticker`; the wiring of a ticker is `riskd.tick.bu
 from __future__ import annotations
 
 import gc
+import math
 import os
 import signal
 import threading
@@ -40,7 +42,7 @@ STOP_BUDGET_S = 2.0
 
 
 class Daemon:
-    """Schedules the ticker (poll interval + one cron job per `at` rule) and handles signals.
+    """Schedules the ticker (the poll loop + one cron job per `at` rule) and handles signals.
 
     Around the ticks (see riskd/sdnotify.py, riskd/metrics.py, riskd/notify.py): systemd READY /
     STATUS / WATCHDOG (pinged by healthy ticks and completed actions only) / RELOADING / STOPPING;
@@ -76,6 +78,8 @@ class Daemon:
             timezone=timezone.utc,
         )
         self._wake = threading.Event()
+        self._halt = threading.Event()  # ends the poll loop
+        self._poller: threading.Thread | None = None
         self._stop_reason: str | None = None
         self._stop_at: float | None = None  # monotonic time of the stop request
         self._reload = False
@@ -203,6 +207,20 @@ class Daemon:
             self._serve(on_ready)
         return self._stop()
 
+    def _poll_loop(self) -> None:
+        """The poll ticks, every poll_interval on the monotonic clock (a step of the wall clock, back an
+        hour or forward, neither stops nor bunches them), phased half an interval off the whole seconds
+        where `at` rules fire. A tick that runs long delays the next one; missed ones are not made up."""
+        interval = self.settings.poll_interval.total_seconds()
+        wall = utc_now()
+        due = time.monotonic() + (poll_phase(self.settings.poll_interval, wall) - wall).total_seconds()
+        while not self._halt.wait(max(0.0, due - time.monotonic())):
+            self._safe_tick("poll")
+            now = time.monotonic()
+            due += interval
+            if due <= now:  # the tick overran: the next poll is the next one on the grid, not a burst
+                due += interval * math.ceil((now - due) / interval)
+
     def _first_tick(self) -> None:
         self._safe_tick("start")
         self._wake.set()
@@ -210,9 +228,7 @@ class Daemon:
     def _serve(self, on_ready: Callable[[], None]) -> None:
         gc.collect()
         gc.freeze()  # startup objects live forever: keep them out of every later GC pass (shorter tick tails)
-        every = self.settings.poll_interval
-        self.scheduler.add_job(self._safe_tick, IntervalTrigger(seconds=every.total_seconds(), start_date=poll_phase(every)),
-                               args=["poll"], id="poll", misfire_grace_time=max(1, int(every.total_seconds())))
+        self._poller = threading.Thread(target=self._poll_loop, name="riskd-poll", daemon=True)
         self._schedule_timed()
         if self.settings.summary_interval > timedelta(0):
             self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval.total_seconds()), id="summary")
@@ -222,6 +238,7 @@ class Daemon:
             log.error("watchdog_too_short", watchdog_s=interval, poll_interval_s=self.settings.poll_interval.total_seconds(),
                       fix="ticks feed the watchdog: set WatchdogSec= to at least twice poll_interval (systemctl edit riskd)")
         self.scheduler.start()
+        self._poller.start()
         self.systemd.ready(self.status())
         on_ready()
         while self._stop_reason is None:
@@ -242,15 +259,19 @@ class Daemon:
         console, never into the trail after `stopped` (AuditTrail.close_with)."""
         started = self._stop_at if self._stop_at is not None else time.monotonic()
         self.systemd.stopping(f"stopping ({self._stop_reason}): finishing the tick in flight")
+        self._halt.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)  # no new ticks; the one running is waited for below, bounded
         # Holding the ticker lock from here on: no tick starts after `stopped` (a queued one waits, then exits with us).
         idle = self.ticker.lock.acquire(timeout=max(0.0, STOP_GRACE_S - (time.monotonic() - started)))
-        self.abandoned = not idle
-        in_doubt = [i.key for i in self.ticker.executor.in_doubt]
-        acting = self.ticker.executor.acting
-        if acting is not None and acting not in in_doubt:
-            in_doubt.append(acting)  # sent (or about to be) when the stop came: its outcome is settled at the next start
+        executor = self.ticker.executor
+        while idle and executor.acting and time.monotonic() - started < STOP_GRACE_S:
+            executor.wait_sends(0.05)  # closes a past tick left in flight past its deadline
+        acting = executor.acting
+        self.abandoned = not idle or bool(acting)
+        in_doubt = [i.key for i in executor.in_doubt]
+        # sent (or about to be) when the stop came: their outcomes are settled at the next start
+        in_doubt += [key for key in acting if key not in in_doubt]
         self.audit.close_with(events.STOPPED, reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
                               firings=self.ticker.health.firings, in_doubt=in_doubt, abandoned_tick=self.abandoned,
                               stop_s=round(time.monotonic() - started, 3))
@@ -280,8 +301,8 @@ class Daemon:
 
 
 def poll_phase(interval: timedelta, now: datetime | None = None) -> datetime:
-    """The phase of the poll ticks (APScheduler runs them at start + k * interval, the first one
-    within an interval from now): half an interval off whole seconds, where `at` rules fire, so a
+    """The phase of the poll ticks (the poll loop runs them at that wall time + k * interval, counted on
+    the monotonic clock): half an interval off whole seconds, where `at` rules fire, so a
     timed tick does not wait for a poll tick to release the ticker."""
     now = now or utc_now()
     offset = (interval.total_seconds() / 2) % 1.0 or 0.5

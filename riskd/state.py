@@ -37,6 +37,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -133,7 +134,8 @@ def _decision_from_json(text: str) -> Decision:
 
 
 class Store:
-    """The state store of one state_dir. Not thread-safe: the daemon uses it from the tick only."""
+    """The state store of one state_dir. Thread-safe: one lock serializes every read and write (the tick
+    and the threads that send its closes concurrently share the one SQLite connection)."""
 
     def __init__(self, state_dir: Path, on_condition: Condition = _no_condition, *, reserve_bytes: int = RESERVE_BYTES,
                  redactor: Redactor | None = None):
@@ -143,6 +145,7 @@ class Store:
         self.reserve_bytes = reserve_bytes
         self.reserve_path = state_dir / RESERVE_NAME
         self._disk_full = False  # disk_full reported, disk_recovered not yet
+        self._lock = threading.RLock()
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lockfile = os.fdopen(_create_private(state_dir / "riskd.lock", os.O_RDWR | os.O_APPEND), "a+")
@@ -227,7 +230,12 @@ class Store:
             pass
 
     def _write(self, op: str, write: Callable[[], _T], failed: _T) -> _T:
-        """Run one write; on a full disk free the reserve and retry once; never raise for lack of space."""
+        """Run one write (under the store's lock); on a full disk free the reserve and retry once; never
+        raise for lack of space."""
+        with self._lock:
+            return self._write_locked(op, write, failed)
+
+    def _write_locked(self, op: str, write: Callable[[], _T], failed: _T) -> _T:
         try:
             result = write()
         except (sqlite3.OperationalError, OSError) as exc:
@@ -273,9 +281,14 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return self._db.execute("PRAGMA user_version").fetchone()[0]
+        with self._lock:
+            return self._db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
+        with getattr(self, "_lock", threading.RLock()):
+            self._close()
+
+    def _close(self) -> None:
         db = getattr(self, "_db", None)
         if db is not None:
             db.close()
@@ -303,6 +316,10 @@ class Store:
     # engine state ------------------------------------------------------------------------------
 
     def load(self) -> State:
+        with self._lock:
+            return self._load()
+
+    def _load(self) -> State:
         try:
             row = self._db.execute("SELECT doc FROM engine WHERE id = 1").fetchone()
             state = State.from_json(json.loads(row[0])) if row else State()
@@ -368,10 +385,11 @@ class Store:
 
     def open_intents(self) -> list[Intent]:
         """Intents whose outcome riskd does not know (`sending` after a crash, `unknown` after a timeout)."""
-        rows = self._db.execute(
-            "SELECT key, decision, seen, status, created, sent, settle_at, outcome FROM intents WHERE status IN (?, ?) ORDER BY created",
-            OPEN_STATUSES,
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, decision, seen, status, created, sent, settle_at, outcome FROM intents WHERE status IN (?, ?) "
+                "ORDER BY created", OPEN_STATUSES,
+            ).fetchall()
         return [
             Intent(key, _decision_from_json(decision), json.loads(seen), status, datetime.fromisoformat(created),
                    _when(sent), _when(settle_at), outcome)
@@ -379,7 +397,8 @@ class Store:
         ]
 
     def intent_status(self, key: str) -> str | None:
-        row = self._db.execute("SELECT status FROM intents WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT status FROM intents WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def prune(self, before: datetime) -> int:

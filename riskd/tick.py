@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import structlog
 
-from riskd import engine
+from riskd import engine, events
 from riskd.actions import Executor
 from riskd.audit import AuditTrail
 from riskd.config import Settings
@@ -49,6 +49,8 @@ class Ticker:
     """One tick at a time: poll -> settle -> evaluate -> act, all with the same `now`.
 
     `stopping`, once set, lets an action in flight finish and starts no other (graceful stop).
+    `deadline_s`: how long a tick waits for its closes (sent side by side per account, see
+    `Executor.act_all`) before it returns; one that overruns it is audited `tick_overrun`.
     """
 
     def __init__(self, settings: Settings, rules: list[Rule], client: CrossTradeClient, executor: Executor,
@@ -74,6 +76,9 @@ class Ticker:
         self._wall_offset: float | None = None  # wall minus monotonic seconds at the last tick
         self._deferred: dict[str, str] = {}
         self._health_saved: float | None = None
+        # A tick waits this long (from its start) for its closes: one request deadline for the poll plus one
+        # poll interval. A close still in flight then goes on in its thread; the next poll is not held back.
+        self.deadline_s = (settings.timeout + settings.poll_interval).total_seconds()
 
     @property
     def health(self) -> Health:
@@ -109,6 +114,10 @@ class Ticker:
             self._check_stale(now, mono)  # backing off after API errors
             return None
         self.health.ticks += 1
+        deadline = mono + self.deadline_s
+        self.state, late = self.executor.collect(self.state)  # sends a past tick left running past its deadline
+        for d, reason_late in late:
+            self._defer(d, reason_late)
         snapshot = self._poll(now, mono)
         if snapshot is None:
             self._check_stale(now, mono)
@@ -122,32 +131,47 @@ class Ticker:
         self.state = state
         fire_keys = {d.key for d in decisions if d.kind == "fire"}
         self._deferred = {k: v for k, v in self._deferred.items() if k in fire_keys}
-        unavailable: str | None = None
-        acted: set[str] = set()
+        ready: list[Decision] = []
         for d in decisions:
             if d.kind != "fire":
                 continue
-            if self.stopping.is_set():
-                why: str | None = "riskd is stopping; the rule is evaluated again at start"
-            elif unavailable:  # the bridge is down or the budget spent: one probe per tick, not a volley
-                why = f"the API refused the previous action ({unavailable}); next tick"
-            else:
-                why = self.executor.gate(d, now)
+            why = "riskd is stopping; the rule is evaluated again at start" if self.stopping.is_set() else self.executor.gate(d, now)
             if why is not None:
                 self._defer(d, why)
                 continue
-            self._deferred.pop(d.key, None)
-            self._audit_decision(d, now)
-            self.health.firings += 1
-            acted.add(d.account.lower())
-            self.state = state = self.executor.act(d, snapshot, state, now)
-            unavailable = self.executor.unavailable
-        for d in decisions:  # after acting: 10,000 `superseded` lines never hold back a close
+            ready.append(d)
+        acted: set[str] = set()
+        if ready:
+            counted = threading.Lock()
+
+            def start(d: Decision) -> None:  # in the sending thread, right before the intent is written
+                self._deferred.pop(d.key, None)
+                self._audit_decision(d, now)
+                with counted:
+                    self.health.firings += 1
+                    acted.add(d.account.lower())
+
+            wait_s = max(0.0, deadline - self.monotonic())
+            state, skipped = self.executor.act_all(ready, snapshot, state, now, wait_s=wait_s, on_start=start)
+            self.state = state
+            for d, why in skipped:
+                self._defer(d, why)
+        for d in decisions:  # after acting        for d in decisions:  # after acting: 10,000 `superseded` lines never hold back a close
             if d.kind != "fire":
                 self._audit_decision(d, now)
         self._sample(snapshot, now, acted)  # after acting: no delay
         self._save_health(now, mono)
+        self._check_overrun(mono, reason)
         return decisions
+
+    def _check_overrun(self, mono: float, reason: str) -> None:
+        """Audit a tick that ran past its deadline (`tick_overrun`), with the firings still being sent."""
+        took = self.monotonic() - mono
+        if took <= self.deadline_s:
+            return
+        self.audit.emit(events.TICK_OVERRUN, reason=reason, took_s=round(took, 3), deadline_s=round(self.deadline_s, 3),
+                        sending=self.executor.acting)
+        log.warning("tick_overrun", took_s=round(took, 3), deadline_s=round(self.deadline_s, 3), sending=self.executor.acting)
 
     def _emit(self, events: list[Event]) -> None:
         for e in events:

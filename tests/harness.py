@@ -164,7 +164,7 @@ class Rig:
         for r in self.sim.request_log():
             if r.method != "POST" or not r.path.endswith(suffix):
                 continue
-            if applied is not None and (r.status == 200) != applied:
+            if applied is not None and (200 in (r.status, r.applied_status)) != applied:
                 continue
             out.append(r)
         return out

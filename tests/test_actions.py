@@ -278,6 +278,38 @@ def test_act_rejected_order_is_retried_with_back_off_not_every_tick(rig_factory)
     assert len(rig.events("deferred")) == 3  # once per back-off, not once per tick
 
 
+def test_act_a_trickled_close_to_one_account_never_holds_back_another_accounts_close(rig_factory):
+    """A1's close answer comes a byte at a time until the request deadline; A2's close goes out beside
+    it and lands at once. The tick returns at its deadline (audited), the next poll is not held back,
+    and A1's close is settled once its answer is over: one close per account."""
+    scenario = {"accounts": [{"name": "A1", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 4, "price": 6000.0}]},
+                             {"name": "A2", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 2, "price": 6000.0}]}],
+                "prices": {"MES 12-26": 5990.0}, "rate_limit": {"per_second": 3, "burst": 20}}
+    rules = [{"name": "cap", "instruments": "MES", "when": {"position_pnl": {"below": -50}}, "then": {"close": "all"}}]
+    rig = rig_factory(scenario, rules, timeout=timedelta(seconds=1.5))
+    rig.ticker.deadline_s = 0.3  # the tick waits 0.3 s for its closes (the trickled one takes the whole 1.5 s)
+    rig.sim.inject(Fault("trickle", match="POST /accounts/A1/positions/close", bytes=1, ms=100, count=1))
+    rig.tick_at(0)
+    a1 = next(e["key"] for e in rig.events("fired") if e["account"] == "A1")
+    assert rig.ticker.executor.acting == [a1]  # still reading A1's answer
+    (a2_action,) = rig.events("action", account="A2")
+    assert a2_action["ok"] and ("A2", "MES 12-26") not in rig.quantities()
+    (overrun,) = rig.events("tick_overrun")
+    assert overrun["sending"] == [a1] and overrun["deadline_s"] == 0.3
+    polls = len([r for r in rig.sim.request_log() if r.path.endswith("/accounts/snapshot")])
+    rig.tick_at(1)
+    assert len([r for r in rig.sim.request_log() if r.path.endswith("/accounts/snapshot")]) == polls + 1  # polled meanwhile
+    assert rig.ticker.executor.acting == [a1]
+    assert len(rig.events("fired", account="A1")) == 1  # in flight: not fired again
+    rig.ticker.executor.wait_sends(5.0)
+    for t in range(2, 5):
+        rig.tick_at(t)
+    assert [e["outcome"] for e in rig.events("action", account="A1")] == ["unknown"]  # cut at the request deadline
+    assert rig.events("action_resolved", key=a1)[0]["verdict"].startswith("done")
+    assert len(rig.posts("/accounts/A1/positions/close")) == 1 and len(rig.posts("/accounts/A2/positions/close")) == 1
+    assert rig.quantities() == {}
+
+
 def test_act_on_account_named_dot_dot_never_turns_into_flatten_everything(rig_factory):
     """`accounts/../positions/flatten` normalises to `POST /positions/flatten` with an empty body,
     which flattens EVERY account. riskd must refuse it and flatten the other accounts one by one."""

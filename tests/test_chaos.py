@@ -313,7 +313,9 @@ def judge(s: Schedule, rig: Rig, marks: list[tuple[float, int]], token: str) -> 
         max_in_1s = max(max_in_1s, i - j + 1)
 
     # double closes: applied order requests per target
-    applied = [r for r in log if r.method == "POST" and r.status == 200 and r.path.endswith(("/positions/close", "/positions/flatten"))]
+    # applied: answered 200, or carried out and answered with a refusal (applied_refused)
+    applied = [r for r in log if r.method == "POST" and 200 in (r.status, r.applied_status)
+               and r.path.endswith(("/positions/close", "/positions/flatten"))]
     for e in s.expected:
         e.applied = len([r for r in applied if f"/accounts/{e.account}/" in r.path and r.path.endswith(e.path)
                          and str((r.body or {}).get("instrument")).upper() == str(e.instrument).upper()])  # as the API matches
