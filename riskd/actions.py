@@ -176,6 +176,7 @@ class Executor:
         # the key of the firing being acted on right now (its intent is in the store, `sending`), else None:
         # what a stop that abandons a stuck tick reports as in doubt (settled by `resolve` at the next start)
         self.acting: str | None = None
+        self.last_reply: Reply | None = None  # the last answer of the last `act` (an operator command reports it)
 
     def is_dry(self, decision: Decision) -> bool:
         """The one dry-run switch: a daemon-wide --dry-run, or the rule's own `dry_run: true`."""
@@ -254,6 +255,7 @@ class Executor:
                                 retry="none: the token was refused; fix the credential and restart")
             break
         finished = self.clock()
+        self.last_reply = last
         outcome = last.outcome if last is not None else None
         if status == "failed" and sent and last is not None and self._may_have_landed(decision, last):
             status = "refused"  # the bridge saw it and said no: verify against the evidence before sending again

@@ -67,6 +67,19 @@ class Snapshot:
     unknown: frozenset[str] = frozenset()
     problems: tuple[str, ...] = ()  # why each unknown account could not be read, for the audit trail
 
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON values (the state store keeps the last snapshot for `riskd status`)."""
+        return {"taken_at": self.taken_at.isoformat(), "unknown": sorted(self.unknown), "problems": list(self.problems),
+                "accounts": [{"name": a.name, "realized_pnl": a.realized_pnl, "unrealized_pnl": a.unrealized_pnl,
+                              "commission": a.commission, "net_liquidation": a.net_liquidation,
+                              "positions": [{"account": p.account, **p.as_dict()} for p in a.positions]} for a in self.accounts]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Snapshot":
+        accounts = tuple(Account(**{**a, "positions": tuple(Position(**p) for p in a["positions"])}) for a in data["accounts"])
+        return cls(datetime.fromisoformat(data["taken_at"]), accounts, frozenset(data.get("unknown", ())),
+                   tuple(data.get("problems", ())))
+
     def account(self, name: str) -> Account | None:
         lowered = name.lower()
         return next((a for a in self.accounts if a.name.lower() == lowered), None)
@@ -151,6 +164,7 @@ class Action:
     amount: Any = None
     cancel_orders: bool = False
     lock: bool = False
+    lock_undo: str = "allowed"  # "never": `riskd unlock` refuses to lift this rule's lock
 
     @property
     def severity(self) -> Severity:
@@ -176,7 +190,7 @@ class Action:
         if self.cancel_orders:
             text += " +cancel_orders"
         if self.lock:
-            text += " +lock"
+            text += " +lock" + (" (no undo)" if self.lock_undo == "never" else "")
         return text
 
 
