@@ -198,7 +198,7 @@ def _unlock(command: Command, state: State, rules: list[Rule], name: str, now: d
         rule = by_name.get(LockKey.parse(key).rule)
         if rule is not None and rule.action.lock_undo == "never":
             return Outcome("refused", f"account {name} is locked by rule {rule.name} (since {since}), whose lock cannot be undone "
-                                      "(lock: {undo: never}); it ends with the session", state, details={"rule": rule.name})
+                                      "(lock: {undo: never}); it ends with the session", state, details={"locked_by": rule.name})
     if name not in state.account_locks and not rule_locks:
         return Outcome("refused", f"account {name} is not locked", state)
     lifted = ([OPERATOR_LOCK] if name in state.account_locks else []) + [LockKey.parse(k).rule for k in rule_locks]
