@@ -102,6 +102,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().__init__(str(path), _Handler)
         os.chmod(path, SOCKET_MODE)  # created under riskd's umask (0077); owner and group may connect
         self._thread: threading.Thread | None = None
+        self.closing = threading.Event()
 
     def start(self) -> "ControlServer":
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="riskd-control", daemon=True)
@@ -109,6 +110,10 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         return self
 
     def close(self) -> None:
+        """Stop taking commands; a client still waiting is told riskd is stopping."""
+        self.closing.set()
+        with self.progress:
+            self.progress.notify_all()
         self.shutdown()
         self.server_close()
         try:
@@ -142,6 +147,10 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def _await(self, command_id: str, wait_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + wait_s
         while True:
+            if self.closing.is_set():
+                return {"id": command_id, "status": "pending",
+                        "message": f"riskd is stopping: the command is recorded; riskd finishes it if it starts again within "
+                                   f"{control.COMMAND_TTL.total_seconds():.0f}s, else it expires (riskd audit --event control_result)"}
             found = self.inbox.get(command_id)
             if found is not None and found[0] not in ("queued", "acting"):
                 return {"id": command_id, **(found[1] or {}), "status": found[0]}
