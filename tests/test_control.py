@@ -300,3 +300,16 @@ def test_socket_path_defaults_to_the_state_dir(tmp_path):
         state_dir = tmp_path
 
     assert channel.socket_path(S()) == tmp_path / "control.sock"
+
+
+def test_cli_refuses_flatten_all_without_yes_a_missing_reason_and_a_bad_duration(tmp_path, monkeypatch, capsys):
+    from riskd.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the demo's ./state: no daemon runs there
+    assert main(["flatten", "--all", "--reason", "x"]) == 2
+    assert "--yes" in capsys.readouterr().err
+    assert main(["lock", "Sim101"]) == 2  # --reason is required
+    assert main(["lock", "Sim101", "--for", "soon", "--reason", "x"]) == 2
+    assert "--for" in capsys.readouterr().err
+    assert main(["pause", "cap", "--reason", "x"]) == 1
+    assert "no daemon is running" in capsys.readouterr().err
