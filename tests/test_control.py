@@ -313,3 +313,49 @@ def test_cli_refuses_flatten_all_without_yes_a_missing_reason_and_a_bad_duration
     assert "--for" in capsys.readouterr().err
     assert main(["pause", "cap", "--reason", "x"]) == 1
     assert "no daemon is running" in capsys.readouterr().err
+
+
+# -- the pure part: control.apply and the engine's controls ---------------------------------------
+
+
+def _command(verb: str, now, **fields) -> control.Command:
+    return control.parse({"id": secrets.token_hex(8), "verb": verb, "reason": "r", **fields}, user="op", uid=0, now=now)
+
+
+def test_engine_pause_and_operator_lock_outlive_the_session_boundary_until_they_end():
+    from dataclasses import replace as with_
+
+    from rulekit import MORNING, Harness, acct, fires, pos, rule
+
+    h = Harness(rule("cap", "position_pnl: {below: -500}"))
+    until = (MORNING + timedelta(days=1)).isoformat()
+    h.state = with_(h.state, session=engine_session(MORNING, h), paused={"cap": until}, account_locks={"sim101": until})
+    evening = MORNING + timedelta(hours=9)  # 19:00 New York: a new session
+    decisions = h.tick(evening, acct("Sim101", pos(pnl=-900)))
+    assert fires(decisions) == [("operator:lock", "Sim101", "MES 12-26")]  # the lock, not the paused rule
+    assert h.state.paused == {"cap": until} and h.state.account_locks == {"sim101": until}
+    later = MORNING + timedelta(days=1, seconds=1)
+    assert fires(h.tick(later, acct("Sim101", pos(pnl=-900)))) == [("cap", "Sim101", "MES 12-26")]
+    assert h.state.paused == {} and h.state.account_locks == {}
+
+
+def engine_session(now, h) -> str:
+    from riskd.engine import session_of
+
+    return session_of(now, h.settings)
+
+
+def test_apply_lock_defaults_to_the_session_end_and_keeps_a_longer_lock():
+    from rulekit import MORNING, SETTINGS, acct, pos
+
+    from riskd.engine import State, session_end
+    from riskd.model import Snapshot
+
+    snapshot = Snapshot(MORNING, (acct("Sim101", pos()),))
+    done = control.apply(_command("lock", MORNING, account="SIM101"), State(), [], snapshot, MORNING, SETTINGS)
+    end = session_end(MORNING, SETTINGS)
+    assert done.status == "done" and done.state.account_locks == {"sim101": end.isoformat()}
+    assert end.isoformat() == "2026-11-27T23:00:00+00:00"  # 18:00 New York
+    shorter = control.apply(_command("lock", MORNING, account="Sim101", until=(MORNING + timedelta(minutes=5)).isoformat()),
+                            done.state, [], snapshot, MORNING, SETTINGS)
+    assert shorter.state.account_locks == {"sim101": end.isoformat()}

@@ -487,7 +487,7 @@ FORBIDDEN_MODULES = {"httpx", "structlog", "apscheduler", "sqlite3", "socket", "
                      "riskd.crosstrade", "riskd.state", "riskd.audit", "riskd.actions"}
 
 
-@pytest.mark.parametrize("module", ["engine", "model", "conditions", "schedule", "keys"])
+@pytest.mark.parametrize("module", ["engine", "model", "conditions", "schedule", "keys", "control", "status"])
 def test_engine_and_model_import_no_io_and_never_read_the_clock(module):
     tree = ast.parse((Path(engine.__file__).parent / f"{module}.py").read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
