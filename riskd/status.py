@@ -64,6 +64,7 @@ def build(rules: list[Rule], state: State, snapshot: Snapshot | None, health: di
         accounts.append({
             "account": account.name, "pnl": round(account.pnl(), 2), "realized": account.realized_pnl,
             "unrealized": account.unrealized_pnl, "commission": account.commission, "net_liquidation": account.net_liquidation,
+            "week_pnl": account.week_pnl, "cash_value": account.cash_value,
             "peak": round(state.peaks.get(name, 0.0), 2), "locks": locks,
             "positions": [p.as_dict() for p in account.positions], "rules": rule_rows,
         })
@@ -92,6 +93,10 @@ def build(rules: list[Rule], state: State, snapshot: Snapshot | None, health: di
                       "asked_at": c["command"].get("asked_at"), "reason": c["command"].get("reason"),
                       "message": (c.get("outcome") or {}).get("message")} for c in (commands or [])[:5]],
     }
+
+
+def _money(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.2f}"
 
 
 def _ago(iso: str | None, now: datetime) -> str:
@@ -124,7 +129,7 @@ def render(view: dict[str, Any]) -> str:
     for a in view["accounts"]:
         out.append(f"account {a['account']}: session P&L {a['pnl']:.2f} (realized {a['realized']:.2f}, unrealized "
                    f"{a['unrealized']:.2f}, commission {a['commission']:.2f}), peak {a['peak']:.2f}, "
-                   f"net liquidation {a['net_liquidation']:.2f}")
+                   f"week P&L {_money(a['week_pnl'])}, cash {_money(a['cash_value'])}, net liquidation {a['net_liquidation']:.2f}")
         for lock in a["locks"]:
             undo = "; cannot be undone" if lock.get("undo") == "never" else ""
             out.append(f"    LOCKED by {lock['by']} until {lock['until']}{undo}")

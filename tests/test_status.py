@@ -37,6 +37,7 @@ def test_status_shows_figures_positions_rule_states_and_distances_in_dollars_and
         (account,) = view["accounts"]
         assert (account["account"], account["pnl"], account["net_liquidation"]) == ("Sim101", -200.0, 50000.0 - 200.0)
         assert [(p["instrument"], p["side"], p["quantity"]) for p in account["positions"]] == [("MES 12-26", "Long", 4)]
+        assert (account["week_pnl"], account["cash_value"]) == (0.0, 50000.0)  # the API's weeklyProfitLoss and cashValue
         states = {r["rule"]: r for r in account["rules"]}
         assert states["loss"]["state"] == "armed"
         assert states["loss"]["conditions"][0] | {} == {"name": "account_pnl", "seen": -200.0, "threshold": "below -500.00",
@@ -74,3 +75,16 @@ def test_status_shows_a_rule_lock_with_its_end_paused_rules_and_a_silent_daemon(
         assert "NOT RUNNING?" in status.render(_view(rig))
     finally:
         rig.close()
+
+
+def test_a_week_or_cash_figure_the_api_leaves_out_shows_as_unknown_and_never_makes_the_account_unreadable():
+    from datetime import datetime, timezone
+
+    from riskd.crosstrade import parse_snapshot
+
+    entry = {"account": {"name": "Sim101", "item": {"realizedProfitLoss": -50.0, "weeklyProfitLoss": None, "cashValue": "n/a"}},
+             "positions": []}
+    snapshot = parse_snapshot({"accounts": [entry]}, datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc))
+    (account,) = snapshot.accounts
+    assert (account.realized_pnl, account.week_pnl, account.cash_value) == (-50.0, None, None) and not snapshot.unknown
+    assert type(snapshot).from_json(snapshot.as_json()) == snapshot
