@@ -123,7 +123,14 @@ class AgeLevel(RuleModel):
 def _level(value: float, spec: Any, holds: bool) -> dict[str, Any]:
     side, level = next(iter(spec.describe().items()))
     gap = value - level if side == "below" else level - value
-    return {"seen": round(value, 2), "threshold": f"{side} {level:.2f}", "distance": "holds" if holds else f"${gap:.2f} to go"}
+    return {"seen": round(value, 2), "threshold": f"{side} {level:.2f}", "distance": "holds" if holds else f"${gap:.2f} to go",
+            **_gap(gap, abs(level), holds)}
+
+
+def _gap(dollars: float, of: float, holds: bool) -> dict[str, Any]:
+    """The distance to firing as numbers: dollars, and percent of `of` (the threshold's size; None when 0)."""
+    dollars = 0.0 if holds else max(dollars, 0.0)
+    return {"gap_dollars": round(dollars, 2), "gap_percent": round(100 * dollars / of, 1) if of else None}
 
 
 def _position_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
@@ -202,6 +209,7 @@ def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> 
         row["distance"] = f"inactive until the peak reaches {max(spec.after, 0):.2f}" + (" and is above 0" if kind == "percent" else "")
     else:
         row["distance"] = "holds" if holds else f"${seen['account_pnl'] - seen['floor']:.2f} to go"
+        row.update(_gap(seen["account_pnl"] - seen["floor"], seen["peak"] - seen["floor"], holds))
     return row
 
 

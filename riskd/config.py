@@ -100,6 +100,8 @@ class ConfigSpec(Spec):
     notify: list[NotifyTargetSpec] = []
     metrics: Any = Field(None, description="Prometheus endpoint: a port (on 127.0.0.1) or HOST:PORT; absent = off")
     summary_interval: Duration = timedelta(seconds=60)
+    control_socket: str | None = Field(None, description=(
+        "the Unix socket of the operator commands (riskd lock, flatten, ...); default: control.sock in state_dir"))
 
     @field_validator("metrics")
     @classmethod
@@ -163,6 +165,7 @@ class Settings:
     notify: tuple[NotifyTarget, ...] = ()
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
     summary_interval: timedelta = timedelta(seconds=60)
+    control_socket: Path | None = None  # None: state_dir / control.sock
 
     @property
     def simulated(self) -> bool:
@@ -232,6 +235,7 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         notify=tuple(_notify_target(t) for t in spec.notify),
         metrics=spec.metrics,
         summary_interval=spec.summary_interval,
+        control_socket=(root / spec.control_socket).resolve() if spec.control_socket else None,
     )
 
 

@@ -67,6 +67,7 @@ class Daemon:
             if not part.redactor:
                 part.redactor = self.redactor
         self.metrics_server: Any = None
+        self.control_server: Any = None
         self._status_at = 0.0
         ticker.client.observers.append(self.telemetry.on_reply)
         for webhook in self.notifier.webhooks:  # riskd_notifications_total{target,outcome}
@@ -196,6 +197,7 @@ class Daemon:
                         rule_count=len(self.ticker.rules), reason="start")
         log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval.total_seconds(),
                  dry_run=self.ticker.executor.dry_run)
+        self._start_control()
         # The first tick runs in its own (daemon) thread so a stop during it is honoured like any other.
         first = threading.Thread(target=self._first_tick, name="riskd-start-tick", daemon=True)
         first.start()
@@ -272,6 +274,8 @@ class Daemon:
         in_doubt = [i.key for i in executor.in_doubt]
         # sent (or about to be) when the stop came: their outcomes are settled at the next start
         in_doubt += [key for key in acting if key not in in_doubt]
+        if self.control_server is not None:
+            self.control_server.close()  # no command is taken after `stopped`; one not carried out stays queued
         self.audit.close_with(events.STOPPED, reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
                               firings=self.ticker.health.firings, in_doubt=in_doubt, abandoned_tick=self.abandoned,
                               stop_s=round(time.monotonic() - started, 3))
@@ -282,6 +286,20 @@ class Daemon:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         return 0
+
+    def _start_control(self) -> None:
+        """Open the control socket (riskd.channel); riskd keeps protecting accounts without it."""
+        from riskd.channel import ControlServer, socket_path
+
+        path = socket_path(self.settings)
+        try:
+            self.control_server = ControlServer(path, self.ticker.store.inbox(), self.audit, lambda: self._safe_tick("control"),
+                                                self.ticker.command_progress, self.ticker.clock).start()
+        except OSError as exc:
+            log.error("control_unavailable", path=str(path), error=f"{exc.__class__.__name__}: {exc}",
+                      fix="riskd lock/flatten/... cannot reach this daemon; set control_socket to a writable, short path")
+            return
+        log.info("control_listening", path=str(path))
 
     def _start_metrics(self) -> None:
         if self.settings.metrics is None:

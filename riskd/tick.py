@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import structlog
 
-from riskd import engine, events
+from riskd import control, engine, events
 from riskd.actions import Executor
 from riskd.audit import AuditTrail
 from riskd.config import Settings
@@ -79,6 +79,10 @@ class Ticker:
         # A tick waits this long (from its start) for its closes: one request deadline for the poll plus one
         # poll interval. A close still in flight then goes on in its thread; the next poll is not held back.
         self.deadline_s = (settings.timeout + settings.poll_interval).total_seconds()
+        self._snapshot_saved: Snapshot | None = None
+        # operator commands (riskd.control): the socket's threads wait on this for an outcome
+        self.command_progress = threading.Condition()
+        self._acted_commands: set[str] = set()  # operator flatten keys this process has sent
 
     @property
     def health(self) -> Health:
@@ -110,6 +114,8 @@ class Ticker:
             self.started_at = now
             self._started_mono = mono
             self.store.prune(now - INTENTS_KEPT)
+        if reason == "control" and not self.store.has_open_commands():
+            return None  # a command already carried out by an earlier tick
         if reason == "poll" and not self.polls.due(mono):
             self._check_stale(now, mono)  # backing off after API errors
             return None
@@ -124,6 +130,7 @@ class Ticker:
             return None
         self.last_snapshot = snapshot
         state = self.executor.resolve(snapshot, self.state, now)
+        state = self._commands(snapshot, state, now)
         decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
         if state.session != self.state.session and self.state.session is not None:
             self.store.prune(now - INTENTS_KEPT)
@@ -207,6 +214,83 @@ class Ticker:
         if force or self._health_saved is None or mono - self._health_saved >= HEALTH_EVERY.total_seconds():
             self.store.save_health(self.health.as_json(), now)
             self._health_saved = mono
+            if self.last_snapshot is not None and self.last_snapshot is not self._snapshot_saved:
+                self.store.save_snapshot(self.last_snapshot, now)  # for `riskd status`
+                self._snapshot_saved = self.last_snapshot
+
+    # -- operator commands ---------------------------------------------------------------------
+
+    def _commands(self, snapshot: Snapshot, state: State, now: datetime) -> State:
+        """Carry out the operator commands not finished (riskd.control), with this tick's snapshot:
+        lock, unlock, pause and resume change the state before the rules see it; a flatten is sent
+        through the executor like a firing, and finishes when its intents do."""
+        for cid, status, doc in self.store.open_commands():
+            command = control.Command.from_json(doc)
+            if status == "queued":
+                if control.expired(command, now):
+                    self._finish_command(command, "expired", f"asked at {command.asked_at.isoformat(timespec='seconds')} while riskd "
+                                         f"was not running; older than {control.COMMAND_TTL.total_seconds():.0f}s, not carried out: "
+                                         "ask again", now)
+                    continue
+                outcome = control.apply(command, state, self.rules, snapshot, now, self.engine_settings)
+                if outcome.status != "acting":
+                    state = outcome.state
+                    self._finish_command(command, outcome.status, outcome.message, now, state=state, details=outcome.details)
+                    continue
+                doc = {**doc, "keys": [d.key for d in outcome.decisions]}
+                self.store.update_command(cid, "acting", now, doc=doc)
+            state = self._flatten(command, doc["keys"], snapshot, state, now)
+        return state
+
+    def _flatten(self, command: control.Command, keys: list[str], snapshot: Snapshot, state: State, now: datetime) -> State:
+        decisions = {d.key: d for d in control.apply(command, state, self.rules, snapshot, now, self.engine_settings).decisions}
+        statuses: dict[str, str | None] = {}
+        errors: list[str] = []
+        for key in keys:
+            d = decisions.get(key)
+            status = self.store.intent_status(key)
+            if d is not None and (status is None or (status == "failed" and key not in self._acted_commands)):
+                # never sent, or settled "not applied" after a restart: send it (again)
+                why = "riskd is stopping" if self.stopping.is_set() else None
+                why = why or ("waiting for the outcome of an earlier request" if key in state.inflight else self.executor.gate(d, now))
+                if why is not None:
+                    self._defer(d, why)
+                    statuses[key] = "waiting"
+                    continue
+                self._audit_decision(d, now)
+                self._acted_commands.add(key)
+                sent = self.executor.send(d, snapshot, now)
+                state = self.executor.fold(sent, state)
+                status = self.store.intent_status(key)
+                reply = sent.last
+                if status == "failed" and reply is not None:
+                    if reply.transient and not control.expired(command, now):
+                        self._acted_commands.discard(key)  # a busy or rate-limited API: the next tick tries again
+                        statuses[key] = "waiting"
+                        continue
+                    errors.append(f"{d.account}: {reply.status or reply.outcome} {reply.error or ''}".strip())
+            statuses[key] = status
+        if any(s in ("sending", "unknown", "waiting") for s in statuses.values()) or len(statuses) < len(keys):
+            return state  # settled by a later tick (Executor.resolve), or sent by it
+        dry = " (dry run: nothing was sent)" if self.executor.dry_run else ""
+        accounts = ", ".join(decisions[k].account if k in decisions else k.split("|", 1)[-1] for k in keys)
+        if all(s == "done" for s in statuses.values()):
+            self._finish_command(command, "done", f"flattened {accounts}{dry}", now, details={"keys": keys})
+        else:
+            failed = [k.split("|", 1)[-1] for k, s in statuses.items() if s != "done"]
+            self._finish_command(command, "failed", f"the flatten of {', '.join(failed)} failed: {'; '.join(errors) or 'not applied'}"
+                                 " (see the action lines)", now, details={"keys": keys, "failed": failed})
+        return state
+
+    def _finish_command(self, command: control.Command, status: str, message: str, now: datetime, *, state: State | None = None,
+                        details: dict[str, Any] | None = None) -> None:
+        self.store.update_command(command.id, status, now, outcome={"status": status, "message": message, **(details or {})},
+                                  state=state)
+        self.audit.emit(events.CONTROL_RESULT, id=command.id, verb=command.verb, status=status, message=message, user=command.user,
+                        account=command.account, rule=command.rule, reason=command.reason, **(details or {}))
+        log.info("control_result", id=command.id, verb=command.verb, status=status, message=message, user=command.user)
+        with self.command_progress:
+            self.command_progress.notify_all()
 
     def _defer(self, d: Decision, why: str) -> None:
         if self._deferred.get(d.key) == why:

@@ -549,6 +549,13 @@ def describe(line: dict[str, Any]) -> str:
         torn = line.get("torn") or {}
         return (f"{torn.get('bytes', 0)} torn bytes at offset {torn.get('offset')}"
                 + (f"; missing {line['missing']}" if line.get("missing") else ""))
+    if event == events.CONTROL.name:
+        what = "--all" if line.get("all") else (line.get("account") or line.get("rule") or "")
+        what += f" {line['instrument']}" if line.get("instrument") else ""
+        what += f" until {line['until']}" if line.get("until") else ""
+        return f"{line.get('verb')} {what} asked by {line.get('user')}: {line.get('reason')}"
+    if event == events.CONTROL_RESULT.name:
+        return f"{line.get('verb')} {line.get('status')}: {line.get('message')} (asked by {line.get('user')})"
     if event == events.TRAIL_UNWRITABLE.name:
         return f"{line.get('error')}"
     if event == events.TRAIL_WRITABLE.name:
