@@ -8,7 +8,6 @@ from datetime import timedelta
 
 from riskd import status
 from riskd.state import Store
-from riskd.tick import engine_settings
 
 from harness import Rig, one_position
 
@@ -23,7 +22,7 @@ RULES = [
 def _view(rig: Rig, **kw) -> dict:
     seen = Store.peek_view(rig.settings.state_dir)  # read-only, beside the open writer
     assert seen is not None
-    return status.build(rig.rules, seen["state"], seen["snapshot"], seen["health"], rig.clock.utc(), engine_settings(rig.settings),
+    return status.build(rig.rules, seen["state"], seen["snapshot"], seen["health"], rig.clock.utc(), rig.settings.engine,
                         snapshot_at=seen["snapshot_at"], commands=seen["commands"], **kw)
 
 
