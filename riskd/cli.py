@@ -190,6 +190,7 @@ class Wired:
     dry_run: bool
     notifier: Any = None
     redactor: Any = None
+    dashboard_token: str | None = None
 
 
 def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack, *, console: Any, daemon: bool) -> Wired:
@@ -210,6 +211,9 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
         notifier = Notifier.from_settings(settings)  # a missing webhook URL is a config error (78)
         stack.callback(notifier.close, 0.0)
         secrets += notifier.secrets
+    dashboard_token = config.read_dashboard_token() if daemon and settings.dashboard else None
+    if dashboard_token:
+        secrets.append(dashboard_token)
     redactor = Redactor(secrets)  # one Redactor for every writer: console, trail, state, STATUS, notifications, metrics
     if notifier is not None:
         notifier.redactor = redactor
@@ -228,7 +232,7 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
     stack.callback(store.close)
     ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
     stack.callback(ticker.client.close)
-    return Wired(settings, loaded, hashes, token, audit, store, ticker, dry_run, notifier, redactor)
+    return Wired(settings, loaded, hashes, token, audit, store, ticker, dry_run, notifier, redactor, dashboard_token)
 
 
 def _redact_streams(redactor: Any, console: Any, stack: ExitStack) -> Any:
@@ -261,7 +265,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _settings(args, demo_ok=args.sim)
         console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
         wired = _wire(args, settings, stack, console=console, daemon=True)
-        daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor)
+        daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor,
+                        dashboard_token=wired.dashboard_token)
         daemon.install_signals(pending=EARLY_SIGNALS)
         code = daemon.run()
         if daemon.abandoned:

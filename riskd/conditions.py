@@ -123,7 +123,13 @@ class AgeLevel(RuleModel):
 def _level(value: float, spec: Any, holds: bool) -> dict[str, Any]:
     side, level = next(iter(spec.describe().items()))
     gap = value - level if side == "below" else level - value
-    return {"seen": round(value, 2), "threshold": f"{side} {level:.2f}", "distance": "holds" if holds else f"${gap:.2f} to go"}
+    return {"seen": round(value, 2), "threshold": f"{side} {level:.2f}", "distance": "holds" if holds else f"${gap:.2f} to go",
+            **_bar(0.0 if holds else gap, abs(level), "$")}
+
+
+def _bar(gap: float, span: float, unit: str) -> dict[str, Any]:
+    """The numeric distance of an explain row: `gap` left of `span` (both in `unit`; 0 once it holds)."""
+    return {"gap": round(max(gap, 0.0), 2), "span": round(span, 2), "unit": unit}
 
 
 def _position_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
@@ -138,7 +144,8 @@ def _position_size(spec: Any, t: Target) -> tuple[bool, Seen]:
 
 def _explain_position_size(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
     return {"seen": seen["position_size"], "threshold": f"above {spec.above}",
-            "distance": "holds" if holds else f"{spec.above + 1 - seen['position_size']} contract(s) to go"}
+            "distance": "holds" if holds else f"{spec.above + 1 - seen['position_size']} contract(s) to go",
+            **_bar(spec.above + 1 - seen["position_size"], spec.above + 1, "contracts")}
 
 
 def _position_age(spec: Any, t: Target) -> tuple[bool, Seen]:
@@ -149,7 +156,8 @@ def _position_age(spec: Any, t: Target) -> tuple[bool, Seen]:
 def _explain_position_age(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
     age = timedelta(seconds=seen["position_age_s"])
     return {"seen": format_span(age), "threshold": f"above {format_span(spec.above)}",
-            "distance": "holds" if holds else f"{format_span(spec.above - age)} to go"}
+            "distance": "holds" if holds else f"{format_span(spec.above - age)} to go",
+            **_bar((spec.above - age).total_seconds(), spec.above.total_seconds(), "s")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +210,7 @@ def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> 
         row["distance"] = f"inactive until the peak reaches {max(spec.after, 0):.2f}" + (" and is above 0" if kind == "percent" else "")
     else:
         row["distance"] = "holds" if holds else f"${seen['account_pnl'] - seen['floor']:.2f} to go"
+        row.update(_bar(0.0 if holds else seen["account_pnl"] - seen["floor"], seen["peak"] - seen["floor"], "$"))
     return row
 
 

@@ -20,6 +20,8 @@ from riskd.fields import Duration, Spec, TimeOfDay, Zone
 
 SYSTEM_CONFIG = Path("/etc/riskd/riskd.yaml")
 SIM = "sim"
+DASHBOARD_PORT = 9466  # the port the docs suggest for `dashboard:`
+DASHBOARD_TOKEN = "dashboard-token"  # the credential (file in $CREDENTIALS_DIRECTORY) that, when present, guards the dashboard
 
 
 class RateLimitSpec(Spec):
@@ -68,7 +70,7 @@ class NotifyTargetSpec(Spec):
         return self
 
 
-def _metrics_address(value: Any) -> tuple[str, int] | None:
+def _metrics_address(value: Any, what: str = "metrics", port_example: int = 9465) -> tuple[str, int] | None:
     """`9465` / `"127.0.0.1:9465"` / `"[::1]:9465"` / `"0.0.0.0:9465"` -> (host, port); no host = loopback."""
     if value is None or value is False:
         return None
@@ -77,7 +79,8 @@ def _metrics_address(value: Any) -> tuple[str, int] | None:
     host = host.strip("[]") if sep else "127.0.0.1"
     if port.isdigit() and int(port) <= 65535 and host:
         return host, int(port)
-    raise ValueError(f"invalid metrics address {value!r}; write a port (9465, on 127.0.0.1) or HOST:PORT such as 127.0.0.1:9465")
+    raise ValueError(f"invalid {what} address {value!r}; write a port ({port_example}, on 127.0.0.1) or HOST:PORT such as "
+                     f"127.0.0.1:{port_example}")
 
 
 class ConfigSpec(Spec):
@@ -99,11 +102,17 @@ class ConfigSpec(Spec):
     notify: list[NotifyTargetSpec] = []
     metrics: Any = Field(None, description="Prometheus endpoint: a port (on 127.0.0.1) or HOST:PORT; absent = off")
     summary_interval: Duration = timedelta(seconds=60)
+    dashboard: Any = Field(None, description="the live dashboard (read-only web page): a port (on 127.0.0.1) or HOST:PORT; absent = off")
 
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, value: Any) -> Any:
         return _metrics_address(value)
+
+    @field_validator("dashboard")
+    @classmethod
+    def _dashboard(cls, value: Any) -> Any:
+        return _metrics_address(value, "dashboard", DASHBOARD_PORT)
 
     @field_validator("notify")
     @classmethod
@@ -161,6 +170,7 @@ class Settings:
     notify: tuple[NotifyTarget, ...] = ()
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
     summary_interval: float = 60.0
+    dashboard: tuple[str, int] | None = None  # (host, port) of the live dashboard
 
     @property
     def simulated(self) -> bool:
@@ -226,6 +236,7 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         notify=tuple(_notify_target(t) for t in spec.notify),
         metrics=spec.metrics,
         summary_interval=spec.summary_interval.total_seconds(),
+        dashboard=spec.dashboard,
     )
 
 
@@ -248,6 +259,26 @@ def read_token(settings: Settings) -> str | None:
                 return _checked_token(token, str(cred))
     token = os.environ.get(settings.token_env, "").strip()
     return _checked_token(token, f"${settings.token_env}") if token else None
+
+
+def read_dashboard_token(env: dict[str, str] | None = None) -> str | None:
+    """Return the dashboard's access token from $CREDENTIALS_DIRECTORY/dashboard-token; None when there is none."""
+    env = dict(os.environ) if env is None else env
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    path = Path(cred_dir) / DASHBOARD_TOKEN if cred_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        token = path.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError([Problem(str(path), 1, 1, "dashboard", "the dashboard token cannot be read as ASCII text; "
+                                   "write it again as one line of printable ASCII")]) from None
+    if not token:
+        return None
+    if len(token) < 16 or not all("!" <= ch <= "~" for ch in token):
+        raise ConfigError([Problem(str(path), 1, 1, "dashboard", "the dashboard token must be at least 16 printable ASCII characters "
+                                   "without spaces; generate one with: openssl rand -hex 24")])
+    return token
 
 
 def _bad_token(where: str, what: str) -> ConfigError:

@@ -1,5 +1,6 @@
 """The daemon: decides when ticks run (APScheduler 3.x), handles signals (SIGTERM/SIGINT stop,
-SIGHUP reload, SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd and serves metrics.
+SIGHUP reload, SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd and serves metrics
+and the live dashboard (riskd/dashboard.py).
 
 One tick itself is `riskd.tick.Ticker`; the wiring of a ticker is `riskd.tick.build_ticker`.
 """
@@ -23,6 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from riskd import __version__, events, rules as rules_mod
 from riskd.audit import AuditTrail
 from riskd.config import Settings
+from riskd.dashboard import Dashboard
 from riskd.errors import ConfigError
 from riskd.metrics import Telemetry
 from riskd.notify import Notifier
@@ -50,7 +52,7 @@ class Daemon:
 
     def __init__(self, settings: Settings, ticker: Ticker, audit: AuditTrail, hashes: dict[str, str], *,
                  systemd: Systemd | None = None, telemetry: Telemetry | None = None, notifier: Notifier | None = None,
-                 redactor: Redactor | None = None):
+                 redactor: Redactor | None = None, dashboard_token: str | None = None):
         self.settings = settings
         self.ticker = ticker
         self.audit = audit
@@ -65,11 +67,15 @@ class Daemon:
             if not part.redactor:
                 part.redactor = self.redactor
         self.metrics_server: Any = None
+        self.dashboard = Dashboard(ticker, redactor=self.redactor, token=dashboard_token) if settings.dashboard else None
+        self.dashboard_server: Any = None
         self._status_at = 0.0
         ticker.client.observers.append(self.telemetry.on_reply)
         for webhook in self.notifier.webhooks:  # riskd_notifications_total{target,outcome}
             webhook.observers.append(self.telemetry.on_notification)
         audit.observers.extend([self.telemetry.on_audit, self.notifier.on_audit, self._on_audit])
+        if self.dashboard is not None:
+            audit.observers.append(self.dashboard.on_audit)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1},
@@ -90,6 +96,8 @@ class Daemon:
             log.exception("tick_failed", reason=reason)
             return  # no watchdog ping: ticks that keep failing get riskd restarted by systemd
         self.telemetry.on_tick(reason, time.perf_counter() - started, self.ticker)
+        if self.dashboard is not None:
+            self.dashboard.on_tick()
         # The watchdog watches riskd (a hung or crashing tick, a dead scheduler), not CrossTrade: a
         # tick that handled an API error is healthy; the outage shows in STATUS, `stale` and metrics.
         now = time.monotonic()
@@ -217,6 +225,7 @@ class Daemon:
         if self.settings.summary_interval > 0:
             self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval), id="summary")
         self._start_metrics()
+        self._start_dashboard()
         interval = self.systemd.watchdog_interval
         if interval is not None and self.settings.poll_interval > interval / 2:
             log.error("watchdog_too_short", watchdog_s=interval, poll_interval_s=self.settings.poll_interval,
@@ -260,6 +269,8 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
+        if self.dashboard_server is not None:
+            self.dashboard_server.stop()
         return 0
 
     def _start_metrics(self) -> None:
@@ -277,6 +288,25 @@ class Daemon:
         log.info("metrics_listening", address=f"{host}:{bound}", url=f"http://{host if ':' not in host else f'[{host}]'}:{bound}/metrics")
         if host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("metrics_exposed", address=f"{host}:{bound}", note="the endpoint is not on loopback; firewall it")
+
+
+    def _start_dashboard(self) -> None:
+        if self.settings.dashboard is None or self.dashboard is None:
+            return
+        from riskd.dashboard import serve
+
+        host, port = self.settings.dashboard
+        try:
+            self.dashboard_server = serve(host, port, self.dashboard)
+        except OSError as exc:  # riskd keeps protecting accounts without its dashboard
+            log.error("dashboard_unavailable", address=f"{host}:{port}", error=f"{exc.__class__.__name__}: {exc.strerror}")
+            return
+        log.info("dashboard_listening", url=self.dashboard_server.url, guarded=bool(self.dashboard.token))
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("dashboard_exposed", url=self.dashboard_server.url,
+                        note="the dashboard is not on loopback: anyone who reaches the port sees balances and positions; "
+                             "keep it on 127.0.0.1 and use an SSH tunnel (docs/dashboard.md)"
+                             + ("" if self.dashboard.token else ", or at least set the dashboard-token credential"))
 
 
 def poll_phase(interval: float, now: datetime | None = None) -> datetime:

@@ -644,9 +644,9 @@ def acknowledge(state: State, decision: Decision, now: datetime) -> State:
 
 def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings) -> list[dict[str, Any]]:
     """Given the same inputs as evaluate, return one row per rule and target: its status (disabled,
-    fired, fires now, holding (a `for` is running), not met, timed, no target in scope), and per condition the value seen,
-    the threshold, whether it holds and how far it is from holding; `next` is the next occurrence
-    of a timed rule."""
+    fired, fires now, holding (a `for` is running), not met, timed, no target in scope), its account and
+    instrument (a target's), and per condition the value seen, the threshold, whether it holds and how far
+    it is from holding; `next` is the next occurrence of a timed rule."""
     now = now.astimezone(timezone.utc)
     decisions, state = evaluate(rules, state, snapshot, now, settings)
     firing = {(d.rule, d.account, d.instrument) for d in decisions if d.kind == "fire"}
@@ -684,7 +684,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
             else:
                 status = "holding" if holds else "not met"
             rows.append({**base, "target": account.name + (f" {position.instrument}" if position else ""), "status": status,
-                         "conditions": conditions})
+                         "account": account.name, "instrument": position.instrument if position else None, "conditions": conditions})
         if not targets:
             rows.append({**base, "target": "-", "status": "no target in scope", "conditions": []})
     return rows
