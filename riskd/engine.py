@@ -654,7 +654,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
     rows: list[dict[str, Any]] = []
     for rule in rules:
         nxt = next_occurrence(rule, now) if rule.at is not None else None
-        base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None}
+        base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None, "account": None, "instrument": None}
         if not rule.enabled:
             rows.append({**base, "target": "-", "status": "disabled", "conditions": []})
             continue
