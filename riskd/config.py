@@ -44,21 +44,25 @@ class CrossTradeSpec(Spec):
         return value.rstrip("/")
 
 
-NotifyEvent = Literal["fired", "failed", "stale", "rules_rejected"]
-NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("fired", "failed", "stale", "rules_rejected")
+NotifyEvent = Literal["fired", "outcome", "failed", "stale", "rules_rejected", "summary"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("fired", "outcome", "failed", "stale", "rules_rejected", "summary")
 
 
 class NotifyTargetSpec(Spec):
     """One webhook target. Its URL is a secret (it grants posting): give it as `url_credential`
-    (a systemd credential name) or `url_env` (an environment variable), or, discouraged, as `url`."""
+    (a systemd credential name) or `url_env` (an environment variable), or, discouraged, as `url`.
+    Telegram: the URL is `https://api.telegram.org/bot<BOT_TOKEN>/sendMessage` and `chat_id` names the chat."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="a label for logs and metrics (the URL is never logged)")
-    format: Literal["json", "slack", "discord", "ntfy"] = "json"
+    format: Literal["json", "slack", "discord", "ntfy", "telegram"] = "json"
     url: str | None = None
     url_env: str | None = None
     url_credential: str | None = None
     events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
     timeout: Duration = timedelta(seconds=5)
+    chat_id: str | int | None = Field(None, description="format telegram: the chat, group or channel to post to")
+    max_per_minute: float = Field(6, gt=0, le=600, description=(
+        "webhook calls per minute at most (3 at once); messages waiting meanwhile go out together in the next call"))
 
     @model_validator(mode="after")
     def _one_url(self) -> "NotifyTargetSpec":
@@ -67,6 +71,8 @@ class NotifyTargetSpec(Spec):
             raise ValueError("give exactly one of 'url_credential', 'url_env' or 'url'" + (f" (found {', '.join(given)})" if given else ""))
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError("url must start with http:// or https://")  # the value is a secret: never echoed
+        if (self.format == "telegram") != (self.chat_id is not None):
+            raise ValueError("give 'chat_id' with format telegram (the chat's numeric id or @channel), and only then")
         return self
 
 
@@ -140,6 +146,8 @@ class NotifyTarget:
     url_source: tuple[str, str]
     events: frozenset[str]
     timeout: float
+    chat_id: str | None = None
+    per_minute: float = 6.0
 
     def __repr__(self) -> str:  # never print a literal URL
         return f"NotifyTarget(name={self.name!r}, format={self.format!r}, source={self.url_source[0]!r})"
@@ -242,7 +250,8 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
 
 def _notify_target(t: NotifyTargetSpec) -> NotifyTarget:
     source = ("credential", t.url_credential) if t.url_credential else ("env", t.url_env) if t.url_env else ("url", t.url)
-    return NotifyTarget(t.name, t.format, source, frozenset(t.events), t.timeout.total_seconds())  # type: ignore[arg-type]
+    return NotifyTarget(t.name, t.format, source, frozenset(t.events), t.timeout.total_seconds(),  # type: ignore[arg-type]
+                        str(t.chat_id) if t.chat_id is not None else None, t.max_per_minute)
 
 
 def read_token(settings: Settings) -> str | None:

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 import structlog
@@ -21,14 +22,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from riskd import __version__, events, rules as rules_mod
+from riskd import __version__, engine, events, rules as rules_mod, trail
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.dashboard import Dashboard
 from riskd.errors import ConfigError
+from riskd.keys import LockKey
 from riskd.metrics import Telemetry
 from riskd.notify import Notifier
 from riskd.redact import Redactor
+from riskd.schedule import wall_occurrences
 from riskd.sdnotify import Systemd
 from riskd.tick import Ticker, utc_now
 
@@ -131,6 +134,27 @@ class Daemon:
     def _summary(self) -> None:
         log.info("summary", **self.telemetry.window())
 
+    def session_summary(self, now: datetime | None = None) -> dict[str, Any]:
+        """At a session end: audit `session_summary` (and so notify it): each account's P&L as last
+        seen, whether it is locked, and each rule's day (riskd.trail.summary over the trail)."""
+        now = now or self.ticker.clock()
+        es = self.ticker.engine_settings
+        boundary = next(o for o in wall_occurrences(es.session_start, frozenset(range(7)), es.zone, now, -1) if o <= now)
+        ended = engine.session_of(boundary - timedelta(seconds=1), es)
+        state, snapshot = self.ticker.state, self.ticker.last_snapshot
+        locked = {LockKey.parse(k).account for k in state.locks} if state.session == ended else set()
+        accounts = [{"account": a.name, "pnl": round(a.pnl(), 2), "realized": a.realized_pnl, "commission": a.commission,
+                     "locked": a.name.lower() in locked} for a in (snapshot.accounts if snapshot is not None else ())]
+        rules: list[dict[str, Any]] = []
+        if self.settings.audit_log != "-":
+            self.audit.flush()
+            try:  # the live file and the one rotated before it hold the session (rotation is daily at most)
+                lines = trail.read(trail.default_files(Path(self.settings.audit_log))[-2:])
+                rules = [{k: v for k, v in row.items() if k != "day"} for row in trail.summary(lines) if row["day"] == ended]
+            except (OSError, trail.TrailError) as exc:
+                log.warning("session_summary_partial", error=f"{exc.__class__.__name__}: {exc}", note="the rules' day is left out")
+        return self.audit.emit(events.SESSION_SUMMARY, session=ended, accounts=accounts, rules=rules)
+
     def _schedule_timed(self) -> None:
         for job in self.scheduler.get_jobs():
             if job.id.startswith("at:"):
@@ -222,6 +246,8 @@ class Daemon:
                                                                 start_date=poll_phase(self.settings.poll_interval)),
                                args=["poll"], id="poll", misfire_grace_time=max(1, int(self.settings.poll_interval)))
         self._schedule_timed()
+        self.scheduler.add_job(self.session_summary, session_end_trigger(self.settings), id="session_end",
+                               misfire_grace_time=int(self.settings.misfire_grace.total_seconds()) or 1)
         if self.settings.summary_interval > 0:
             self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval), id="summary")
         self._start_metrics()
@@ -307,6 +333,12 @@ class Daemon:
                         note="the dashboard is not on loopback: anyone who reaches the port sees balances and positions; "
                              "keep it on 127.0.0.1 and use an SSH tunnel (docs/dashboard.md)"
                              + ("" if self.dashboard.token else ", or at least set the dashboard-token credential"))
+
+
+def session_end_trigger(settings: Settings) -> CronTrigger:
+    """Every day at session_start in the configured zone: the session that was running ends."""
+    start = settings.session_start
+    return CronTrigger(hour=start.hour, minute=start.minute, second=start.second, timezone=settings.zone)
 
 
 def poll_phase(interval: float, now: datetime | None = None) -> datetime:
