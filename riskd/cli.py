@@ -13,7 +13,7 @@ import signal
 import sys
 import tempfile
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
     run.add_argument("--dry-run", action="store_true", help="decide and audit everything, send no order-changing request")
     run.add_argument("--sim", action="store_true", help="start the embedded CrossTrade simulator and trade against it")
+    run.add_argument("--dashboard", metavar="[HOST:]PORT", type=_dashboard_address,
+                     help="serve the live dashboard here (a bare port binds to 127.0.0.1); overrides `dashboard:` in riskd.yaml")
 
     check = sub.add_parser("check", help="validate the config and every rule file")
     check.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
@@ -129,6 +131,13 @@ def _settings(args: argparse.Namespace, *, demo_ok: bool = False) -> config.Sett
         raise ConfigError([config.Problem("riskd.yaml", 1, 1, "",
                                           "no config file: pass -c FILE, set RISKD_CONFIG, or create ./riskd.yaml")])
     return config.load(path)
+
+
+def _dashboard_address(value: str) -> tuple[str, int] | None:
+    try:
+        return config.listen_address(value, "dashboard", config.DASHBOARD_PORT)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def demo_settings() -> config.Settings:
@@ -263,6 +272,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ignore_sigxfsz()  # a file-size limit makes a write fail (EFBIG, handled), never kills riskd mid-close
     with ExitStack() as stack:
         settings = _settings(args, demo_ok=args.sim)
+        if args.dashboard is not None:
+            settings = replace(settings, dashboard=args.dashboard)
         console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
         wired = _wire(args, settings, stack, console=console, daemon=True)
         daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor,

@@ -76,7 +76,7 @@ class NotifyTargetSpec(Spec):
         return self
 
 
-def _metrics_address(value: Any, what: str = "metrics", port_example: int = 9465) -> tuple[str, int] | None:
+def listen_address(value: Any, what: str = "metrics", port_example: int = 9465) -> tuple[str, int] | None:
     """`9465` / `"127.0.0.1:9465"` / `"[::1]:9465"` / `"0.0.0.0:9465"` -> (host, port); no host = loopback."""
     if value is None or value is False:
         return None
@@ -113,12 +113,12 @@ class ConfigSpec(Spec):
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, value: Any) -> Any:
-        return _metrics_address(value)
+        return listen_address(value)
 
     @field_validator("dashboard")
     @classmethod
     def _dashboard(cls, value: Any) -> Any:
-        return _metrics_address(value, "dashboard", DASHBOARD_PORT)
+        return listen_address(value, "dashboard", DASHBOARD_PORT)
 
     @field_validator("notify")
     @classmethod

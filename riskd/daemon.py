@@ -328,11 +328,22 @@ class Daemon:
             log.error("dashboard_unavailable", address=f"{host}:{port}", error=f"{exc.__class__.__name__}: {exc.strerror}")
             return
         log.info("dashboard_listening", url=self.dashboard_server.url, guarded=bool(self.dashboard.token))
+        if self.settings.audit_log != "-":
+            threading.Thread(target=self._seed_dashboard, name="riskd-dashboard-seed", daemon=True).start()
         if host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("dashboard_exposed", url=self.dashboard_server.url,
                         note="the dashboard is not on loopback: anyone who reaches the port sees balances and positions; "
                              "keep it on 127.0.0.1 and use an SSH tunnel (docs/dashboard.md)"
                              + ("" if self.dashboard.token else ", or at least set the dashboard-token credential"))
+
+
+    def _seed_dashboard(self) -> None:
+        """The session's P&L chart from before this start, read off the live trail file (off the tick thread)."""
+        assert self.dashboard is not None
+        try:
+            self.dashboard.seed(trail.read(trail.default_files(Path(self.settings.audit_log))[-1:]))
+        except (OSError, trail.TrailError) as exc:
+            log.warning("dashboard_seed_failed", error=f"{exc.__class__.__name__}: {exc}", note="the chart starts at this start")
 
 
 def session_end_trigger(settings: Settings) -> CronTrigger:

@@ -1,7 +1,8 @@
 """The live dashboard: a read-only web page served by the daemon (opt-in: `dashboard:` in riskd.yaml).
 
 `Dashboard` keeps, beside the daemon's live state, what the page needs that the state does not
-hold: each account's session P&L so far (one point per snapshot, thinned to at most SERIES_POINTS)
+hold: each account's session P&L so far (one point per snapshot, thinned to at most SERIES_POINTS;
+after a restart it starts from the session's `sample` lines in the audit trail, see `seed`)
 and the recent API calls of firings with the closedPositions each returned. `view()` builds the
 page's JSON from the ticker (last snapshot, engine state, rules, poll health) and these, with
 `riskd.engine.explain` for each rule's state and its distance to each threshold.
@@ -30,14 +31,14 @@ from collections import deque
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 from riskd import __version__, engine, events
 from riskd.keys import LockKey
 from riskd.redact import Redactor
 from riskd.schedule import wall_occurrences
-from riskd.trail import closed_pnl, closed_positions, closed_quantity, closed_text
+from riskd.trail import closed_pnl, closed_positions, closed_quantity, closed_text, line_time
 
 SERIES_POINTS = 1200  # per account: past this, every other point is dropped (the whole session stays, coarser)
 RECENT_ACTIONS = 30
@@ -90,6 +91,33 @@ class Dashboard:
                         points[:] = points[-1::-2][::-1]  # every other point, the latest kept
             self._version += 1
             self._changed.notify_all()
+
+    def seed(self, lines: Iterable[dict[str, Any]]) -> int:
+        """Start the chart with this session's `sample` lines from the audit trail (riskd restarted
+        mid-session: its in-memory points are gone); return how many points were added."""
+        session = engine.session_of(self._clock(), self.ticker.engine_settings)
+        early: dict[str, list[list[float]]] = {}
+        for line in lines:
+            if events.SAMPLE.of(line) and line.get("session") == session and isinstance(line.get("pnl"), (int, float)):
+                moment = line_time(line)
+                if moment is not None:
+                    early.setdefault(str(line.get("account")), []).append([_ms(moment), round(float(line["pnl"]), 2)])
+        added = 0
+        with self._lock:
+            if self._session not in (None, session):
+                return 0
+            self._session = session
+            for name, points in early.items():
+                live = self._series.get(name, [])
+                first = live[0][0] if live else float("inf")
+                merged = [p for p in points if p[0] < first] + live
+                added += len(merged) - len(live)
+                while len(merged) > SERIES_POINTS:
+                    merged = merged[-1::-2][::-1]
+                self._series[name] = merged
+            self._version += 1
+            self._changed.notify_all()
+        return added
 
     def on_audit(self, line: dict[str, Any]) -> None:
         """Keep the recent API calls of firings; wake the page on staleness changes."""

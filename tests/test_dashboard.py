@@ -23,7 +23,7 @@ import pytest
 from chromium import Chromium
 from conftest import wait_until, write_policy
 from harness import Rig
-from riskd import config
+from riskd import config, trail
 from riskd.dashboard import Dashboard, serve
 from riskd.errors import ConfigError
 from riskd.redact import Redactor
@@ -97,6 +97,21 @@ def test_view_has_the_pnl_so_far_distances_rule_states_locks_and_what_each_close
     assert rig.token not in json.dumps(view)
 
 
+def test_after_a_restart_the_chart_starts_from_the_sessions_samples_in_the_trail(rig: Rig):
+    for minute, price in enumerate((6000.0, 5995.0, 5990.0)):  # one sample a minute per account
+        rig.sim.set_price("MES 12-26", price)
+        rig.tick_at(60.0 * minute)
+    rig.stop_riskd()  # riskd restarts: its in-memory points are gone
+    rig.start_riskd()
+    dash = Dashboard(rig.ticker)
+    rig.sim.set_price("MES 12-26", 5985.0)
+    rig.tick_at(180.0)
+    dash.on_tick()
+    assert dash.seed(trail.read([rig.audit_path])) == 9  # 3 samples before the live point, of each of the 3 accounts
+    sim101 = next(a for a in dash.view()["accounts"] if a["name"] == "Sim101")
+    assert [p[1] for p in sim101["series"]] == [0.0, -100.0, -200.0, -300.0]
+
+
 def _get(url: str, **headers: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as reply:
@@ -154,6 +169,11 @@ def test_dashboard_address_and_token_are_checked_at_start(tmp_path: Path):
     (tmp_path / "dashboard-token").write_text("a" * 24 + "\n")
     assert config.read_dashboard_token({"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "a" * 24
     assert config.read_dashboard_token({}) is None
+    from riskd.cli import _parser
+
+    assert _parser().parse_args(["run", "--sim", "--dashboard", "9467"]).dashboard == ("127.0.0.1", 9467)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "--dashboard", "nope"])
 
 
 def _not_blank(png: bytes, size: tuple[int, int]) -> None:

@@ -294,6 +294,8 @@ def test_run_notifies_fired_and_a_dead_target_does_not_delay_the_close(tmp_path,
     event = bodies[0]["events"][0]
     assert event["class"] == "fired" and event["audit"]["rule"] == "mes-loss-cap" and event["audit"]["account"] == "Sim101"
     assert "mes-loss-cap fired on Sim101 MES 12-26: close all" in event["text"]
+    outcome = wait_until(lambda: [e for b in live.json_bodies() for e in b["events"] if e["class"] == "outcome"], timeout=10)
+    assert [e["text"] for e in outcome] == ["riskd: mes-loss-cap on Sim101 MES 12-26: closed 2 of Long 2 MES 12-26 at -600.00"]
 
     # a broken rule edit + SIGHUP: the old rules keep running and the live target hears about it
     (tmp_path / "rules" / "policy.yaml").write_text("rules:\n  - name: x\n    when: {position_pnl: {belw: 1}}\n    then: {close: all}\n")
