@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
     run.add_argument("--dry-run", action="store_true", help="decide and audit everything, send no order-changing request")
     run.add_argument("--sim", action="store_true", help="start the embedded CrossTrade simulator and trade against it")
+    run.add_argument("--dashboard", metavar="[HOST:]PORT", type=_dashboard_address,
+                     help="serve the live dashboard here (a bare port binds to 127.0.0.1); overrides `dashboard:` in riskd.yaml")
 
     check = sub.add_parser("check", help="validate the config and every rule file")
     check.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
@@ -164,6 +166,13 @@ def _settings(args: argparse.Namespace, *, demo_ok: bool = False) -> config.Sett
     return config.load(path)
 
 
+def _dashboard_address(value: str) -> tuple[str, int] | None:
+    try:
+        return config.listen_address(value, "dashboard", config.DASHBOARD_PORT)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def demo_settings() -> config.Settings:
     """The demo: embedded simulator, the shipped examples, audit.jsonl and state/ in the current directory."""
     spec = config.ConfigSpec(rules=[str(EXAMPLES / name) for name in DEMO_RULES], crosstrade=config.CrossTradeSpec(base_url=config.SIM))
@@ -223,6 +232,7 @@ class Wired:
     dry_run: bool
     notifier: Any = None
     redactor: Any = None
+    dashboard_token: str | None = None
 
 
 def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack, *, console: Any, daemon: bool) -> Wired:
@@ -243,6 +253,9 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
         notifier = Notifier.from_settings(settings)  # a missing webhook URL is a config error (78)
         stack.callback(notifier.close, 0.0)
         secrets += notifier.secrets
+    dashboard_token = config.read_dashboard_token() if daemon and settings.dashboard else None
+    if dashboard_token:
+        secrets.append(dashboard_token)
     redactor = Redactor(secrets)  # one Redactor for every writer: console, trail, state, STATUS, notifications, metrics
     if notifier is not None:
         notifier.redactor = redactor
@@ -261,7 +274,7 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
     stack.callback(store.close)
     ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
     stack.callback(ticker.client.close)
-    return Wired(settings, loaded, hashes, token, audit, store, ticker, dry_run, notifier, redactor)
+    return Wired(settings, loaded, hashes, token, audit, store, ticker, dry_run, notifier, redactor, dashboard_token)
 
 
 def _redact_streams(redactor: Any, console: Any, stack: ExitStack) -> Any:
@@ -292,9 +305,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     ignore_sigxfsz()  # a file-size limit makes a write fail (EFBIG, handled), never kills riskd mid-close
     with ExitStack() as stack:
         settings = _settings(args, demo_ok=args.sim)
+        if args.dashboard is not None:
+            settings = replace(settings, dashboard=args.dashboard)
         console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
         wired = _wire(args, settings, stack, console=console, daemon=True)
-        daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor)
+        daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor,
+                        dashboard_token=wired.dashboard_token)
         daemon.install_signals(pending=EARLY_SIGNALS)
         code = daemon.run()
         if daemon.abandoned:

@@ -1,6 +1,7 @@
 """The daemon: decides when ticks run (polls on the monotonic clock in their own thread, `at` rules
 and the summary with APScheduler 3.x), handles signals (SIGTERM/SIGINT stop,
-SIGHUP reload, SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd and serves metrics.
+SIGHUP reload, SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd and serves metrics
+and the live dashboard (riskd/dashboard.py).
 
 One tick itself is `riskd.tick.Ticker`; the wiring of a ticker is `riskd.tick.build_ticker`.
 """
@@ -14,6 +15,7 @@ import signal
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 import structlog
@@ -22,13 +24,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from riskd import __version__, events, rules as rules_mod
+from riskd import __version__, engine, events, rules as rules_mod, trail
 from riskd.audit import AuditTrail
 from riskd.config import Settings
+from riskd.dashboard import Dashboard
 from riskd.errors import ConfigError
+from riskd.keys import LockKey
 from riskd.metrics import Telemetry
 from riskd.notify import Notifier
 from riskd.redact import Redactor
+from riskd.schedule import wall_occurrences
 from riskd.sdnotify import Systemd
 from riskd.tick import Ticker, utc_now
 
@@ -52,7 +57,7 @@ class Daemon:
 
     def __init__(self, settings: Settings, ticker: Ticker, audit: AuditTrail, hashes: dict[str, str], *,
                  systemd: Systemd | None = None, telemetry: Telemetry | None = None, notifier: Notifier | None = None,
-                 redactor: Redactor | None = None):
+                 redactor: Redactor | None = None, dashboard_token: str | None = None):
         self.settings = settings
         self.ticker = ticker
         self.audit = audit
@@ -68,11 +73,15 @@ class Daemon:
                 part.redactor = self.redactor
         self.metrics_server: Any = None
         self.control_server: Any = None
+        self.dashboard = Dashboard(ticker, redactor=self.redactor, token=dashboard_token) if settings.dashboard else None
+        self.dashboard_server: Any = None
         self._status_at = 0.0
         ticker.client.observers.append(self.telemetry.on_reply)
         for webhook in self.notifier.webhooks:  # riskd_notifications_total{target,outcome}
             webhook.observers.append(self.telemetry.on_notification)
         audit.observers.extend([self.telemetry.on_audit, self.notifier.on_audit, self._on_audit])
+        if self.dashboard is not None:
+            audit.observers.append(self.dashboard.on_audit)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1},
@@ -95,6 +104,8 @@ class Daemon:
             log.exception("tick_failed", reason=reason)
             return  # no watchdog ping: ticks that keep failing get riskd restarted by systemd
         self.telemetry.on_tick(reason, time.perf_counter() - started, self.ticker)
+        if self.dashboard is not None:
+            self.dashboard.on_tick()
         # The watchdog watches riskd (a hung or crashing tick, a dead scheduler), not CrossTrade: a
         # tick that handled an API error is healthy; the outage shows in STATUS, `stale` and metrics.
         now = time.monotonic()
@@ -127,6 +138,27 @@ class Daemon:
 
     def _summary(self) -> None:
         log.info("summary", **self.telemetry.window())
+
+    def session_summary(self, now: datetime | None = None) -> dict[str, Any]:
+        """At a session end: audit `session_summary` (and so notify it): each account's P&L as last
+        seen, whether it is locked, and each rule's day (riskd.trail.summary over the trail)."""
+        now = now or self.ticker.clock()
+        es = self.ticker.engine_settings
+        boundary = next(o for o in wall_occurrences(es.session_start, frozenset(range(7)), es.zone, now, -1) if o <= now)
+        ended = engine.session_of(boundary - timedelta(seconds=1), es)
+        state, snapshot = self.ticker.state, self.ticker.last_snapshot
+        locked = {LockKey.parse(k).account for k in state.locks} if state.session == ended else set()
+        accounts = [{"account": a.name, "pnl": round(a.pnl(), 2), "realized": a.realized_pnl, "commission": a.commission,
+                     "locked": a.name.lower() in locked} for a in (snapshot.accounts if snapshot is not None else ())]
+        rules: list[dict[str, Any]] = []
+        if self.settings.audit_log != "-":
+            self.audit.flush()
+            try:  # the live file and the one rotated before it hold the session (rotation is daily at most)
+                lines = trail.read(trail.default_files(Path(self.settings.audit_log))[-2:])
+                rules = [{k: v for k, v in row.items() if k != "day"} for row in trail.summary(lines) if row["day"] == ended]
+            except (OSError, trail.TrailError) as exc:
+                log.warning("session_summary_partial", error=f"{exc.__class__.__name__}: {exc}", note="the rules' day is left out")
+        return self.audit.emit(events.SESSION_SUMMARY, session=ended, accounts=accounts, rules=rules)
 
     def _schedule_timed(self) -> None:
         for job in self.scheduler.get_jobs():
@@ -232,9 +264,12 @@ class Daemon:
         gc.freeze()  # startup objects live forever: keep them out of every later GC pass (shorter tick tails)
         self._poller = threading.Thread(target=self._poll_loop, name="riskd-poll", daemon=True)
         self._schedule_timed()
+        self.scheduler.add_job(self.session_summary, session_end_trigger(self.settings), id="session_end",
+                               misfire_grace_time=int(self.settings.misfire_grace.total_seconds()) or 1)
         if self.settings.summary_interval > timedelta(0):
             self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval.total_seconds()), id="summary")
         self._start_metrics()
+        self._start_dashboard()
         interval = self.systemd.watchdog_interval
         if interval is not None and self.settings.poll_interval.total_seconds() > interval / 2:
             log.error("watchdog_too_short", watchdog_s=interval, poll_interval_s=self.settings.poll_interval.total_seconds(),
@@ -285,6 +320,8 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
+        if self.dashboard_server is not None:
+            self.dashboard_server.stop()
         return 0
 
     def _start_control(self) -> None:
@@ -316,6 +353,42 @@ class Daemon:
         log.info("metrics_listening", address=f"{host}:{bound}", url=f"http://{host if ':' not in host else f'[{host}]'}:{bound}/metrics")
         if host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("metrics_exposed", address=f"{host}:{bound}", note="the endpoint is not on loopback; firewall it")
+
+
+    def _start_dashboard(self) -> None:
+        if self.settings.dashboard is None or self.dashboard is None:
+            return
+        from riskd.dashboard import serve
+
+        host, port = self.settings.dashboard
+        try:
+            self.dashboard_server = serve(host, port, self.dashboard)
+        except OSError as exc:  # riskd keeps protecting accounts without its dashboard
+            log.error("dashboard_unavailable", address=f"{host}:{port}", error=f"{exc.__class__.__name__}: {exc.strerror}")
+            return
+        log.info("dashboard_listening", url=self.dashboard_server.url, guarded=bool(self.dashboard.token))
+        if self.settings.audit_log != "-":
+            threading.Thread(target=self._seed_dashboard, name="riskd-dashboard-seed", daemon=True).start()
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("dashboard_exposed", url=self.dashboard_server.url,
+                        note="the dashboard is not on loopback: anyone who reaches the port sees balances and positions; "
+                             "keep it on 127.0.0.1 and use an SSH tunnel (docs/dashboard.md)"
+                             + ("" if self.dashboard.token else ", or at least set the dashboard-token credential"))
+
+
+    def _seed_dashboard(self) -> None:
+        """The session's P&L chart from before this start, read off the live trail file (off the tick thread)."""
+        assert self.dashboard is not None
+        try:
+            self.dashboard.seed(trail.read(trail.default_files(Path(self.settings.audit_log))[-1:]))
+        except (OSError, trail.TrailError) as exc:
+            log.warning("dashboard_seed_failed", error=f"{exc.__class__.__name__}: {exc}", note="the chart starts at this start")
+
+
+def session_end_trigger(settings: Settings) -> CronTrigger:
+    """Every day at session_start in the configured zone: the session that was running ends."""
+    start = settings.session_start
+    return CronTrigger(hour=start.hour, minute=start.minute, second=start.second, timezone=settings.zone)
 
 
 def poll_phase(interval: timedelta, now: datetime | None = None) -> datetime:

@@ -688,9 +688,9 @@ def acknowledge(state: State, decision: Decision, now: datetime) -> State:
 
 def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings) -> list[dict[str, Any]]:
     """Given the same inputs as evaluate, return one row per rule and target: its status (disabled,
-    fired, fires now, holding (a `for` is running), not met, timed, no target in scope), and per condition the value seen,
-    the threshold, whether it holds and how far it is from holding; `next` is the next occurrence
-    of a timed rule."""
+    fired, fires now, holding (a `for` is running), not met, timed, no target in scope), its account and
+    instrument (a target's), and per condition the value seen, the threshold, whether it holds and how far
+    it is from holding; `next` is the next occurrence of a timed rule."""
     now = now.astimezone(timezone.utc)
     decisions, state = evaluate(rules, state, snapshot, now, settings)
     firing = {(d.rule, d.account, d.instrument) for d in decisions if d.kind == "fire"}
@@ -698,7 +698,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
     rows: list[dict[str, Any]] = []
     for rule in rules:
         nxt = next_occurrence(rule, now) if rule.at is not None else None
-        base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None}
+        base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None, "account": None, "instrument": None}
         if not rule.enabled:
             rows.append({**base, "target": "-", "status": "disabled", "conditions": []})
             continue

@@ -27,6 +27,7 @@ from riskd.trail import (
     TrailError,
     Verdict,
     chain_order,
+    closed_pnl,
     closed_positions,
     closed_quantity,
     is_order_change,
@@ -366,8 +367,7 @@ def _firing_rows(fired: dict[str, Any] | None, calls: list[dict[str, Any]], numb
             f"{_e(c.get('marketPosition'))} {_e(c.get('quantity'))} {_e(c.get('instrument'))} avg {_e(c.get('averagePrice'))} "
             f"mkt {_e(c.get('marketPrice'))}" for c in closed) or _e(call.get("error") or "")
         qty = sum(closed_quantity(call, c) for c in closed) if is_order_change(call) else 0
-        pnl = sum(float(c.get("unrealizedProfitLoss") or 0.0) * closed_quantity(call, c) / max(1, int(c.get("quantity") or 1))
-                  for c in closed) if is_order_change(call) else None
+        pnl = sum(closed_pnl(call, c) for c in closed) if is_order_change(call) else None
         result = (f"{_e(call.get('status'))} {_e(call.get('outcome'))}, {_e(call.get('latency_ms'))} ms"
                   + (" (dry run)" if call.get("dry_run") else ""))
         w(f"<tr>{head if i == 0 else ''}<td><code>{_e(req.get('method'))} {_e(req.get('path'))}<br>"

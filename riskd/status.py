@@ -59,7 +59,7 @@ def build(rules: list[Rule], state: State, snapshot: Snapshot | None, health: di
             rule = by_name[row["rule"]]
             rule_rows.append({"rule": row["rule"], "target": row["target"], "instrument": row.get("instrument"), "state": status,
                               "dry_run": dry_run or rule.dry_run, "next": row.get("next"),
-                              "conditions": [{k: c.get(k) for k in ("name", "seen", "threshold", "holds", "distance", "gap_dollars",
+                              "conditions": [{k: c.get(k) for k in ("name", "seen", "threshold", "holds", "distance", "gap", "unit",
                                                                     "gap_percent")} for c in row["conditions"]]})
         accounts.append({
             "account": account.name, "pnl": round(account.pnl(), 2), "realized": account.realized_pnl,

@@ -437,6 +437,17 @@ def closed_quantity(line: dict[str, Any], pos: dict[str, Any]) -> int:
     return size
 
 
+def closed_pnl(line: dict[str, Any], pos: dict[str, Any]) -> float:
+    """The P&L of the part of a closedPositions entry that the call closed (its unrealized P&L pro rata)."""
+    return float(pos.get("unrealizedProfitLoss") or 0.0) * closed_quantity(line, pos) / max(1, int(pos.get("quantity") or 1))
+
+
+def closed_text(line: dict[str, Any], pos: dict[str, Any]) -> str:
+    """One closedPositions entry of an action line as a trader reads it: `4 of Long 4 MES 12-26 at -520.00`."""
+    return (f"{closed_quantity(line, pos)} of {pos.get('marketPosition')} {pos.get('quantity')} {pos.get('instrument')} "
+            f"at {_money(closed_pnl(line, pos))}")
+
+
 def closed_positions(line: dict[str, Any]) -> list[dict[str, Any]]:
     """The action line's closedPositions as the API returned them (empty when none)."""
     response = line.get("response")

@@ -463,7 +463,7 @@ def test_explain_reports_value_threshold_and_distance_per_target():
     cap = by_rule["cap"]
     assert (cap["target"], cap["status"]) == ("Sim101 MES 12-26", "not met")
     assert cap["conditions"] == [{"name": "position_pnl", "holds": False, "seen": -420.0, "threshold": "below -500.00", "distance": "$80.00 to go",
-                                  "gap_dollars": 80.0, "gap_percent": 16.0}]
+                                  "gap": 80.0, "span": 500.0, "unit": "$", "gap_percent": 16.0}]
     assert by_rule["dd"]["conditions"][0]["distance"] == "inactive until the peak reaches 500.00"
     assert by_rule["trim"]["status"] == "timed" and by_rule["trim"]["next"] == "2026-11-27T15:55:00-05:00"
     assert by_rule["trim"]["conditions"][0]["distance"] == "next 2026-11-27T15:55:00-05:00 (in 5h55m)"

@@ -40,7 +40,7 @@ def test_status_shows_figures_positions_rule_states_and_distances_in_dollars_and
         states = {r["rule"]: r for r in account["rules"]}
         assert states["loss"]["state"] == "armed"
         assert states["loss"]["conditions"][0] | {} == {"name": "account_pnl", "seen": -200.0, "threshold": "below -500.00",
-                                                          "holds": False, "distance": "$300.00 to go", "gap_dollars": 300.0,
+                                                          "holds": False, "distance": "$300.00 to go", "gap": 300.0, "unit": "$",
                                                           "gap_percent": 60.0}
         assert states["cap"]["conditions"][0]["distance"] == "7 contract(s) to go"
         assert states["slow"]["state"] == "pending" and states["slow"]["dry_run"] is True
