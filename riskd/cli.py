@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", help="output file (default: riskd-report-DATE.html; - for stdout)")
 
     sub.add_parser("schema", help="print the JSON Schema of rule files")
+
+    init = sub.add_parser("init", help="start your own policy: DIR/riskd.yaml (against the simulator) and DIR/rules/")
+    init.add_argument("directory", metavar="DIR", help="where to write riskd.yaml and rules/ (created if missing; nothing is overwritten)")
     return parser
 
 
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
     handler = {"run": cmd_run, "check": cmd_check, "once": cmd_once, "sim": cmd_sim, "audit": cmd_audit, "report": cmd_report,
-               "schema": cmd_schema}[args.command]
+               "schema": cmd_schema, "init": cmd_init}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -146,6 +149,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(rules_mod.schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from riskd.scaffold import init
+
+    written, commands = init(Path(args.directory))
+    for path in written:
+        print(f"wrote {path}")
+    print("riskd.yaml points at the embedded simulator (base_url: sim); the policy has one rule. Next:")
+    width = max(len(c) for c in commands)
+    for command, what in zip(commands, ("validate the config and the policy",
+                                        "one evaluation now: what would fire, how far each rule is",
+                                        "the daemon against the simulator; Ctrl-C stops it")):
+        print(f"  {command:{width}}   # {what}")
     return EXIT_OK
 
 
