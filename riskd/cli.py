@@ -34,7 +34,7 @@ if sys.argv[1:2] == ["run"]:
 
 from riskd import __version__, config, engine, rules as rules_mod  # noqa: E402
 from riskd.audit import AuditTrail, configure_console  # noqa: E402
-from riskd.errors import ConfigError, RiskdError, StateError  # noqa: E402
+from riskd.errors import ConfigError, RiskdError, StateError, StateLocked  # noqa: E402
 from riskd.redact import RedactingStream, Redactor  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
@@ -134,6 +134,14 @@ def _settings(args: argparse.Namespace, *, demo_ok: bool = False) -> config.Sett
     return config.load(path)
 
 
+# What the demo scenario (riskd/sim/scenarios/demo.yaml) does to the demo rules, in its own time.
+DEMO_TIMELINE = (
+    "~8 s   mes-loss-cap closes Sim101's 4 MES 12-26 (its open loss passes $500)",
+    "~15 s  daily-loss-limit flattens Sim102 (session P&L past -$1,000) and locks it flat for the session",
+    "after  samples once a minute; nothing else fires (trim-half-before-close waits for 15:55 New York)",
+)
+
+
 def demo_settings() -> config.Settings:
     """The demo: embedded simulator, the shipped examples, audit.jsonl and state/ in the current directory."""
     spec = config.ConfigSpec(rules=[str(EXAMPLES / name) for name in DEMO_RULES], crosstrade=config.CrossTradeSpec(base_url=config.SIM))
@@ -165,6 +173,31 @@ def cmd_init(args: argparse.Namespace) -> int:
                                         "the daemon against the simulator; Ctrl-C stops it")):
         print(f"  {command:{width}}   # {what}")
     return EXIT_OK
+
+
+def sim_intro(settings: config.Settings, rules: list[Any], demo: bool) -> str:
+    """What a run against the embedded simulator is about to do: its accounts, the rules, what to
+    expect (the demo), where the trail is, how to stop."""
+    from riskd.sim import DEMO_SCENARIO, load_scenario
+
+    scenario = load_scenario(settings.scenario or DEMO_SCENARIO)
+    out = [f"riskd against the embedded CrossTrade simulator at {settings.base_url} "
+           f"({(settings.scenario or DEMO_SCENARIO).name}); accounts:"]
+    for account in scenario.get("accounts") or []:
+        held = ", ".join(f"{p['side']} {p['quantity']} {p['instrument']} @ {p['price']}" for p in account.get("positions") or [])
+        out.append(f"  {account['name']:8} {held or 'flat'}")
+    where = "the shipped examples" if demo else ", ".join(str(p) for p in settings.rules)
+    out.append(f"rules ({where}): {', '.join(r.name for r in rules)}")
+    if demo:
+        out.append("what to expect:")
+        out.extend(f"  {line}" for line in DEMO_TIMELINE)
+        out.append(f"state: fresh each run, like the simulator (a previous run's locks do not carry over); "
+                   f"audit trail: {settings.audit_log}")
+    else:
+        out.append(f"state: {settings.state_dir} (carries over between runs); audit trail: {settings.audit_log}")
+    read = "riskd audit [--summary]" + (f" -c {settings.path}" if settings.path else " (in this directory)")
+    out.append(f"read it: {read}. Ctrl-C stops riskd.")
+    return "\n".join(out)
 
 
 def _start_sim(settings: config.Settings, stack: ExitStack) -> tuple[config.Settings, str]:
@@ -242,7 +275,11 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
         store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())), redactor=redactor)
         store.save(Store.peek(state_dir_for(settings, False)), utc_now())
     else:
-        store = Store(settings.state_dir, redactor=redactor)
+        try:
+            store = Store(settings.state_dir, redactor=redactor)
+        except StateLocked:
+            raise StateLocked(f"a riskd daemon is running with state_dir {settings.state_dir} and acting on these accounts; "
+                              "nothing was sent. For a look that sends nothing: riskd once --dry-run (or riskd status)") from None
     stack.callback(store.close)
     ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
     stack.callback(ticker.client.close)
@@ -277,8 +314,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     ignore_sigxfsz()  # a file-size limit makes a write fail (EFBIG, handled), never kills riskd mid-close
     with ExitStack() as stack:
         settings = _settings(args, demo_ok=args.sim)
+        demo = settings.path is None
+        if demo:  # the demo's simulator starts over each run: so does its state (a lock from the last run would flatten at once)
+            from dataclasses import replace
+
+            settings = replace(settings, state_dir=Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="riskd-demo-"))))
         console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
         wired = _wire(args, settings, stack, console=console, daemon=True)
+        if args.sim or settings.simulated:
+            print(sim_intro(wired.settings, wired.rules, demo), file=console, flush=True)
         daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor)
         daemon.install_signals(pending=EARLY_SIGNALS)
         code = daemon.run()

@@ -13,6 +13,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -190,7 +191,8 @@ class Daemon:
                         session_start=self.settings.session_start.isoformat(timespec="minutes"))
         self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=self.hashes,
                         rule_count=len(self.ticker.rules), reason="start")
-        log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
+        log.info("started", version=__version__, config=str(self.settings.path) if self.settings.path else "none (the demo)",
+                 api=urlsplit(self.settings.base_url).netloc, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
                  dry_run=self.ticker.executor.dry_run)
         # The first tick runs in its own (daemon) thread so a stop during it is honoured like any other.
         first = threading.Thread(target=self._first_tick, name="riskd-start-tick", daemon=True)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from riskd.engine import State
-from riskd.errors import StateError
+from riskd.errors import StateError, StateLocked
 from riskd.model import Decision, Order
 from riskd.redact import Redactor
 
@@ -152,7 +152,7 @@ class Store:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lockfile.close()
-            raise StateError(f"another riskd is running with state_dir {state_dir} (lock held on riskd.lock)") from None
+            raise StateLocked(f"another riskd is running with state_dir {state_dir} (lock held on riskd.lock)") from None
         self.path = state_dir / "riskd.sqlite3"
         try:
             os.close(_create_private(self.path, os.O_RDONLY))  # SQLite gives -wal and -shm the database's mode

@@ -217,7 +217,8 @@ class Ticker:
             self.audit.emit("fired", **common, session=engine.session_of(now, self.engine_settings), inputs=d.inputs,
                             threshold=d.threshold, local_time=d.local_time,
                             reason=d.reason, orders=[o.body() | {"kind": o.kind} for o in d.orders], covers=list(d.covers))
-            log.info("fired", rule=d.rule, account=d.account, instrument=d.instrument, action=d.action)
+            log.info("fired", rule=d.rule, account=d.account, instrument=d.instrument, action=d.action,
+                     **({"dry_run": "decided and audited, nothing will be sent"} if common["dry_run"] else {}))
         else:
             self.audit.emit(d.kind, **common, reason=d.reason, inputs=d.inputs or None)
             if d.kind == "missed":

@@ -513,6 +513,27 @@ def _short_inputs(inputs: Any) -> str:
     return ", ".join(parts)
 
 
+def closed_text(line: dict[str, Any]) -> str:
+    """What an action line's call closed, from its closedPositions: "closed 4 of Long 4 MES 12-26 (P&L -520.00)"."""
+    return "closed " + ", ".join(
+        f"{closed_quantity(line, c)} of {c.get('marketPosition')} {c.get('quantity')} {c.get('instrument')} "
+        f"(P&L {_money(c.get('unrealizedProfitLoss'))})" for c in closed_positions(line))
+
+
+def outcome(line: dict[str, Any]) -> str:
+    """The result of an action line in a few words, for the console: what it closed, that it was a
+    dry run (nothing sent), or how it failed."""
+    req = line.get("request") or {}
+    call = f"{req.get('method')} {req.get('path')}"
+    if line.get("dry_run"):
+        return f"dry run, nothing sent: would {call} {json.dumps(req.get('json'))}"
+    if not line.get("ok"):
+        return f"{call} failed: {line.get('outcome')} {line.get('status') or ''} {line.get('error') or ''}".rstrip()
+    if closed_positions(line):
+        return closed_text(line)
+    return f"{call}: ok ({line.get('status')})"
+
+
 def describe(line: dict[str, Any]) -> str:
     """One readable sentence for a line, per event."""
     event = line.get("event")
@@ -522,9 +543,7 @@ def describe(line: dict[str, Any]) -> str:
         text += f" {line.get('latency_ms')}ms" if line.get("latency_ms") is not None else ""
         closed = closed_positions(line)
         if closed:
-            text += "; closed " + ", ".join(
-                f"{closed_quantity(line, c)} of {c.get('marketPosition')} {c.get('quantity')} {c.get('instrument')} "
-                f"(P&L {_money(c.get('unrealizedProfitLoss'))})" for c in closed)
+            text += "; " + closed_text(line)
         elif line.get("error"):
             text += f"; {line.get('error')}"
         return text + (" [dry run]" if line.get("dry_run") else "")
