@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the config and every rule file")
     check.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
+    check.add_argument("--strict", action="store_true", help="warnings (valid rules that likely mean something else) fail: exit 78")
 
     once = sub.add_parser("once", help="one evaluation now; print the decisions and the next firings")
     once.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
@@ -148,10 +149,24 @@ def demo_settings() -> config.Settings:
     return config.from_spec(spec, None, base=Path.cwd())
 
 
+def load_rules(settings: config.Settings) -> tuple[list[Any], dict[str, str]]:
+    """The rules riskd.yaml names; a ConfigError, located, for a path that names nothing or a policy that protects nothing."""
+    config.check_rules_exist(settings)
+    return rules_mod.load(settings.rules, settings.zone, allow_empty=settings.allow_empty_policy)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    from riskd import lint
+
     settings = _settings(args)
-    loaded, hashes = rules_mod.load(settings.rules, settings.zone)
-    print(f"ok: {len(loaded)} rules in {len(hashes)} files")
+    loaded, hashes = load_rules(settings)
+    warnings = lint.warnings(loaded, settings)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    if warnings and args.strict:
+        print(f"riskd: {len(warnings)} warning(s), refused by --strict", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"ok: {len(loaded)} rules in {len(hashes)} files" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return EXIT_OK
 
 
@@ -252,7 +267,7 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
     from riskd.tick import build_ticker, state_dir_for, utc_now
 
     configure_console(stream=console)
-    loaded, hashes = rules_mod.load(settings.rules, settings.zone)
+    loaded, hashes = load_rules(settings)
     dry_run = args.dry_run or settings.dry_run
     settings, token = _endpoint(args, settings, stack)
     notifier = None
@@ -323,12 +338,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         wired = _wire(args, settings, stack, console=console, daemon=True)
         if args.sim or settings.simulated:
             print(sim_intro(wired.settings, wired.rules, demo), file=console, flush=True)
+        _log_warnings(wired.rules)
         daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor)
         daemon.install_signals(pending=EARLY_SIGNALS)
         code = daemon.run()
         if daemon.abandoned:
             _exit_now(code, wired)
         return code
+
+
+def _log_warnings(rules: list[Any]) -> None:
+    """What `riskd check` warns about, on the console at start: valid rules that likely mean something else."""
+    import structlog
+
+    from riskd import lint
+
+    for warning in lint.warnings(rules):
+        structlog.get_logger("riskd").warning("rule_warning", where=f"{warning.file}:{warning.line}:{warning.col}", rule=warning.rule,
+                                              field=warning.field, message=warning.message.removeprefix("warning: "))
 
 
 def _exit_now(code: int, wired: Wired) -> None:

@@ -140,7 +140,7 @@ class Daemon:
         """Reload the rule files: all or nothing. Return True when the new rules are running."""
         self.systemd.reloading()
         try:
-            new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone)
+            new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone, allow_empty=self.settings.allow_empty_policy)
         except Exception as exc:  # whatever the loader raises, a reload never kills the daemon: the old rules run on
             errors = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [f"{exc.__class__.__name__}: {exc}"[:2000]]
             self.audit.emit(events.RULES_REJECTED, source=[str(p) for p in self.settings.rules], errors=errors,
