@@ -188,7 +188,8 @@ def load(path: Path) -> Settings:
         raise ConfigError([Problem(str(path), 1, 1, "", "config file not found; pass -c FILE or set RISKD_CONFIG")])
     doc = yamldoc.read(path)
     if doc.data is not None and not isinstance(doc.data, dict) and not doc.problems:
-        doc.problems.append(doc.problem_at(doc.node, "", "the config must be a mapping of keys (see docs/configuration.md)"))
+        doc.problems.append(doc.problem_at(doc.node, "", "the config must be a mapping of keys (see docs/configuration.md)"
+                                           + yamldoc.foreign_hint(doc.text)))
     spec = yamldoc.validate(doc, ConfigSpec)
     if spec is None:
         raise ConfigError(doc.problems)

@@ -615,6 +615,12 @@ def main(files: list[Path], args: argparse.Namespace, out: IO[str] | None = None
         print(verdict.message, file=out if verdict.ok else sys.stderr)
         return 0 if verdict.ok else 1
     try:
+        for name in (getattr(args, "event", None) or "").split(","):
+            events.of(name.strip()) if name.strip() else None
+    except KeyError as exc:
+        print(f"riskd audit: --event: {exc.args[0]}", file=sys.stderr)
+        return 2
+    try:
         keep = build_filter(args)
     except ValueError as exc:
         print(f"riskd audit: bad time: {exc}", file=sys.stderr)

@@ -68,10 +68,10 @@ def test_tick_no_successful_poll_for_stale_after_is_audited_once_and_recovery_to
             rig.tick_at(t)
         stale = rig.events("stale")
         assert len(stale) == 1
-        assert stale[0]["stale_after_s"] == 5.0 and stale[0]["last_error"].startswith("ConnectError (127.0.0.1:")
+        assert stale[0]["stale_after_s"] == 5.0 and stale[0]["last_error"].startswith("ConnectError (http://127.0.0.1:")
         assert rig.ticker.health.stale and rig.ticker.health.stale_since is not None
         health = Store.peek_health(tmp_path / "state")
-        assert health["stale"] is True and health["last_error"].startswith("ConnectError (127.0.0.1:")
+        assert health["stale"] is True and health["last_error"].startswith("ConnectError (http://127.0.0.1:")
 
         # `riskd once` shows it (a dry look: it does not need riskd's lock)
         config = tmp_path / "riskd.yaml"

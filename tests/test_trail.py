@@ -212,6 +212,12 @@ def test_audit_filters_by_rule_account_instrument_event_and_time(recorded, capsy
     assert code == 2 and "bad time" in err
 
 
+def test_audit_an_unknown_event_lists_the_events_instead_of_an_empty_table(recorded, capsys):
+    code, out, err = audit(capsys, str(recorded), "--event", "fired,bogus")
+    assert (code, out) == (2, "")
+    assert err.startswith("riskd audit: --event: no event 'bogus'; the events are: started, stopped, ")
+
+
 def test_audit_json_lines_are_the_trail_lines_verbatim(recorded, capsys):
     _, out, _ = audit(capsys, str(recorded), "--json", "--all")
     assert [json.loads(x) for x in out.splitlines()] == read_audit(recorded)
