@@ -204,8 +204,9 @@ class Ticker:
             if self._sampled.get(name) == minute and name not in firing:
                 continue
             self._sampled[name] = minute
+            # pnl is a sum: in cents; the API's own values verbatim
             self.audit.emit("sample", account=account.name, session=session, reason="firing" if name in firing else "minute",
-                            pnl=account.pnl(), realized=account.realized_pnl, unrealized=account.unrealized_pnl,
+                            pnl=round(account.pnl(), 2), realized=account.realized_pnl, unrealized=account.unrealized_pnl,
                             commission=account.commission, net_liquidation=account.net_liquidation,
                             positions=[{"instrument": p.instrument, "side": p.side, "quantity": p.quantity, "pnl": p.unrealized_pnl}
                                        for p in account.positions])

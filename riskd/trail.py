@@ -656,7 +656,7 @@ def main(files: list[Path], args: argparse.Namespace, out: IO[str] | None = None
         if not keep(line, day):
             hidden += line.get("event") in DEFAULT_HIDDEN and keep.events is None and not keep.show_all
             return
-        print(json.dumps(line, ensure_ascii=False) if args.json else table_row(line, width), file=out, flush=args.follow)
+        print(render(line) if args.json else table_row(line, width), file=out, flush=args.follow)  # --json: the line as written
 
     try:
         for line in read(ordered):
