@@ -37,7 +37,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Protocol
 
-from riskd import crosstrade
+import structlog
+
+from riskd import crosstrade, trail
 from riskd.audit import AuditTrail
 from riskd.crosstrade import OK, UNKNOWN, Reply, request_for
 from riskd.engine import State, acknowledge
@@ -58,6 +60,8 @@ REJECTED_BACKOFF = timedelta(seconds=2)
 REJECTED_BACKOFF_CAP = timedelta(seconds=60)
 # At most this many accounts' closes are in flight at once (each waits for the one rate bucket).
 SEND_CONCURRENCY = 4
+
+log = structlog.get_logger("riskd")
 
 
 class Sender(Protocol):
@@ -377,7 +381,7 @@ class Executor:
             except Exception as exc:  # a bug or an unexpected library error: the request may have left
                 reply = Reply("POST", order.kind, order.body(), None, 0.0, UNKNOWN, error=f"{exc.__class__.__name__}: {exc}")
             last = reply
-            self.audit.emit(
+            line = self.audit.emit(
                 "action",
                 rule=decision.rule,
                 key=decision.key,
@@ -393,6 +397,9 @@ class Executor:
                 dry_run=dry,
                 **({"earlier_attempts": list(reply.earlier)} if reply.earlier else {}),
             )
+            (log.info if reply.ok else log.warning)("action", rule=decision.rule, account=order.account, instrument=order.instrument,
+                                                    result=trail.outcome(line or {"request": reply.request(), "ok": reply.ok,
+                                                                                  "dry_run": dry, "outcome": reply.outcome}))
             if reply.ok:
                 continue
             if order.kind == "cancel_orders":

@@ -36,7 +36,7 @@ if sys.argv[1:2] == ["run"]:
 from riskd import __version__, config, engine, rules as rules_mod  # noqa: E402
 from riskd.audit import AuditTrail  # noqa: E402
 from riskd.console import configure_console  # noqa: E402
-from riskd.errors import ConfigError, RiskdError, StateError  # noqa: E402
+from riskd.errors import ConfigError, RiskdError, StateError, StateLocked  # noqa: E402
 from riskd.redact import RedactingStream, Redactor  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the config and every rule file")
     check.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
+    check.add_argument("--strict", action="store_true", help="warnings (valid rules that likely mean something else) fail: exit 78")
 
     once = sub.add_parser("once", help="one evaluation now; print the decisions and the next firings")
     once.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
@@ -127,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--reason", required=True, help="why (goes into the audit trail)")
         cmd.add_argument("--wait", type=float, default=30.0, metavar="SECONDS", help="how long to wait for the outcome (default 30)")
         cmd.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
+    init = sub.add_parser("init", help="start your own policy: DIR/riskd.yaml (against the simulator) and DIR/rules/")
+    init.add_argument("directory", metavar="DIR", help="where to write riskd.yaml and rules/ (created if missing; nothing is overwritten)")
     return parser
 
 
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
     handler = {"run": cmd_run, "check": cmd_check, "once": cmd_once, "sim": cmd_sim, "audit": cmd_audit, "report": cmd_report,
                "schema": cmd_schema, "status": cmd_status, "flatten": cmd_control, "lock": cmd_control, "unlock": cmd_control,
-               "pause": cmd_control, "resume": cmd_control}[args.command]
+               "pause": cmd_control, "resume": cmd_control, "init": cmd_init}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -173,16 +176,38 @@ def _dashboard_address(value: str) -> tuple[str, int] | None:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+# What the demo scenario (riskd/sim/scenarios/demo.yaml) does to the demo rules, in its own time.
+DEMO_TIMELINE = (
+    "~8 s   mes-loss-cap closes Sim101's 4 MES 12-26 (its open loss passes $500)",
+    "~15 s  daily-loss-limit flattens Sim102 (session P&L past -$1,000) and locks it flat for the session",
+    "after  samples once a minute; nothing else fires (trim-half-before-close waits for 15:55 New York)",
+)
+
+
 def demo_settings() -> config.Settings:
     """The demo: embedded simulator, the shipped examples, audit.jsonl and state/ in the current directory."""
     spec = config.ConfigSpec(rules=[str(EXAMPLES / name) for name in DEMO_RULES], crosstrade=config.CrossTradeSpec(base_url=config.SIM))
     return config.from_spec(spec, None, base=Path.cwd())
 
 
+def load_rules(settings: config.Settings) -> tuple[list[Any], dict[str, str]]:
+    """The rules riskd.yaml names; a ConfigError, located, for a path that names nothing or a policy that protects nothing."""
+    config.check_rules_exist(settings)
+    return rules_mod.load(settings.rules, settings.zone, allow_empty=settings.allow_empty_policy)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    from riskd import lint
+
     settings = _settings(args)
-    loaded, hashes = rules_mod.load(settings.rules, settings.zone)
-    print(f"ok: {len(loaded)} rules in {len(hashes)} files")
+    loaded, hashes = load_rules(settings)
+    warnings = lint.warnings(loaded, settings)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    if warnings and args.strict:
+        print(f"riskd: {len(warnings)} warning(s), refused by --strict", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"ok: {len(loaded)} rules in {len(hashes)} files" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return EXIT_OK
 
 
@@ -191,9 +216,48 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from riskd.scaffold import init
+
+    written, commands = init(Path(args.directory))
+    for path in written:
+        print(f"wrote {path}")
+    print("riskd.yaml points at the embedded simulator (base_url: sim); the policy has one rule. Next:")
+    width = max(len(c) for c in commands)
+    for command, what in zip(commands, ("validate the config and the policy",
+                                        "one evaluation now: what would fire, how far each rule is",
+                                        "the daemon against the simulator; Ctrl-C stops it")):
+        print(f"  {command:{width}}   # {what}")
+    return EXIT_OK
+
+
+def sim_intro(settings: config.Settings, rules: list[Any], demo: bool) -> str:
+    """What a run against the embedded simulator is about to do: its accounts, the rules, what to
+    expect (the demo), where the trail is, how to stop."""
+    from riskd.sim import DEMO_SCENARIO, load_scenario
+
+    scenario = load_scenario(settings.scenario or DEMO_SCENARIO)
+    out = [f"riskd against the embedded CrossTrade simulator at {settings.base_url} "
+           f"({(settings.scenario or DEMO_SCENARIO).name}); accounts:"]
+    for account in scenario.get("accounts") or []:
+        held = ", ".join(f"{p['side']} {p['quantity']} {p['instrument']} @ {p['price']}" for p in account.get("positions") or [])
+        out.append(f"  {account['name']:8} {held or 'flat'}")
+    where = "the shipped examples" if demo else ", ".join(str(p) for p in settings.rules)
+    out.append(f"rules ({where}): {', '.join(r.name for r in rules)}")
+    if demo:
+        out.append("what to expect:")
+        out.extend(f"  {line}" for line in DEMO_TIMELINE)
+        out.append(f"state: {settings.state_dir}, emptied at each start, like the simulator (a previous run's locks do not carry over); "
+                   f"audit trail: {settings.audit_log}")
+    else:
+        out.append(f"state: {settings.state_dir} (carries over between runs); audit trail: {settings.audit_log}")
+    read = "riskd audit [--summary]" + (f" -c {settings.path}" if settings.path else " (in this directory)")
+    out.append(f"read it: {read}. Ctrl-C stops riskd.")
+    return "\n".join(out)
+
+
 def _start_sim(settings: config.Settings, stack: ExitStack) -> tuple[config.Settings, str]:
     """Start the embedded simulator; return settings pointed at it and its (random) token."""
-    from dataclasses import replace
 
     from riskd.sim import DEMO_SCENARIO, SimServer, Simulator, load_scenario
 
@@ -235,16 +299,18 @@ class Wired:
     dashboard_token: str | None = None
 
 
-def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack, *, console: Any, daemon: bool) -> Wired:
+def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack, *, console: Any, daemon: bool,
+          fresh: bool = False) -> Wired:
     """Load settings and rules (a bad policy stops here: no API call), find the endpoint, and wire the
     audit trail, state store and ticker, each closed by `stack`. `daemon`: also the notifier, and the
-    daemon's own state directory; otherwise (`once`) a dry look works on a copy of the daemon's state."""
+    daemon's own state directory; otherwise (`once`) a dry look works on a copy of the daemon's state.
+    `fresh`: the daemon starts with empty state (the demo)."""
     from riskd.notify import Notifier
     from riskd.state import Store
     from riskd.tick import build_ticker, state_dir_for, utc_now
 
     configure_console(stream=console)
-    loaded, hashes = rules_mod.load(settings.rules, settings.zone)
+    loaded, hashes = load_rules(settings)
     dry_run = args.dry_run or settings.dry_run
     settings, token = _endpoint(args, settings, stack)
     notifier = None
@@ -266,11 +332,17 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
     if daemon:
         store = Store(state_dir_for(settings, dry_run), on_condition=audit.emit,
                       redactor=redactor)  # disk_full / disk_recovered in the trail
+        if fresh:
+            store.forget_everything()
     elif dry_run:  # a dry look must not take the running daemon's state lock, nor change its state
         store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())), redactor=redactor)
         store.save(Store.peek(state_dir_for(settings, False)), utc_now())
     else:
-        store = Store(settings.state_dir, redactor=redactor)
+        try:
+            store = Store(settings.state_dir, redactor=redactor)
+        except StateLocked:
+            raise StateLocked(f"a riskd daemon is running with state_dir {settings.state_dir} and acting on these accounts; "
+                              "nothing was sent. For a look that sends nothing: riskd once --dry-run (or riskd status)") from None
     stack.callback(store.close)
     ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
     stack.callback(ticker.client.close)
@@ -307,8 +379,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         settings = _settings(args, demo_ok=args.sim)
         if args.dashboard is not None:
             settings = replace(settings, dashboard=args.dashboard)
+        # the demo's simulator starts over each run: so does its state (a lock from the last run would flatten at once)
+        demo = settings.path is None
         console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
-        wired = _wire(args, settings, stack, console=console, daemon=True)
+        wired = _wire(args, settings, stack, console=console, daemon=True, fresh=demo)
+        if args.sim or settings.simulated:
+            print(sim_intro(wired.settings, wired.rules, demo), file=console, flush=True)
+        _log_warnings(wired.rules)
         daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor,
                         dashboard_token=wired.dashboard_token)
         daemon.install_signals(pending=EARLY_SIGNALS)
@@ -316,6 +393,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         if daemon.abandoned:
             _exit_now(code, wired)
         return code
+
+
+def _log_warnings(rules: list[Any]) -> None:
+    """What `riskd check` warns about, on the console at start: valid rules that likely mean something else."""
+    import structlog
+
+    from riskd import lint
+
+    for warning in lint.warnings(rules):
+        structlog.get_logger("riskd").warning("rule_warning", where=f"{warning.file}:{warning.line}:{warning.col}", rule=warning.rule,
+                                              field=warning.field, message=warning.message.removeprefix("warning: "))
 
 
 def _exit_now(code: int, wired: Wired) -> None:
@@ -443,8 +531,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         keep = trail.parse_filter(rule=args.rule, account=args.account, instrument=args.instrument, events=args.event,
                                   since=args.since, until=args.until, day=args.date, show_all=args.all)
-    except ValueError as exc:
-        print(f"riskd audit: bad time: {exc}", file=sys.stderr)
+    except trail.FilterError as exc:
+        print(f"riskd audit: {exc}", file=sys.stderr)
         return 2
     return trail.main(files, trail.Query(keep, "summary" if args.summary else "list", json=args.json, follow=args.follow))
 

@@ -180,7 +180,8 @@ class Drawdown(RuleModel):
 
 def _account_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
     value = t.account.pnl(spec.basis, spec.net_of_commission)
-    return spec.holds(value), {"account_pnl": value, "basis": spec.basis, "net_of_commission": spec.net_of_commission}
+    # derived numbers are seen (audited, explained) in cents: -1100.0, not -1099.9999999999943; the check uses the exact value
+    return spec.holds(value), {"account_pnl": round(value, 2), "basis": spec.basis, "net_of_commission": spec.net_of_commission}
 
 
 def _explain_account_pnl(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
@@ -200,7 +201,7 @@ def _account_drawdown(spec: Any, t: Target) -> tuple[bool, Seen]:
     pnl = t.account.pnl()
     floor = drawdown_floor(spec, t.peak)
     armed = t.peak >= spec.after and (spec.limit[0] == "dollars" or t.peak > 0)  # N% of a zero peak is no limit yet
-    return armed and pnl <= floor, {"account_pnl": pnl, "peak": t.peak, "floor": floor, "armed": armed}
+    return armed and pnl <= floor, {"account_pnl": round(pnl, 2), "peak": round(t.peak, 2), "floor": round(floor, 2), "armed": armed}
 
 
 def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:

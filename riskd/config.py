@@ -106,6 +106,7 @@ class ConfigSpec(Spec):
         "account's executions show no fill, an unanswered or refused partial close is not sent again"))
     stale_after: Duration = timedelta(seconds=10)
     dry_run: bool = False
+    allow_empty_policy: bool = Field(False, description="start (and reload) with no enabled rule; by default that is refused")
     notify: list[NotifyTargetSpec] = []
     metrics: Any = Field(None, description="Prometheus endpoint: a port (on 127.0.0.1) or HOST:PORT; absent = off")
     summary_interval: Duration = timedelta(seconds=60)
@@ -184,6 +185,7 @@ class Settings:
     summary_interval: timedelta = timedelta(seconds=60)
     control_socket: Path | None = None  # None: state_dir / control.sock
     dashboard: tuple[str, int] | None = None  # (host, port) of the live dashboard
+    allow_empty_policy: bool = False
 
     @property
     def simulated(self) -> bool:
@@ -213,16 +215,47 @@ def load(path: Path) -> Settings:
         raise ConfigError([Problem(str(path), 1, 1, "", "config file not found; pass -c FILE or set RISKD_CONFIG")])
     doc = yamldoc.read(path)
     if doc.data is not None and not isinstance(doc.data, dict) and not doc.problems:
-        doc.problems.append(doc.problem_at(doc.node, "", "the config must be a mapping of keys (see docs/configuration.md)"))
+        doc.problems.append(doc.problem_at(doc.node, "", "the config must be a mapping of keys (see docs/configuration.md)"
+                                           + yamldoc.foreign_hint(doc.text)))
     spec = yamldoc.validate(doc, ConfigSpec)
     if spec is None:
         raise ConfigError(doc.problems)
     try:
-        return from_spec(spec, path.resolve())
+        settings = from_spec(spec, path.resolve())
     except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on 3.11) or an unreadable directory
         raise ConfigError([doc.problem_at(doc.node, "rules/audit_log/state_dir",
                                           f"a path cannot be resolved ({exc}); "
                                           "fix the symlink or point the key at a real directory")]) from None
+    return settings
+
+
+def check_rules_exist(settings: Settings) -> None:
+    """Raise ConfigError, located at the `rules:` line of riskd.yaml, for each rules entry that names
+    nothing (`rules: rulez/`), with the nearest existing name."""
+    if settings.path is None or all(p.exists() for p in settings.rules):
+        return
+    doc = yamldoc.read(settings.path)
+    spec = yamldoc.validate(doc, ConfigSpec)
+    if spec is None:
+        return
+    raise ConfigError([_missing_rules(doc, spec, i, p) for i, p in enumerate(settings.rules) if not p.exists()])
+
+
+def _missing_rules(doc: yamldoc.Document, spec: ConfigSpec, index: int, resolved: Path) -> Problem:
+    """A `rules:` entry that names nothing, located at its line in riskd.yaml, with the nearest existing name."""
+    import difflib
+
+    written = spec.rules if isinstance(spec.rules, str) else spec.rules[index]
+    node = doc.locate(("rules",) if isinstance(spec.rules, str) else ("rules", index))
+    try:
+        near = sorted(p.name + ("/" if p.is_dir() else "") for p in resolved.parent.iterdir())
+    except OSError:
+        near = []
+    guess = difflib.get_close_matches(resolved.name + ("/" if written.endswith("/") else ""), near, n=1, cutoff=0.6)
+    parent = str(Path(written).parent)
+    hint = (f"did you mean {guess[0] if parent == '.' else parent + '/' + guess[0]!r}?" if guess
+            else "point rules: at a rule file, a directory of them, or a list of either")
+    return doc.problem_at(node, "rules", f"{written!r} does not exist (looked for {resolved}); {hint}")
 
 
 def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> Settings:
@@ -255,6 +288,7 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         summary_interval=spec.summary_interval,
         control_socket=(root / spec.control_socket).resolve() if spec.control_socket else None,
         dashboard=spec.dashboard,
+        allow_empty_policy=spec.allow_empty_policy,
     )
 
 

@@ -325,7 +325,9 @@ class CrossTradeClient:
                 timeouts["read"] = max(0.001, deadline - time.monotonic())
             text, cut = self._read_body(response, deadline)
         except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-            return Reply(method, path, body, None, _ms(started), UNSENT, error=f"{exc.__class__.__name__} ({self._address(request)})")
+            return Reply(method, path, body, None, _ms(started), UNSENT,
+                         error=f"{exc.__class__.__name__} ({request.url.scheme}://{self._address(request)}{self._base_path}): "
+                               "not reached; check crosstrade.base_url in riskd.yaml")
         except httpx.HTTPError as exc:  # read/write timeout, reset, protocol error: it may have been applied
             return Reply(method, path, body, None, _ms(started), UNKNOWN, error=exc.__class__.__name__)
         finally:

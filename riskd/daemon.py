@@ -17,6 +17,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -176,7 +177,7 @@ class Daemon:
         """Reload the rule files: all or nothing. Return True when the new rules are running."""
         self.systemd.reloading()
         try:
-            new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone)
+            new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone, allow_empty=self.settings.allow_empty_policy)
         except Exception as exc:  # whatever the loader raises, a reload never kills the daemon: the old rules run on
             errors = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [f"{exc.__class__.__name__}: {exc}"[:2000]]
             self.audit.emit(events.RULES_REJECTED, source=[str(p) for p in self.settings.rules], errors=errors,
@@ -227,7 +228,9 @@ class Daemon:
                         session_start=self.settings.session_start.isoformat(timespec="minutes"))
         self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=self.hashes,
                         rule_count=len(self.ticker.rules), reason="start")
-        log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval.total_seconds(),
+        log.info("started", version=__version__, config=str(self.settings.path) if self.settings.path else "none (the demo)",
+                 api=urlsplit(self.settings.base_url).netloc, rules=len(self.ticker.rules),
+                 poll_interval_s=self.settings.poll_interval.total_seconds(),
                  dry_run=self.ticker.executor.dry_run)
         self._start_control()
         # The first tick runs in its own (daemon) thread so a stop during it is honoured like any other.

@@ -284,7 +284,7 @@ class _Tick:
         # an account missing from one snapshot (or unreadable in it) keeps its positions' identities and its markers
         self.first_seen = {k: v for k, v in state.first_seen.items() if _position(k).account not in present}
         self.tracked = {k: v for k, v in state.tracked.items() if _position(k).account not in present}
-        # Position identity across glitchy snapshots (the README's "Bad snapshots"):
+        # Position identity across glitchy snapshots (docs/how-it-works.md, "Bad snapshots"):
         # - a remembered identity is gone only when absent from two consecutive well-formed snapshots
         #   (one snapshot without it, or with the other side, does not re-arm its rules);
         # - a new identity for an instrument whose other side is still remembered (a reversal, or a

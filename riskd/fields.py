@@ -51,7 +51,22 @@ def _zone_names() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+# Abbreviations a trader writes for a market's zone: each is an unknown zone or a fixed offset that is an
+# hour off half the year (EST is UTC-5 all summer too), never what was meant. The IANA name to use instead.
+ABBREVIATIONS = {"EST": "America/New_York", "EDT": "America/New_York", "ET": "America/New_York",
+                 "CST": "America/Chicago", "CDT": "America/Chicago", "CT": "America/Chicago",
+                 "MST": "America/Denver", "MDT": "America/Denver", "PST": "America/Los_Angeles",
+                 "PDT": "America/Los_Angeles", "HST": "Pacific/Honolulu"}
+
+
 def _zone(value: Any) -> ZoneInfo:
+    name = str(value).strip().upper() if isinstance(value, str) else None
+    if name in ABBREVIATIONS:
+        fixed = " a fixed offset that ignores daylight saving time (an hour off half the year)" if value in _zone_names() else " not a zone"
+        raise ValueError(f"time zone {value!r} is{fixed}; use the IANA name {ABBREVIATIONS[name]!r}")
+    if isinstance(value, str) and value.startswith("Etc/GMT") and value not in ("Etc/GMT", "Etc/GMT0", "Etc/GMT+0", "Etc/GMT-0"):
+        raise ValueError(f"time zone {value!r} is a fixed offset with its sign reversed (Etc/GMT+5 is UTC-5) and no daylight saving "
+                         "time; use the market's IANA name such as America/New_York or America/Chicago")
     if isinstance(value, str) and value in _zone_names():
         return ZoneInfo(value)
     guess = difflib.get_close_matches(str(value), sorted(_zone_names()), n=1, cutoff=0.8)

@@ -208,16 +208,19 @@ def rule_files(sources: Path | tuple[Path, ...]) -> list[Path]:
     return files
 
 
-def load(sources: Path | tuple[Path, ...], default_zone: Any) -> tuple[list[Rule], dict[str, str]]:
+def load(sources: Path | tuple[Path, ...], default_zone: Any, *, allow_empty: bool = True) -> tuple[list[Rule], dict[str, str]]:
     """Given rule directories and/or files, return (rules in file order, {file: sha256}).
 
     Raise ConfigError holding every problem in every file (file order, then line order) when
     anything is wrong; rule names are checked for duplicates across files even in a file that has
-    other errors.
+    other errors. Unless `allow_empty` (riskd.yaml's allow_empty_policy), a policy with no enabled
+    rule is an error too: a daemon running it would protect nothing.
     """
     files = rule_files(sources)
     if not files:
-        raise ConfigError([Problem(str(sources), 1, 1, "rules", "no *.yaml or *.yml rule files found")])
+        raise ConfigError([Problem(str(source), 1, 1, "rules", "no *.yaml or *.yml rule files here; write one "
+                                   "(rules/README.md has every key; riskd init DIR writes a starter policy)")
+                           for source in ((sources,) if isinstance(sources, Path) else sources)])
     docs: list[yamldoc.Document] = []
     unreadable: list[Problem] = []
     for path in files:
@@ -226,6 +229,11 @@ def load(sources: Path | tuple[Path, ...], default_zone: Any) -> tuple[list[Rule
         except ConfigError as exc:
             unreadable.extend(exc.problems)
     rules = _compile(docs, default_zone, unreadable)
+    if not allow_empty and not any(r.enabled for r in rules):
+        what = "no rules" if not rules else f"every rule is disabled ({len(rules)})"
+        raise ConfigError([docs[0].problem_at(docs[0].locate(("rules",)), "rules",
+                                              f"{what} in {len(docs)} file(s): riskd would watch and protect nothing; add or enable a "
+                                              "rule, or set allow_empty_policy: true in riskd.yaml to run like this on purpose")])
     return rules, {str(doc.path): hashlib.sha256(doc.text.encode()).hexdigest() for doc in docs}
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from riskd.engine import State
-from riskd.errors import StateError
+from riskd.errors import StateError, StateLocked
 from riskd.model import Decision, Order, Snapshot
 from riskd.redact import Redactor
 
@@ -174,7 +174,7 @@ class Store:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lockfile.close()
-            raise StateError(f"another riskd is running with state_dir {state_dir} (lock held on riskd.lock)") from None
+            raise StateLocked(f"another riskd is running with state_dir {state_dir} (lock held on riskd.lock)") from None
         self.path = state_dir / "riskd.sqlite3"
         try:
             os.close(_create_private(self.path, os.O_RDONLY))  # SQLite gives -wal and -shm the database's mode
@@ -333,6 +333,14 @@ class Store:
             raise StateError(f"state store {path} is unreadable ({exc.__class__.__name__})") from None
 
     # engine state ------------------------------------------------------------------------------
+
+    def forget_everything(self) -> None:
+        """Start over: no engine state, intents, health, last snapshot or commands (the demo, whose
+        simulator starts over each run too). Under the state_dir's lock, so never under a running daemon."""
+        with self._lock:
+            for table in ("engine", "intents", "health", "snapshot", "commands"):
+                self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            self._saved_doc = None
 
     def load(self) -> State:
         with self._lock:

@@ -308,8 +308,9 @@ class Ticker:
             if self._sampled.get(name) == minute and name not in firing:
                 continue
             self._sampled[name] = minute
+            # pnl is a sum: in cents; the API's own values verbatim
             self.audit.emit("sample", account=account.name, session=session, reason="firing" if name in firing else "minute",
-                            pnl=account.pnl(), realized=account.realized_pnl, unrealized=account.unrealized_pnl,
+                            pnl=round(account.pnl(), 2), realized=account.realized_pnl, unrealized=account.unrealized_pnl,
                             commission=account.commission, net_liquidation=account.net_liquidation,
                             positions=[{"instrument": p.instrument, "side": p.side, "quantity": p.quantity, "pnl": p.unrealized_pnl}
                                        for p in account.positions])
@@ -321,7 +322,8 @@ class Ticker:
             self.audit.emit("fired", **common, session=engine.session_of(now, self.engine_settings), inputs=d.inputs,
                             threshold=d.threshold, local_time=d.local_time,
                             reason=d.reason, orders=[o.body() | {"kind": o.kind} for o in d.orders], covers=list(d.covers))
-            log.info("fired", rule=d.rule, account=d.account, instrument=d.instrument, action=d.action)
+            log.info("fired", rule=d.rule, account=d.account, instrument=d.instrument, action=d.action,
+                     **({"dry_run": "decided and audited, nothing will be sent"} if common["dry_run"] else {}))
         else:
             self.audit.emit(d.kind, **common, reason=d.reason, inputs=d.inputs or None)
             if d.kind == "missed":

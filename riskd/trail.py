@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from riskd import events
 from riskd.chain import GENESIS, HEAD_SUFFIX, chain_hash, parse_head, render
 from riskd.errors import TrailError
+from riskd.events import of as event_of
 
 ROTATED = re.compile(r"^(\.\d+|-\d{8}(\d{2})?)(\.(gz|bz2|xz))?$")
 DEFAULT_HIDDEN = frozenset({events.SAMPLE.name})  # shown only when asked for (--event sample / --all)
@@ -521,6 +522,25 @@ def _short_inputs(inputs: Any) -> str:
     return ", ".join(parts)
 
 
+def closed_summary(line: dict[str, Any]) -> str:
+    """What an action line's call closed, from its closedPositions: "closed 4 of Long 4 MES 12-26 at -520.00"."""
+    return "closed " + ", ".join(closed_text(line, c) for c in closed_positions(line))
+
+
+def outcome(line: dict[str, Any]) -> str:
+    """The result of an action line in a few words, for the console: what it closed, that it was a
+    dry run (nothing sent), or how it failed."""
+    req = line.get("request") or {}
+    call = f"{req.get('method')} {req.get('path')}"
+    if line.get("dry_run"):
+        return f"dry run, nothing sent: would {call} {json.dumps(req.get('json'))}"
+    if not line.get("ok"):
+        return f"{call} failed: {line.get('outcome')} {line.get('status') or ''} {line.get('error') or ''}".rstrip()
+    if closed_positions(line):
+        return closed_summary(line)
+    return f"{call}: ok ({line.get('status')})"
+
+
 def describe(line: dict[str, Any]) -> str:
     """One readable sentence for a line, per event."""
     event = line.get("event")
@@ -530,9 +550,7 @@ def describe(line: dict[str, Any]) -> str:
         text += f" {line.get('latency_ms')}ms" if line.get("latency_ms") is not None else ""
         closed = closed_positions(line)
         if closed:
-            text += "; closed " + ", ".join(
-                f"{closed_quantity(line, c)} of {c.get('marketPosition')} {c.get('quantity')} {c.get('instrument')} "
-                f"(P&L {_money(c.get('unrealizedProfitLoss'))})" for c in closed)
+            text += "; " + closed_summary(line)
         elif line.get("error"):
             text += f"; {line.get('error')}"
         return text + (" [dry run]" if line.get("dry_run") else "")
@@ -602,12 +620,28 @@ def parse_filter(rule: str | None = None, account: str | None = None, instrument
                  since: str | None = None, until: str | None = None, day: str | None = None, show_all: bool = False,
                  now: datetime | None = None) -> Filter:
     """Given `riskd audit`'s filter options as the user typed them (events comma-separated, times in the
-    forms parse_when reads), return the Filter; raise ValueError on a bad time."""
+    forms parse_when reads), return the Filter; raise FilterError naming the option that is wrong."""
     now = now or datetime.now(timezone.utc)
     named = frozenset(e.strip() for e in events.split(",") if e.strip()) if events else None
+    for name in named or ():
+        try:
+            event_of(name)
+        except KeyError as exc:
+            raise FilterError(f"--event: {exc.args[0]}") from None
     return Filter(rule=rule, account=account, instrument=instrument, events=named or None,
-                  since=parse_when(since, now) if since else None, until=parse_when(until, now, end=True) if until else None,
+                  since=_when("--since", since, now), until=_when("--until", until, now, end=True),
                   day=day, show_all=show_all)
+
+
+class FilterError(ValueError):
+    """A `riskd audit` filter option cannot be read (its message names the option)."""
+
+
+def _when(option: str, text: str | None, now: datetime, end: bool = False) -> tuple[datetime, bool] | None:
+    try:
+        return parse_when(text, now, end=end) if text else None
+    except ValueError as exc:
+        raise FilterError(f"{option}: bad time: {exc}") from None
 
 
 def main(files: list[Path], query: Query, out: IO[str] | None = None) -> int:
@@ -650,7 +684,7 @@ def main(files: list[Path], query: Query, out: IO[str] | None = None) -> int:
         if not keep(line, day):
             hidden += line.get("event") in DEFAULT_HIDDEN and keep.events is None and not keep.show_all
             return
-        print(json.dumps(line, ensure_ascii=False) if query.json else table_row(line, width), file=out, flush=query.follow)
+        print(render(line) if query.json else table_row(line, width), file=out, flush=query.follow)  # --json: the line as written
 
     try:
         for line in read(ordered):

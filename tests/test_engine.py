@@ -103,6 +103,17 @@ def test_condition_clock_windows_hold_in_the_rule_zone_on_the_rule_days(when, no
     assert bool(fires(h.tick(now, acct("Sim101", pos())))) is expected
 
 
+def test_condition_derived_money_is_audited_in_cents_while_the_check_uses_the_exact_sum():
+    # -1000.1 + -99.7 - 0.62 is -1100.4199999999998 in floating point: a person reads -1100.42
+    h = Harness(rule("day", "account_pnl: {below: -1100, net_of_commission: true}", "flatten: true", accounts="Sim101")
+                + rule("giveback", "account_drawdown: {limit: 1000.3}", "flatten: true", accounts="Sim102"))
+    decisions = h.tick(MORNING, acct("Sim101", pos(), realized=-1000.1, unrealized=-99.7, commission=0.62),
+                       acct("Sim102", pos(), realized=-1000.1, unrealized=-99.7))
+    seen = {d.rule: d.inputs for d in decisions if d.kind == "fire"}
+    assert seen["day"]["account_pnl"] == -1100.42
+    assert (seen["giveback"]["account_pnl"], seen["giveback"]["peak"], seen["giveback"]["floor"]) == (-1099.8, 0.0, -1000.3)
+
+
 def test_condition_for_requires_the_conditions_to_hold_continuously():
     h = Harness(rule("held", "position_pnl: {below: -500}, for: 3s"))
     losing, fine = acct("Sim101", pos(pnl=-600)), acct("Sim101", pos(pnl=-100))

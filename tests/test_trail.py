@@ -212,9 +212,24 @@ def test_audit_filters_by_rule_account_instrument_event_and_time(recorded, capsy
     assert code == 2 and "bad time" in err
 
 
+def test_audit_an_unknown_event_lists_the_events_instead_of_an_empty_table(recorded, capsys):
+    code, out, err = audit(capsys, str(recorded), "--event", "fired,bogus")
+    assert (code, out) == (2, "")
+    assert err.startswith("riskd audit: --event: no event 'bogus'; the events are: started, stopped, ")
+
+
 def test_audit_json_lines_are_the_trail_lines_verbatim(recorded, capsys):
     _, out, _ = audit(capsys, str(recorded), "--json", "--all")
     assert [json.loads(x) for x in out.splitlines()] == read_audit(recorded)
+
+
+def test_audit_json_prints_the_lines_byte_for_byte_so_its_output_verifies(recorded, tmp_path):
+    done = run_cli("audit", str(recorded), "--json", "--all")
+    assert done.stdout.encode() == recorded.read_bytes()
+    copy = tmp_path / "copy" / "audit.jsonl"
+    copy.parent.mkdir()
+    copy.write_text(done.stdout)
+    assert run_cli("audit", str(copy), "--verify").returncode == 0
 
 
 def test_audit_table_shows_one_readable_row_per_line(recorded, capsys):
