@@ -50,7 +50,8 @@ class Daemon:
     Around the ticks (see riskd/sdnotify.py, riskd/metrics.py, riskd/notify.py): systemd READY /
     STATUS / WATCHDOG (pinged by healthy ticks and completed actions only) / RELOADING / STOPPING;
     telemetry (a summary log line every `summary_interval`, the optional Prometheus endpoint);
-    webhook notifications fed by the audit trail.
+    webhook notifications fed by the audit trail; `session_summary` at each session end; the
+    optional live dashboard (riskd/dashboard.py), fed after every tick and by the audit trail.
     """
 
     def __init__(self, settings: Settings, ticker: Ticker, audit: AuditTrail, hashes: dict[str, str], *,

@@ -350,6 +350,18 @@ def test_telegram_posts_the_chat_and_text_and_needs_a_chat_id(webhook_server, tm
     assert config.load(path).notify[0].chat_id == "-100123"
 
 
+def test_telegrams_retry_after_in_the_body_is_honoured():
+    import httpx
+
+    answers = [httpx.Response(429, json={"ok": False, "error_code": 429, "parameters": {"retry_after": 7}}), httpx.Response(200, json={"ok": True})]
+    hook = Webhook(NotifyTarget("tg", "telegram", ("url", "unused"), frozenset({"outcome"}), 2.0, "1"), "https://api.telegram.invalid/botX/sendMessage",
+                   "h", transport=httpx.MockTransport(lambda request: answers.pop(0)))
+    try:
+        assert hook._post({}, b"{}") == ("retry", 7.0) and hook._post({}, b"{}") == ("sent", None)
+    finally:
+        hook.close(0.1)
+
+
 def test_a_storm_of_closes_reaches_a_phone_as_a_few_messages(webhook_server):
     server = webhook_server()
     hook = Webhook(NotifyTarget("phone", "json", ("url", "unused"), frozenset({"outcome"}), 2.0, None, 6.0), server.url, "h")
