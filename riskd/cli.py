@@ -1,4 +1,5 @@
-"""The `riskd` command: run, check, once, sim, audit, schema.
+"""The `riskd` command: run, check, once, status, sim, audit, report, schema, and the operator
+commands flatten, lock, unlock, pause, resume (through the running daemon: riskd.channel).
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 config error (systemd will not restart on it).
 """
@@ -33,7 +34,8 @@ if sys.argv[1:2] == ["run"]:
     hold_signals()
 
 from riskd import __version__, config, engine, rules as rules_mod  # noqa: E402
-from riskd.audit import AuditTrail, configure_console  # noqa: E402
+from riskd.audit import AuditTrail  # noqa: E402
+from riskd.console import configure_console  # noqa: E402
 from riskd.errors import ConfigError, RiskdError, StateError  # noqa: E402
 from riskd.redact import RedactingStream, Redactor  # noqa: E402
 
@@ -95,6 +97,36 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", help="output file (default: riskd-report-DATE.html; - for stdout)")
 
     sub.add_parser("schema", help="print the JSON Schema of rule files")
+
+    status = sub.add_parser("status", help="what the running daemon sees: accounts, rules, distances, locks, health",
+                            description="Read the running daemon's state store (never the API): per account the session figures, "
+                                        "positions, locks and each rule's state and distance to firing; paused rules, the next "
+                                        "timed firings, recent operator commands and health.")
+    status.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
+    status.add_argument("--json", action="store_true", help="the view as one JSON document")
+
+    for verb, text in (("flatten", "flatten an account now (or every account: --all --yes)"),
+                       ("lock", "keep an account flat: flatten it now and any position that opens, until the lock ends"),
+                       ("unlock", "lift the locks of an account (refused for a rule with lock: {undo: never})"),
+                       ("pause", "stop evaluating a rule until the pause ends"),
+                       ("resume", "evaluate a paused rule again")):
+        cmd = sub.add_parser(verb, help=text, description=text + ". Sent to the running daemon over its control socket; "
+                                                                 "audited with your Unix user. See docs/operating.md.")
+        if verb in ("pause", "resume"):
+            cmd.add_argument("rule", metavar="RULE", help="the rule's name")
+        else:
+            cmd.add_argument("account", metavar="ACCOUNT", nargs="?" if verb == "flatten" else None, help="the account")
+        if verb == "flatten":
+            cmd.add_argument("--instrument", help='only this instrument ("MES 12-26")')
+            cmd.add_argument("--all", action="store_true", help="every account the daemon sees, one flatten per account")
+            cmd.add_argument("--yes", action="store_true", help="confirm --all")
+        if verb in ("lock", "pause"):
+            until = cmd.add_mutually_exclusive_group()
+            until.add_argument("--for", dest="for_", metavar="DURATION", help="30m, 2h, ... (default: until the session ends)")
+            until.add_argument("--until", metavar="TIME", help="HH:MM in riskd.yaml's timezone (the next one), or an ISO time")
+        cmd.add_argument("--reason", required=True, help="why (goes into the audit trail)")
+        cmd.add_argument("--wait", type=float, default=30.0, metavar="SECONDS", help="how long to wait for the outcome (default 30)")
+        cmd.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
     return parser
 
 
@@ -105,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
     handler = {"run": cmd_run, "check": cmd_check, "once": cmd_once, "sim": cmd_sim, "audit": cmd_audit, "report": cmd_report,
-               "schema": cmd_schema}[args.command]
+               "schema": cmd_schema, "status": cmd_status, "flatten": cmd_control, "lock": cmd_control, "unlock": cmd_control,
+               "pause": cmd_control, "resume": cmd_control}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -124,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace, *, demo_ok: bool = False) -> config.Settings:
-    path = config.find(getattr(args, "config", None))
+    path = config.find(args.config)
     if path is None:
         if demo_ok:
             return demo_settings()
@@ -172,7 +205,7 @@ def _start_sim(settings: config.Settings, stack: ExitStack) -> tuple[config.Sett
 
 def _endpoint(args: argparse.Namespace, settings: config.Settings, stack: ExitStack) -> tuple[config.Settings, str]:
     """The API to talk to: the embedded simulator (--sim, or base_url: sim), else CrossTrade with the configured token."""
-    if getattr(args, "sim", False) or settings.simulated:
+    if args.sim or settings.simulated:
         return _start_sim(settings, stack)
     return settings, _token(settings)
 
@@ -318,7 +351,7 @@ def _audit_trail(settings: config.Settings, redactor: Redactor) -> AuditTrail:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from riskd.state import Store
-    from riskd.tick import engine_settings, state_dir_for, utc_now
+    from riskd.tick import state_dir_for, utc_now
 
     private_files()
     with ExitStack() as stack:
@@ -333,7 +366,7 @@ def cmd_once(args: argparse.Namespace) -> int:
                   "(see the audit trail's api_error)", file=sys.stderr)
             return EXIT_FAILURE
         now = utc_now()
-        _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, engine_settings(settings)), loaded, now,
+        _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, settings.engine), loaded, now,
                     wired.dry_run)
         return EXIT_OK
 
@@ -405,10 +438,109 @@ def cmd_audit(args: argparse.Namespace) -> int:
     files = _trail_files(args)
     if args.follow and not args.files:
         files = files[-1:]  # like tail -f: the live file, then what is appended to it
-    return trail.main(files, args)
+    if args.verify:
+        return trail.main(files, trail.Query(task="verify"))
+    try:
+        keep = trail.parse_filter(rule=args.rule, account=args.account, instrument=args.instrument, events=args.event,
+                                  since=args.since, until=args.until, day=args.date, show_all=args.all)
+    except ValueError as exc:
+        print(f"riskd audit: bad time: {exc}", file=sys.stderr)
+        return 2
+    return trail.main(files, trail.Query(keep, "summary" if args.summary else "list", json=args.json, follow=args.follow))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from riskd import report
 
-    return report.main(_trail_files(args), args)
+    return report.main(_trail_files(args), day=args.date, output=args.output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operating the running daemon.
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from riskd import status
+    from riskd.state import Store
+    from riskd.tick import utc_now
+
+    settings = _settings(args, demo_ok=True)
+    loaded, _ = rules_mod.load(settings.rules, settings.zone)
+    live, dry = Store.peek_view(settings.state_dir), Store.peek_view(settings.state_dir / "dry-run")
+
+    def heard(view: dict[str, Any] | None) -> str:
+        return ((view or {}).get("health") or {}).get("updated") or ""
+
+    dry_run = bool(dry) and heard(dry) > heard(live)  # the daemon that wrote last
+    seen = dry if dry_run else live
+    if seen is None:
+        print(f"riskd: no state in {settings.state_dir}: riskd has not run with this config", file=sys.stderr)
+        return EXIT_FAILURE
+    view = status.build(loaded, seen["state"], seen["snapshot"], seen["health"], utc_now(), settings.engine,
+                        snapshot_at=seen["snapshot_at"], dry_run=dry_run, commands=seen["commands"])
+    print(json.dumps(view, indent=2) if args.json else status.render(view))
+    return EXIT_OK
+
+
+def _until(args: argparse.Namespace, settings: config.Settings) -> str | None:
+    """--for / --until as an absolute UTC time (ISO), None for the default (the session end)."""
+    from datetime import datetime, timedelta, timezone
+
+    from riskd.fields import parse_duration
+
+    now = datetime.now(timezone.utc)
+    if getattr(args, "for_", None):
+        try:
+            return (now + parse_duration(args.for_)).isoformat()
+        except ValueError as exc:
+            raise UsageError(f"--for: {exc}") from None
+    text = getattr(args, "until", None)
+    if not text:
+        return None
+    try:
+        hour, minute = (int(x) for x in text.split(":"))
+        local = now.astimezone(settings.zone)
+        at = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if at <= local:
+            at += timedelta(days=1)
+        return at.astimezone(timezone.utc).isoformat()
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--until: {text!r} is neither HH:MM nor an ISO time") from None
+    return (at if at.tzinfo else at.replace(tzinfo=settings.zone)).astimezone(timezone.utc).isoformat()
+
+
+class UsageError(RiskdError):
+    pass
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from riskd.channel import ask, socket_path
+
+    settings = _settings(args, demo_ok=True)
+    verb = args.command
+    if verb == "flatten" and args.all and args.account:
+        print("riskd: flatten takes an ACCOUNT or --all, not both", file=sys.stderr)
+        return EXIT_USAGE
+    if verb == "flatten" and not args.all and not args.account:
+        print("riskd: flatten needs an ACCOUNT (or --all --yes)", file=sys.stderr)
+        return EXIT_USAGE
+    if verb == "flatten" and args.all and not args.yes:
+        print("riskd: flatten --all flattens every account (one flatten per account): add --yes to confirm", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        until = _until(args, settings)
+    except UsageError as exc:
+        print(f"riskd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    request = {"id": secrets.token_hex(8), "verb": verb, "reason": args.reason, "until": until,
+               "account": getattr(args, "account", None), "rule": getattr(args, "rule", None),
+               "instrument": getattr(args, "instrument", None), "all": bool(getattr(args, "all", False)),
+               "yes": bool(getattr(args, "yes", False)),
+               "claimed_user": os.environ.get("SUDO_USER") or os.environ.get("LOGNAME") or os.environ.get("USER")}
+    answer = ask(socket_path(settings), request, wait_s=args.wait)
+    print(f"{answer.get('status')}: {answer.get('message', '')}")
+    return EXIT_OK if answer.get("status") == "done" else EXIT_FAILURE

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import time, timedelta
+from datetime import time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from riskd import yamldoc
+from riskd.engine import EngineSettings
 from riskd.errors import ConfigError, Problem
 from riskd.fields import Duration, Spec, TimeOfDay, Zone
 
@@ -108,6 +109,8 @@ class ConfigSpec(Spec):
     notify: list[NotifyTargetSpec] = []
     metrics: Any = Field(None, description="Prometheus endpoint: a port (on 127.0.0.1) or HOST:PORT; absent = off")
     summary_interval: Duration = timedelta(seconds=60)
+    control_socket: str | None = Field(None, description=(
+        "the Unix socket of the operator commands (riskd lock, flatten, ...); default: control.sock in state_dir"))
     dashboard: Any = Field(None, description="the live dashboard (read-only web page): a port (on 127.0.0.1) or HOST:PORT; absent = off")
 
     @field_validator("metrics")
@@ -145,7 +148,7 @@ class NotifyTarget:
     format: str
     url_source: tuple[str, str]
     events: frozenset[str]
-    timeout: float
+    timeout: timedelta
     chat_id: str | None = None
     per_minute: float = 6.0
 
@@ -155,16 +158,17 @@ class NotifyTarget:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything riskd.yaml says, resolved: absolute paths, parsed durations, a tzinfo."""
+    """Everything riskd.yaml says, resolved: absolute paths, durations as timedelta, a tzinfo.
+    `engine` is the part the pure engine reads (riskd.engine.EngineSettings)."""
 
     path: Path | None
     base_url: str
     token_env: str
-    timeout: float
+    timeout: timedelta
     rate_per_second: float
     rate_burst: int
-    poll_interval: float
-    zone: Any
+    poll_interval: timedelta
+    zone: tzinfo
     session_start: time
     rules: tuple[Path, ...]
     audit_log: str
@@ -177,12 +181,17 @@ class Settings:
     audit_fsync: str = "actions"
     notify: tuple[NotifyTarget, ...] = ()
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
-    summary_interval: float = 60.0
+    summary_interval: timedelta = timedelta(seconds=60)
+    control_socket: Path | None = None  # None: state_dir / control.sock
     dashboard: tuple[str, int] | None = None  # (host, port) of the live dashboard
 
     @property
     def simulated(self) -> bool:
         return self.base_url == SIM
+
+    @property
+    def engine(self) -> EngineSettings:
+        return EngineSettings(zone=self.zone, session_start=self.session_start, misfire_grace=self.misfire_grace)
 
 
 def find(explicit: str | None) -> Path | None:
@@ -226,10 +235,10 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         path=path,
         base_url=ct.base_url,
         token_env=ct.token_env,
-        timeout=ct.timeout.total_seconds(),
+        timeout=ct.timeout,
         rate_per_second=ct.rate_limit.per_second,
         rate_burst=ct.rate_limit.burst,
-        poll_interval=spec.poll_interval.total_seconds(),
+        poll_interval=spec.poll_interval,
         zone=spec.timezone or ZoneInfo("America/New_York"),
         session_start=spec.session_start,
         rules=tuple((root / r).resolve() for r in ([spec.rules] if isinstance(spec.rules, str) else spec.rules)),
@@ -243,14 +252,15 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         audit_fsync=spec.audit_fsync,
         notify=tuple(_notify_target(t) for t in spec.notify),
         metrics=spec.metrics,
-        summary_interval=spec.summary_interval.total_seconds(),
+        summary_interval=spec.summary_interval,
+        control_socket=(root / spec.control_socket).resolve() if spec.control_socket else None,
         dashboard=spec.dashboard,
     )
 
 
 def _notify_target(t: NotifyTargetSpec) -> NotifyTarget:
     source = ("credential", t.url_credential) if t.url_credential else ("env", t.url_env) if t.url_env else ("url", t.url)
-    return NotifyTarget(t.name, t.format, source, frozenset(t.events), t.timeout.total_seconds(),  # type: ignore[arg-type]
+    return NotifyTarget(t.name, t.format, source, frozenset(t.events), t.timeout,  # type: ignore[arg-type]
                         str(t.chat_id) if t.chat_id is not None else None, t.max_per_minute)
 
 

@@ -260,7 +260,7 @@ class Webhook:
         self.in_flight = 0  # messages taken off the queue by the call being made (at most QUEUE_LIMIT)
         self._tokens = float(BURST)  # webhook calls that may go now (max_per_minute refills them)
         self._refilled = time.monotonic()
-        self._http = httpx.Client(timeout=httpx.Timeout(target.timeout), transport=transport, follow_redirects=False,
+        self._http = httpx.Client(timeout=httpx.Timeout(target.timeout.total_seconds()), transport=transport, follow_redirects=False,
                                   headers={"User-Agent": f"riskd/{__version__}"})
         self._thread = threading.Thread(target=self._run, name=f"notify-{target.name}", daemon=True)
         self._thread.start()

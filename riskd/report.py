@@ -11,7 +11,6 @@ calls they made and the closedPositions each call returned; then every other dec
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
@@ -394,15 +393,15 @@ def _other(day: Day, w: Any) -> None:
 # The command.
 
 
-def main(files: list[Path], args: argparse.Namespace) -> int:
-    """`riskd report`: write the page; 0 ok, 1 no such trail or day, 2 a bad date."""
+def main(files: list[Path], day: str | None = None, output: str | None = None) -> int:
+    """`riskd report`: write the page for trading `day` (YYYY-MM-DD; default: the latest) to `output`
+    (a path, - for stdout; default riskd-report-DAY.html); 0 ok, 1 no such trail or day, 2 a bad date."""
     try:
         ordered = chain_order(files)
     except TrailError as exc:
         print(f"riskd report: {exc}", file=sys.stderr)
         return 1
     lines = list(read(ordered))
-    day = args.date
     if day is None:
         found = days_in(lines)
         if not found:
@@ -421,7 +420,7 @@ def main(files: list[Path], args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     page = build(collected, verify(ordered), [str(p) for p in ordered], datetime.now(timezone.utc))
-    target = args.output or f"riskd-report-{day}.html"
+    target = output or f"riskd-report-{day}.html"
     if target == "-":
         sys.stdout.write(page)
     else:

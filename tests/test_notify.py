@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -84,8 +85,8 @@ def closed_port() -> int:
     return port
 
 
-def target(name: str = "t", fmt: str = "json", events=("fired", "failed", "stale", "rules_rejected"), timeout: float = 2.0) -> NotifyTarget:
-    return NotifyTarget(name, fmt, ("url", "unused"), frozenset(events), timeout)
+def target(name: str = "t", fmt: str = "json", events=("fired", "failed", "stale", "rules_rejected"), timeout: float = 2.0) -> NotifyTarget:  # seconds
+    return NotifyTarget(name, fmt, ("url", "unused"), frozenset(events), timedelta(seconds=timeout))
 
 
 FIRED = {"event": "fired", "ts": "2026-03-10T14:00:00.000Z", "rule": "mes-loss-cap", "key": "k1", "account": "Sim101", "instrument": "MES 12-26",
