@@ -182,7 +182,7 @@ class Dashboard:
         h.pop("pid", None)
         view = {
             "version": __version__, "now": now.isoformat(), "session": self._session, "session_ends": until.isoformat() if until else None,
-            "timezone": str(settings.zone), "poll_interval_s": t.settings.poll_interval,
+            "timezone": str(settings.zone), "poll_interval_s": t.settings.poll_interval.total_seconds(),
             "stale_after_s": t.settings.stale_after.total_seconds(), "dry_run": dry,
             "snapshot_at": snapshot.taken_at.isoformat() if snapshot is not None else None,
             "unknown_accounts": sorted(snapshot.unknown) if snapshot is not None else [],

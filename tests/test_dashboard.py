@@ -94,6 +94,7 @@ def test_view_has_the_pnl_so_far_distances_rule_states_locks_and_what_each_close
     assert [r["status"] for r in _rows(view, "daily-loss-limit", "Apex-7")] == ["locked"]
     assert [r["status"] for r in _rows(view, "daily-loss-limit", "Sim101")] == ["not met"]
     assert view["health"]["stale"] is False and view["health"]["firings"] == 2
+    assert (view["poll_interval_s"], view["timezone"], view["session"]) == (1.0, "America/New_York", "2026-03-10")
     assert rig.token.encode() not in dash.encoded()[1]
 
 

@@ -335,7 +335,7 @@ def test_an_outcome_says_what_the_close_closed_and_a_failure_why():
 
 def test_telegram_posts_the_chat_and_text_and_needs_a_chat_id(webhook_server, tmp_path):
     server = webhook_server()
-    hook = Webhook(NotifyTarget("tg", "telegram", ("url", "unused"), frozenset({"outcome"}), 2.0, "-100123"), server.url, "h")
+    hook = Webhook(NotifyTarget("tg", "telegram", ("url", "unused"), frozenset({"outcome"}), timedelta(seconds=2), "-100123"), server.url, "h")
     try:
         hook.put(message_for(CLOSED))
         wait_until(lambda: hook.sent == 1, timeout=10)
@@ -355,7 +355,7 @@ def test_telegrams_retry_after_in_the_body_is_honoured():
     import httpx
 
     answers = [httpx.Response(429, json={"ok": False, "error_code": 429, "parameters": {"retry_after": 7}}), httpx.Response(200, json={"ok": True})]
-    hook = Webhook(NotifyTarget("tg", "telegram", ("url", "unused"), frozenset({"outcome"}), 2.0, "1"), "https://api.telegram.invalid/botX/sendMessage",
+    hook = Webhook(NotifyTarget("tg", "telegram", ("url", "unused"), frozenset({"outcome"}), timedelta(seconds=2), "1"), "https://api.telegram.invalid/botX/sendMessage",
                    "h", transport=httpx.MockTransport(lambda request: answers.pop(0)))
     try:
         assert hook._post({}, b"{}") == ("retry", 7.0) and hook._post({}, b"{}") == ("sent", None)
@@ -365,7 +365,7 @@ def test_telegrams_retry_after_in_the_body_is_honoured():
 
 def test_a_storm_of_closes_reaches_a_phone_as_a_few_messages(webhook_server):
     server = webhook_server()
-    hook = Webhook(NotifyTarget("phone", "json", ("url", "unused"), frozenset({"outcome"}), 2.0, None, 6.0), server.url, "h")
+    hook = Webhook(NotifyTarget("phone", "json", ("url", "unused"), frozenset({"outcome"}), timedelta(seconds=2), None, 6.0), server.url, "h")
     try:
         for i in range(300):  # 300 accounts flattened at 16:58
             hook.put(message_for({**CLOSED, "account": f"Sim{i}"}))
