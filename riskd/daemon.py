@@ -149,6 +149,7 @@ class Daemon:
         ended = engine.session_of(boundary - timedelta(seconds=1), es)
         state, snapshot = self.ticker.state, self.ticker.last_snapshot
         locked = {LockKey.parse(k).account for k in state.locks} if state.session == ended else set()
+        locked |= set(engine.active(state.account_locks, now))  # an operator's lock outlives the session
         accounts = [{"account": a.name, "pnl": round(a.pnl(), 2), "realized": a.realized_pnl, "commission": a.commission,
                      "locked": a.name.lower() in locked} for a in (snapshot.accounts if snapshot is not None else ())]
         rules: list[dict[str, Any]] = []
