@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 from pydantic import ConfigDict, Field
 
-from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Window
+from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Window, _money, lenient
 from riskd.model import Account, Position
 from riskd.schedule import format_span, in_window, wall_occurrences
 
@@ -160,6 +160,25 @@ class AccountPnl(Level):
     expected: ClassVar[str] = "a threshold such as {below: -1000}"
     basis: Literal["total", "realized", "unrealized"] = Field("total", description="realized + unrealized (total), or one of them")
     net_of_commission: Flag = Field(False, description="subtract the session's commissions")
+    once_above: Money | None = Field(None, description="a profit floor: holds only once the session P&L peak has reached this "
+                                                       "(dollars); with below, the floor")
+
+    @classmethod
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
+        problems = super()._cross(raw, misspelt)
+        if "once_above" not in raw:
+            return problems
+        trigger, floor = lenient(_money, raw["once_above"]), lenient(_money, raw.get("below"))
+        if "above" in raw:
+            problems.append((("once_above",), "'once_above' arms a floor: use it with 'below' (e.g. {below: 400, once_above: 800}), "
+                                              "not 'above'"))
+        elif trigger is not None and floor is not None and trigger <= floor:
+            problems.append((("once_above",), f"the floor ({floor:g}) must be below the trigger ({trigger:g}), or the rule fires "
+                                              f"the moment it arms; raise once_above or lower below"))
+        if raw.get("basis", "total") != "total" or raw.get("net_of_commission") is True:
+            problems.append((("once_above",), "'once_above' is measured on the session P&L peak (realized + unrealized, before "
+                                              "commission); remove basis/net_of_commission, or once_above"))
+        return problems
 
 
 class Drawdown(RuleModel):
@@ -170,13 +189,21 @@ class Drawdown(RuleModel):
 
 def _account_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
     value = t.account.pnl(spec.basis, spec.net_of_commission)
-    return spec.holds(value), {"account_pnl": value, "basis": spec.basis, "net_of_commission": spec.net_of_commission}
+    seen = {"account_pnl": value, "basis": spec.basis, "net_of_commission": spec.net_of_commission}
+    if spec.once_above is None:
+        return spec.holds(value), seen
+    armed = t.peak >= spec.once_above  # the peak persists for the session: once armed, the floor stays armed
+    return armed and spec.holds(value), {**seen, "peak": t.peak, "armed": armed}
 
 
 def _explain_account_pnl(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
     row = _level(seen["account_pnl"], spec, holds)
     if spec.basis != "total" or spec.net_of_commission:
         row["threshold"] += f" ({spec.basis}{', net of commission' if spec.net_of_commission else ''})"
+    if spec.once_above is not None:
+        row["threshold"] += f" once the peak reached {spec.once_above:.2f} (peak {seen['peak']:.2f})"
+        if not seen["armed"]:
+            row["distance"] = f"inactive until the session P&L reaches {spec.once_above:.2f} (${spec.once_above - seen['peak']:.2f} to go)"
     return row
 
 

@@ -183,6 +183,53 @@ def _unquoted(value: Any) -> str:
     return " (unquoted; yes/no/on/off are text)" if isinstance(value, str) else ""
 
 
+LOCK_ENDS = ("session_end", "week_end")
+_LOCK_HINT = ("write true (until the session ends), a duration such as 30m, session_end, week_end, "
+              "or {until: 30m, reduce_only: true}")
+
+
+def _lock_until(value: Any) -> Any:
+    if value in LOCK_ENDS:
+        return value
+    try:
+        span = parse_duration(value)
+    except ValueError:
+        raise ValueError(f"invalid lock end {value!r}; {_LOCK_HINT}") from None
+    if span <= timedelta(0):
+        raise ValueError(f"invalid lock duration {value!r}; it must be longer than 0")
+    return span
+
+
+def lock_terms(value: Any) -> tuple[Any, bool] | None:
+    """Given a `lock:` value, return (until, reduce_only), or None for no lock; until is
+    "session_end", "week_end" or a timedelta."""
+    if value is False:
+        return None
+    if value is True:
+        return ("session_end", False)
+    if isinstance(value, str):
+        return (_lock_until(value.strip()), False)
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in ("until", "reduce_only")]
+        if unknown:
+            guess = difflib.get_close_matches(str(unknown[0]), ["until", "reduce_only"], n=1)
+            raise ValueError(f"unknown key {unknown[0]!r} in lock" + (f"; did you mean {guess[0]!r}?" if guess else
+                                                                        "; the keys are until and reduce_only"))
+        reduce_only = value.get("reduce_only", False)
+        if not isinstance(reduce_only, bool):
+            raise ValueError(f"invalid lock reduce_only {reduce_only!r}; write true or false{_unquoted(reduce_only)}")
+        return (_lock_until(value.get("until", "session_end")), reduce_only)
+    raise ValueError(f"invalid lock {value!r}; {_LOCK_HINT}")
+
+
+def _alert_text(value: Any) -> str:
+    if isinstance(value, str) and value.strip() and len(value) <= 500:
+        return value.strip()
+    if isinstance(value, str) and value.strip():
+        raise ValueError(f"alert text of {len(value)} characters; keep it to 500 at most")
+    raise ValueError(f"invalid alert {value!r}; write the text to send, e.g. alert: \"down $700: $300 from the daily limit\"")
+
+
 def _name(value: Any) -> str:
     if isinstance(value, str) and re.fullmatch(NAME, value):
         return value
@@ -227,6 +274,13 @@ DrawdownLimit = Annotated[Any, PlainValidator(_drawdown_limit), WithJsonSchema({
                                                                                           _PERCENT_SCHEMA]})]
 Flag = Annotated[bool, PlainValidator(_flag), WithJsonSchema({"type": "boolean"})]
 TrueOnly = Annotated[bool, PlainValidator(_true_only), WithJsonSchema({"const": True})]
+_LOCK_END_SCHEMA = {"anyOf": [{"enum": list(LOCK_ENDS)}, {"type": "string", "pattern": _DURATION.pattern}]}
+LockValue = Annotated[Any, PlainValidator(lock_terms), WithJsonSchema({"anyOf": [
+    {"type": "boolean"}, _LOCK_END_SCHEMA,
+    {"type": "object", "additionalProperties": False,
+     "properties": {"until": _LOCK_END_SCHEMA, "reduce_only": {"type": "boolean"}}},
+]})]
+AlertText = Annotated[str, PlainValidator(_alert_text), WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 500})]
 Name = Annotated[str, PlainValidator(_name), WithJsonSchema({"type": "string", "pattern": NAME})]
 Window = Annotated[
     tuple[time, time],

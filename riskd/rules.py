@@ -25,12 +25,14 @@ from riskd.errors import ConfigError, Problem
 from riskd.fields import (
     NAME,
     Accounts,
+    AlertText,
     CloseAmount,
     Cross,
     Days,
     Duration,
     Flag,
     Instruments,
+    LockValue,
     Name,
     PositiveContracts,
     RuleModel,
@@ -39,6 +41,7 @@ from riskd.fields import (
     Zone,
     close_amount,
     lenient,
+    lock_terms,
 )
 from riskd.model import Action, Rule
 
@@ -48,7 +51,7 @@ from riskd.model import Action, Rule
 
 CONDITION_KEYS = ("at", *REGISTRY)  # `at` is an event, not a condition: it sets when a rule is evaluated
 CLOCK_KEYS = ("at", "between", "outside")
-ACTION_KEYS = ("close", "reduce_to", "flatten")
+ACTION_KEYS = ("close", "reduce_to", "flatten", "alert")
 
 
 class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.conditions.REGISTRY
@@ -101,7 +104,7 @@ else:
 
 
 class Then(RuleModel):
-    """The action: exactly one of close, reduce_to, flatten; plus cancel_orders and lock."""
+    """The action: exactly one of close, reduce_to, flatten, alert; plus cancel_orders and lock."""
 
     expected: ClassVar[str] = "a mapping with one action such as {close: all}"
     model_config = ConfigDict(json_schema_extra={
@@ -116,8 +119,10 @@ class Then(RuleModel):
     close: CloseAmount | None = Field(None, description="per matched position: all, N% (rounded up by the API) or N contracts")
     reduce_to: PositiveContracts | None = Field(None, description="per matched position larger than N: close the excess")
     flatten: TrueOnly | None = Field(None, description="flatten the account (positions and working orders), or each matched instrument")
+    alert: AlertText | None = Field(None, description="send no request: audit and notify this text (every notify target)")
     cancel_orders: Flag = Field(False, description="after a close, also cancel the instrument's working orders")
-    lock: Flag = Field(False, description="for the rest of the session, close any position that opens in scope")
+    lock: LockValue = Field(False, description="true (until the session ends), a duration (30m), session_end, week_end, or "
+                                               "{until, reduce_only}: close any position that opens (or, reduce_only, grows) in scope")
 
     @classmethod
     def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
@@ -125,13 +130,17 @@ class Then(RuleModel):
         chosen = [k for k in ACTION_KEYS if k in raw]
         if len(chosen) > 1 or (not chosen and not misspelt):
             found = f" (found {', '.join(chosen)})" if chosen else ""
-            problems.append(((), f"give exactly one of 'close', 'reduce_to' or 'flatten'{found}"))
+            problems.append(((), f"give exactly one of 'close', 'reduce_to', 'flatten' or 'alert'{found}"))
         if raw.get("cancel_orders") is True and "flatten" in raw:
             problems.append((("cancel_orders",), "'flatten' already cancels working orders; remove 'cancel_orders'"))
-        if raw.get("lock") is True and len(chosen) == 1:
+        if raw.get("cancel_orders") is True and "alert" in raw:
+            problems.append((("cancel_orders",), "'alert' sends no request; remove 'cancel_orders'"))
+        terms = lenient(lock_terms, raw.get("lock", False))
+        if terms is not None and not terms[1] and len(chosen) == 1:
             closes_all = chosen == ["flatten"] or (chosen == ["close"] and lenient(close_amount, raw["close"]) in ("all", None))
             if not closes_all:
-                problems.append((("lock",), "'lock' needs 'flatten: true' or 'close: all' (a lock keeps the scope flat)"))
+                problems.append((("lock",), "'lock' needs 'flatten: true' or 'close: all' (a lock keeps the scope flat); "
+                                            "or write lock: {until: ..., reduce_only: true} to only stop positions growing"))
         return problems
 
 
@@ -272,12 +281,16 @@ def _field_of(doc: yamldoc.Document, loc: tuple[Any, ...]) -> tuple[str | None, 
 
 def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: str) -> Rule:
     when, then = spec.when, spec.then
+    until, reduce_only = then.lock or ("session_end", False)
+    locking: dict[str, Any] = {"lock": bool(then.lock), "lock_until": until, "reduce_only": reduce_only}
     if then.close is not None:
-        action = Action("close", then.close, then.cancel_orders, then.lock)
+        action = Action("close", then.close, then.cancel_orders, **locking)
     elif then.reduce_to is not None:
-        action = Action("reduce_to", then.reduce_to, then.cancel_orders, then.lock)
+        action = Action("reduce_to", then.reduce_to, then.cancel_orders, **locking)
+    elif then.alert is not None:
+        action = Action("alert", then.alert, False, **locking)
     else:
-        action = Action("flatten", None, False, then.lock)
+        action = Action("flatten", None, False, **locking)
     conditions = tuple(
         (key, getattr(when, key)) for key in CONDITION_KEYS if key != "at" and getattr(when, key) is not None
     )

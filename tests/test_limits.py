@@ -1,0 +1,211 @@
+"""Profit floors, alerts and timed locks in the pure engine, the rule checks that refuse
+contradictory combinations, and properties of their state (hypothesis):
+
+- a profit floor never fires before its trigger was reached, and never twice without re-arming;
+- a reduce-only lock never lets a position end a tick above its allowance without a close of
+  exactly the excess, never sends that close twice, and its allowance never rises;
+- a timed lock is enforced strictly before its end and never after, across session boundaries;
+- the week starts at the first session_start on or after Sunday.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta, timezone
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rulekit import MORNING, NY, Harness, acct, bodies, fires, ny, policy, pos, rule, seconds
+
+from riskd.errors import ConfigError
+from riskd.schedule import session_end, week_bounds
+
+PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        policy(text)
+    return [str(p) for p in exc.value.problems]
+
+
+# ---------------------------------------------------------------------------------------------
+# `riskd check`: contradictory combinations, located.
+
+
+@pytest.mark.parametrize("when, then, expected", [
+    ("account_pnl: {below: 900, once_above: 800}", "flatten: true",
+     "<rules>:3:50: rule r: when.account_pnl.once_above: the floor (900) must be below the trigger (800), or the rule fires the "
+     "moment it arms; raise once_above or lower below"),
+    ("account_pnl: {above: 900, once_above: 800}", "flatten: true",
+     "<rules>:3:50: rule r: when.account_pnl.once_above: 'once_above' arms a floor: use it with 'below' "
+     "(e.g. {below: 400, once_above: 800}), not 'above'"),
+    ("account_pnl: {below: 400, once_above: 800, basis: realized}", "flatten: true",
+     "<rules>:3:50: rule r: when.account_pnl.once_above: 'once_above' is measured on the session P&L peak (realized + unrealized, "
+     "before commission); remove basis/net_of_commission, or once_above"),
+    ("account_pnl: {below: -700}", "alert: careful, cancel_orders: true",
+     "<rules>:4:43: rule r: then.cancel_orders: 'alert' sends no request; remove 'cancel_orders'"),
+    ("account_pnl: {below: -700}", "alert: careful, lock: 30m",
+     "<rules>:4:34: rule r: then.lock: 'lock' needs 'flatten: true' or 'close: all' (a lock keeps the scope flat); or write "
+     "lock: {until: ..., reduce_only: true} to only stop positions growing"),
+    ("account_pnl: {below: -700}", "flatten: true, lock: {until: 30x}",
+     "<rules>:4:33: rule r: then.lock: invalid lock end '30x'; write true (until the session ends), a duration such as 30m, "
+     "session_end, week_end, or {until: 30m, reduce_only: true}"),
+    ("account_pnl: {below: -700}", "flatten: true, lock: {until: 1h, reduce_onyl: true}",
+     "<rules>:4:33: rule r: then.lock: unknown key 'reduce_onyl' in lock; did you mean 'reduce_only'?"),
+    ("account_pnl: {below: -700}", "alert: ''",
+     "<rules>:4:19: rule r: then.alert: invalid alert ''; write the text to send, e.g. alert: \"down $700: $300 from the daily limit\""),
+    ("account_pnl: {below: -700}", "alert: hi, flatten: true",
+     "<rules>:4:11: rule r: then: give exactly one of 'close', 'reduce_to', 'flatten' or 'alert' (found flatten, alert)"),
+])
+def test_check_refuses_contradictions_with_located_messages(when, then, expected):
+    assert expected in _problems(rule("r", when, then))
+
+
+def test_lock_forms_parse_to_their_end_and_reduce_only():
+    rules = policy(rule("a", "account_pnl: {below: -1}", "flatten: true, lock: true")
+                   + rule("b", "account_pnl: {below: -1}", "flatten: true, lock: week_end")
+                   + rule("c", "account_pnl: {below: -1}", "close: all, lock: 30m")
+                   + rule("d", "account_pnl: {below: -1}", "reduce_to: 2, lock: {until: 2h, reduce_only: true}"))
+    assert [(r.action.lock, r.action.lock_until, r.action.reduce_only) for r in rules] == [
+        (True, "session_end", False), (True, "week_end", False), (True, timedelta(minutes=30), False), (True, timedelta(hours=2), True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Behaviour.
+
+
+FLOOR = rule("floor", "account_pnl: {below: 400, once_above: 800}", "flatten: true")
+
+
+def test_profit_floor_is_inactive_until_the_trigger_then_fires_below_the_floor():
+    h = Harness(FLOOR)
+    assert fires(h.tick(MORNING, acct(realized=300))) == []  # below 400 but never up 800: not armed
+    row = h.explain(MORNING, acct(realized=300))[0]["conditions"][0]
+    assert row["distance"] == "inactive until the session P&L reaches 800.00 ($500.00 to go)"
+    h.tick(MORNING + seconds(1), acct(realized=850))
+    row = h.explain(MORNING + seconds(2), acct(realized=500))[0]["conditions"][0]
+    assert row["threshold"] == "below 400.00 once the peak reached 800.00 (peak 850.00)" and row["distance"] == "$100.00 to go"
+    assert fires(h.tick(MORNING + seconds(3), acct(realized=399))) == [("floor", "Sim101", None)]
+    assert h.history[-1][1].inputs["peak"] == 850.0
+
+
+def test_profit_floor_rearms_with_the_next_session():
+    h = Harness(FLOOR)
+    h.tick(ny(2026, 11, 27, 10), acct(realized=900))
+    assert fires(h.tick(ny(2026, 11, 27, 19), acct(realized=300))) == []  # the new session has no peak yet
+
+
+def test_alert_fires_on_the_edge_with_no_orders_beside_a_flatten():
+    h = Harness(rule("warn", "account_pnl: {below: -700}", "alert: 'down $700'") + rule("limit", "account_pnl: {below: -1000}", "flatten: true"))
+    first = h.tick(MORNING, acct("Sim101", pos(pnl=-750)))
+    assert [(d.rule, d.action, d.orders, d.reason) for d in first] == [("warn", "alert", (), "down $700")]
+    assert h.tick(MORNING + seconds(1), acct("Sim101", pos(pnl=-800))) == []  # edge-triggered
+    both = h.tick(MORNING + seconds(2), acct("Sim101", pos(pnl=-1100)))
+    assert [(d.kind, d.rule) for d in both] == [("fire", "limit")]  # the alert is not re-sent, not superseding
+    h.tick(MORNING + seconds(3), acct("Sim101", pos(pnl=-100)))  # seen false: re-armed
+    assert fires(h.tick(MORNING + seconds(4), acct("Sim101", pos(pnl=-710)))) == [("warn", "Sim101", None)]
+
+
+def test_lock_shows_in_the_explanation_with_its_end():
+    h = Harness(rule("cool", "account_pnl: {below: -500}", "flatten: true, lock: 30m"))
+    h.tick(MORNING, acct("Sim101", pos(pnl=-600)))
+    row = [c for c in h.explain(MORNING + seconds(60), acct())[0]["conditions"] if c["name"] == "lock"][0]
+    assert row["threshold"] == "until 2026-11-27T15:30:00+00:00" and row["distance"] == "ends in 29m00s"
+
+
+def test_week_starts_at_the_first_session_start_on_or_after_sunday():
+    assert week_bounds(ny(2026, 11, 25, 10), NY, time(18)) == (ny(2026, 11, 22, 18), ny(2026, 11, 29, 18))
+    assert week_bounds(ny(2026, 11, 29, 17, 59), NY, time(18))[1] == ny(2026, 11, 29, 18)
+    assert week_bounds(ny(2026, 11, 29, 18), NY, time(18))[0] == ny(2026, 11, 29, 18)  # the boundary belongs to the new week
+    assert week_bounds(ny(2026, 3, 8, 19), NY, time(18))[0] == ny(2026, 3, 8, 18)  # DST-change Sunday
+    assert session_end(ny(2026, 11, 27, 17, 59), NY, time(18)) == ny(2026, 11, 27, 18)
+    assert session_end(ny(2026, 11, 27, 18), NY, time(18)) == ny(2026, 11, 28, 18)
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties.
+
+
+@PROPERTY
+@given(st.lists(st.sampled_from([-200.0, 100.0, 390.0, 420.0, 790.0, 810.0, 1200.0]), min_size=1, max_size=30))
+def test_property_profit_floor_fires_only_after_the_trigger_and_never_twice_without_rearming(pnls):
+    h = Harness(FLOOR)
+    peak, armed_edge = 0.0, True
+    for i, pnl in enumerate(pnls):
+        peak = max(peak, pnl)
+        fired = fires(h.tick(MORNING + seconds(i), acct(realized=pnl)))
+        holds = peak >= 800 and pnl < 400
+        assert bool(fired) == (holds and armed_edge)
+        armed_edge = not holds
+
+
+# one tick: the position's quantity (0: flat) and whether the API applies what riskd sends
+lock_tick = st.tuples(st.integers(0, 8), st.booleans())
+
+
+@PROPERTY
+@given(st.integers(1, 6), st.lists(lock_tick, min_size=1, max_size=25))
+def test_property_reduce_only_lock_closes_exactly_the_excess_once_and_never_raises_the_allowance(start, ticks):
+    h = Harness(rule("ro", "account_pnl: {below: -100}", "alert: stop adding, lock: {until: week_end, reduce_only: true}"))
+    h.tick(MORNING, acct("Sim101", pos(quantity=start), realized=-200))
+    key = next(iter(h.state.lock_terms))
+    allowed = h.state.lock_terms[key]["sizes"]["sim101|MES 12-26|Long"]
+    assert allowed == start
+    last: int | None = start  # the quantity riskd remembers for the position (forgotten after two snapshots without it)
+    absent = 0
+    acted_on: set[str] = set()
+    for i, (qty, applied) in enumerate(ticks, 1):
+        held = qty
+        if qty:
+            confirmed = last if last is not None and qty > 2 * last else qty  # one implausible jump never sizes a close
+            last, absent = qty, 0
+        else:
+            confirmed, absent = 0, absent + 1
+            last = None if absent >= 2 else last
+        decisions = h.tick(MORNING + seconds(i), acct("Sim101", pos(quantity=held), realized=-200) if held else acct(realized=-200), ack=applied)
+        sizes = h.state.lock_terms[key].get("sizes", {})
+        now_allowed = sizes.get("sim101|MES 12-26|Long", 0)
+        assert now_allowed <= allowed  # never rises
+        for d in decisions:
+            if d.kind == "fire":
+                assert d.key not in acted_on  # an acknowledged close is never sent again
+                assert confirmed > allowed
+                assert bodies([d]) in ([("close", {"instrument": "MES 12-26", "quantity": confirmed - allowed})],
+                                       [("flatten", {"instrument": "MES 12-26"})])
+                if applied:
+                    acted_on.add(d.key)
+        if not any(d.kind == "fire" for d in decisions) and confirmed > allowed:
+            # only an acknowledged close waiting to show, for the same position identity, may leave an excess
+            assert any(k in h.state.fired for k in acted_on)
+        if (qty and confirmed <= allowed) or last is None:
+            acted_on.clear()  # back within the allowance, or gone for good: a new increase is a new firing
+        allowed = now_allowed
+
+
+@PROPERTY
+@given(st.integers(1, 600), st.lists(st.integers(0, 900), min_size=1, max_size=12))
+def test_property_a_timed_lock_is_enforced_strictly_before_its_end_and_never_after(minutes, offsets):
+    h = Harness(rule("cool", "account_pnl: {below: -500}", f"flatten: true, lock: {minutes}m"))
+    set_at = ny(2026, 11, 25, 10)  # a Wednesday: the lock may cross one or more session boundaries
+    h.tick(set_at, acct(realized=-600))
+    for offset in sorted(set(offsets)):
+        now = set_at + timedelta(minutes=offset, seconds=30)
+        decisions = h.tick(now, acct("Sim101", pos(quantity=1), realized=0))
+        locked = [d for d in decisions if d.reason == "position opened while the account is locked"]
+        assert bool(locked) == (now < set_at + timedelta(minutes=minutes))
+        if now >= set_at + timedelta(minutes=minutes):
+            assert h.state.locks == {} and h.state.lock_terms == {}
+        h.tick(now + seconds(1), acct(realized=0))  # the trader is flat again (two snapshots): the next entry is a new position
+        h.tick(now + seconds(2), acct(realized=0))
+
+
+def test_lock_end_is_a_utc_instant_after_a_restart_of_the_state():
+    from riskd.engine import State
+
+    h = Harness(rule("wk", "account_pnl: {below: -500}", "flatten: true, lock: week_end"))
+    h.tick(MORNING, acct(realized=-600))
+    restored = State.from_json(h.state.to_json())
+    assert restored.lock_terms == h.state.lock_terms
+    assert datetime.fromisoformat(restored.lock_terms["wk|sim101"]["until"]) == ny(2026, 11, 29, 18)
+    assert datetime.fromisoformat(restored.lock_terms["wk|sim101"]["until"]).tzinfo == timezone.utc

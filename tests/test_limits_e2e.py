@@ -1,0 +1,134 @@
+"""Profit floors, alerts and timed locks end to end: rule files through the in-process ticker
+against the simulator over real HTTP on 127.0.0.1, on one simulated clock (tests/harness.py).
+
+- a profit floor arms at +$800, survives a restart, warns with an alert (notified on every
+  channel, no request sent) and flattens once below $400, exactly once;
+- a 30-minute cooldown lock flattens a re-entry, outlives nothing it should not: after 30 minutes a
+  re-entry stays open;
+- a reduce-only lock until week_end closes back an increase by the excess, follows a reduction
+  down, outlives the session boundary and a restart, and ends at Sunday's session start.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from harness import Rig, one_position
+from test_notify import WebhookServer, target
+
+from riskd.notify import Notifier, Webhook
+
+# MES: $5 a point; 4 contracts long at 6000
+FLOOR_RULES = [
+    {"name": "keep-400", "when": {"account_pnl": {"below": 400, "once_above": 800}}, "then": {"flatten": True}},
+    {"name": "giving-back", "when": {"account_pnl": {"below": 600, "once_above": 800}}, "then": {"alert": "giving back the day's gain"}},
+]
+
+
+def _wait(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert predicate()
+
+
+def test_profit_floor_arms_survives_a_restart_alerts_every_channel_then_flattens_once(tmp_path, token):
+    rig = Rig(tmp_path, token, one_position(quantity=4), FLOOR_RULES)
+    stale_only = WebhookServer()  # a channel configured for `stale` only still gets the alert
+    notifier = Notifier([Webhook(target("ops", events=("stale",)), stale_only.url, "h")])
+    try:
+        rig.tick_at(0)
+        rig.sim.set_price("MES 12-26", 6030.0)  # +$600: not armed, below 600 would be no alert yet either
+        rig.tick_at(1)
+        assert rig.events("fired") == []
+        rig.sim.set_price("MES 12-26", 6041.0)  # +$820: both floors arm
+        rig.tick_at(2)
+        rig.stop_riskd()  # the armed floor is in the state store
+        rig.start_riskd()
+        rig.audit.observers.append(notifier.on_audit)
+        rig.sim.set_price("MES 12-26", 6028.0)  # +$560: the warning
+        rig.tick_at(3)
+        rig.tick_at(4)
+        alerts = rig.events("fired", rule="giving-back")
+        assert len(alerts) == 1 and alerts[0]["action"] == "alert" and alerts[0]["reason"] == "giving back the day's gain"
+        assert alerts[0]["inputs"]["peak"] == 820.0 and alerts[0]["inputs"]["armed"] is True
+        assert alerts[0]["orders"] == [] and rig.posts() == [] and rig.events("action") == []  # no request
+        _wait(lambda: stale_only.json_bodies())
+        sent = [e for b in stale_only.json_bodies() for e in b["events"]]
+        assert [e["class"] for e in sent] == ["alert"] and "giving back the day's gain" in sent[0]["text"]
+
+        rig.sim.set_price("MES 12-26", 6019.0)  # +$380: below the floor
+        for t in (5, 6, 7):
+            rig.tick_at(t)
+        assert [r.path for r in rig.posts(applied=True)] == ["/v1/api/accounts/Sim101/positions/flatten"]
+        assert rig.quantities() == {}
+        floor = rig.events("fired", rule="keep-400")
+        assert len(floor) == 1 and floor[0]["inputs"]["account_pnl"] == 380.0
+        assert floor[0]["threshold"]["account_pnl"]["once_above"] == 800.0
+    finally:
+        notifier.close(1)
+        stale_only.close()
+        rig.close()
+
+
+COOLDOWN = [{"name": "mes-stop", "instruments": "MES", "when": {"position_pnl": {"below": -100}},
+             "then": {"close": "all", "lock": "30m"}}]
+
+
+def test_cooldown_lock_flattens_a_reentry_for_30_minutes_then_lets_it_stay(tmp_path, token):
+    rig = Rig(tmp_path, token, one_position(quantity=2), COOLDOWN)
+    try:
+        rig.tick_at(0)
+        rig.sim.set_price("MES 12-26", 5985.0)  # -$150 on 2 lots
+        rig.tick_at(1)
+        assert rig.quantities() == {}
+        rig.sim.open_position("Sim101", "MES 12-26", "long", 1)  # revenge trade 10 minutes later: closed
+        rig.tick_at(600)
+        assert rig.quantities() == {}
+        reentry = rig.events("fired", reason="position opened while the account is locked")
+        assert len(reentry) == 1 and reentry[0]["inputs"]["locked_until"].startswith("2026-03-10T14:30:01")
+        rig.sim.open_position("Sim101", "MES 12-26", "long", 1)  # after the cooldown: it stays
+        rig.tick_at(1802)
+        rig.tick_at(1803)
+        assert rig.quantities() == {("Sim101", "MES 12-26"): 1}
+        assert len(rig.posts(applied=True)) == 2  # the stop and the one re-entry
+    finally:
+        rig.close()
+
+
+REDUCE_ONLY = [{"name": "no-adding", "when": {"account_pnl": {"below": -100}},
+                "then": {"alert": "down $100: reduce only until the week ends", "lock": {"until": "week_end", "reduce_only": True}}}]
+
+
+def test_reduce_only_lock_closes_back_increases_follows_reductions_and_ends_with_the_week(tmp_path, token):
+    rig = Rig(tmp_path, token, one_position(quantity=4, market=5994.0), REDUCE_ONLY)  # -$120: fires at once
+    try:
+        rig.tick_at(0)
+        assert rig.events("fired", rule="no-adding")[0]["inputs"]["reduce_only"] is True and rig.posts() == []
+        rig.sim.open_position("Sim101", "MES 12-26", "long", 2)  # adds 2: closed back to 4
+        rig.tick_at(1)
+        closes = rig.posts("/positions/close", applied=True)
+        assert [c.body for c in closes] == [{"instrument": "MES 12-26", "quantity": 2}]
+        assert rig.quantities() == {("Sim101", "MES 12-26"): 4}
+        rig.sim.open_position("Sim101", "MES 12-26", "short", 3)  # the trader takes 3 off: allowed
+        rig.tick_at(2)
+        rig.tick_at(3)  # two snapshots agree: the lock now allows 1
+        rig.stop_riskd()
+        rig.start_riskd()
+        rig.clock.advance_to(9 * 3600)  # past 18:00 New York: a new session, the lock runs on
+        rig.sim.open_position("Sim101", "MES 12-26", "long", 1)
+        rig.tick()
+        closes = rig.posts("/positions/close", applied=True)
+        assert [c.body for c in closes][1:] == [{"instrument": "MES 12-26", "quantity": 1}]
+        assert rig.quantities() == {("Sim101", "MES 12-26"): 1}
+
+        sunday_open = datetime(2026, 3, 15, 22, 0, tzinfo=timezone.utc)  # Sunday 18:00 New York (EDT)
+        rig.clock.advance_to((sunday_open - rig.clock.start).total_seconds() + 1)
+        rig.sim.open_position("Sim101", "MES 12-26", "long", 3)
+        rig.tick()
+        rig.tick_at((sunday_open - rig.clock.start).total_seconds() + 2)
+        assert rig.quantities() == {("Sim101", "MES 12-26"): 4}  # the week ended: nothing closed
+        assert len(rig.posts(applied=True)) == 2
+    finally:
+        rig.close()
