@@ -2,7 +2,8 @@
 
 An entry is the whole condition: its name (the YAML key under `when`), its spec (the type its
 value is validated as: a model below or a riskd.fields type), its scope (`position`: evaluated per
-matched position; `account`: per account; `clock`: the same for every target), the pure check
+matched position; `account`: per account; `group`: per account, over its positions in the rule's
+scope, which the engine passes as the account's positions; `clock`: the same for every target), the pure check
 (spec, target) -> (holds, inputs seen), and the explanation `riskd once` prints (the value seen, the
 threshold, how far it is from holding). riskd.rules builds `when` from this registry, so adding a
 condition is one `Condition(...)` here (with its spec model if it needs a new one) and its tests.
@@ -18,9 +19,10 @@ from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 from pydantic import ConfigDict, Field
 
-from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Window, _money, lenient
+from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Weight, Window, _money, lenient
 from riskd.model import Account, Position
 from riskd.schedule import format_span, in_window, wall_occurrences
+from riskd.sizes import MICRO_WEIGHT, by_root, weighted
 
 
 class Target(NamedTuple):
@@ -36,7 +38,7 @@ class Target(NamedTuple):
 
 
 Seen = dict[str, Any]
-Scope = Literal["position", "account", "clock"]
+Scope = Literal["position", "account", "group", "clock"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +234,39 @@ def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> 
     return row
 
 
+# ---------------------------------------------------------------------------------------------
+# Size across positions (scope `group`: the target's account holds only the positions in the rule's scope).
+
+
+class GroupSize(RuleModel):
+    expected: ClassVar[str] = "a cap such as {above: 5}"
+    above: Contracts = Field(description="holds when larger than this, in full-size contracts (micros weighed)")
+    micro_weight: Weight | None = Field(None, description=f"what one micro counts as (default {MICRO_WEIGHT} of its "
+                                                                      "full-size contract, see rules/README.md)")
+
+
+def _instrument_size(spec: Any, t: Target) -> tuple[bool, Seen]:
+    sizes = {root: weighted(ps, spec.micro_weight) for root, ps in by_root(t.account.positions, spec.micro_weight).items()}
+    root = max(sizes, key=lambda r: (sizes[r], r), default=None)
+    largest = sizes[root] if root is not None else 0.0
+    return largest > spec.above, {"instrument_size": largest, "root": root, "sizes": sizes}
+
+
+def _account_size(spec: Any, t: Target) -> tuple[bool, Seen]:
+    size = weighted(t.account.positions, spec.micro_weight)
+    return size > spec.above, {"account_size": size}
+
+
+def _explain_size(name: str) -> Callable[[Any, Target, bool, Seen], dict[str, Any]]:
+    def explain(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
+        value = seen[name]
+        where = f", {seen['root']} and its micros" if seen.get("root") else ""
+        return {"seen": value, "threshold": f"above {spec.above} full-size contract(s){where}",
+                "distance": "holds" if holds else f"{round(spec.above - value, 6):g} contract(s) to go (more than that)"}
+
+    return explain
+
+
 REGISTRY: dict[str, Condition] = {c.name: c for c in (
     Condition("between", Window, "local time is inside the window [start, end); may wrap midnight",
               "clock", _between, _explain_window("between")),
@@ -247,4 +282,8 @@ REGISTRY: dict[str, Condition] = {c.name: c for c in (
               "account", _account_pnl, _explain_account_pnl),
     Condition("account_drawdown", Drawdown, "giveback from the session P&L peak",
               "account", _account_drawdown, _explain_account_drawdown),
+    Condition("instrument_size", GroupSize, "per root, every contract month together, micros weighed against minis",
+              "group", _instrument_size, _explain_size("instrument_size")),
+    Condition("account_size", GroupSize, "all positions in scope together, micros weighed against minis",
+              "group", _account_size, _explain_size("account_size")),
 )}

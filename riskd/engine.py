@@ -36,6 +36,7 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Iterable
 
+from riskd import sizes
 from riskd.conditions import REGISTRY, Target
 from riskd.keys import FiringKey, LockKey, OccurrenceKey, PositionKey, TargetKey, rule_of
 from riskd.model import Account, Decision, Order, Position, Rule, Severity, Snapshot
@@ -326,6 +327,7 @@ class _Tick:
         self._pkey_of: dict[int, str] = {}
         self._seen_of: dict[int, datetime] = {}
         self._target_of_id: dict[int, TargetKey] = {}
+        self._scoped_of: dict[tuple[int, tuple[str, ...]], Account] = {}
         for account in snapshot.accounts:
             for pos in self._targets_of[id(account)]:
                 key = _position_key(account.name, pos)
@@ -367,7 +369,7 @@ class _Tick:
         inputs.setdefault("account_pnl", account.pnl())
         if rule.action.kind == "alert":
             extra.setdefault("reason", rule.action.amount)
-        orders = orders_for(rule, account, position) if kind == "fire" else ()
+        orders = (self.group_orders(rule, account) if rule.grouped else orders_for(rule, account, position)) if kind == "fire" else ()
         if kind == "fire" and rule.action.lock:
             terms = self.lock_terms_for(rule, account, orders)
             extra["lock_terms"] = terms
@@ -413,8 +415,44 @@ class _Tick:
                 for pos in self._targets_of[id(account)]:
                     if _instrument_matches(instruments, pos.instrument):
                         yield account, pos
+            elif rule.grouped:
+                yield self._scoped(account, instruments), None
             else:
                 yield account, None
+
+    def _scoped(self, account: Account, instruments: tuple[str, ...]) -> Account:
+        """The account as a `group` condition sees it: only its positions in the rule's scope, as
+        confirmed across snapshots (kept for the tick, so the per-tick caches keyed by id() hold)."""
+        key = (id(account), instruments)
+        scoped = self._scoped_of.get(key)
+        if scoped is None:
+            positions = tuple(p for p in self._targets_of[id(account)] if _instrument_matches(instruments, p.instrument))
+            scoped = self._scoped_of[key] = replace(account, positions=positions)
+            self._targets_of[id(scoped)] = positions
+            self._peak_of[id(scoped)] = self._peak_of.get(id(account), self.peaks.get(account.name.lower(), 0.0))
+        return scoped
+
+    def group_orders(self, rule: Rule, account: Account) -> tuple[Order, ...]:
+        """The orders of a rule with a `group` condition: its action on every group over the cap
+        (reduce_to: the excess, newest positions first; close: all and flatten: each position)."""
+        name, spec = next((n, s) for n, s in rule.conditions if REGISTRY[n].scope == "group")
+        weight, action = spec.micro_weight, rule.action
+        if action.kind == "alert":
+            return ()
+        groups = [list(account.positions)] if name == "account_size" else list(sizes.by_root(account.positions, weight).values())
+        over = [g for g in groups if sizes.weighted(g, weight) > spec.above]
+        if action.kind == "flatten" and name == "account_size" and rule.instruments == ("*",):
+            return (Order("flatten", account.name),)
+        orders: list[Order] = []
+        for group in over:
+            if action.kind == "reduce_to":
+                seen = [(p, self._seen_of[id(p)]) for p in group]  # confirmed positions: each has its first-seen time
+                orders += [Order("close", account.name, p.instrument, quantity=n) for p, n in sizes.excess(seen, action.amount, weight)]
+            else:
+                orders += [Order("flatten" if action.kind == "flatten" else "close", account.name, p.instrument) for p in group]
+        if action.cancel_orders:
+            orders += [Order("cancel_orders", account.name, inst) for inst in dict.fromkeys(o.instrument for o in orders if o.instrument)]
+        return tuple(orders)
 
     def run(self, rule: Rule) -> None:
         """Evaluate one rule; a rule that raises is reported (`rule_failed`) and keeps its state as it

@@ -166,6 +166,13 @@ def _drawdown_limit(value: Any) -> Any:
     raise ValueError(f"invalid drawdown limit {value!r}; write dollars such as 300, or a share of the peak such as \"95%\"")
 
 
+def _weight(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise ValueError(f"invalid micro weight {value!r}; write what one micro counts as against its full-size contract, "
+                     "more than 0 and at most 1, such as 0.1")
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -272,6 +279,7 @@ CloseAmount = Annotated[
 ]
 DrawdownLimit = Annotated[Any, PlainValidator(_drawdown_limit), WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                                                                           _PERCENT_SCHEMA]})]
+Weight = Annotated[float, PlainValidator(_weight), WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1})]
 Flag = Annotated[bool, PlainValidator(_flag), WithJsonSchema({"type": "boolean"})]
 TrueOnly = Annotated[bool, PlainValidator(_true_only), WithJsonSchema({"const": True})]
 _LOCK_END_SCHEMA = {"anyOf": [{"enum": list(LOCK_ENDS)}, {"type": "string", "pattern": _DURATION.pattern}]}

@@ -229,7 +229,8 @@ class Rule:
     dry_run: bool = False
     digest: str = ""
     position_scoped: bool = False  # a condition of the rule is evaluated per position (riskd.conditions scope)
+    grouped: bool = False  # a condition counts across positions (scope `group`): per account, its action sized on the group
 
     @property
     def per_position(self) -> bool:
-        return self.action.per_position or self.position_scoped
+        return (self.action.per_position and not self.grouped) or self.position_scoped

@@ -52,6 +52,8 @@ from riskd.model import Action, Rule
 CONDITION_KEYS = ("at", *REGISTRY)  # `at` is an event, not a condition: it sets when a rule is evaluated
 CLOCK_KEYS = ("at", "between", "outside")
 ACTION_KEYS = ("close", "reduce_to", "flatten", "alert")
+GROUP_KEYS = tuple(c.name for c in REGISTRY.values() if c.scope == "group")
+POSITION_KEYS = tuple(c.name for c in REGISTRY.values() if c.scope == "position")
 
 
 class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.conditions.REGISTRY
@@ -85,6 +87,13 @@ class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.
                     problems.append(((key,), f"'{key}' applies only with 'at', 'between' or 'outside'; add one or remove '{key}'"))
         if "for" in raw and "at" in raw:
             problems.append((("for",), "'for' cannot be used with 'at' (an instant has no duration); remove 'for'"))
+        grouped = [k for k in GROUP_KEYS if k in raw]
+        if len(grouped) > 1:
+            problems.append(((grouped[1],), f"give one of {' or '.join(repr(k) for k in GROUP_KEYS)} per rule (write two rules)"))
+        per_position = [k for k in POSITION_KEYS if k in raw]
+        if grouped and per_position:
+            problems.append(((grouped[0],), f"'{grouped[0]}' counts across positions and '{per_position[0]}' looks at one; "
+                                            "write them as two rules"))
         return problems
 
 
@@ -154,6 +163,24 @@ class RuleSpec(RuleModel):
     then: Then = Field(description="the action: exactly one of close, reduce_to, flatten")
     enabled: Flag = Field(True, description="false switches the rule off")
     dry_run: Flag = Field(False, description="decide and audit, but send nothing")
+
+    @classmethod
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
+        when, then = raw.get("when"), raw.get("then")
+        if not (isinstance(when, dict) and isinstance(then, dict)):
+            return []
+        grouped = next((k for k in GROUP_KEYS if isinstance(when.get(k), dict)), None)
+        if grouped is None:
+            return []
+        problems: Cross = []
+        if "close" in then and lenient(close_amount, then["close"]) not in ("all", None):
+            problems.append((("then", "close"), f"with '{grouped}' write reduce_to: N (the excess, newest positions first), "
+                                                "close: all or flatten: true; a share or a count per position has no single meaning"))
+        cap, keep = when[grouped].get("above"), then.get("reduce_to")
+        if isinstance(cap, int) and isinstance(keep, int) and not isinstance(keep, bool) and keep > cap:
+            problems.append((("then", "reduce_to"), f"reduce_to {keep} keeps more than the {grouped} cap of {cap}: "
+                                                    f"nothing would be closed; write reduce_to: {cap} or less"))
+        return problems
 
 
 class RuleFile(RuleModel):
@@ -310,4 +337,5 @@ def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: s
         dry_run=spec.dry_run,
         digest=digest,
         position_scoped=any(REGISTRY[name].scope == "position" for name, _ in conditions),
+        grouped=any(REGISTRY[name].scope == "group" for name, _ in conditions),
     )

@@ -20,7 +20,7 @@ from rulekit import MORNING, NY, Harness, acct, bodies, fires, ny, policy, pos, 
 from riskd.errors import ConfigError
 from riskd.schedule import session_end, week_bounds
 
-PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _problems(text: str) -> list[str]:
@@ -209,3 +209,85 @@ def test_lock_end_is_a_utc_instant_after_a_restart_of_the_state():
     assert restored.lock_terms == h.state.lock_terms
     assert datetime.fromisoformat(restored.lock_terms["wk|sim101"]["until"]) == ny(2026, 11, 29, 18)
     assert datetime.fromisoformat(restored.lock_terms["wk|sim101"]["until"]).tzinfo == timezone.utc
+
+
+# ---------------------------------------------------------------------------------------------
+# Size across positions.
+
+
+def test_size_checks_refuse_contradictions_with_located_messages():
+    assert _problems(rule("r", "instrument_size: {above: 5}, account_size: {above: 3}", "reduce_to: 3")) == [
+        "<rules>:3:55: rule r: when.account_size: give one of 'instrument_size' or 'account_size' per rule (write two rules)"]
+    assert _problems(rule("r", "instrument_size: {above: 5}, position_pnl: {below: -3}", "close: all")) == [
+        "<rules>:3:29: rule r: when.instrument_size: 'instrument_size' counts across positions and 'position_pnl' looks at one; "
+        "write them as two rules"]
+    assert _problems(rule("r", "instrument_size: {above: 5}", "close: 50%")) == [
+        "<rules>:4:19: rule r: then.close: with 'instrument_size' write reduce_to: N (the excess, newest positions first), "
+        "close: all or flatten: true; a share or a count per position has no single meaning"]
+    assert _problems(rule("r", "account_size: {above: 5}", "reduce_to: 6")) == [
+        "<rules>:4:23: rule r: then.reduce_to: reduce_to 6 keeps more than the account_size cap of 5: nothing would be closed; "
+        "write reduce_to: 5 or less"]
+    assert _problems(rule("r", "account_size: {above: 5, micro_weight: 0}", "reduce_to: 5")) == [
+        "<rules>:3:51: rule r: when.account_size.micro_weight: invalid micro weight 0; write what one micro counts as against its "
+        "full-size contract, more than 0 and at most 1, such as 0.1"]
+
+
+def test_instrument_size_weighs_micros_and_trims_the_newest_positions_first():
+    h = Harness(rule("cap", "instrument_size: {above: 5}", "reduce_to: 5"))
+    assert h.tick(MORNING, acct("Sim101", pos("NQ 12-26", 4), pos("MNQ 12-26", 8), pos("ES 12-26", 5))) == []  # 4.8 NQ, 5 ES
+    d = h.tick(MORNING + seconds(1), acct("Sim101", pos("NQ 12-26", 4), pos("MNQ 12-26", 8), pos("ES 12-26", 5), pos("MNQ 03-27", 9)))
+    assert bodies(d) == [("close", {"instrument": "MNQ 03-27", "quantity": 7})]  # 5.7 NQ: 7 micros of the newest
+    assert d[0].inputs["sizes"] == {"NQ": 5.7, "ES": 5.0}
+    row = h.explain(MORNING + seconds(2), acct("Sim101", pos("NQ 12-26", 4), pos("MNQ 12-26", 8)))[0]["conditions"][0]
+    assert (row["seen"], row["threshold"], row["distance"]) == (4.8, "above 5 full-size contract(s), NQ and its micros",
+                                                                "0.2 contract(s) to go (more than that)")
+
+
+def test_micro_weight_overrides_the_table():
+    h = Harness(rule("cap", "account_size: {above: 2, micro_weight: 0.5}", "reduce_to: 2"))
+    assert h.tick(MORNING, acct("Sim101", pos("CL 12-26", 1))) == []
+    d = h.tick(MORNING + seconds(1), acct("Sim101", pos("MES 12-26", 3), pos("CL 12-26", 1)))  # 3 x 0.5 + 1 = 2.5
+    assert bodies(d) == [("close", {"instrument": "MES 12-26", "quantity": 1})]  # one micro of the newest is enough
+
+
+position_sizes = st.dictionaries(st.sampled_from(["NQ 12-26", "NQ 03-27", "MNQ 12-26", "MNQ 03-27", "ES 12-26", "MES 12-26"]),
+                                 st.integers(1, 30), min_size=1)
+
+
+@PROPERTY
+@given(st.lists(position_sizes, min_size=1, max_size=6), st.integers(1, 8))
+def test_property_size_reduction_never_leaves_more_than_the_cap_nor_closes_more_than_needed(order_of_entries, cap):
+    from riskd import sizes
+
+    h = Harness(rule("cap", "instrument_size: {above: %d}" % cap, "reduce_to: %d" % cap))
+    for i, held in enumerate(order_of_entries):
+        positions = [pos(inst, qty) for inst, qty in sorted(held.items())]
+        h.tick(MORNING + seconds(2 * i), acct("Sim101", *positions), ack=False)  # a jump is trusted once a second snapshot agrees
+        decisions = h.tick(MORNING + seconds(2 * i + 1), acct("Sim101", *positions), ack=False)
+        groups = sizes.by_root(positions)
+        over = {root for root, ps in groups.items() if sizes.weighted(ps) > cap}
+        closes = [o for d in decisions for o in d.orders]
+        assert bool(closes) == bool(over)
+        for root, ps in groups.items():
+            closed = {o.instrument: o.quantity for o in closes if sizes.weigh(o.instrument)[0] == root}
+            left = [pos(p.instrument, p.quantity - closed.get(p.instrument, 0)) for p in ps]
+            assert all(p.quantity >= 0 for p in left)  # never more than is open
+            if root in over:
+                remaining = sizes.weighted(left)
+                assert remaining <= cap + 1e-9  # never above the cap
+                biggest = max(sizes.weigh(i)[1] for i in closed)
+                assert remaining > cap - biggest - 1e-9  # never a contract more than needed
+            else:
+                assert closed == {}
+
+
+@PROPERTY
+@given(st.lists(st.sampled_from([6, 8, 10, 11, 12]), min_size=1, max_size=25))  # never more than double: every size is trusted
+def test_property_size_cap_fires_once_per_excursion_over_the_cap(micros):
+    h = Harness(rule("cap", "account_size: {above: 1}", "alert: over one contract"))
+    over_before = False
+    for i, n in enumerate(micros):
+        fired = fires(h.tick(MORNING + seconds(i), acct("Sim101", pos("MES 12-26", n))))
+        over = n > 10
+        assert bool(fired) == (over and not over_before)
+        over_before = over

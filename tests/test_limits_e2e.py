@@ -132,3 +132,45 @@ def test_reduce_only_lock_closes_back_increases_follows_reductions_and_ends_with
         assert len(rig.posts(applied=True)) == 2
     finally:
         rig.close()
+
+
+NQ_CAP = [{"name": "nq-cap", "instruments": ["NQ", "MNQ"], "when": {"instrument_size": {"above": 5}}, "then": {"reduce_to": 5}},
+          {"name": "account-cap", "when": {"account_size": {"above": 8}}, "then": {"flatten": True}}]
+
+
+def test_contract_cap_counts_months_and_micros_together_and_trims_the_newest_position(tmp_path, token):
+    scenario = {
+        "accounts": [{"name": "Sim101", "positions": [
+            {"instrument": "NQ 12-26", "side": "long", "quantity": 4, "price": 21000.0},
+            {"instrument": "MNQ 12-26", "side": "long", "quantity": 8, "price": 21000.0},
+            {"instrument": "ES 12-26", "side": "long", "quantity": 1, "price": 6000.0},
+        ]}],
+        "prices": {"NQ 12-26": 21000.0, "MNQ 12-26": 21000.0, "NQ 03-27": 21100.0, "ES 12-26": 6000.0},
+    }
+    rig = Rig(tmp_path, token, scenario, NQ_CAP)
+    try:
+        rig.tick_at(0)  # 4.8 NQ, 5.8 in all: under both caps
+        assert rig.events("fired") == []
+        rig.sim.open_position("Sim101", "NQ 03-27", "long", 2)  # the back month: 6.8 NQ
+        rig.tick_at(1)
+        rig.tick_at(2)
+        closes = rig.posts("/positions/close", applied=True)
+        assert [c.body for c in closes] == [{"instrument": "NQ 03-27", "quantity": 2}]  # the newest gives up the excess
+        fired = rig.events("fired", rule="nq-cap")
+        assert len(fired) == 1 and fired[0]["inputs"]["instrument_size"] == 6.8 and fired[0]["inputs"]["root"] == "NQ"
+        assert fired[0]["inputs"]["sizes"] == {"NQ": 6.8}  # ES is outside the rule's instruments
+        assert rig.quantities() == {("Sim101", "NQ 12-26"): 4, ("Sim101", "MNQ 12-26"): 8, ("Sim101", "ES 12-26"): 1}
+
+        rig.sim.open_position("Sim101", "MNQ 12-26", "long", 5)  # 5.3 NQ: 3 micros over
+        rig.tick_at(3)
+        rig.tick_at(4)
+        assert [c.body for c in rig.posts("/positions/close", applied=True)][1:] == [{"instrument": "MNQ 12-26", "quantity": 3}]
+        assert rig.quantities()[("Sim101", "MNQ 12-26")] == 10
+
+        rig.sim.open_position("Sim101", "ES 12-26", "long", 3)  # 5 NQ + 4 ES = 9 > 8 in all: flatten the account
+        rig.tick_at(5)
+        rig.tick_at(6)
+        assert [r.path for r in rig.posts("/positions/flatten", applied=True)] == ["/v1/api/accounts/Sim101/positions/flatten"]
+        assert rig.posts("/positions/flatten")[0].body == {}  # the whole of this one account: no instrument
+    finally:
+        rig.close()
