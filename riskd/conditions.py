@@ -262,7 +262,7 @@ def _explain_size(name: str) -> Callable[[Any, Target, bool, Seen], dict[str, An
         value = seen[name]
         where = f", {seen['root']} and its micros" if seen.get("root") else ""
         return {"seen": value, "threshold": f"above {spec.above} full-size contract(s){where}",
-                "distance": "holds" if holds else f"{round(spec.above - value, 6):g} contract(s) to go (more than that)"}
+                "distance": "holds" if holds else f"more than {round(spec.above - value, 6):g} contract(s) to go"}
 
     return explain
 

@@ -240,7 +240,7 @@ def test_instrument_size_weighs_micros_and_trims_the_newest_positions_first():
     assert d[0].inputs["sizes"] == {"NQ": 5.7, "ES": 5.0}
     row = h.explain(MORNING + seconds(2), acct("Sim101", pos("NQ 12-26", 4), pos("MNQ 12-26", 8)))[0]["conditions"][0]
     assert (row["seen"], row["threshold"], row["distance"]) == (4.8, "above 5 full-size contract(s), NQ and its micros",
-                                                                "0.2 contract(s) to go (more than that)")
+                                                                "more than 0.2 contract(s) to go")
 
 
 def test_micro_weight_overrides_the_table():

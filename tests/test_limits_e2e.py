@@ -19,6 +19,9 @@ from test_notify import WebhookServer, target
 
 from riskd.notify import Notifier, Webhook
 
+# the client's answer timeout (real time): a loaded machine must not turn a close into an unknown outcome
+ANSWER_WAIT = {"timeout": 2.0}
+
 # MES: $5 a point; 4 contracts long at 6000
 FLOOR_RULES = [
     {"name": "keep-400", "when": {"account_pnl": {"below": 400, "once_above": 800}}, "then": {"flatten": True}},
@@ -34,7 +37,7 @@ def _wait(predicate, timeout: float = 5.0) -> None:
 
 
 def test_profit_floor_arms_survives_a_restart_alerts_every_channel_then_flattens_once(tmp_path, token):
-    rig = Rig(tmp_path, token, one_position(quantity=4), FLOOR_RULES)
+    rig = Rig(tmp_path, token, one_position(quantity=4), FLOOR_RULES, **ANSWER_WAIT)
     stale_only = WebhookServer()  # a channel configured for `stale` only still gets the alert
     notifier = Notifier([Webhook(target("ops", events=("stale",)), stale_only.url, "h")])
     try:
@@ -77,7 +80,7 @@ COOLDOWN = [{"name": "mes-stop", "instruments": "MES", "when": {"position_pnl": 
 
 
 def test_cooldown_lock_flattens_a_reentry_for_30_minutes_then_lets_it_stay(tmp_path, token):
-    rig = Rig(tmp_path, token, one_position(quantity=2), COOLDOWN)
+    rig = Rig(tmp_path, token, one_position(quantity=2), COOLDOWN, **ANSWER_WAIT)
     try:
         rig.tick_at(0)
         rig.sim.set_price("MES 12-26", 5985.0)  # -$150 on 2 lots
@@ -102,7 +105,7 @@ REDUCE_ONLY = [{"name": "no-adding", "when": {"account_pnl": {"below": -100}},
 
 
 def test_reduce_only_lock_closes_back_increases_follows_reductions_and_ends_with_the_week(tmp_path, token):
-    rig = Rig(tmp_path, token, one_position(quantity=4, market=5994.0), REDUCE_ONLY)  # -$120: fires at once
+    rig = Rig(tmp_path, token, one_position(quantity=4, market=5994.0), REDUCE_ONLY, **ANSWER_WAIT)  # -$120: fires at once
     try:
         rig.tick_at(0)
         assert rig.events("fired", rule="no-adding")[0]["inputs"]["reduce_only"] is True and rig.posts() == []
@@ -147,7 +150,7 @@ def test_contract_cap_counts_months_and_micros_together_and_trims_the_newest_pos
         ]}],
         "prices": {"NQ 12-26": 21000.0, "MNQ 12-26": 21000.0, "NQ 03-27": 21100.0, "ES 12-26": 6000.0},
     }
-    rig = Rig(tmp_path, token, scenario, NQ_CAP)
+    rig = Rig(tmp_path, token, scenario, NQ_CAP, **ANSWER_WAIT)
     try:
         rig.tick_at(0)  # 4.8 NQ, 5.8 in all: under both caps
         assert rig.events("fired") == []
@@ -174,3 +177,43 @@ def test_contract_cap_counts_months_and_micros_together_and_trims_the_newest_pos
         assert rig.posts("/positions/flatten")[0].body == {}  # the whole of this one account: no instrument
     finally:
         rig.close()
+
+
+def test_riskd_once_explains_floors_and_caps_and_an_alert_sends_nothing(tmp_path, sim_factory, token):
+    from conftest import run_cli, write_policy
+
+    scenario = {"accounts": [{"name": "Sim101", "positions": [
+        {"instrument": "NQ 12-26", "side": "long", "quantity": 4, "price": 21000.0},
+        {"instrument": "MNQ 12-26", "side": "long", "quantity": 8, "price": 21000.0}]}],
+        "prices": {"NQ 12-26": 20990.0, "MNQ 12-26": 20990.0}}  # 4 x $20 x -10 + 8 x $2 x -10 = -$960
+    sim, server = sim_factory(scenario)
+    rules = [
+        {"name": "keep-400", "when": {"account_pnl": {"below": 400, "once_above": 800}}, "then": {"flatten": True}},
+        {"name": "nq-cap", "when": {"instrument_size": {"above": 5}}, "then": {"reduce_to": 5}},
+        {"name": "warn", "when": {"account_pnl": {"below": -700}}, "then": {"alert": "down $700", "lock": {"until": "1h", "reduce_only": True}}},
+    ]
+    result = run_cli("once", "-c", str(write_policy(tmp_path, server.base_url, rules)), env={"CROSSTRADE_TOKEN": token})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "account_pnl=-960.00  (below 400.00 once the peak reached 800.00 (peak 0.00))  inactive until the session P&L reaches 800.00" in out
+    assert "instrument_size=4.80  (above 5 full-size contract(s), NQ and its micros)  more than 0.2 contract(s) to go" in out
+    assert "fire       warn" in out and "alert" in out
+    assert [r.method for r in sim.request_log()] == ["GET"]  # the alert sent no request
+
+
+def test_riskd_check_refuses_contradictory_limits_with_every_location(tmp_path):
+    from conftest import run_cli, write_policy
+
+    config = write_policy(tmp_path, "http://127.0.0.1:9", "rules:\n"
+                          "  - name: floor\n    when: {account_pnl: {below: 900, once_above: 800}}\n    then: {flatten: true}\n"
+                          "  - name: cap\n    when: {instrument_size: {above: 5}}\n    then: {close: 50%}\n"
+                          "  - name: cool\n    when: {account_pnl: {below: -1}}\n    then: {alert: hi, lock: 30m}\n")
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 78
+    policy = tmp_path / "rules" / "policy.yaml"
+    lines = [line for line in result.stderr.splitlines() if line.startswith(str(policy))]
+    assert [line.split(": ", 3)[:3] for line in lines] == [
+        [f"{policy}:3:50", "rule floor", "when.account_pnl.once_above"],
+        [f"{policy}:7:19", "rule cap", "then.close"],
+        [f"{policy}:10:29", "rule cool", "then.lock"],
+    ]
