@@ -20,6 +20,7 @@ Firing semantics (SPEC §3 "When a rule fires"):
   ends: the session's end (`lock: true`), the week's end, or a duration after it was set; a timed
   lock outlives the session boundary. A `reduce_only` lock lets positions shrink (the size it allows
   follows a shrink seen in two consecutive snapshots) and closes back any increase or new position;
+  a lock reaching its end is a `lock_ended` decision (audited, nothing sent);
 - on one target in one tick, the most severe action wins (flatten > close all > partial, ties by
   file order); the others are `superseded`: counted as done when a winner that closes everything
   (flatten, close all) is acknowledged, evaluated again next tick after a partial winner;
@@ -671,13 +672,15 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
     decisions of this tick and the state to remember (fired markers only change on `acknowledge`)."""
     now = now.astimezone(timezone.utc)
     session = session_of(now, settings)
+    by_name = {r.name: r for r in rules if r.enabled}
+    ended = [k for k, t in state.lock_terms.items() if k in state.locks and datetime.fromisoformat(t["until"]) <= now]
+    lock_ends = [_lock_ended(by_name[LockKey.parse(k).rule], k, state) for k in ended if LockKey.parse(k).rule in by_name]
     if state.session != session:  # a new session: markers, holds, peaks, locks and first-seen times start over
         horizon = now - timedelta(days=8)  # occurrences are keyed by their instant, so they stay (for `missed`)
         occurrences = {k: v for k, v in state.occurrences.items() if datetime.fromisoformat(OccurrenceKey.parse(k).instant) >= horizon}
         running = {k: t for k, t in state.lock_terms.items() if k in state.locks and datetime.fromisoformat(t["until"]) > now}
         state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences,
                       locks={k: state.locks[k] for k in running}, lock_terms=running)  # a timed lock outlives the session
-    ended = [k for k, t in state.lock_terms.items() if datetime.fromisoformat(t["until"]) <= now]
     if ended:
         state = replace(state, locks={k: v for k, v in state.locks.items() if k not in ended},
                         lock_terms={k: v for k, v in state.lock_terms.items() if k not in ended})
@@ -695,9 +698,8 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
         if not rule.enabled:
             continue
         tick.run(rule)
-    by_name = {r.name: r for r in rules if r.enabled}
     tick.enforce_locks(by_name)
-    decisions = _arbitrate(tick.decisions, {r.name: r.index for r in rules})
+    decisions = _arbitrate(tick.decisions, {r.name: r.index for r in rules}) + lock_ends
     # Under a 3 req/s budget a burst of account flattens (say at 16:58 on 300 accounts) takes a
     # while: accounts holding positions go first, flat ones (working orders only) after them.
     holding = {a.name.lower() for a in snapshot.accounts if a.positions}
@@ -752,6 +754,14 @@ def acknowledge(state: State, decision: Decision, now: datetime) -> State:
         if decision.lock_terms is not None:
             lock_terms = {**lock_terms, lock_key: _merge_terms(lock_terms.get(lock_key) if running else None, decision.lock_terms)}
     return replace(state, fired=fired, occurrences=occurrences, locks=locks, lock_terms=lock_terms)
+
+
+def _lock_ended(rule: Rule, lock_key: str, state: State) -> Decision:
+    terms = state.lock_terms[lock_key]
+    return Decision(kind="lock_ended", rule=rule.name, key=lock_key, account=LockKey.parse(lock_key).account, instrument=None,
+                    action=rule.action.describe(), severity=Severity.ALERT, threshold=threshold_of(rule), dry_run=rule.dry_run,
+                    reason=f"the lock set at {state.locks[lock_key]} ended at {terms['until']}"
+                           + (" (reduce only)" if terms.get("reduce_only") else ""))
 
 
 def _merge_terms(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:

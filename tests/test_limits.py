@@ -4,7 +4,8 @@ contradictory combinations, and properties of their state (hypothesis):
 - a profit floor never fires before its trigger was reached, and never twice without re-arming;
 - a reduce-only lock never lets a position end a tick above its allowance without a close of
   exactly the excess, never sends that close twice, and its allowance never rises;
-- a timed lock is enforced strictly before its end and never after, across session boundaries;
+- a timed lock is enforced strictly before its end and never after, across session boundaries, and
+  its end is audited once;
 - the week starts at the first session_start on or after Sunday.
 """
 
@@ -196,6 +197,8 @@ def test_property_a_timed_lock_is_enforced_strictly_before_its_end_and_never_aft
         assert bool(locked) == (now < set_at + timedelta(minutes=minutes))
         if now >= set_at + timedelta(minutes=minutes):
             assert h.state.locks == {} and h.state.lock_terms == {}
+        ends = [d for _, d in h.history if d.kind == "lock_ended"]
+        assert len(ends) == (1 if now >= set_at + timedelta(minutes=minutes) else 0)  # audited once, when it ends
         h.tick(now + seconds(1), acct(realized=0))  # the trader is flat again (two snapshots): the next entry is a new position
         h.tick(now + seconds(2), acct(realized=0))
 

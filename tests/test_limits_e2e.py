@@ -3,7 +3,7 @@ against the simulator over real HTTP on 127.0.0.1, on one simulated clock (tests
 
 - a profit floor arms at +$800, survives a restart, warns with an alert (notified on every
   channel, no request sent) and flattens once below $400, exactly once;
-- a 30-minute cooldown lock flattens a re-entry, outlives nothing it should not: after 30 minutes a
+- a 30-minute cooldown lock flattens a re-entry; after 30 minutes it ends (audited `lock_ended`) and a
   re-entry stays open;
 - a reduce-only lock until week_end closes back an increase by the excess, follows a reduction
   down, outlives the session boundary and a restart, and ends at Sunday's session start.
@@ -96,6 +96,9 @@ def test_cooldown_lock_flattens_a_reentry_for_30_minutes_then_lets_it_stay(tmp_p
         rig.tick_at(1803)
         assert rig.quantities() == {("Sim101", "MES 12-26"): 1}
         assert len(rig.posts(applied=True)) == 2  # the stop and the one re-entry
+        ended = rig.events("lock_ended")
+        assert [(e["rule"], e["account"], e["key"]) for e in ended] == [("mes-stop", "sim101", "mes-stop|sim101")]
+        assert ended[0]["reason"].endswith("ended at " + reentry[0]["inputs"]["locked_until"])
     finally:
         rig.close()
 
