@@ -783,7 +783,11 @@ def _lock_row(rule: Rule, state: State, account: str, now: datetime) -> dict[str
         return None
     terms = state.lock_terms.get(key) or {}
     until = terms.get("until")
-    kind = "reduce only" if terms.get("reduce_only") else "no position may open"
+    kind = "no position may open"
+    if terms.get("reduce_only"):
+        allowed = ", ".join(f"{k.instrument} {k.side.lower()} {n}" for k, n in
+                            ((PositionKey.parse(p), n) for p, n in sorted(terms.get("sizes", {}).items())) if n)
+        kind = f"reduce only: allows {allowed or 'no position'}"
     return {"name": "lock", "seen": f"locked since {state.locks[key]} ({kind})", "holds": True,
             "threshold": f"until {until}" if until else "until the session ends",
             "distance": f"ends in {format_span(datetime.fromisoformat(until) - now)}" if until else "ends with the session"}

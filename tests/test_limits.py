@@ -294,3 +294,11 @@ def test_property_size_cap_fires_once_per_excursion_over_the_cap(micros):
         over = n > 10
         assert bool(fired) == (over and not over_before)
         over_before = over
+
+
+def test_a_reduce_only_lock_shows_what_it_allows():
+    h = Harness(rule("ro", "account_pnl: {below: -100}", "alert: stop, lock: {until: 1h, reduce_only: true}"))
+    h.tick(MORNING, acct("Sim101", pos("MES 12-26", 3), pos("ES 12-26", 1, side="Short"), realized=-200))
+    row = [c for c in h.explain(MORNING + seconds(1), acct("Sim101", pos("MES 12-26", 3), pos("ES 12-26", 1, side="Short"),
+                                                           realized=-200))[0]["conditions"] if c["name"] == "lock"][0]
+    assert row["seen"] == "locked since 2026-11-27T15:00:00+00:00 (reduce only: allows ES 12-26 short 1, MES 12-26 long 3)"

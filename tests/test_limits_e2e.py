@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from harness import Rig, one_position
 from test_notify import WebhookServer, target
 
+from riskd import report
 from riskd.notify import Notifier, Webhook
 
 # the client's answer timeout (real time): a loaded machine must not turn a close into an unknown outcome
@@ -69,6 +70,10 @@ def test_profit_floor_arms_survives_a_restart_alerts_every_channel_then_flattens
         floor = rig.events("fired", rule="keep-400")
         assert len(floor) == 1 and floor[0]["inputs"]["account_pnl"] == 380.0
         assert floor[0]["threshold"]["account_pnl"]["once_above"] == 800.0
+
+        lines = rig.events()  # the day's report says the alert sent no request
+        page = report.build(report.collect(lines, report.days_in(lines)[0]), None, [], rig.clock.utc())
+        assert "alert (no request; sent to the notify targets): giving back the day" in page
     finally:
         notifier.close(1)
         stale_only.close()
