@@ -119,6 +119,7 @@ class Then(RuleModel):
     model_config = ConfigDict(json_schema_extra={
         "oneOf": [{"required": [k]} for k in ACTION_KEYS],
         "not": {"required": ["flatten", "cancel_orders"], "properties": {"cancel_orders": {"const": True}}},
+        "allOf": [{"not": {"required": ["alert", "cancel_orders"], "properties": {"cancel_orders": {"const": True}}}}],
         "if": {"required": ["lock"], "properties": {"lock": {"const": True}}},
         "then": {"anyOf": [{"required": ["flatten"]},
                            {"required": ["close"], "properties": {"close": {"anyOf": [{"const": "all"},
