@@ -302,3 +302,14 @@ def test_a_reduce_only_lock_shows_what_it_allows():
     row = [c for c in h.explain(MORNING + seconds(1), acct("Sim101", pos("MES 12-26", 3), pos("ES 12-26", 1, side="Short"),
                                                            realized=-200))[0]["conditions"] if c["name"] == "lock"][0]
     assert row["seen"] == "locked since 2026-11-27T15:00:00+00:00 (reduce only: allows ES 12-26 short 1, MES 12-26 long 3)"
+
+
+def test_the_micro_table_in_the_rules_readme_is_the_one_riskd_uses():
+    from pathlib import Path
+
+    from riskd import sizes
+
+    readme = (Path(__file__).resolve().parents[1] / "riskd" / "examples" / "README.md").read_text()
+    table = readme.split("| micro | counts under | why 0.1 |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.strip().splitlines()[1:]]
+    assert {micro.strip(" `"): full.strip(" `") for micro, full in rows} == sizes.MICROS
