@@ -120,7 +120,9 @@ class Then(RuleModel):
         "oneOf": [{"required": [k]} for k in ACTION_KEYS],
         "not": {"required": ["flatten", "cancel_orders"], "properties": {"cancel_orders": {"const": True}}},
         "allOf": [{"not": {"required": ["alert", "cancel_orders"], "properties": {"cancel_orders": {"const": True}}}}],
-        "if": {"required": ["lock"], "properties": {"lock": {"const": True}}},
+        "if": {"required": ["lock"], "properties": {"lock": {"anyOf": [  # a lock that is not reduce-only keeps the scope flat
+            {"const": True}, {"type": "string"},
+            {"type": "object", "not": {"required": ["reduce_only"], "properties": {"reduce_only": {"const": True}}}}]}}},
         "then": {"anyOf": [{"required": ["flatten"]},
                            {"required": ["close"], "properties": {"close": {"anyOf": [{"const": "all"},
                                                                                       {"type": "string", "pattern": r"^100(\.0+)?%$"}]}}}]},
