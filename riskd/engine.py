@@ -63,7 +63,8 @@ class State:
     occurrences: OccurrenceKey -> {TargetKey: "pending" | "done" | "gone" | "waiting" | "seen" | "missed"}
     peaks:       account (lower case) -> session P&L peak
     locks:       LockKey -> ISO time the lock was set
-    lock_terms:  LockKey -> {"until": ISO end, "reduce_only": bool, "sizes": {PositionKey: contracts allowed}}
+    lock_terms:  LockKey -> {"until": ISO end, "reduce_only": bool, "sizes": {PositionKey: contracts allowed},
+                 "closing": {PositionKey: the size its last acknowledged close-back was sized on}}
                  (a lock without terms, written by an older riskd, ends with the session)
     first_seen:  PositionKey -> ISO time the position was first seen (also its identity)
     known:       rule name -> [digest, ISO time first loaded]
@@ -396,15 +397,15 @@ class _Tick:
 
     def lock_terms_for(self, rule: Rule, account: Account, orders: tuple[Order, ...]) -> dict[str, Any]:
         """The lock a firing sets: when it ends, and for a reduce-only lock the size each position in
-        scope may keep (what is open now, less what this firing's orders close)."""
+        scope may keep (0 for one this firing closes entirely, else what is open now)."""
         terms: dict[str, Any] = {"until": lock_end(rule.action.lock_until, self.now, self.settings).astimezone(timezone.utc).isoformat(),
                                  "reduce_only": rule.action.reduce_only}
         if rule.action.reduce_only:
-            sizes = {}
+            allowed = {}
             for p in self._targets_of.get(id(account), ()):
                 if _instrument_matches(rule.instruments, p.instrument):
-                    sizes[self._pkey_of.get(id(p)) or _position_key(account.name, p)] = _allowed_after(p, orders)
-            terms["sizes"] = sizes
+                    allowed[self._pkey_of.get(id(p)) or _position_key(account.name, p)] = _allowed_after(p, orders)
+            terms["sizes"] = allowed
         return terms
 
     def targets(self, rule: Rule) -> Iterable[tuple[Account, Position | None]]:
@@ -588,7 +589,9 @@ class _Tick:
                 continue
             reduce_only = bool(terms and terms.get("reduce_only"))
             allowed: dict[str, int] = dict(terms.get("sizes", {})) if terms else {}
+            closing: dict[str, int] = dict(terms.get("closing", {})) if terms else {}  # position -> the size its close-back saw
             kept: dict[str, int] = {}
+            still_closing: dict[str, int] = {}
             for position in self._targets_of[id(account)]:
                 if not _instrument_matches(rule.instruments, position.instrument):
                     continue
@@ -602,9 +605,13 @@ class _Tick:
                     kept[pkey] = min(limit, low)
                     continue
                 kept[pkey] = limit
+                if pkey in closing:
+                    still_closing[pkey] = closing[pkey]
+                # an acknowledged close-back counts while the position shows the size it was sized on (the
+                # snapshot lags behind it); a different size over the allowance (the trader added again) is closed back anew
                 if key in self.old.fired:
                     self.fired[key] = self.old.fired[key]
-                elif key not in self.old.inflight:
+                if (key not in self.old.fired or (reduce_only and closing.get(pkey) != position.quantity)) and key not in self.old.inflight:
                     if limit:
                         orders: tuple[Order, ...] = (Order("close", account.name, position.instrument, quantity=position.quantity - limit),)
                         action, severity = f"lock: close back to {limit}", Severity.PARTIAL
@@ -625,8 +632,10 @@ class _Tick:
                     )
             if reduce_only and terms is not None:
                 # a position remembered through a glitchy snapshot keeps its allowance; one gone for good allows nothing
-                kept.update({k: v for k, v in allowed.items() if k not in kept and k in self.tracked})
-                self.lock_terms[lock_key] = {**terms, "sizes": kept}
+                unseen = {k for k in self.tracked if k not in kept}
+                kept.update({k: v for k, v in allowed.items() if k in unseen})
+                still_closing.update({k: v for k, v in closing.items() if k in unseen})
+                self.lock_terms[lock_key] = {**terms, "sizes": kept, "closing": still_closing}
 
 
 def _arbitrate(decisions: list[Decision], order: dict[str, int]) -> list[Decision]:
@@ -747,8 +756,13 @@ def acknowledge(state: State, decision: Decision, now: datetime) -> State:
         else:
             fired[key] = now.isoformat()
     locks, lock_terms = state.locks, state.lock_terms
+    lock_key = str(LockKey(decision.rule, decision.account))
+    if FiringKey.parse(decision.key).lock and decision.inputs.get("reduce_only") and lock_key in lock_terms:
+        seen = decision.inputs["position"]  # a close-back counts while the position shows the size it was sized on
+        pkey = str(PositionKey(decision.account, seen["instrument"], seen["side"]))
+        closing = {**lock_terms[lock_key].get("closing", {}), pkey: seen["quantity"]}
+        lock_terms = {**lock_terms, lock_key: {**lock_terms[lock_key], "closing": closing}}
     if decision.lock and not FiringKey.parse(decision.key).lock:
-        lock_key = str(LockKey(decision.rule, decision.account))
         running = lock_key in locks
         locks = {**locks, lock_key: locks[lock_key] if running else now.isoformat()}
         if decision.lock_terms is not None:

@@ -3,7 +3,8 @@ contradictory combinations, and properties of their state (hypothesis):
 
 - a profit floor never fires before its trigger was reached, and never twice without re-arming;
 - a reduce-only lock never lets a position end a tick above its allowance without a close of
-  exactly the excess, never sends that close twice, and its allowance never rises;
+  exactly the excess, never sends that close again while the position shows the size it was sized
+  on (a lagging snapshot), and its allowance never rises;
 - a timed lock is enforced strictly before its end and never after, across session boundaries, and
   its end is audited once;
 - the week starts at the first session_start on or after Sunday.
@@ -155,7 +156,7 @@ def test_property_reduce_only_lock_closes_exactly_the_excess_once_and_never_rais
     assert allowed == start
     last: int | None = start  # the quantity riskd remembers for the position (forgotten after two snapshots without it)
     absent = 0
-    acted_on: set[str] = set()
+    acted_on: dict[str, int] = {}  # acknowledged close-backs: key -> the size each was sized on
     for i, (qty, applied) in enumerate(ticks, 1):
         held = qty
         if qty:
@@ -170,15 +171,15 @@ def test_property_reduce_only_lock_closes_exactly_the_excess_once_and_never_rais
         assert now_allowed <= allowed  # never rises
         for d in decisions:
             if d.kind == "fire":
-                assert d.key not in acted_on  # an acknowledged close is never sent again
+                assert acted_on.get(d.key) != confirmed  # never sent again while the position shows the size it was sized on
                 assert confirmed > allowed
                 assert bodies([d]) in ([("close", {"instrument": "MES 12-26", "quantity": confirmed - allowed})],
                                        [("flatten", {"instrument": "MES 12-26"})])
                 if applied:
-                    acted_on.add(d.key)
+                    acted_on[d.key] = confirmed
         if not any(d.kind == "fire" for d in decisions) and confirmed > allowed:
             # only an acknowledged close waiting to show, for the same position identity, may leave an excess
-            assert any(k in h.state.fired for k in acted_on)
+            assert any(k in h.state.fired and seen == confirmed for k, seen in acted_on.items())
         if (qty and confirmed <= allowed) or last is None:
             acted_on.clear()  # back within the allowance, or gone for good: a new increase is a new firing
         allowed = now_allowed
@@ -313,3 +314,14 @@ def test_the_micro_table_in_the_rules_readme_is_the_one_riskd_uses():
     table = readme.split("| micro | counts under | why 0.1 |", 1)[1].split("\n\n", 1)[0]
     rows = [line.split("|")[1:3] for line in table.strip().splitlines()[1:]]
     assert {micro.strip(" `"): full.strip(" `") for micro, full in rows} == sizes.MICROS
+
+
+def test_reduce_only_lock_closes_back_again_when_the_trader_adds_after_a_close_back():
+    h = Harness(rule("ro", "account_pnl: {below: -100}", "alert: stop, lock: {until: 1h, reduce_only: true}"))
+    h.tick(MORNING, acct("Sim101", pos(quantity=4), realized=-200))
+    assert bodies(h.tick(MORNING + seconds(1), acct("Sim101", pos(quantity=6), realized=-200))) == [
+        ("close", {"instrument": "MES 12-26", "quantity": 2})]
+    assert h.tick(MORNING + seconds(2), acct("Sim101", pos(quantity=6), realized=-200)) == []  # the close has not shown yet
+    assert bodies(h.tick(MORNING + seconds(3), acct("Sim101", pos(quantity=7), realized=-200))) == [  # it landed, and 3 more came
+        ("close", {"instrument": "MES 12-26", "quantity": 3})]
+    assert h.tick(MORNING + seconds(4), acct("Sim101", pos(quantity=4), realized=-200)) == []
