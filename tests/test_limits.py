@@ -22,7 +22,7 @@ from rulekit import MORNING, NY, Harness, acct, bodies, fires, ny, policy, pos, 
 from riskd.errors import ConfigError
 from riskd.schedule import session_end, week_bounds
 
-PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _problems(text: str) -> list[str]:
