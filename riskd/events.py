@@ -73,7 +73,8 @@ SUPERSEDED = Event("superseded", "a firing covered by a more severe one on the s
 SKIPPED = Event("skipped", "a timed occurrence with nothing to do", _DECISION)
 MISSED = Event("missed", "a timed occurrence (or one of its accounts) passed beyond misfire_grace", _DECISION, durable=True)
 RULE_FAILED = Event("rule_failed", "a rule raised while evaluated (the others still act)", _DECISION, durable=True)
-LOCK_ENDED = Event("lock_ended", "a timed lock reached its end (the account may open positions again)", _DECISION, durable=True)
+LOCK_ENDED = Event("lock_ended", "a lock reached its end: the session's, the week's or its duration (positions may open again)",
+                   _DECISION, durable=True)
 DEFERRED = Event("deferred", "a firing held back this tick (an action in doubt on the same position, a back-off, a stop)",
                  _DECISION)
 API_ERROR = Event("api_error", "a poll failed, or part of a snapshot was unreadable", ("path", "status", "error", "outcome"))
