@@ -46,10 +46,6 @@ from riskd.engine import State, acknowledge
 from riskd.model import Account, Decision, Order, Snapshot
 from riskd.state import Intent, Store
 
-# Orders that are safe to send again once their first outcome is settled as "not applied": a second
-# flatten, close-all or cancel of something already flat is a no-op. A partial close is not (it would
-# close a second slice).
-IDEMPOTENT = frozenset({"flatten", "cancel_orders"})
 # A fill this long before riskd's own send time still counts as evidence (the bridge's clock may lag riskd's).
 EXECUTION_SKEW = timedelta(seconds=1)
 # The executions endpoint keeps at most this much history.
@@ -117,7 +113,7 @@ def positions_by_instrument(snapshot_account: Account | None) -> dict[str, int]:
 
 def repeatable(order: Order) -> bool:
     """Is sending `order` a second time harmless? (flatten, cancel, a close of the whole position)"""
-    return order.kind in IDEMPOTENT or (order.kind == "close" and order.quantity is None and (order.percent is None or order.percent >= 1))
+    return order.repeatable
 
 
 def is_idempotent(decision: Decision) -> bool:

@@ -2,7 +2,8 @@
 
 An entry is the whole condition: its name (the YAML key under `when`), its spec (the type its
 value is validated as: a model below or a riskd.fields type), its scope (`position`: evaluated per
-matched position; `account`: per account; `clock`: the same for every target), the pure check
+matched position; `account`: per account; `group`: per account, over its positions in the rule's
+scope, which the engine passes as the account's positions; `clock`: the same for every target), the pure check
 (spec, target) -> (holds, inputs seen), and the explanation `riskd once` prints (the value seen, the
 threshold, how far it is from holding). riskd.rules builds `when` from this registry, so adding a
 condition is one `Condition(...)` here (with its spec model if it needs a new one) and its tests.
@@ -18,9 +19,10 @@ from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 from pydantic import ConfigDict, Field
 
-from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Window
+from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Weight, Window, _money, lenient
 from riskd.model import Account, Position
 from riskd.schedule import format_span, in_window, wall_occurrences
+from riskd.sizes import MICRO_WEIGHT, by_root, weighted
 
 
 class Target(NamedTuple):
@@ -36,7 +38,7 @@ class Target(NamedTuple):
 
 
 Seen = dict[str, Any]
-Scope = Literal["position", "account", "clock"]
+Scope = Literal["position", "account", "group", "clock"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,25 @@ class AccountPnl(Level):
     expected: ClassVar[str] = "a threshold such as {below: -1000}"
     basis: Literal["total", "realized", "unrealized"] = Field("total", description="realized + unrealized (total), or one of them")
     net_of_commission: Flag = Field(False, description="subtract the session's commissions")
+    once_above: Money | None = Field(None, description="a profit floor: holds only once the session P&L peak has reached this "
+                                                       "(dollars); with below, the floor")
+
+    @classmethod
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
+        problems = super()._cross(raw, misspelt)
+        if "once_above" not in raw:
+            return problems
+        trigger, floor = lenient(_money, raw["once_above"]), lenient(_money, raw.get("below"))
+        if "above" in raw:
+            problems.append((("once_above",), "'once_above' arms a floor: use it with 'below' (e.g. {below: 400, once_above: 800}), "
+                                              "not 'above'"))
+        elif trigger is not None and floor is not None and trigger <= floor:
+            problems.append((("once_above",), f"the floor ({floor:g}) must be below the trigger ({trigger:g}), or the rule fires "
+                                              f"the moment it arms; raise once_above or lower below"))
+        if raw.get("basis", "total") != "total" or raw.get("net_of_commission") is True:
+            problems.append((("once_above",), "'once_above' is measured on the session P&L peak (realized + unrealized, before "
+                                              "commission); remove basis/net_of_commission, or once_above"))
+        return problems
 
 
 class Drawdown(RuleModel):
@@ -181,13 +202,21 @@ class Drawdown(RuleModel):
 def _account_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
     value = t.account.pnl(spec.basis, spec.net_of_commission)
     # derived numbers are seen (audited, explained) in cents: -1100.0, not -1099.9999999999943; the check uses the exact value
-    return spec.holds(value), {"account_pnl": round(value, 2), "basis": spec.basis, "net_of_commission": spec.net_of_commission}
+    seen = {"account_pnl": round(value, 2), "basis": spec.basis, "net_of_commission": spec.net_of_commission}
+    if spec.once_above is None:
+        return spec.holds(value), seen
+    armed = t.peak >= spec.once_above  # the peak persists for the session: once armed, the floor stays armed
+    return armed and spec.holds(value), {**seen, "peak": round(t.peak, 2), "armed": armed}
 
 
 def _explain_account_pnl(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
     row = _level(seen["account_pnl"], spec, holds)
     if spec.basis != "total" or spec.net_of_commission:
         row["threshold"] += f" ({spec.basis}{', net of commission' if spec.net_of_commission else ''})"
+    if spec.once_above is not None:
+        row["threshold"] += f" once the peak reached {spec.once_above:.2f} (peak {seen['peak']:.2f})"
+        if not seen["armed"]:
+            row["distance"] = f"inactive until the session P&L reaches {spec.once_above:.2f} (${spec.once_above - seen['peak']:.2f} to go)"
     return row
 
 
@@ -217,6 +246,39 @@ def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> 
     return row
 
 
+# ---------------------------------------------------------------------------------------------
+# Size across positions (scope `group`: the target's account holds only the positions in the rule's scope).
+
+
+class GroupSize(RuleModel):
+    expected: ClassVar[str] = "a cap such as {above: 5}"
+    above: Contracts = Field(description="holds when larger than this, in full-size contracts (micros weighed)")
+    micro_weight: Weight | None = Field(None, description=f"what one micro counts as (default {MICRO_WEIGHT} of its "
+                                                                      "full-size contract, see rules/README.md)")
+
+
+def _instrument_size(spec: Any, t: Target) -> tuple[bool, Seen]:
+    sizes = {root: weighted(ps, spec.micro_weight) for root, ps in by_root(t.account.positions, spec.micro_weight).items()}
+    root = max(sizes, key=lambda r: (sizes[r], r), default=None)
+    largest = sizes[root] if root is not None else 0.0
+    return largest > spec.above, {"instrument_size": largest, "root": root, "sizes": sizes}
+
+
+def _account_size(spec: Any, t: Target) -> tuple[bool, Seen]:
+    size = weighted(t.account.positions, spec.micro_weight)
+    return size > spec.above, {"account_size": size}
+
+
+def _explain_size(name: str) -> Callable[[Any, Target, bool, Seen], dict[str, Any]]:
+    def explain(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
+        value = seen[name]
+        where = f", {seen['root']} and its micros" if seen.get("root") else ""
+        return {"seen": value, "threshold": f"above {spec.above} full-size contract(s){where}",
+                "distance": "holds" if holds else f"more than {round(spec.above - value, 6):g} contract(s) to go"}
+
+    return explain
+
+
 REGISTRY: dict[str, Condition] = {c.name: c for c in (
     Condition("between", Window, "local time is inside the window [start, end); may wrap midnight",
               "clock", _between, _explain_window("between")),
@@ -232,4 +294,8 @@ REGISTRY: dict[str, Condition] = {c.name: c for c in (
               "account", _account_pnl, _explain_account_pnl),
     Condition("account_drawdown", Drawdown, "giveback from the session P&L peak",
               "account", _account_drawdown, _explain_account_drawdown),
+    Condition("instrument_size", GroupSize, "per root, every contract month together, micros weighed against minis",
+              "group", _instrument_size, _explain_size("instrument_size")),
+    Condition("account_size", GroupSize, "all positions in scope together, micros weighed against minis",
+              "group", _account_size, _explain_size("account_size")),
 )}

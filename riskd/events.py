@@ -73,6 +73,8 @@ SUPERSEDED = Event("superseded", "a firing covered by a more severe one on the s
 SKIPPED = Event("skipped", "a timed occurrence with nothing to do", _DECISION)
 MISSED = Event("missed", "a timed occurrence (or one of its accounts) passed beyond misfire_grace", _DECISION, durable=True)
 RULE_FAILED = Event("rule_failed", "a rule raised while evaluated (the others still act)", _DECISION, durable=True)
+LOCK_ENDED = Event("lock_ended", "a lock reached its end: the session's, the week's or its duration (positions may open again)",
+                   _DECISION, durable=True)
 DEFERRED = Event("deferred", "a firing held back this tick (an action in doubt on the same position, a back-off, a stop)",
                  _DECISION)
 API_ERROR = Event("api_error", "a poll failed, or part of a snapshot was unreadable", ("path", "status", "error", "outcome"))
@@ -104,9 +106,9 @@ CATALOGUE: dict[str, Event] = {e.name: e for e in (
     STARTED, STOPPED, RULES_LOADED, RULES_REJECTED, SAMPLE, FIRED, ACTION, ACTION_RESOLVED, SUPERSEDED, SKIPPED, MISSED,
     RULE_FAILED, DEFERRED, API_ERROR, STALE, RECOVERED, CLOCK_STEP, SESSION_SUMMARY, TICK_FAILED, TICK_OVERRUN, ROTATED,
     TRAIL_REPAIRED, TRAIL_UNWRITABLE, TRAIL_WRITABLE,
-    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED, CONTROL, CONTROL_RESULT,
+    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED, CONTROL, CONTROL_RESULT, LOCK_ENDED,
 )}
-DECISIONS: dict[str, Event] = {e.name: e for e in (FIRED, SUPERSEDED, SKIPPED, MISSED, RULE_FAILED)}  # by Decision.kind
+DECISIONS: dict[str, Event] = {e.name: e for e in (FIRED, SUPERSEDED, SKIPPED, MISSED, RULE_FAILED, LOCK_ENDED)}  # by Decision.kind
 DURABLE = frozenset(e.name for e in CATALOGUE.values() if e.durable)
 DROPPABLE = frozenset(e.name for e in CATALOGUE.values() if e.droppable)
 

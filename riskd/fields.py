@@ -13,7 +13,7 @@ import re
 import zoneinfo
 from datetime import time, timedelta
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, WithJsonSchema, model_validator
@@ -181,6 +181,13 @@ def _drawdown_limit(value: Any) -> Any:
     raise ValueError(f"invalid drawdown limit {value!r}; write dollars such as 300, or a share of the peak such as \"95%\"")
 
 
+def _weight(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise ValueError(f"invalid micro weight {value!r}; write what one micro counts as against its full-size contract, "
+                     "more than 0 and at most 1, such as 0.1")
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -196,6 +203,67 @@ def _true_only(value: Any) -> bool:
 
 def _unquoted(value: Any) -> str:
     return " (unquoted; yes/no/on/off are text)" if isinstance(value, str) else ""
+
+
+LOCK_ENDS = ("session_end", "week_end")
+_LOCK_HINT = ("write true (until the session ends), a duration such as 30m, session_end, week_end, "
+              "or {until: 30m, reduce_only: true, undo: never}")
+
+
+def _lock_until(value: Any) -> Any:
+    if value in LOCK_ENDS:
+        return value
+    try:
+        span = parse_duration(value)
+    except ValueError:
+        raise ValueError(f"invalid lock end {value!r}; {_LOCK_HINT}") from None
+    if span <= timedelta(0):
+        raise ValueError(f"invalid lock duration {value!r}; it must be longer than 0")
+    return span
+
+
+class LockTerms(NamedTuple):
+    """A rule's `lock:` read: when it ends ("session_end", "week_end" or a timedelta), whether positions
+    may only shrink, and whether `riskd unlock` may lift it ("never": a prop-firm lock-out)."""
+
+    until: Any = "session_end"
+    reduce_only: bool = False
+    undo: str = "allowed"
+
+
+_LOCK_KEYS = ("until", "reduce_only", "undo")
+
+
+def lock_terms(value: Any) -> LockTerms | None:
+    """Given a `lock:` value, return its LockTerms, or None for no lock."""
+    if value is False:
+        return None
+    if value is True:
+        return LockTerms()
+    if isinstance(value, str):
+        return LockTerms(_lock_until(value.strip()))
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in _LOCK_KEYS]
+        if unknown:
+            guess = difflib.get_close_matches(str(unknown[0]), _LOCK_KEYS, n=1)
+            raise ValueError(f"unknown key {unknown[0]!r} in lock" + (f"; did you mean {guess[0]!r}?" if guess else
+                                                                        "; the keys are until, reduce_only and undo"))
+        reduce_only = value.get("reduce_only", False)
+        if not isinstance(reduce_only, bool):
+            raise ValueError(f"invalid lock reduce_only {reduce_only!r}; write true or false{_unquoted(reduce_only)}")
+        undo = value.get("undo", "allowed")
+        if undo not in ("allowed", "never"):
+            raise ValueError(f"invalid lock undo {undo!r}; write allowed or never (never: riskd unlock refuses to lift it)")
+        return LockTerms(_lock_until(value.get("until", "session_end")), reduce_only, undo)
+    raise ValueError(f"invalid lock {value!r}; {_LOCK_HINT}")
+
+
+def _alert_text(value: Any) -> str:
+    if isinstance(value, str) and value.strip() and len(value) <= 500:
+        return value.strip()
+    if isinstance(value, str) and value.strip():
+        raise ValueError(f"alert text of {len(value)} characters; keep it to 500 at most")
+    raise ValueError(f"invalid alert {value!r}; write the text to send, e.g. alert: \"down $700: $300 from the daily limit\"")
 
 
 def _name(value: Any) -> str:
@@ -240,8 +308,16 @@ CloseAmount = Annotated[
 ]
 DrawdownLimit = Annotated[Any, PlainValidator(_drawdown_limit), WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                                                                           _PERCENT_SCHEMA]})]
+Weight = Annotated[float, PlainValidator(_weight), WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1})]
 Flag = Annotated[bool, PlainValidator(_flag), WithJsonSchema({"type": "boolean"})]
 TrueOnly = Annotated[bool, PlainValidator(_true_only), WithJsonSchema({"const": True})]
+_LOCK_END_SCHEMA = {"anyOf": [{"enum": list(LOCK_ENDS)}, {"type": "string", "pattern": _DURATION.pattern}]}
+LockValue = Annotated[Any, PlainValidator(lock_terms), WithJsonSchema({"anyOf": [
+    {"type": "boolean"}, _LOCK_END_SCHEMA,
+    {"type": "object", "additionalProperties": False,
+     "properties": {"until": _LOCK_END_SCHEMA, "reduce_only": {"type": "boolean"}, "undo": {"enum": ["allowed", "never"]}}},
+]})]
+AlertText = Annotated[str, PlainValidator(_alert_text), WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 500})]
 Name = Annotated[str, PlainValidator(_name), WithJsonSchema({"type": "string", "pattern": NAME})]
 Window = Annotated[
     tuple[time, time],

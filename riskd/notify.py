@@ -7,6 +7,7 @@ the interesting ones into messages:
 |------------------|-----------------------------------------------------------------------|
 | `fired`          | `fired`                                                               |
 | `outcome`        | `action` with `ok: true` on a close or flatten: what it closed         |
+| `alert`          | `fired` of an `alert` rule: sent to every target, whatever its events |
 | `failed`         | `action` with `ok: false`, `tick_failed` (repeats muted for 15 min)   |
 | `stale`          | `stale` (no usable snapshot for `stale_after`), `recovered`           |
 | `rules_rejected` | `rules_rejected` (a reload was refused; the old rules keep running)   |
@@ -64,7 +65,7 @@ MUTE_REPEATS = 15 * 60.0  # the same failure is notified once per this many seco
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    kind: str  # fired | outcome | failed | stale | rules_rejected | summary | control
+    kind: str  # fired | alert | outcome | failed | stale | rules_rejected | summary | control
     event: str
     text: str
     audit: dict[str, Any]
@@ -91,6 +92,10 @@ def message_for(line: dict[str, Any]) -> Message | None:
         inputs = line.get("inputs") or {}
         seen = ", ".join(f"{k}={_fmt(v)}" for k, v in inputs.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
         threshold = ", ".join(f"{k} {v}" for k, v in (line.get("threshold") or {}).items())
+        if line.get("action") == "alert":  # the trader's own words first; nothing was sent
+            text = f"riskd ALERT ({line.get('rule')} on {target}){dry}: {line.get('reason')}"
+            text += (f" (seen {seen}" if seen else " (") + (f"; threshold {threshold})" if threshold else ")")
+            return Message("alert", event, text.replace(" ()", ""), line)
         text = f"riskd: rule {line.get('rule')} fired on {target}: {line.get('action')}{dry}"
         text += (f" (seen {seen}" if seen else " (") + (f"; threshold {threshold})" if threshold else ")")
         return Message("fired", event, text.replace(" ()", ""), line)
@@ -423,7 +428,7 @@ class Notifier:
                     for old in sorted(self._muted, key=self._muted.__getitem__)[:5_000]:
                         del self._muted[old]
         for hook in self.webhooks:
-            if message.kind in hook.target.events:
+            if message.kind in hook.target.events or message.kind == "alert":  # an alert rule names no channel: all of them
                 hook.put(message)
 
     def close(self, timeout: float = 3.0) -> None:

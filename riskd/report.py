@@ -358,7 +358,10 @@ def _firing_rows(fired: dict[str, Any] | None, calls: list[dict[str, Any]], numb
                 f'<td rowspan="{span}">{_e(calls[0].get("rule"))}</td><td rowspan="{span}">{_e(calls[0].get("instrument"))}</td>'
                 f'<td rowspan="{span}">(fired earlier)</td>')
     if not calls:
-        w(f"<tr>{head}<td colspan=5>no API call recorded</td></tr>")
+        what = "no API call recorded"
+        if fired is not None and fired.get("action") == "alert":
+            what = f"alert (no request; sent to the notify targets): {_e(fired.get('reason'))}"
+        w(f"<tr>{head}<td colspan=5>{what}</td></tr>")
         return
     for i, call in enumerate(calls):
         req = call.get("request") or {}

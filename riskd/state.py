@@ -135,6 +135,7 @@ def _decision_to_json(d: Decision) -> str:
         "orders": [{"kind": o.kind, "account": o.account, "instrument": o.instrument, "quantity": o.quantity,
                     "percent": o.percent} for o in d.orders],
         "inputs": d.inputs, "threshold": d.threshold, "dry_run": d.dry_run, "reason": d.reason, "local_time": d.local_time,
+        "lock_terms": d.lock_terms,
     }, default=str)
 
 
@@ -148,7 +149,7 @@ def _decision_from_json(text: str) -> Decision:
         orders=tuple(Order(**o) for o in raw["orders"]),
         # what the rule saw when it fired (intents written before these were kept have none)
         inputs=raw.get("inputs") or {}, threshold=raw.get("threshold") or {}, dry_run=bool(raw.get("dry_run", False)),
-        reason=raw.get("reason"), local_time=raw.get("local_time"),
+        reason=raw.get("reason"), local_time=raw.get("local_time"), lock_terms=raw.get("lock_terms"),
     )
 
 
