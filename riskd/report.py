@@ -2,7 +2,8 @@
 
 The page has no scripts and no external assets (inline CSS and SVG only), so it can be mailed,
 archived next to the trail, and opened years later. Sections: the trail's verification result;
-the rule files in force (their SHA-256, from `rules_loaded`); per rule the day's summary; per
+every rule set in force during the day (its files' SHA-256 and what each reload changed, from
+`rules_loaded`); per rule the day's summary; per
 account a chart of its session P&L over the day (from the `sample` lines; total solid, realized
 dashed) with every firing marked and numbered, and a table of that account's firings, the API
 calls they made and the closedPositions each call returned; then every other decision of the day
