@@ -36,6 +36,21 @@ def test_daemon_reload_that_raises_anything_is_rules_rejected_and_keeps_the_old_
         rig.close()
 
 
+def test_daemon_reload_to_a_policy_that_protects_nothing_is_rejected_and_the_old_rules_keep_acting(tmp_path, token):
+    rig = Rig(tmp_path, token, one_position(), CAP)
+    try:
+        daemon = Daemon(rig.settings, rig.ticker, rig.audit, {})
+        rig.rules_path.write_text("rules:\n- name: cap\n  enabled: false\n  when: {position_pnl: {below: -100}}\n  then: {close: all}\n")
+        assert daemon.reload() is False
+        (rejected,) = rig.events("rules_rejected")
+        assert "every rule is disabled (1) in 1 file(s): riskd would watch and protect nothing" in rejected["errors"][0]
+        rig.sim.set_price("MES 12-26", 5990.0)
+        rig.tick_at(1)
+        assert rig.quantities() == {}
+    finally:
+        rig.close()
+
+
 def test_run_survives_sighup_and_sigusr1_sent_while_it_starts_and_reloads_once_up(tmp_path, sim_factory, token):
     sim, server = sim_factory(one_position())
     config = write_policy(tmp_path, server.base_url, CAP, poll_interval="200ms")
