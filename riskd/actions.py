@@ -5,7 +5,7 @@ answers like the API without sending anything; everything else (intents, audit, 
 
 Exactly once, across timeouts and kill -9:
 
-1. `act` writes an intent (the decision and the quantities it saw) BEFORE the first request, marks
+1. `send` writes an intent (the decision and the quantities it saw) BEFORE the first request, marks
    it `sent` right before each request leaves, and records the outcome after: done (the firing
    counts: `engine.acknowledge`), failed (not applied: the engine may fire again) or unknown.
 2. An unknown outcome (timeout, 5xx, reset, unreadable answer, or a crash), and a refusal of a
@@ -19,11 +19,21 @@ Exactly once, across timeouts and kill -9:
    `State.inflight`, so the engine does not fire it again.
 3. While an intent is in doubt, no other partial close or reduction is sent for the same position
    (`gate`): its quantity is what tells whether the first one was applied.
+
+Closes to different accounts are not queued behind one slow answer: `act_all` sends each account's
+decisions in order in its own thread, at most SEND_CONCURRENCY accounts at once, all through the
+client's one (thread-safe) rate bucket. The sending threads only write the intent, mark it sent and
+audit the answers (the Store and the trail serialize their writes); the outcome (`Sent`) is folded
+into the engine state, the in-doubt list and the back-off on the tick's thread (`fold`, `collect`).
+A send still running at the tick's deadline goes on in its thread, its firing kept in `inflight`
+and its account gated, and is folded by a later tick.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import threading
+import time
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Protocol
 
@@ -48,6 +58,8 @@ EXECUTIONS_LOOKBACK_MAX_S = 900
 # this back-off, doubling per attempt up to the cap, so a refused order does not become a request per tick.
 REJECTED_BACKOFF = timedelta(seconds=2)
 REJECTED_BACKOFF_CAP = timedelta(seconds=60)
+# At most this many accounts' closes are in flight at once (each waits for the one rate bucket).
+SEND_CONCURRENCY = 4
 
 log = structlog.get_logger("riskd")
 
@@ -151,18 +163,72 @@ def settled_as_applied(intent_decision: Decision, seen: dict[str, int], now_seen
     return bool(open_before) and open_before <= changed
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What sending one decision came to (`Executor.send`), to be folded into the state (`Executor.fold`).
+
+    `status`: done | failed | unknown | refused (a refusal that may have landed); `sent`: when each
+    request left; `unavailable`: why the API could not take it (then no other action starts this tick)."""
+
+    decision: Decision
+    seen: dict[str, int]
+    now: datetime
+    status: str
+    last: Reply | None
+    sent: tuple[datetime, ...]
+    finished: datetime
+    unavailable: str | None
+
+
+@dataclass
+class _Sends:
+    """One account's decisions of one tick, sent in order by one thread."""
+
+    decisions: list[Decision]
+    outcomes: list[Sent] = field(default_factory=list)
+    skipped: list[tuple[Decision, str]] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+
+class _Batch:
+    """What the send threads of one tick share: whether a decision may still start."""
+
+    def __init__(self, stopping: threading.Event):
+        self.stopping = stopping
+        self.expired = threading.Event()  # the tick's deadline passed
+        self._lock = threading.Lock()
+        self._refused: str | None = None
+
+    def refuse(self, why: str) -> None:
+        with self._lock:
+            self._refused = self._refused or why
+
+    def why_not(self) -> str | None:
+        if self.stopping.is_set():
+            return "riskd is stopping; the rule is evaluated again at start"
+        if self.expired.is_set():
+            return "the tick's deadline passed before this action could start; next tick"
+        with self._lock:
+            refused = self._refused
+        if refused:  # the bridge is down or the budget spent: one probe per account and tick, not a volley
+            return f"the API refused the previous action ({refused}); next tick"
+        return None
+
+
 class Executor:
     """Given a live sender, act on decisions: intent first, then the calls, then the outcome.
 
     `resend_after`: how long after riskd gave up on an answer an order that is harmless to repeat
     (flatten, close-all) is settled against the position alone (riskd uses the client timeout).
     `settle_window`: how long after a partial close was sent it may still land (the relay's worst
-    case; the `settle_window` setting). `clock`: the time of sends and outcomes.
+    case; the `settle_window` setting). `clock`: the time of sends and outcomes. `concurrency`: how
+    many accounts' closes may be in flight at once (`act_all`). `stopping`, once set, starts no other send.
     """
 
     def __init__(self, live: crosstrade.CrossTradeClient | Sender, audit: AuditTrail, store: Store, dry_run: bool = False, *,
                  resend_after: timedelta = timedelta(seconds=5), settle_window: timedelta = timedelta(seconds=30),
-                 clock: Callable[[], datetime] = _utc_now):
+                 clock: Callable[[], datetime] = _utc_now, concurrency: int = SEND_CONCURRENCY,
+                 stopping: threading.Event | None = None):
         self.live = live
         self.dry = DrySender()
         self.audit = audit
@@ -174,12 +240,14 @@ class Executor:
         self._in_doubt: list[Intent] = []
         self._retry_at: dict[str, tuple[datetime, int]] = {}  # key -> (not before, rejected attempts)
         self._no_evidence: set[str] = set()  # intents whose executions could not be read (audited once)
-        # why the last action did not get through (408, 429, 5xx, timeout, refused, no budget): the
-        # ticker then sends no other action on that tick, so a sick API gets one probe per tick
+        # why the last action did not get through (408, 429, 5xx, timeout, refused, no budget): no
+        # other action starts on that tick, so a sick API gets one probe per account and tick
         self.unavailable: str | None = None
-        # the key of the firing being acted on right now (its intent is in the store, `sending`), else None:
-        # what a stop that abandons a stuck tick reports as in doubt (settled by `resolve` at the next start)
-        self.acting: str | None = None
+        self.stopping = stopping or getattr(live, "stopping", None) or threading.Event()
+        self._slots = threading.BoundedSemaphore(max(1, concurrency))
+        self._sending: list[_Sends] = []  # send groups started and not yet folded (`collect`)
+        self._acting: list[str] = []
+        self._acting_lock = threading.Lock()
 
     def is_dry(self, decision: Decision) -> bool:
         """The one dry-run switch: a daemon-wide --dry-run, or the rule's own `dry_run: true`."""
@@ -192,6 +260,9 @@ class Executor:
 
     def gate(self, decision: Decision, now: datetime) -> str | None:
         """Return why the decision must wait (and not be sent on this tick), or None to act now."""
+        for sends in self._sending:
+            if sends.thread is not None and sends.thread.is_alive() and sends.decisions[0].account.lower() == decision.account.lower():
+                return f"waiting for the actions still in flight to {sends.decisions[0].account}"
         retry = self._retry_at.get(decision.key)
         if retry is not None and now < retry[0]:
             return f"rejected {retry[1]} time(s); next attempt at {retry[0].isoformat(timespec='seconds')}"
@@ -206,13 +277,91 @@ class Executor:
 
     def act(self, decision: Decision, snapshot: Snapshot, state: State, now: datetime) -> State:
         """Send the decision's orders; return the state (acknowledged when the firing counts)."""
-        self.acting = decision.key
-        try:
-            return self._act(decision, snapshot, state, now)
-        finally:
-            self.acting = None
+        return self.fold(self.send(decision, snapshot, now), state)
 
-    def _act(self, decision: Decision, snapshot: Snapshot, state: State, now: datetime) -> State:
+    def act_all(self, decisions: list[Decision], snapshot: Snapshot, state: State, now: datetime, *, wait_s: float,
+                on_start: Callable[[Decision], None] = lambda d: None) -> tuple[State, list[tuple[Decision, str]]]:
+        """Send the decisions (each passed `gate`) with bounded concurrency; return the state folded with
+        every outcome that came back within `wait_s` seconds, and the decisions not sent with why.
+
+        Decisions for one account go out one after another, in order (a later one waits for the
+        earlier one's outcome); different accounts go out side by side, at most `concurrency` at a
+        time, all inside the client's one rate bucket. A send still running after `wait_s` (the
+        tick's deadline) goes on in its thread; its firing stays in `inflight` and its outcome is
+        folded by `collect` on a later tick. A decision that has not started by then is not sent
+        (the next tick evaluates it again). `on_start` runs in the sending thread right before a
+        decision's intent is written."""
+        batch = _Batch(self.stopping)
+        groups: dict[str, list[Decision]] = {}
+        for d in decisions:
+            groups.setdefault(d.account.lower(), []).append(d)
+        for group in groups.values():
+            sends = _Sends(group)
+            thread = threading.Thread(target=self._send_group, args=(sends, batch, snapshot, now, on_start),
+                                      name=f"riskd-send-{group[0].account}", daemon=True)
+            sends.thread = thread
+            self._sending.append(sends)
+            thread.start()
+        deadline = time.monotonic() + max(0.0, wait_s)
+        for sends in list(self._sending):
+            if sends.thread is not None:
+                sends.thread.join(max(0.0, deadline - time.monotonic()))
+        batch.expired.set()  # what has not started by now waits for the next tick
+        state, skipped = self.collect(state)
+        return state, skipped
+
+    def collect(self, state: State) -> tuple[State, list[tuple[Decision, str]]]:
+        """Fold the outcomes of every send group that has finished (in the order they were started);
+        return the state and the decisions those groups did not send, with why. The firings of groups
+        still sending stay in `inflight`."""
+        skipped: list[tuple[Decision, str]] = []
+        running: list[_Sends] = []
+        for sends in self._sending:
+            if sends.thread is not None and sends.thread.is_alive():
+                running.append(sends)
+                continue
+            for outcome in sends.outcomes:
+                state = self.fold(outcome, state)
+            skipped.extend(sends.skipped)
+        self._sending = running
+        busy = frozenset(k for sends in running for d in sends.decisions for k in (d.key, *d.covers))
+        return replace(state, inflight=state.inflight | busy), skipped
+
+    def _send_group(self, sends: _Sends, batch: _Batch, snapshot: Snapshot, now: datetime,
+                    on_start: Callable[[Decision], None]) -> None:
+        with self._slots:  # at most `concurrency` accounts at a time
+            doubt: str | None = None
+            for d in sends.decisions:
+                why = batch.why_not()
+                if why is None and doubt is not None:
+                    why = f"waiting for the outcome of {doubt} on the same account"
+                if why is not None:
+                    sends.skipped.append((d, why))
+                    continue
+                try:
+                    on_start(d)
+                    outcome = self.send(d, snapshot, now)
+                except Exception as exc:  # noqa: BLE001 - a bug in one send must not lose the others' outcomes
+                    sends.skipped.append((d, f"the send failed: {exc.__class__.__name__}: {exc}"))
+                    continue
+                sends.outcomes.append(outcome)
+                if outcome.unavailable:
+                    batch.refuse(outcome.unavailable)
+                if outcome.status != "done" and outcome.status != "failed":
+                    doubt = d.key
+
+    def send(self, decision: Decision, snapshot: Snapshot, now: datetime) -> Sent:
+        """Write the intent, send the decision's orders, audit each answer; return the outcome for `fold`.
+        Safe to run in several threads at once (the store and the trail serialize their writes)."""
+        with self._acting_lock:
+            self._acting.append(decision.key)
+        try:
+            return self._send(decision, snapshot, now)
+        finally:
+            with self._acting_lock:
+                self._acting.remove(decision.key)
+
+    def _send(self, decision: Decision, snapshot: Snapshot, now: datetime) -> Sent:
         dry = self.is_dry(decision)
         seen = fingerprint(decision, positions_by_instrument(snapshot.account(decision.account)))
         self.store.begin(decision, seen, now)
@@ -260,13 +409,20 @@ class Executor:
                 self.audit.emit("api_error", path=reply.path, status=reply.status, error=reply.error,
                                 retry="none: the token was refused; fix the credential and restart")
             break
-        finished = self.clock()
-        outcome = last.outcome if last is not None else None
         if status == "failed" and sent and last is not None and self._may_have_landed(decision, last):
             status = "refused"  # the bridge saw it and said no: verify against the evidence before sending again
-        self.unavailable = None
+        unavailable = None
         if last is not None and status != "done" and (last.outcome == UNKNOWN or last.transient):
-            self.unavailable = f"{last.status or last.outcome}: {last.error}"
+            unavailable = f"{last.status or last.outcome}: {last.error}"
+        return Sent(decision, seen, now, status, last, tuple(sent), self.clock(), unavailable)
+
+    def fold(self, outcome: Sent, state: State) -> State:
+        """Given a send's outcome, record it (done, failed, or in doubt) and return the state that counts it.
+        Runs on the tick's thread only (it owns the in-doubt list and the back-off)."""
+        decision, now, status, last = outcome.decision, outcome.now, outcome.status, outcome.last
+        sent, finished = outcome.sent, outcome.finished
+        result = last.outcome if last is not None else None
+        self.unavailable = outcome.unavailable
         if last is not None and status in ("failed", "refused") and not last.transient:
             _, attempts = self._retry_at.get(decision.key, (now, 0))
             delay = min(REJECTED_BACKOFF * 2 ** attempts, REJECTED_BACKOFF_CAP)
@@ -274,21 +430,38 @@ class Executor:
         if status == "done":
             self._retry_at.pop(decision.key, None)
             state = acknowledge(state, decision, now)
-            self.store.finish(decision.key, "done", finished, state, outcome=outcome)
+            self.store.finish(decision.key, "done", finished, state, outcome=result)
         elif status in ("unknown", "refused"):
             settle_at = finished if status == "refused" else self._settle_at(decision, sent[-1] if sent else finished, finished)
-            self.store.finish(decision.key, "unknown", finished, settle_at=settle_at, outcome=outcome)
-            self._in_doubt.append(Intent(decision.key, decision, seen, "unknown", now, sent[-1] if sent else None, settle_at, outcome))
+            self.store.finish(decision.key, "unknown", finished, settle_at=settle_at, outcome=result)
+            self._in_doubt.append(Intent(decision.key, decision, outcome.seen, "unknown", now, sent[-1] if sent else None,
+                                         settle_at, result))
             state = replace(state, inflight=state.inflight | {decision.key, *decision.covers})
         else:
-            self.store.finish(decision.key, "failed", finished, outcome=outcome)
+            self.store.finish(decision.key, "failed", finished, outcome=result)
         return state
 
+    def wait_sends(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the send threads still running."""
+        deadline = time.monotonic() + timeout
+        for sends in list(self._sending):
+            if sends.thread is not None:
+                sends.thread.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def acting(self) -> list[str]:
+        """The keys of the firings being sent right now (their intents are in the store, `sending`): what a
+        stop reports as in doubt (settled by `resolve` at the next start)."""
+        with self._acting_lock:
+            return list(self._acting)
+
     def _may_have_landed(self, decision: Decision, reply: Reply) -> bool:
-        """A refused partial close that reached the bridge may have been applied all the same: a 408
-        (NinjaTrader disconnected) or a 2xx `success: false` come from the relay, which may have passed
-        it on. A 429 or another 4xx is CrossTrade's own refusal, before anything was relayed."""
-        return (not is_idempotent(decision) and reply.outcome == crosstrade.REJECTED
+        """A refused order that reached the bridge may have been applied all the same: a 408 (NinjaTrader
+        disconnected) or a 2xx `success: false` come from the relay, which may have passed it on. A 429
+        or another 4xx is CrossTrade's own refusal, before anything was relayed. Settled against the
+        next snapshot: a partial close is then never repeated; a flatten or close-all whose position
+        changed counts as done (the firing is acknowledged), one whose position did not is sent again."""
+        return (reply.outcome == crosstrade.REJECTED
                 and (reply.status == 408 or reply.status is not None and 200 <= reply.status < 300))
 
     def _settle_at(self, decision: Decision, sent: datetime, finished: datetime) -> datetime:
@@ -309,7 +482,10 @@ class Executor:
         may then act again. Until then it stays in doubt: its key and the keys it covers go to `inflight`."""
         in_doubt: list[Intent] = []
         executions: dict[str, Reply] = {}  # one read per account per tick
+        busy = {k for sends in self._sending for d in sends.decisions for k in (d.key, *d.covers)}
         for intent in self.store.open_intents():
+            if intent.key in busy:
+                continue  # still being sent (past a tick's deadline): `collect` folds its outcome
             account = snapshot.account(intent.decision.account)
             if account is None:
                 in_doubt.append(intent)
@@ -344,7 +520,7 @@ class Executor:
                             previous_outcome=intent.outcome, verdict=verdict, **evidence)
         self._in_doubt = in_doubt
         self._retry_at = {k: v for k, v in self._retry_at.items() if now - v[0] < REJECTED_BACKOFF_CAP}  # targets long gone
-        inflight = frozenset(k for intent in in_doubt for k in (intent.key, *intent.decision.covers))
+        inflight = frozenset(k for intent in in_doubt for k in (intent.key, *intent.decision.covers)) | busy
         return replace(state, inflight=inflight)
 
     def _fills(self, intent: Intent, seen: Account, cache: dict[str, Reply], now: datetime) -> list[dict[str, Any]] | None:

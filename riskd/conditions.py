@@ -123,7 +123,15 @@ class AgeLevel(RuleModel):
 def _level(value: float, spec: Any, holds: bool) -> dict[str, Any]:
     side, level = next(iter(spec.describe().items()))
     gap = value - level if side == "below" else level - value
-    return {"seen": round(value, 2), "threshold": f"{side} {level:.2f}", "distance": "holds" if holds else f"${gap:.2f} to go"}
+    return {"seen": round(value, 2), "threshold": f"{side} {level:.2f}", "distance": "holds" if holds else f"${gap:.2f} to go",
+            **_gap(gap, abs(level), "$", holds)}
+
+
+def _gap(gap: float, span: float, unit: str, holds: bool) -> dict[str, Any]:
+    """The distance to firing as numbers: `gap` (in `unit`; 0 once it holds) left of `span` (the
+    threshold's size), and that gap in percent of the span (None when the span is 0)."""
+    gap = 0.0 if holds else max(gap, 0.0)
+    return {"gap": round(gap, 2), "span": round(span, 2), "unit": unit, "gap_percent": round(100 * gap / span, 1) if span else None}
 
 
 def _position_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
@@ -138,7 +146,8 @@ def _position_size(spec: Any, t: Target) -> tuple[bool, Seen]:
 
 def _explain_position_size(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
     return {"seen": seen["position_size"], "threshold": f"above {spec.above}",
-            "distance": "holds" if holds else f"{spec.above + 1 - seen['position_size']} contract(s) to go"}
+            "distance": "holds" if holds else f"{spec.above + 1 - seen['position_size']} contract(s) to go",
+            **_gap(spec.above + 1 - seen["position_size"], spec.above + 1, "contracts", holds)}
 
 
 def _position_age(spec: Any, t: Target) -> tuple[bool, Seen]:
@@ -149,7 +158,8 @@ def _position_age(spec: Any, t: Target) -> tuple[bool, Seen]:
 def _explain_position_age(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
     age = timedelta(seconds=seen["position_age_s"])
     return {"seen": format_span(age), "threshold": f"above {format_span(spec.above)}",
-            "distance": "holds" if holds else f"{format_span(spec.above - age)} to go"}
+            "distance": "holds" if holds else f"{format_span(spec.above - age)} to go",
+            **_gap((spec.above - age).total_seconds(), spec.above.total_seconds(), "s", holds)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +213,7 @@ def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> 
         row["distance"] = f"inactive until the peak reaches {max(spec.after, 0):.2f}" + (" and is above 0" if kind == "percent" else "")
     else:
         row["distance"] = "holds" if holds else f"${seen['account_pnl'] - seen['floor']:.2f} to go"
+        row.update(_gap(seen["account_pnl"] - seen["floor"], seen["peak"] - seen["floor"], "$", holds))
     return row
 
 

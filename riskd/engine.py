@@ -22,13 +22,16 @@ Firing semantics (docs/how-it-works.md, "How firing works"):
   (flatten, close all) is acknowledged, evaluated again next tick after a partial winner;
 - markers, holds, peaks, locks and first-seen times reset at the session boundary; occurrence
   records are keyed by instant and kept (8 days), so a past session's occurrence is never `missed`;
-- a rule whose digest changed (edited) forgets its state; unchanged rules keep theirs.
+- a rule whose digest changed (edited) forgets its state; unchanged rules keep theirs;
+- an operator's controls (riskd.control) are state too: a paused rule is not evaluated until its
+  pause ends (its lock, if any, still holds); a locked account (`account_locks`) has every open
+  position flattened until the lock ends. Both outlive a session boundary until they end.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone, tzinfo
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Iterable
@@ -41,9 +44,9 @@ from riskd.schedule import format_span, last_occurrence, next_occurrence
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    """The parts of riskd.yaml the engine needs."""
+    """The parts of riskd.yaml the engine needs (riskd.config.Settings.engine)."""
 
-    zone: Any
+    zone: tzinfo
     session_start: time = time(18, 0)
     misfire_grace: timedelta = timedelta(seconds=60)
 
@@ -62,6 +65,8 @@ class State:
     known:       rule name -> [digest, ISO time first loaded]
     tracked:     position identity -> [last quantity seen, snapshots it has been absent from, confirmed 0|1]
     inflight:    firing keys whose last action has an unresolved outcome: never fire them again
+    paused:      rule name -> ISO time its operator pause ends
+    account_locks: account (lower case) -> ISO time its operator lock ends
     """
 
     session: str | None = None
@@ -74,6 +79,8 @@ class State:
     known: dict[str, list[str]] = field(default_factory=dict)
     tracked: dict[str, list[int]] = field(default_factory=dict)
     inflight: frozenset[str] = frozenset()
+    paused: dict[str, str] = field(default_factory=dict)
+    account_locks: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +94,8 @@ class State:
             "first_seen": self.first_seen,
             "known": self.known,
             "tracked": self.tracked,
+            "paused": self.paused,
+            "account_locks": self.account_locks,
         }
 
     @classmethod
@@ -124,6 +133,23 @@ def session_of(now: datetime, settings: EngineSettings) -> str:
     if local.time() >= settings.session_start:
         day += timedelta(days=1)
     return day.isoformat()
+
+
+def session_end(now: datetime, settings: EngineSettings) -> datetime:
+    """Given a UTC instant, return the UTC instant its session ends (the next `session_start`)."""
+    local = now.astimezone(settings.zone)
+    day = local.date() + timedelta(days=1 if local.time() >= settings.session_start else 0)
+    end = datetime.combine(day, settings.session_start)
+    return end.replace(tzinfo=settings.zone).astimezone(timezone.utc)
+
+
+def active(ends: dict[str, str], now: datetime) -> dict[str, str]:
+    """The entries of a {name: ISO end} map (pauses, account locks) that have not ended at `now`."""
+    return {k: v for k, v in ends.items() if datetime.fromisoformat(v) > now}
+
+
+# Pseudo-rule names of operator controls in firing keys (a rule name cannot hold ':').
+OPERATOR_LOCK = "operator:lock"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,6 +531,22 @@ class _Tick:
         )
 
     def enforce_locks(self, rules_by_name: dict[str, Rule]) -> None:
+        for name, until in self.old.account_locks.items():
+            account = self.snapshot.account(name)
+            if account is None:
+                continue
+            for position in self._targets_of[id(account)]:
+                key = str(FiringKey(OPERATOR_LOCK, self._target(account, position), lock=True))
+                if key in self.old.fired:
+                    self.fired[key] = self.old.fired[key]
+                elif key not in self.old.inflight:
+                    self.decisions.append(
+                        Decision(kind="fire", rule=OPERATOR_LOCK, key=key, account=account.name, instrument=position.instrument,
+                                 action="lock: flatten", severity=Severity.FLATTEN,
+                                 orders=(Order("flatten", account.name, position.instrument),),
+                                 inputs={"position": position.as_dict(), "locked_until": until},
+                                 threshold={"account_lock_until": until}, reason="the operator locked this account")
+                    )
         for lock_key in self.old.locks:
             lock = LockKey.parse(lock_key)
             rule = rules_by_name.get(lock.rule)
@@ -574,7 +616,9 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
     if state.session != session:  # a new session: markers, holds, peaks, locks and first-seen times start over
         horizon = now - timedelta(days=8)  # occurrences are keyed by their instant, so they stay (for `missed`)
         occurrences = {k: v for k, v in state.occurrences.items() if datetime.fromisoformat(OccurrenceKey.parse(k).instant) >= horizon}
-        state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences)
+        state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences,
+                      paused=state.paused, account_locks=state.account_locks)
+    state = replace(state, paused=active(state.paused, now), account_locks=active(state.account_locks, now))
     known = {}
     for rule in rules:
         entry = state.known.get(rule.name)
@@ -586,7 +630,7 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
 
     tick = _Tick(state, snapshot, now, settings)
     for rule in rules:
-        if not rule.enabled:
+        if not rule.enabled or rule.name in state.paused:
             continue
         tick.run(rule)
     by_name = {r.name: r for r in rules if r.enabled}
@@ -644,9 +688,9 @@ def acknowledge(state: State, decision: Decision, now: datetime) -> State:
 
 def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings) -> list[dict[str, Any]]:
     """Given the same inputs as evaluate, return one row per rule and target: its status (disabled,
-    fired, fires now, holding (a `for` is running), not met, timed, no target in scope), and per condition the value seen,
-    the threshold, whether it holds and how far it is from holding; `next` is the next occurrence
-    of a timed rule."""
+    fired, fires now, holding (a `for` is running), not met, timed, no target in scope), its account and
+    instrument (a target's), and per condition the value seen, the threshold, whether it holds and how far
+    it is from holding; `next` is the next occurrence of a timed rule."""
     now = now.astimezone(timezone.utc)
     decisions, state = evaluate(rules, state, snapshot, now, settings)
     firing = {(d.rule, d.account, d.instrument) for d in decisions if d.kind == "fire"}
@@ -654,7 +698,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
     rows: list[dict[str, Any]] = []
     for rule in rules:
         nxt = next_occurrence(rule, now) if rule.at is not None else None
-        base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None}
+        base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None, "account": None, "instrument": None}
         if not rule.enabled:
             rows.append({**base, "target": "-", "status": "disabled", "conditions": []})
             continue
@@ -684,7 +728,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
             else:
                 status = "holding" if holds else "not met"
             rows.append({**base, "target": account.name + (f" {position.instrument}" if position else ""), "status": status,
-                         "conditions": conditions})
+                         "conditions": conditions, "account": account.name, "instrument": position.instrument if position else None})
         if not targets:
             rows.append({**base, "target": "-", "status": "no target in scope", "conditions": []})
     return rows

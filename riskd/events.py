@@ -80,7 +80,11 @@ STALE = Event("stale", "the data is older than stale_after", ("last_ok", "stale_
 RECOVERED = Event("recovered", "polling works again after stale", ("path", "stale_for_s", "polls_failed"))
 CLOCK_STEP = Event("clock_step", "the wall clock stepped against the monotonic clock between two ticks",
                    ("step_s", "direction", "wall_expected", "wall_now"), durable=True)
+SESSION_SUMMARY = Event("session_summary", "at each session end (session_start), by the daemon", ("session", "accounts", "rules"),
+                        durable=True)
 TICK_FAILED = Event("tick_failed", "a tick raised (the next one runs as planned)", ("reason", "error"))
+TICK_OVERRUN = Event("tick_overrun", "a tick ran past its deadline (sends still running go on in their threads)",
+                     ("reason", "took_s", "deadline_s", "sending"), durable=True)
 ROTATED = Event("rotated", "first line of a new trail file", ("previous_file", "previous_seq", "previous_hash"), durable=True)
 TRAIL_REPAIRED = Event("trail_repaired", "riskd found the trail's end not as it left it (a torn line, lines missing)", ("reason",),
                        durable=True)
@@ -91,10 +95,16 @@ DISK_FULL = Event("disk_full", "the state database could not be written: the dis
 STATE_WRITE_FAILED = Event("state_write_failed", "the state database could not be written for another reason", ("op", "error"))
 DISK_RECOVERED = Event("disk_recovered", "the state database can be written again", ("op",))
 
+CONTROL = Event("control", "an operator command arrived on the control socket (with the Unix user who sent it)",
+                ("id", "verb", "reason", "user", "uid"), durable=True)
+CONTROL_RESULT = Event("control_result", "an operator command's outcome (done, refused, failed, expired)",
+                       ("id", "verb", "status", "message", "user"), durable=True)
+
 CATALOGUE: dict[str, Event] = {e.name: e for e in (
     STARTED, STOPPED, RULES_LOADED, RULES_REJECTED, SAMPLE, FIRED, ACTION, ACTION_RESOLVED, SUPERSEDED, SKIPPED, MISSED,
-    RULE_FAILED, DEFERRED, API_ERROR, STALE, RECOVERED, CLOCK_STEP, TICK_FAILED, ROTATED, TRAIL_REPAIRED, TRAIL_UNWRITABLE, TRAIL_WRITABLE,
-    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED,
+    RULE_FAILED, DEFERRED, API_ERROR, STALE, RECOVERED, CLOCK_STEP, SESSION_SUMMARY, TICK_FAILED, TICK_OVERRUN, ROTATED,
+    TRAIL_REPAIRED, TRAIL_UNWRITABLE, TRAIL_WRITABLE,
+    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED, CONTROL, CONTROL_RESULT,
 )}
 DECISIONS: dict[str, Event] = {e.name: e for e in (FIRED, SUPERSEDED, SKIPPED, MISSED, RULE_FAILED)}  # by Decision.kind
 DURABLE = frozenset(e.name for e in CATALOGUE.values() if e.durable)

@@ -44,6 +44,9 @@ class Account:
     commission: float
     net_liquidation: float
     positions: tuple[Position, ...] = ()
+    # shown by `riskd status`, never decided on: None when the API did not give a number
+    week_pnl: float | None = None
+    cash_value: float | None = None
 
     def pnl(self, basis: str = "total", net_of_commission: bool = False) -> float:
         """Given a basis (total|realized|unrealized), return the session P&L on it."""
@@ -66,6 +69,20 @@ class Snapshot:
     # treated as not seen in this snapshot (never as flat)
     unknown: frozenset[str] = frozenset()
     problems: tuple[str, ...] = ()  # why each unknown account could not be read, for the audit trail
+
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON values (the state store keeps the last snapshot for `riskd status`)."""
+        return {"taken_at": self.taken_at.isoformat(), "unknown": sorted(self.unknown), "problems": list(self.problems),
+                "accounts": [{"name": a.name, "realized_pnl": a.realized_pnl, "unrealized_pnl": a.unrealized_pnl,
+                              "commission": a.commission, "net_liquidation": a.net_liquidation,
+                              "week_pnl": a.week_pnl, "cash_value": a.cash_value,
+                              "positions": [{"account": p.account, **p.as_dict()} for p in a.positions]} for a in self.accounts]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Snapshot":
+        accounts = tuple(Account(**{**a, "positions": tuple(Position(**p) for p in a["positions"])}) for a in data["accounts"])
+        return cls(datetime.fromisoformat(data["taken_at"]), accounts, frozenset(data.get("unknown", ())),
+                   tuple(data.get("problems", ())))
 
     def account(self, name: str) -> Account | None:
         lowered = name.lower()
@@ -151,6 +168,7 @@ class Action:
     amount: Any = None
     cancel_orders: bool = False
     lock: bool = False
+    lock_undo: str = "allowed"  # "never": `riskd unlock` refuses to lift this rule's lock
 
     @property
     def severity(self) -> Severity:
@@ -176,7 +194,7 @@ class Action:
         if self.cancel_orders:
             text += " +cancel_orders"
         if self.lock:
-            text += " +lock"
+            text += " +lock" + (" (no undo)" if self.lock_undo == "never" else "")
         return text
 
 

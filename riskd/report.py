@@ -12,7 +12,6 @@ calls they made and the closedPositions each call returned; then every other dec
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
@@ -30,6 +29,7 @@ from riskd.trail import (
     TrailError,
     Verdict,
     chain_order,
+    closed_pnl,
     closed_positions,
     closed_quantity,
     is_order_change,
@@ -404,8 +404,7 @@ def _firing_rows(fired: dict[str, Any] | None, calls: list[dict[str, Any]], numb
             f"{_e(c.get('marketPosition'))} {_e(c.get('quantity'))} {_e(c.get('instrument'))} avg {_e(c.get('averagePrice'))} "
             f"mkt {_e(c.get('marketPrice'))}" for c in closed) or _e(call.get("error") or "")
         qty = sum(closed_quantity(call, c) for c in closed) if is_order_change(call) else 0
-        pnl = sum(float(c.get("unrealizedProfitLoss") or 0.0) * closed_quantity(call, c) / max(1, int(c.get("quantity") or 1))
-                  for c in closed) if is_order_change(call) else None
+        pnl = sum(closed_pnl(call, c) for c in closed) if is_order_change(call) else None
         result = (f"{_e(call.get('status'))} {_e(call.get('outcome'))}, {_e(call.get('latency_ms'))} ms"
                   + (" (dry run)" if call.get("dry_run") else ""))
         w(f"<tr>{head if i == 0 else ''}<td><code>{_e(req.get('method'))} {_e(req.get('path'))}<br>"
@@ -431,15 +430,15 @@ def _other(day: Day, w: Any) -> None:
 # The command.
 
 
-def main(files: list[Path], args: argparse.Namespace) -> int:
-    """`riskd report`: write the page; 0 ok, 1 no such trail or day, 2 a bad date."""
+def main(files: list[Path], day: str | None = None, output: str | None = None) -> int:
+    """`riskd report`: write the page for trading `day` (YYYY-MM-DD; default: the latest) to `output`
+    (a path, - for stdout; default riskd-report-DAY.html); 0 ok, 1 no such trail or day, 2 a bad date."""
     try:
         ordered = chain_order(files)
     except TrailError as exc:
         print(f"riskd report: {exc}", file=sys.stderr)
         return 1
     lines = list(read(ordered))
-    day = args.date
     if day is None:
         found = days_in(lines)
         if not found:
@@ -458,7 +457,7 @@ def main(files: list[Path], args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     page = build(collected, verify(ordered), [str(p) for p in ordered], datetime.now(timezone.utc))
-    target = args.output or f"riskd-report-{day}.html"
+    target = output or f"riskd-report-{day}.html"
     if target == "-":
         sys.stdout.write(page)
     else:

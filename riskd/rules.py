@@ -14,9 +14,9 @@ import json
 import re
 from datetime import time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import ConfigDict, Field, create_model
+from pydantic import ConfigDict, Discriminator, Field, Tag, create_model
 from pydantic.json_schema import GenerateJsonSchema
 
 from riskd import yamldoc
@@ -100,6 +100,21 @@ else:
     )
 
 
+class LockSpec(RuleModel):
+    """`lock:` as a mapping: a lock with options."""
+
+    expected: ClassVar[str] = "true, false or a mapping such as {undo: never}"
+
+    undo: Literal["allowed", "never"] = Field("allowed", description=(
+        "whether `riskd unlock` may lift this rule's lock: never for a prop-firm lock-out, which cannot be undone"))
+
+
+# `lock: true` or `lock: {undo: never}`: a mapping is read as options, anything else as a flag, so an error
+# names one form only. The tags are bracketed: yamldoc drops bracketed union members from error locations.
+LockOption = Annotated[Union[Annotated[Flag, Tag("[flag]")], Annotated[LockSpec, Tag("[options]")]],
+                       Discriminator(lambda v: "[options]" if isinstance(v, dict) else "[flag]")]
+
+
 class Then(RuleModel):
     """The action: exactly one of close, reduce_to, flatten; plus cancel_orders and lock."""
 
@@ -107,7 +122,7 @@ class Then(RuleModel):
     model_config = ConfigDict(json_schema_extra={
         "oneOf": [{"required": [k]} for k in ACTION_KEYS],
         "not": {"required": ["flatten", "cancel_orders"], "properties": {"cancel_orders": {"const": True}}},
-        "if": {"required": ["lock"], "properties": {"lock": {"const": True}}},
+        "if": {"required": ["lock"], "properties": {"lock": {"anyOf": [{"const": True}, {"type": "object"}]}}},
         "then": {"anyOf": [{"required": ["flatten"]},
                            {"required": ["close"], "properties": {"close": {"anyOf": [{"const": "all"},
                                                                                       {"type": "string", "pattern": r"^100(\.0+)?%$"}]}}}]},
@@ -117,7 +132,8 @@ class Then(RuleModel):
     reduce_to: PositiveContracts | None = Field(None, description="per matched position larger than N: close the excess")
     flatten: TrueOnly | None = Field(None, description="flatten the account (positions and working orders), or each matched instrument")
     cancel_orders: Flag = Field(False, description="after a close, also cancel the instrument's working orders")
-    lock: Flag = Field(False, description="for the rest of the session, close any position that opens in scope")
+    lock: LockOption = Field(False, description=(
+        "for the rest of the session, close any position that opens in scope; {undo: never} also refuses `riskd unlock`"))
 
     @classmethod
     def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
@@ -128,7 +144,7 @@ class Then(RuleModel):
             problems.append(((), f"give exactly one of 'close', 'reduce_to' or 'flatten'{found}"))
         if raw.get("cancel_orders") is True and "flatten" in raw:
             problems.append((("cancel_orders",), "'flatten' already cancels working orders; remove 'cancel_orders'"))
-        if raw.get("lock") is True and len(chosen) == 1:
+        if (raw.get("lock") is True or isinstance(raw.get("lock"), dict)) and len(chosen) == 1:
             closes_all = chosen == ["flatten"] or (chosen == ["close"] and lenient(close_amount, raw["close"]) in ("all", None))
             if not closes_all:
                 problems.append((("lock",), "'lock' needs 'flatten: true' or 'close: all' (a lock keeps the scope flat)"))
@@ -280,12 +296,14 @@ def _field_of(doc: yamldoc.Document, loc: tuple[Any, ...]) -> tuple[str | None, 
 
 def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: str) -> Rule:
     when, then = spec.when, spec.then
+    lock = then.lock if isinstance(then.lock, bool) else True
+    undo = then.lock.undo if isinstance(then.lock, LockSpec) else "allowed"
     if then.close is not None:
-        action = Action("close", then.close, then.cancel_orders, then.lock)
+        action = Action("close", then.close, then.cancel_orders, lock, lock_undo=undo)
     elif then.reduce_to is not None:
-        action = Action("reduce_to", then.reduce_to, then.cancel_orders, then.lock)
+        action = Action("reduce_to", then.reduce_to, then.cancel_orders, lock, lock_undo=undo)
     else:
-        action = Action("flatten", None, False, then.lock)
+        action = Action("flatten", None, False, lock, lock_undo=undo)
     conditions = tuple(
         (key, getattr(when, key)) for key in CONDITION_KEYS if key != "at" and getattr(when, key) is not None
     )

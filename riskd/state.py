@@ -8,6 +8,11 @@
   retried. That is what makes "never twice for one firing" survive kill -9.
 
 - `health`: the daemon's last successful poll and whether it is stale, for `riskd once`.
+- `snapshot`: the last snapshot the daemon read, for `riskd status` (saved with the health row).
+- `commands`: operator commands from the control socket (riskd.channel), one row per command id:
+  `queued` when it arrived (written by the socket's thread through an `Inbox`, its own connection),
+  `acting` while its flatten's intents are open, then `done`, `refused`, `failed` or `expired`. A
+  row still `queued` or `acting` after a kill -9 is carried on at the next start (riskd.control).
 
 The schema is versioned with PRAGMA user_version and migrated forward on open, each step in one
 transaction. A store that is corrupt (integrity check, unreadable rows) or from a newer riskd is a
@@ -37,6 +42,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,10 +50,10 @@ from typing import Any, Callable, TypeVar
 
 from riskd.engine import State
 from riskd.errors import StateError, StateLocked
-from riskd.model import Decision, Order
+from riskd.model import Decision, Order, Snapshot
 from riskd.redact import Redactor
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, str] = {
     1: """
         CREATE TABLE engine (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
@@ -69,7 +75,21 @@ MIGRATIONS: dict[int, str] = {
         ALTER TABLE intents ADD COLUMN outcome TEXT;
         CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
     """,
+    3: """
+        CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
+        CREATE TABLE commands (
+            id TEXT PRIMARY KEY,
+            verb TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            status TEXT NOT NULL,
+            outcome TEXT,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        );
+        CREATE INDEX commands_status ON commands (status);
+    """,
 }
+OPEN_COMMANDS = ("queued", "acting")
 OPEN_STATUSES = ("sending", "unknown")
 RESERVE_NAME = "riskd.reserve"
 RESERVE_BYTES = 4 * 1024 * 1024
@@ -133,7 +153,8 @@ def _decision_from_json(text: str) -> Decision:
 
 
 class Store:
-    """The state store of one state_dir. Not thread-safe: the daemon uses it from the tick only."""
+    """The state store of one state_dir. Thread-safe: one lock serializes every read and write (the tick
+    and the threads that send its closes concurrently share the one SQLite connection)."""
 
     def __init__(self, state_dir: Path, on_condition: Condition = _no_condition, *, reserve_bytes: int = RESERVE_BYTES,
                  redactor: Redactor | None = None):
@@ -143,6 +164,7 @@ class Store:
         self.reserve_bytes = reserve_bytes
         self.reserve_path = state_dir / RESERVE_NAME
         self._disk_full = False  # disk_full reported, disk_recovered not yet
+        self._lock = threading.RLock()
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lockfile = os.fdopen(_create_private(state_dir / "riskd.lock", os.O_RDWR | os.O_APPEND), "a+")
@@ -227,7 +249,12 @@ class Store:
             pass
 
     def _write(self, op: str, write: Callable[[], _T], failed: _T) -> _T:
-        """Run one write; on a full disk free the reserve and retry once; never raise for lack of space."""
+        """Run one write (under the store's lock); on a full disk free the reserve and retry once; never
+        raise for lack of space."""
+        with self._lock:
+            return self._write_locked(op, write, failed)
+
+    def _write_locked(self, op: str, write: Callable[[], _T], failed: _T) -> _T:
         try:
             result = write()
         except (sqlite3.OperationalError, OSError) as exc:
@@ -273,9 +300,14 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return self._db.execute("PRAGMA user_version").fetchone()[0]
+        with self._lock:
+            return self._db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
+        with getattr(self, "_lock", threading.RLock()):
+            self._close()
+
+    def _close(self) -> None:
         db = getattr(self, "_db", None)
         if db is not None:
             db.close()
@@ -302,7 +334,19 @@ class Store:
 
     # engine state ------------------------------------------------------------------------------
 
+    def forget_everything(self) -> None:
+        """Start over: no engine state, intents, health, last snapshot or commands (the demo, whose
+        simulator starts over each run too). Under the state_dir's lock, so never under a running daemon."""
+        with self._lock:
+            for table in ("engine", "intents", "health", "snapshot", "commands"):
+                self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            self._saved_doc = None
+
     def load(self) -> State:
+        with self._lock:
+            return self._load()
+
+    def _load(self) -> State:
         try:
             row = self._db.execute("SELECT doc FROM engine WHERE id = 1").fetchone()
             state = State.from_json(json.loads(row[0])) if row else State()
@@ -368,10 +412,11 @@ class Store:
 
     def open_intents(self) -> list[Intent]:
         """Intents whose outcome riskd does not know (`sending` after a crash, `unknown` after a timeout)."""
-        rows = self._db.execute(
-            "SELECT key, decision, seen, status, created, sent, settle_at, outcome FROM intents WHERE status IN (?, ?) ORDER BY created",
-            OPEN_STATUSES,
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, decision, seen, status, created, sent, settle_at, outcome FROM intents WHERE status IN (?, ?) "
+                "ORDER BY created", OPEN_STATUSES,
+            ).fetchall()
         return [
             Intent(key, _decision_from_json(decision), json.loads(seen), status, datetime.fromisoformat(created),
                    _when(sent), _when(settle_at), outcome)
@@ -379,7 +424,8 @@ class Store:
         ]
 
     def intent_status(self, key: str) -> str | None:
-        row = self._db.execute("SELECT status FROM intents WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT status FROM intents WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def prune(self, before: datetime) -> int:
@@ -396,6 +442,82 @@ class Store:
             "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
             (doc, now.isoformat()),
         ), None)
+
+    def save_snapshot(self, snapshot: Snapshot, now: datetime) -> None:
+        doc = self.redactor.text(json.dumps(snapshot.as_json(), sort_keys=True))
+        self._write("save_snapshot", lambda: self._db.execute(
+            "INSERT INTO snapshot (id, doc, updated) VALUES (1, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+            (doc, now.isoformat()),
+        ), None)
+
+    @staticmethod
+    def peek_view(state_dir: Path) -> dict[str, Any] | None:
+        """What the running (or last) daemon of a state_dir persisted, read-only and without its lock
+        (readable while it writes: WAL): {"state", "health", "snapshot", "snapshot_at", "commands"}
+        (the last 20 commands, newest first); None when the state_dir holds no store."""
+        path = state_dir / "riskd.sqlite3"
+        if not path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+            try:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                engine = db.execute("SELECT doc FROM engine WHERE id = 1").fetchone()
+                health = db.execute("SELECT doc, updated FROM health WHERE id = 1").fetchone() if version >= 2 else None
+                snap = db.execute("SELECT doc, updated FROM snapshot WHERE id = 1").fetchone() if version >= 3 else None
+                commands = db.execute("SELECT id, verb, doc, status, outcome, updated FROM commands ORDER BY created DESC LIMIT 20"
+                                      ).fetchall() if version >= 3 else []
+            finally:
+                db.close()
+            return {
+                "state": State.from_json(json.loads(engine[0])) if engine else State(),
+                "health": {**json.loads(health[0]), "updated": health[1]} if health else None,
+                "snapshot": Snapshot.from_json(json.loads(snap[0])) if snap else None,
+                "snapshot_at": snap[1] if snap else None,
+                "commands": [{"id": i, "verb": v, "command": json.loads(d), "status": st, "outcome": json.loads(o) if o else None,
+                              "updated": u} for i, v, d, st, o, u in commands],
+            }
+        except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
+            raise StateError(f"state store {path} is unreadable ({exc.__class__.__name__}: {exc})") from None
+
+    # operator commands (tick side) -------------------------------------------------------------
+
+    def open_commands(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(id, status, command) of every command not finished (`queued`, `acting`), oldest first."""
+        rows = self._db.execute("SELECT id, status, doc FROM commands WHERE status IN (?, ?) ORDER BY created, id",
+                                OPEN_COMMANDS).fetchall()
+        return [(i, st, json.loads(d)) for i, st, d in rows]
+
+    def has_open_commands(self) -> bool:
+        return self._db.execute("SELECT 1 FROM commands WHERE status IN (?, ?) LIMIT 1", OPEN_COMMANDS).fetchone() is not None
+
+    def update_command(self, command_id: str, status: str, now: datetime, *, doc: dict[str, Any] | None = None,
+                       outcome: dict[str, Any] | None = None, state: State | None = None) -> None:
+        """Record a command's progress (and the engine state it produced, in the same transaction)."""
+        engine_doc = json.dumps(state.to_json(), sort_keys=True) if state is not None else None
+
+        def write() -> None:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "UPDATE commands SET status = ?, updated = ?, doc = COALESCE(?, doc), outcome = COALESCE(?, outcome) WHERE id = ?",
+                    (status, now.isoformat(), json.dumps(doc) if doc is not None else None,
+                     self.redactor.text(json.dumps(outcome, default=str)) if outcome is not None else None, command_id))
+                if engine_doc is not None:
+                    self._db.execute(
+                        "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+                        (engine_doc, now.isoformat()),
+                    )
+            if engine_doc is not None:
+                self._saved_doc = engine_doc
+
+        self._write("update_command", write, None)
+
+    def inbox(self) -> "Inbox":
+        """The commands table for the control socket's threads (a connection of its own)."""
+        return Inbox(self.path)
 
     @staticmethod
     def peek_health(state_dir: Path) -> dict[str, Any] | None:
@@ -414,6 +536,35 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StateError(f"state store {path} is unreadable ({exc.__class__.__name__})") from None
         return {**json.loads(row[0]), "updated": row[1]} if row else None
+
+
+class Inbox:
+    """Operator commands as the control socket receives them: `submit` records one durably (once per
+    id) before riskd acts on it, `get` reads its progress. Thread-safe; its own SQLite connection
+    beside the tick's (SQLite serializes the writes)."""
+
+    def __init__(self, path: Path):
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        self._db.execute("PRAGMA synchronous=FULL")
+
+    def submit(self, command_id: str, verb: str, doc: dict[str, Any], now: datetime) -> bool:
+        """Record a command; return False when that id is already recorded (a client asking again)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO commands (id, verb, doc, status, outcome, created, updated) VALUES (?, ?, ?, 'queued', NULL, ?, ?)",
+                (command_id, verb, json.dumps(doc), now.isoformat(), now.isoformat()))
+            return cursor.rowcount == 1
+
+    def get(self, command_id: str) -> tuple[str, dict[str, Any] | None] | None:
+        """(status, outcome) of a command, None when no such id is recorded."""
+        with self._lock:
+            row = self._db.execute("SELECT status, outcome FROM commands WHERE id = ?", (command_id,)).fetchone()
+        return (row[0], json.loads(row[1]) if row[1] else None) if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
 def _create_private(path: Path, flags: int) -> int:

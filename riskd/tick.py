@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import structlog
 
-from riskd import engine
+from riskd import control, engine, events
 from riskd.actions import Executor
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.crosstrade import CrossTradeClient, TokenBucket, parse_snapshot
-from riskd.engine import EngineSettings, State
+from riskd.engine import State
 from riskd.errors import ApiError
 from riskd.model import Decision, Rule, Snapshot
 from riskd.poll import Event, Health, PollHealth
@@ -40,10 +40,6 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def engine_settings(settings: Settings) -> EngineSettings:
-    return EngineSettings(zone=settings.zone, session_start=settings.session_start, misfire_grace=settings.misfire_grace)
-
-
 def state_dir_for(settings: Settings, dry_run: bool) -> Path:
     """A daemon-wide dry run keeps its own state, so its markers never suppress a live firing."""
     return settings.state_dir / "dry-run" if dry_run else settings.state_dir
@@ -53,6 +49,8 @@ class Ticker:
     """One tick at a time: poll -> settle -> evaluate -> act, all with the same `now`.
 
     `stopping`, once set, lets an action in flight finish and starts no other (graceful stop).
+    `deadline_s`: how long a tick waits for its closes (sent side by side per account, see
+    `Executor.act_all`) before it returns; one that overruns it is audited `tick_overrun`.
     """
 
     def __init__(self, settings: Settings, rules: list[Rule], client: CrossTradeClient, executor: Executor,
@@ -66,7 +64,7 @@ class Ticker:
         self.audit = audit
         self.clock = clock
         self.monotonic = monotonic
-        self.engine_settings = engine_settings(settings)
+        self.engine_settings = settings.engine
         self.state: State = store.load()
         self.polls = PollHealth(settings.poll_interval, settings.stale_after)
         self.last_snapshot: Snapshot | None = None
@@ -78,6 +76,13 @@ class Ticker:
         self._wall_offset: float | None = None  # wall minus monotonic seconds at the last tick
         self._deferred: dict[str, str] = {}
         self._health_saved: float | None = None
+        # A tick waits this long (from its start) for its closes: one request deadline for the poll plus one
+        # poll interval. A close still in flight then goes on in its thread; the next poll is not held back.
+        self.deadline_s = (settings.timeout + settings.poll_interval).total_seconds()
+        self._snapshot_saved: Snapshot | None = None
+        # operator commands (riskd.control): the socket's threads wait on this for an outcome
+        self.command_progress = threading.Condition()
+        self._acted_commands: set[str] = set()  # operator flatten keys this process has sent
 
     @property
     def health(self) -> Health:
@@ -109,16 +114,23 @@ class Ticker:
             self.started_at = now
             self._started_mono = mono
             self.store.prune(now - INTENTS_KEPT)
+        if reason == "control" and not self.store.has_open_commands():
+            return None  # a command already carried out by an earlier tick
         if reason == "poll" and not self.polls.due(mono):
             self._check_stale(now, mono)  # backing off after API errors
             return None
         self.health.ticks += 1
+        deadline = mono + self.deadline_s
+        self.state, late = self.executor.collect(self.state)  # sends a past tick left running past its deadline
+        for d, reason_late in late:
+            self._defer(d, reason_late)
         snapshot = self._poll(now, mono)
         if snapshot is None:
             self._check_stale(now, mono)
             return None
         self.last_snapshot = snapshot
         state = self.executor.resolve(snapshot, self.state, now)
+        state = self._commands(snapshot, state, now)
         decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
         if state.session != self.state.session and self.state.session is not None:
             self.store.prune(now - INTENTS_KEPT)
@@ -126,32 +138,47 @@ class Ticker:
         self.state = state
         fire_keys = {d.key for d in decisions if d.kind == "fire"}
         self._deferred = {k: v for k, v in self._deferred.items() if k in fire_keys}
-        unavailable: str | None = None
-        acted: set[str] = set()
+        ready: list[Decision] = []
         for d in decisions:
             if d.kind != "fire":
                 continue
-            if self.stopping.is_set():
-                why: str | None = "riskd is stopping; the rule is evaluated again at start"
-            elif unavailable:  # the bridge is down or the budget spent: one probe per tick, not a volley
-                why = f"the API refused the previous action ({unavailable}); next tick"
-            else:
-                why = self.executor.gate(d, now)
+            why = "riskd is stopping; the rule is evaluated again at start" if self.stopping.is_set() else self.executor.gate(d, now)
             if why is not None:
                 self._defer(d, why)
                 continue
-            self._deferred.pop(d.key, None)
-            self._audit_decision(d, now)
-            self.health.firings += 1
-            acted.add(d.account.lower())
-            self.state = state = self.executor.act(d, snapshot, state, now)
-            unavailable = self.executor.unavailable
-        for d in decisions:  # after acting: 10,000 `superseded` lines never hold back a close
+            ready.append(d)
+        acted: set[str] = set()
+        if ready:
+            counted = threading.Lock()
+
+            def start(d: Decision) -> None:  # in the sending thread, right before the intent is written
+                self._deferred.pop(d.key, None)
+                self._audit_decision(d, now)
+                with counted:
+                    self.health.firings += 1
+                    acted.add(d.account.lower())
+
+            wait_s = max(0.0, deadline - self.monotonic())
+            state, skipped = self.executor.act_all(ready, snapshot, state, now, wait_s=wait_s, on_start=start)
+            self.state = state
+            for d, why in skipped:
+                self._defer(d, why)
+        for d in decisions:  # after acting        for d in decisions:  # after acting: 10,000 `superseded` lines never hold back a close
             if d.kind != "fire":
                 self._audit_decision(d, now)
         self._sample(snapshot, now, acted)  # after acting: no delay
         self._save_health(now, mono)
+        self._check_overrun(mono, reason)
         return decisions
+
+    def _check_overrun(self, mono: float, reason: str) -> None:
+        """Audit a tick that ran past its deadline (`tick_overrun`), with the firings still being sent."""
+        took = self.monotonic() - mono
+        if took <= self.deadline_s:
+            return
+        self.audit.emit(events.TICK_OVERRUN, reason=reason, took_s=round(took, 3), deadline_s=round(self.deadline_s, 3),
+                        sending=self.executor.acting)
+        log.warning("tick_overrun", took_s=round(took, 3), deadline_s=round(self.deadline_s, 3), sending=self.executor.acting)
 
     def _emit(self, events: list[Event]) -> None:
         for e in events:
@@ -187,6 +214,83 @@ class Ticker:
         if force or self._health_saved is None or mono - self._health_saved >= HEALTH_EVERY.total_seconds():
             self.store.save_health(self.health.as_json(), now)
             self._health_saved = mono
+            if self.last_snapshot is not None and self.last_snapshot is not self._snapshot_saved:
+                self.store.save_snapshot(self.last_snapshot, now)  # for `riskd status`
+                self._snapshot_saved = self.last_snapshot
+
+    # -- operator commands ---------------------------------------------------------------------
+
+    def _commands(self, snapshot: Snapshot, state: State, now: datetime) -> State:
+        """Carry out the operator commands not finished (riskd.control), with this tick's snapshot:
+        lock, unlock, pause and resume change the state before the rules see it; a flatten is sent
+        through the executor like a firing, and finishes when its intents do."""
+        for cid, status, doc in self.store.open_commands():
+            command = control.Command.from_json(doc)
+            if status == "queued":
+                if control.expired(command, now):
+                    self._finish_command(command, "expired", f"asked at {command.asked_at.isoformat(timespec='seconds')} while riskd "
+                                         f"was not running; older than {control.COMMAND_TTL.total_seconds():.0f}s, not carried out: "
+                                         "ask again", now)
+                    continue
+                outcome = control.apply(command, state, self.rules, snapshot, now, self.engine_settings)
+                if outcome.status != "acting":
+                    state = outcome.state
+                    self._finish_command(command, outcome.status, outcome.message, now, state=state, details=outcome.details)
+                    continue
+                doc = {**doc, "keys": [d.key for d in outcome.decisions]}
+                self.store.update_command(cid, "acting", now, doc=doc)
+            state = self._flatten(command, doc["keys"], snapshot, state, now)
+        return state
+
+    def _flatten(self, command: control.Command, keys: list[str], snapshot: Snapshot, state: State, now: datetime) -> State:
+        decisions = {d.key: d for d in control.apply(command, state, self.rules, snapshot, now, self.engine_settings).decisions}
+        statuses: dict[str, str | None] = {}
+        errors: list[str] = []
+        for key in keys:
+            d = decisions.get(key)
+            status = self.store.intent_status(key)
+            if d is not None and (status is None or (status == "failed" and key not in self._acted_commands)):
+                # never sent, or settled "not applied" after a restart: send it (again)
+                why = "riskd is stopping" if self.stopping.is_set() else None
+                why = why or ("waiting for the outcome of an earlier request" if key in state.inflight else self.executor.gate(d, now))
+                if why is not None:
+                    self._defer(d, why)
+                    statuses[key] = "waiting"
+                    continue
+                self._audit_decision(d, now)
+                self._acted_commands.add(key)
+                sent = self.executor.send(d, snapshot, now)
+                state = self.executor.fold(sent, state)
+                status = self.store.intent_status(key)
+                reply = sent.last
+                if status == "failed" and reply is not None:
+                    if reply.transient and not control.expired(command, now):
+                        self._acted_commands.discard(key)  # a busy or rate-limited API: the next tick tries again
+                        statuses[key] = "waiting"
+                        continue
+                    errors.append(f"{d.account}: {reply.status or reply.outcome} {reply.error or ''}".strip())
+            statuses[key] = status
+        if any(s in ("sending", "unknown", "waiting") for s in statuses.values()) or len(statuses) < len(keys):
+            return state  # settled by a later tick (Executor.resolve), or sent by it
+        dry = " (dry run: nothing was sent)" if self.executor.dry_run else ""
+        accounts = ", ".join(decisions[k].account if k in decisions else k.split("|", 1)[-1] for k in keys)
+        if all(s == "done" for s in statuses.values()):
+            self._finish_command(command, "done", f"flattened {accounts}{dry}", now, details={"keys": keys})
+        else:
+            failed = [k.split("|", 1)[-1] for k, s in statuses.items() if s != "done"]
+            self._finish_command(command, "failed", f"the flatten of {', '.join(failed)} failed: {'; '.join(errors) or 'not applied'}"
+                                 " (see the action lines)", now, details={"keys": keys, "failed": failed})
+        return state
+
+    def _finish_command(self, command: control.Command, status: str, message: str, now: datetime, *, state: State | None = None,
+                        details: dict[str, Any] | None = None) -> None:
+        self.store.update_command(command.id, status, now, outcome={"status": status, "message": message, **(details or {})},
+                                  state=state)
+        self.audit.emit(events.CONTROL_RESULT, id=command.id, verb=command.verb, status=status, message=message, user=command.user,
+                        account=command.account, rule=command.rule, reason=command.reason, **(details or {}))
+        log.info("control_result", id=command.id, verb=command.verb, status=status, message=message, user=command.user)
+        with self.command_progress:
+            self.command_progress.notify_all()
 
     def _defer(self, d: Decision, why: str) -> None:
         if self._deferred.get(d.key) == why:
@@ -235,9 +339,9 @@ def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: Audit
                  monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Ticker:
     """Wire client, executor and ticker. `clock` (UTC datetimes), `monotonic` and `sleep` (the rate
     bucket's and the 429 back-off's) are injectable so tests can run riskd on one simulated clock."""
-    client = CrossTradeClient(settings.base_url, token, timeout=settings.timeout,
+    client = CrossTradeClient(settings.base_url, token, timeout=settings.timeout.total_seconds(),
                               bucket=TokenBucket(settings.rate_per_second, settings.rate_burst, clock=monotonic, sleep=sleep),
                               transport=transport)
-    executor = Executor(client, audit, store, dry_run=dry_run, resend_after=timedelta(seconds=settings.timeout),
+    executor = Executor(client, audit, store, dry_run=dry_run, resend_after=settings.timeout,
                         settle_window=settings.settle_window, clock=clock)
     return Ticker(settings, rules, client, executor, store, audit, clock=clock, monotonic=monotonic)

@@ -57,7 +57,7 @@ def test_act_lost_response_on_partial_close_is_settled_as_done_and_never_repeate
 def test_act_answer_later_than_the_timeout_is_not_resent_before_it_could_have_landed(rig_factory):
     """A close the relay holds past riskd's timeout is applied late: the next snapshot still shows
     the old quantity, and sending again would close a second half."""
-    rig = rig_factory(_losing(), HALF, timeout=0.3)
+    rig = rig_factory(_losing(), HALF, timeout=timedelta(seconds=0.3))
     rig.sim.inject(Fault("latency", match="POST */positions/close", ms=600, count=1))
     rig.tick_at(0)  # times out after 0.3 s; the simulator applies it at 0.6 s
     assert rig.events("action")[0]["outcome"] == "unknown"
@@ -113,7 +113,7 @@ def test_act_partial_close_waits_while_another_close_on_its_position_is_in_doubt
     close of that position may change it meanwhile."""
     first = {"name": "trim", "instruments": "MES", "when": {"position_pnl": {"below": -100}}, "then": {"close": "50%"}}
     second = {"name": "size-down", "instruments": "MES", "when": {"account_pnl": {"below": -300}}, "then": {"reduce_to": 1}}
-    rig = rig_factory(_losing(), [first, second], timeout=0.3)
+    rig = rig_factory(_losing(), [first, second], timeout=timedelta(seconds=0.3))
     rig.sim.inject(Fault("latency", match="POST */positions/close", ms=600, count=1))
     rig.tick_at(0)  # P&L -200: trim fires; its answer comes too late
     rig.sim.set_price("MES 12-26", 5980.0)  # P&L -400: size-down holds too
@@ -132,7 +132,7 @@ def test_act_partial_close_waits_while_another_close_on_its_position_is_in_doubt
 def test_act_close_applied_long_after_the_timeout_is_still_one_close(rig_factory):
     """The relay holds the close past riskd's 0.3 s timeout and applies it 12 s after it arrived:
     riskd must not send it again while it may still land (settle_window 20 s)."""
-    rig = rig_factory(_losing(), HALF, timeout=0.3, settle_window=timedelta(seconds=20))
+    rig = rig_factory(_losing(), HALF, timeout=timedelta(seconds=0.3), settle_window=timedelta(seconds=20))
     rig.sim.inject(Fault("late_apply", match="POST */positions/close", ms=400, apply_ms=12000, count=1))
     rig.tick_at(0)
     assert rig.events("action")[0]["outcome"] == "unknown"
@@ -205,7 +205,7 @@ def test_act_two_429s_on_a_close_then_success_closes_exactly_once(rig_factory):
 
 
 def test_act_429_retry_after_is_honoured_before_the_next_attempt(rig_factory):
-    rig = rig_factory(_losing(), HALF, timeout=2.0)
+    rig = rig_factory(_losing(), HALF, timeout=timedelta(seconds=2))
     rig.sim.inject(Fault("status", match="POST */positions/close", status=429, retry_after=1.5, count=1))
     rig.tick_at(0)
     first, second = rig.posts("/positions/close")
@@ -276,6 +276,38 @@ def test_act_rejected_order_is_retried_with_back_off_not_every_tick(rig_factory)
     gaps = [b.t - a.t for a, b in zip(closes, closes[1:])]
     assert all(wait - 0.1 <= gap < wait + 1.5 for wait, gap in zip([2, 4, 8], gaps)), gaps  # 2 s, doubling; at the next tick
     assert len(rig.events("deferred")) == 3  # once per back-off, not once per tick
+
+
+def test_act_a_trickled_close_to_one_account_never_holds_back_another_accounts_close(rig_factory):
+    """A1's close answer comes a byte at a time until the request deadline; A2's close goes out beside
+    it and lands at once. The tick returns at its deadline (audited), the next poll is not held back,
+    and A1's close is settled once its answer is over: one close per account."""
+    scenario = {"accounts": [{"name": "A1", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 4, "price": 6000.0}]},
+                             {"name": "A2", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 2, "price": 6000.0}]}],
+                "prices": {"MES 12-26": 5990.0}, "rate_limit": {"per_second": 3, "burst": 20}}
+    rules = [{"name": "cap", "instruments": "MES", "when": {"position_pnl": {"below": -50}}, "then": {"close": "all"}}]
+    rig = rig_factory(scenario, rules, timeout=timedelta(seconds=1.5))
+    rig.ticker.deadline_s = 0.3  # the tick waits 0.3 s for its closes (the trickled one takes the whole 1.5 s)
+    rig.sim.inject(Fault("trickle", match="POST /accounts/A1/positions/close", bytes=1, ms=100, count=1))
+    rig.tick_at(0)
+    a1 = next(e["key"] for e in rig.events("fired") if e["account"] == "A1")
+    assert rig.ticker.executor.acting == [a1]  # still reading A1's answer
+    (a2_action,) = rig.events("action", account="A2")
+    assert a2_action["ok"] and ("A2", "MES 12-26") not in rig.quantities()
+    (overrun,) = rig.events("tick_overrun")
+    assert overrun["sending"] == [a1] and overrun["deadline_s"] == 0.3
+    polls = len([r for r in rig.sim.request_log() if r.path.endswith("/accounts/snapshot")])
+    rig.tick_at(1)
+    assert len([r for r in rig.sim.request_log() if r.path.endswith("/accounts/snapshot")]) == polls + 1  # polled meanwhile
+    assert rig.ticker.executor.acting == [a1]
+    assert len(rig.events("fired", account="A1")) == 1  # in flight: not fired again
+    rig.ticker.executor.wait_sends(5.0)
+    for t in range(2, 5):
+        rig.tick_at(t)
+    assert [e["outcome"] for e in rig.events("action", account="A1")] == ["unknown"]  # cut at the request deadline
+    assert rig.events("action_resolved", key=a1)[0]["verdict"].startswith("done")
+    assert len(rig.posts("/accounts/A1/positions/close")) == 1 and len(rig.posts("/accounts/A2/positions/close")) == 1
+    assert rig.quantities() == {}
 
 
 def test_act_on_account_named_dot_dot_never_turns_into_flatten_everything(rig_factory):

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from conftest import RISKD, read_audit, wait_until, write_policy
+
 from riskd import audit as audit_mod
-from riskd.audit import GENESIS, AuditTrail, chain_hash
+from riskd.audit import AuditTrail
+from riskd.chain import GENESIS, chain_hash
+from riskd.console import configure_console
 from riskd.errors import ConfigError
 from riskd.trail import verify
 
@@ -254,7 +256,7 @@ def test_audit_scrubs_the_text_of_values_that_are_not_strings(tmp_path, token):
 def test_console_log_scrubs_the_repr_of_objects(tmp_path, token, capsys):
     import structlog
 
-    audit_mod.configure_console(json_output=True, secrets=[token])
+    configure_console(json_output=True, secrets=[token])
     try:
         structlog.get_logger("riskd").error("api_error", error=RuntimeError(f"refused {token}"))
     finally:
@@ -266,7 +268,7 @@ def test_console_log_scrubs_the_repr_of_objects(tmp_path, token, capsys):
 def test_console_log_is_scrubbed_of_the_token(tmp_path, token, capsys):
     import structlog
 
-    audit_mod.configure_console(json_output=True, secrets=[token])
+    configure_console(json_output=True, secrets=[token])
     try:
         structlog.get_logger("riskd").error("api_error", error=f"refused {token}", headers={"Authorization": f"Bearer {token}"})
         try:

@@ -130,12 +130,23 @@ def test_demo_explains_itself_closes_something_within_30_seconds_and_keeps_no_st
 
     from conftest import RISKD
 
+    from datetime import datetime, timezone
+
+    from riskd.engine import State
+    from riskd.state import Store
+
+    # what a previous demo run could leave behind: Sim102 locked (its lock would flatten NQ at the first tick)
+    left = Store(tmp_path / "state")
+    left.save(State(account_locks={"sim102": "2099-01-01T00:00:00+00:00"}), datetime.now(timezone.utc))
+    left.close()
     with (tmp_path / "console.log").open("w") as out:
         proc = subprocess.Popen([str(RISKD), "run", "--sim"], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
         actions = wait_until(lambda: [e for e in read_audit(tmp_path / "audit.jsonl") if e.get("event") == "action" and e.get("ok")], timeout=30)
-        assert actions[0]["response"]["closedPositions"]
-        wait_until(lambda: "closed 4 of Long 4 MES 12-26 (P&L -520.00)" in (tmp_path / "console.log").read_text(), timeout=5)
+        assert actions[0]["response"]["closedPositions"] and actions[0]["account"] == "Sim101"  # not the stale lock's flatten
+        wait_until(lambda: "closed 4 of Long 4 MES 12-26 at -520.00" in (tmp_path / "console.log").read_text(), timeout=5)
+        status = run_cli("status", cwd=tmp_path)  # beside the running demo, from its state in ./state
+        assert status.returncode == 0 and "Sim101" in status.stdout and "mes-loss-cap" in status.stdout, status.stdout + status.stderr
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
@@ -143,12 +154,12 @@ def test_demo_explains_itself_closes_something_within_30_seconds_and_keeps_no_st
     for said in ("embedded CrossTrade simulator at http://127.0.0.1:", "Sim101   long 4 MES 12-26", "Sim102   long 3 NQ 12-26",
                  "rules (the shipped examples): trim-half-before-close, mes-loss-cap, daily-loss-limit",
                  "~8 s   mes-loss-cap closes Sim101's 4 MES 12-26", "~15 s  daily-loss-limit flattens Sim102",
-                 f"audit trail: {tmp_path / 'audit.jsonl'}", "Ctrl-C stops riskd", "state: fresh each run",
+                 f"audit trail: {tmp_path / 'audit.jsonl'}", "Ctrl-C stops riskd", "emptied at each start",
                  '"config": "none (the demo)", "api": "127.0.0.1:'):
         assert said in console, said
     # the simulator starts over at every run, and so does the demo's state: a rerun here tells the same story
-    # (a lock left in ./state by a run that saw Sim102 lose $1,000 would flatten NQ at the rerun's first tick)
-    assert not (tmp_path / "state").exists()
+    assert not [e for e in read_audit(tmp_path / "audit.jsonl") if e.get("event") == "fired" and e.get("account") == "Sim102"
+                and e["ts"] < actions[0]["ts"]]
     assert run_cli("audit", "--verify", cwd=tmp_path).returncode == 0
     # every line is an event of the catalogue, with every field the catalogue says it carries
     lines = read_audit(tmp_path / "audit.jsonl")

@@ -473,7 +473,8 @@ def test_explain_reports_value_threshold_and_distance_per_target():
     by_rule = {r["rule"]: r for r in rows}
     cap = by_rule["cap"]
     assert (cap["target"], cap["status"]) == ("Sim101 MES 12-26", "not met")
-    assert cap["conditions"] == [{"name": "position_pnl", "holds": False, "seen": -420.0, "threshold": "below -500.00", "distance": "$80.00 to go"}]
+    assert cap["conditions"] == [{"name": "position_pnl", "holds": False, "seen": -420.0, "threshold": "below -500.00", "distance": "$80.00 to go",
+                                  "gap": 80.0, "span": 500.0, "unit": "$", "gap_percent": 16.0}]
     assert by_rule["dd"]["conditions"][0]["distance"] == "inactive until the peak reaches 500.00"
     assert by_rule["trim"]["status"] == "timed" and by_rule["trim"]["next"] == "2026-11-27T15:55:00-05:00"
     assert by_rule["trim"]["conditions"][0]["distance"] == "next 2026-11-27T15:55:00-05:00 (in 5h55m)"
@@ -497,7 +498,7 @@ FORBIDDEN_MODULES = {"httpx", "structlog", "apscheduler", "sqlite3", "socket", "
                      "riskd.crosstrade", "riskd.state", "riskd.audit", "riskd.actions"}
 
 
-@pytest.mark.parametrize("module", ["engine", "model", "conditions", "schedule", "keys"])
+@pytest.mark.parametrize("module", ["engine", "model", "conditions", "schedule", "keys", "control", "status"])
 def test_engine_and_model_import_no_io_and_never_read_the_clock(module):
     tree = ast.parse((Path(engine.__file__).parent / f"{module}.py").read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

@@ -150,7 +150,7 @@ def test_console_says_what_a_firing_closed_and_marks_a_dry_run(tmp_path, token):
     finally:
         rig.close()
     said = {(e["event"], e["rule"]): e for e in logs if e["event"] in ("fired", "action")}
-    assert said[("action", "live")]["result"] == "closed 4 of Long 4 MES 12-26 (P&L -520.00)"
+    assert said[("action", "live")]["result"] == "closed 4 of Long 4 MES 12-26 at -520.00"
     assert "dry_run" not in said[("fired", "live")]
     assert said[("fired", "rehearsal")]["dry_run"] == "decided and audited, nothing will be sent"
     assert said[("action", "rehearsal")]["result"] == (

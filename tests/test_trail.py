@@ -238,7 +238,7 @@ def test_audit_table_shows_one_readable_row_per_line(recorded, capsys):
     rows = out.splitlines()
     assert rows[0].startswith("time (UTC)") and len(rows) == 5
     assert "close all: position_pnl=-600.00" in rows[1] and "local 2026-03-10T09:31:00.000-04:00" in rows[1]
-    assert "POST accounts/Sim101/positions/close" in rows[2] and "closed 2 of Long 2 MES 12-26 (P&L -600.00)" in rows[2]
+    assert "POST accounts/Sim101/positions/close" in rows[2] and "closed 2 of Long 2 MES 12-26 at -600.00" in rows[2]
     assert "HTTP 500" in rows[4]
 
 

@@ -89,7 +89,8 @@ class RequestRecord:
     faults, where nothing is sent; for ``lost_response`` the status of the response that was
     computed and then dropped, for ``late_apply`` that of the late application, 0 until it
     happens; for ``applied_refused`` the status sent, not the one computed); ``fault`` is the
-    kind of the injected fault, if any.
+    kind of the injected fault, if any; ``applied_status``: for ``applied_refused``, the status of
+    the request as carried out (200 when it was applied), else None.
     """
 
     t: float
@@ -99,6 +100,7 @@ class RequestRecord:
     body: dict | None
     status: int
     fault: str | None
+    applied_status: int | None = None
 
 
 @dataclass
@@ -883,6 +885,7 @@ class Simulator:
                     ticket.record.status = resp.status
                     return SimResponse(resp.status, action="close")
                 elif kind == "applied_refused":
+                    ticket.record.applied_status = resp.status
                     resp = _fault_response(f)
                 elif kind == "trickle":
                     assert f.bytes is not None and f.ms is not None  # required for trickle (Fault validates)
