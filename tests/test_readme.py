@@ -65,3 +65,14 @@ def test_the_tour_prints_what_the_readme_shows(tmp_path, capsys):
     once = run_cli("once", "-c", config, "--dry-run")  # the real command: no token, the embedded simulator
     assert once.returncode == 0, once.stderr
     _same(once.stdout, _shown("$ riskd once -c ~/mydesk/riskd.yaml --dry-run"), tmp_path)
+
+
+def test_the_readme_commands_table_names_every_verb():
+    import argparse
+
+    from riskd.cli import _parser
+
+    verbs = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    table = (ROOT / "README.md").read_text().split("## Commands", 1)[1].split("\n\n", 2)[1]
+    named = set(re.findall(r"`riskd (\w+)", table)) | set(re.findall(r"/ `(\w+) ", table))
+    assert set(verbs) <= named, f"verbs missing from the README's Commands table: {sorted(set(verbs) - named)}"
