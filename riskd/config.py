@@ -45,8 +45,8 @@ class CrossTradeSpec(Spec):
         return value.rstrip("/")
 
 
-NotifyEvent = Literal["fired", "outcome", "failed", "stale", "rules_rejected", "summary"]
-NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("fired", "outcome", "failed", "stale", "rules_rejected", "summary")
+NotifyEvent = Literal["fired", "outcome", "failed", "stale", "rules_rejected", "summary", "control"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("fired", "outcome", "failed", "stale", "rules_rejected", "summary", "control")
 
 
 class NotifyTargetSpec(Spec):

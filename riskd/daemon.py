@@ -53,7 +53,8 @@ class Daemon:
     Around the ticks (see riskd/sdnotify.py, riskd/metrics.py, riskd/notify.py): systemd READY /
     STATUS / WATCHDOG (pinged by healthy ticks and completed actions only) / RELOADING / STOPPING;
     telemetry (a summary log line every `summary_interval`, the optional Prometheus endpoint);
-    webhook notifications fed by the audit trail.
+    webhook notifications fed by the audit trail; `session_summary` at each session end; the
+    optional live dashboard (riskd/dashboard.py), fed after every tick and by the audit trail.
     """
 
     def __init__(self, settings: Settings, ticker: Ticker, audit: AuditTrail, hashes: dict[str, str], *,
@@ -149,6 +150,7 @@ class Daemon:
         ended = engine.session_of(boundary - timedelta(seconds=1), es)
         state, snapshot = self.ticker.state, self.ticker.last_snapshot
         locked = {LockKey.parse(k).account for k in state.locks} if state.session == ended else set()
+        locked |= set(engine.active(state.account_locks, now))  # an operator's lock outlives the session
         accounts = [{"account": a.name, "pnl": round(a.pnl(), 2), "realized": a.realized_pnl, "commission": a.commission,
                      "locked": a.name.lower() in locked} for a in (snapshot.accounts if snapshot is not None else ())]
         rules: list[dict[str, Any]] = []

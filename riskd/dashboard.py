@@ -3,9 +3,10 @@
 `Dashboard` keeps, beside the daemon's live state, what the page needs that the state does not
 hold: each account's session P&L so far (one point per snapshot, thinned to at most SERIES_POINTS;
 after a restart it starts from the session's `sample` lines in the audit trail, see `seed`)
-and the recent API calls of firings with the closedPositions each returned. `view()` builds the
-page's JSON from the ticker (last snapshot, engine state, rules, poll health) and these, with
-`riskd.engine.explain` for each rule's state and its distance to each threshold.
+the recent API calls of firings with the closedPositions each returned, and the recent operator
+commands. `view()` is `riskd status`'s view (riskd.status.build: figures, positions, locks, each
+rule's state and distance to each threshold, pauses, the next timed firings, health) of the
+ticker's live state (last snapshot, engine state, rules, poll health), with these added.
 
 `serve(host, port)` starts a threaded stdlib HTTP server with three GET routes:
 
@@ -36,17 +37,15 @@ from importlib import resources
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
-from riskd import __version__, engine, events
-from riskd.keys import LockKey
+from riskd import __version__, engine, events, status
 from riskd.redact import Redactor
-from riskd.schedule import wall_occurrences
 from riskd.trail import closed_pnl, closed_positions, closed_quantity, closed_text, line_time
 
 SERIES_POINTS = 1200  # per account: past this, every other point is dropped (the whole session stays, coarser)
 RECENT_ACTIONS = 30
+RECENT_COMMANDS = 10
 KEEPALIVE_S = 15.0
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
-EVERY_DAY = frozenset(range(7))
 
 
 def _ms(moment: datetime) -> int:
@@ -73,6 +72,7 @@ class Dashboard:
         self._session: str | None = None
         self._seen: Any = None  # the last snapshot added to the series
         self._actions: deque[dict[str, Any]] = deque(maxlen=RECENT_ACTIONS)
+        self._commands: deque[dict[str, Any]] = deque(maxlen=RECENT_COMMANDS)
         self.closed = False
 
     # inputs --------------------------------------------------------------------------------
@@ -137,6 +137,12 @@ class Dashboard:
                 self._actions.appendleft(entry)
                 self._version += 1
                 self._changed.notify_all()
+        elif events.CONTROL_RESULT.of(line):
+            entry = {k: line.get(k) for k in ("ts", "id", "verb", "status", "user", "account", "rule", "reason", "message")}
+            with self._lock:
+                self._commands.appendleft(entry)
+                self._version += 1
+                self._changed.notify_all()
         elif line.get("event") in (events.STALE.name, events.RECOVERED.name):
             with self._lock:
                 self._version += 1
@@ -145,49 +151,30 @@ class Dashboard:
     # the view ------------------------------------------------------------------------------
 
     def view(self, full: bool = True) -> dict[str, Any]:
-        """Everything the page shows, as JSON-ready data; `full`: each account's whole P&L series, else
-        only its latest point (`tail`: what an open page appends). Not yet scrubbed: see `encoded`."""
+        """Everything the page shows, as JSON-ready data: `riskd status`'s view (riskd.status.build) of
+        the daemon's live state, plus what only the page has: each account's P&L series (`full`: the
+        whole session, else only its latest point as `tail`, what an open page appends), each
+        threshold's share of the way (`used`), the recent actions and operator commands. Not yet
+        scrubbed: see `encoded`."""
         t = self.ticker
         now = self._clock().astimezone(timezone.utc)
-        snapshot, state, rules, health = t.last_snapshot, t.state, list(t.rules), t.health
-        settings = t.engine_settings
-        until = next((o for o in wall_occurrences(settings.session_start, EVERY_DAY, settings.zone, now, 1) if o > now), None)
-        locks: dict[str, list[dict[str, Any]]] = {}
-        for key, since in state.locks.items():
-            lock = LockKey.parse(key)
-            locks.setdefault(lock.account, []).append({"rule": lock.rule, "since": since, "until": until.isoformat() if until else None})
-        dry = t.executor.dry_run
-        by_name = {r.name: r for r in rules}
-        rows = []
-        for row in (engine.explain(rules, state, snapshot, now, settings) if snapshot is not None else []):
-            account = row.get("account")
-            locked = account is not None and any(x["rule"] == row["rule"] for x in locks.get(account.lower(), ()))
-            rule = by_name.get(row["rule"])
-            rows.append({**row, "status": "locked" if locked else row["status"],
-                         "dry_run": dry or bool(rule is not None and rule.dry_run),
-                         "conditions": [{**c, "used": _used(c)} for c in row["conditions"]]})
+        health = {**t.health.as_json(), "updated": now.isoformat()}  # the daemon is this process: it runs
+        health.pop("pid", None)
+        snapshot = t.last_snapshot
         with self._lock:
             series = {name: list(points) if full else points[-1:] for name, points in self._series.items()}
             actions = list(self._actions)
-        accounts = []
-        for account in (snapshot.accounts if snapshot is not None else ()):
-            name = account.name
-            accounts.append({
-                "name": name, "pnl": round(account.pnl(), 2), "realized": account.realized_pnl, "unrealized": account.unrealized_pnl,
-                "commission": account.commission, "net_liquidation": account.net_liquidation,
-                "peak": state.peaks.get(name.lower()), "locks": locks.get(name.lower(), []),
-                "positions": [p.as_dict() for p in account.positions], ("series" if full else "tail"): series.get(name, []),
-            })
-        h = health.as_json()
-        h.pop("pid", None)
-        view = {
-            "version": __version__, "now": now.isoformat(), "session": self._session, "session_ends": until.isoformat() if until else None,
-            "timezone": str(settings.zone), "poll_interval_s": t.settings.poll_interval,
-            "stale_after_s": t.settings.stale_after.total_seconds(), "dry_run": dry,
-            "snapshot_at": snapshot.taken_at.isoformat() if snapshot is not None else None,
-            "unknown_accounts": sorted(snapshot.unknown) if snapshot is not None else [],
-            "health": h, "accounts": accounts, "rules": rows, "actions": actions,
-        }
+            commands = list(self._commands)
+        view = status.build(list(t.rules), t.state, snapshot, health, now, t.engine_settings, dry_run=t.executor.dry_run)
+        for account in view["accounts"]:
+            account["series" if full else "tail"] = series.get(account["account"], [])
+            for row in account["rules"]:
+                for condition in row["conditions"]:
+                    condition["used"] = _used(condition)
+        view.update({
+            "version": __version__, "timezone": str(t.engine_settings.zone), "poll_interval_s": t.settings.poll_interval.total_seconds(),
+            "stale_after_s": t.settings.stale_after.total_seconds(), "actions": actions, "commands": commands,
+        })
         return view
 
     def encoded(self, full: bool = True) -> tuple[int, bytes]:
@@ -241,10 +228,10 @@ def _used(condition: dict[str, Any]) -> float | None:
     """How much of the way to its threshold a condition has come (0..1; 1 once it holds); None when not numeric."""
     if condition.get("holds"):
         return 1.0
-    gap, span = condition.get("gap"), condition.get("span")
-    if not isinstance(gap, (int, float)) or not isinstance(span, (int, float)) or span <= 0:
+    left = condition.get("gap_percent")
+    if not isinstance(left, (int, float)):
         return None
-    return round(min(1.0, max(0.0, 1.0 - gap / span)), 4)
+    return round(min(1.0, max(0.0, 1.0 - left / 100)), 4)
 
 
 def page() -> bytes:

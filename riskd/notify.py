@@ -11,6 +11,7 @@ the interesting ones into messages:
 | `stale`          | `stale` (no usable snapshot for `stale_after`), `recovered`           |
 | `rules_rejected` | `rules_rejected` (a reload was refused; the old rules keep running)   |
 | `summary`        | `session_summary` (the daemon writes it at each session end)          |
+| `control`        | `control_result`: an operator command's outcome, with who asked        |
 
 `on_audit` only appends to a bounded in-memory queue per target (O(1), no I/O), so it never delays
 the tick that emitted the line. One background thread per target sends what is queued, everything
@@ -63,7 +64,7 @@ MUTE_REPEATS = 15 * 60.0  # the same failure is notified once per this many seco
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    kind: str  # fired | outcome | failed | stale | rules_rejected | summary
+    kind: str  # fired | outcome | failed | stale | rules_rejected | summary | control
     event: str
     text: str
     audit: dict[str, Any]
@@ -97,6 +98,11 @@ def message_for(line: dict[str, Any]) -> Message | None:
         return Message("outcome", event, outcome_text(line), line)
     if event == events.SESSION_SUMMARY.name:
         return Message("summary", event, summary_text(line), line)
+    if event == events.CONTROL_RESULT.name:
+        subject = " ".join(str(x) for x in (line.get("account"), line.get("rule")) if x)
+        reason = f" (reason: {line['reason']})" if line.get("reason") else ""
+        return Message("control", event, f"riskd: {line.get('user')} asked {line.get('verb')}{' ' + subject if subject else ''}{reason}: "
+                                         f"{line.get('status')}, {line.get('message')}", line)
     if event == events.ACTION.name and not line.get("ok"):
         request = line.get("request") or {}
         status = line.get("status") or line.get("outcome")

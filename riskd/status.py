@@ -34,7 +34,9 @@ def build(rules: list[Rule], state: State, snapshot: Snapshot | None, health: di
     account_locks = engine.active(state.account_locks, now)
     session_end = engine.session_end(now, settings).isoformat()
     by_name = {r.name: r for r in rules}
-    rows = engine.explain(rules, state, snapshot, now, settings) if snapshot is not None else []
+    rows_of: dict[str, list[dict[str, Any]]] = {}  # by account: one pass, not one per account (200 accounts x 4,000 rows)
+    for row in engine.explain(rules, state, snapshot, now, settings) if snapshot is not None else []:
+        rows_of.setdefault(row.get("account") or "", []).append(row)
     accounts = []
     for account in snapshot.accounts if snapshot is not None else ():
         name = account.name.lower()
@@ -48,9 +50,7 @@ def build(rules: list[Rule], state: State, snapshot: Snapshot | None, health: di
                 locks.append({"by": lock.rule, "since": since, "until": session_end,
                               "undo": rule.action.lock_undo if rule is not None else "allowed"})
         rule_rows = []
-        for row in rows:
-            if row.get("account") != account.name:
-                continue
+        for row in rows_of.get(account.name, ()):
             status = STATES.get(row["status"], row["status"])
             if row["rule"] in paused:
                 status = "paused"

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,11 @@ def _view(rig: Rig, dash: Dashboard, t: float) -> dict[str, Any]:
 
 
 def _rows(view: dict[str, Any], rule: str, account: str) -> list[dict[str, Any]]:
-    return [r for r in view["rules"] if r["rule"] == rule and r["account"] == account]
+    return [r for a in view["accounts"] if a["account"] == account for r in a["rules"] if r["rule"] == rule]
+
+
+def _account(view: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(a for a in view["accounts"] if a["account"] == name)
 
 
 @pytest.fixture
@@ -71,11 +76,11 @@ def test_view_has_the_pnl_so_far_distances_rule_states_locks_and_what_each_close
     _view(rig, dash, 0.0)
     rig.sim.set_price("MES 12-26", 5990.0)  # 4 x $5 x -10 = -200
     view = _view(rig, dash, 1.0)
-    sim101 = next(a for a in view["accounts"] if a["name"] == "Sim101")
+    sim101 = _account(view, "Sim101")
     assert [p[1] for p in sim101["series"]] == [0.0, -200.0] and sim101["pnl"] == -200.0
     (cap,) = _rows(view, "mes-loss-cap", "Sim101")
     bar = cap["conditions"][0]
-    assert (cap["status"], bar["gap"], bar["span"], bar["used"]) == ("not met", 300.0, 500.0, 0.4)  # $300 of $500 to go
+    assert (cap["state"], bar["gap"], bar["gap_percent"], bar["used"]) == ("armed", 300.0, 60.0, 0.4)  # $300 of $500 to go
     (daily,) = _rows(view, "daily-loss-limit", "Sim101")
     assert (daily["conditions"][0]["gap"], daily["conditions"][0]["used"]) == (800.0, 0.2)
 
@@ -84,17 +89,39 @@ def test_view_has_the_pnl_so_far_distances_rule_states_locks_and_what_each_close
     view = _view(rig, dash, 2.0)
     rig.settle_server()
     view = _view(rig, dash, 3.0)
-    assert [p[1] for p in next(a for a in view["accounts"] if a["name"] == "Sim101")["series"]] == [0.0, -200.0, -520.0, -520.0]
+    assert [p[1] for p in _account(view, "Sim101")["series"]] == [0.0, -200.0, -520.0, -520.0]
     closes = {a["rule"]: a for a in view["actions"]}
     assert closes["mes-loss-cap"]["ok"] and [c["text"] for c in closes["mes-loss-cap"]["closed"]] == ["4 of Long 4 MES 12-26 at -520.00"]
     assert [c["text"] for c in closes["daily-loss-limit"]["closed"]] == ["10 of Short 10 MNQ 12-26 at -1,100.00"]
     assert _rows(view, "mes-loss-cap", "Sim101") == []  # nothing left in scope: the MES position is closed
-    apex = next(a for a in view["accounts"] if a["name"] == "Apex-7")
-    assert [(x["rule"], x["until"]) for x in apex["locks"]] == [("daily-loss-limit", "2026-03-10T18:00:00-04:00")]
-    assert [r["status"] for r in _rows(view, "daily-loss-limit", "Apex-7")] == ["locked"]
-    assert [r["status"] for r in _rows(view, "daily-loss-limit", "Sim101")] == ["not met"]
+    apex = _account(view, "Apex-7")
+    assert [(x["by"], x["until"]) for x in apex["locks"]] == [("daily-loss-limit", "2026-03-10T22:00:00+00:00")]  # 18:00 New York
+    assert [r["state"] for r in _rows(view, "daily-loss-limit", "Apex-7")] == ["locked"]
+    assert [r["state"] for r in _rows(view, "daily-loss-limit", "Sim101")] == ["armed"]
     assert view["health"]["stale"] is False and view["health"]["firings"] == 2
+    assert (view["poll_interval_s"], view["timezone"], view["session"]) == (1.0, "America/New_York", "2026-03-10")
     assert rig.token.encode() not in dash.encoded()[1]
+
+
+def test_view_shows_an_operators_pause_lock_and_commands_with_who_asked(tmp_path: Path, token: str):
+    from test_control import Controlled
+
+    c = Controlled(tmp_path, token, SCENARIO, RULES)
+    try:
+        dash = Dashboard(c.rig.ticker)
+        c.rig.audit.observers.append(dash.on_audit)
+        c.rig.tick_at(1)
+        until = (c.rig.clock.utc() + timedelta(minutes=30)).isoformat()
+        assert c.ask("pause", rule="trailing-drawdown", until=until)["status"] == "done"
+        assert c.ask("lock", account="Sim102", until=until, reason="tilt")["status"] == "done"
+        view = dash.view()
+    finally:
+        c.close()
+    assert [r["state"] for r in _rows(view, "trailing-drawdown", "Sim102")] == ["paused"]
+    assert [(p["rule"], p["until"]) for p in view["paused"]] == [("trailing-drawdown", until)]
+    assert [(x["by"], x["until"]) for x in _account(view, "Sim102")["locks"]] == [("operator:lock", until)]
+    assert [(x["verb"], x["status"], x["reason"]) for x in view["commands"]] == [("lock", "done", "tilt"), ("pause", "done", "test")]
+    assert all(x["user"] for x in view["commands"])  # the Unix user who asked
 
 
 def test_after_a_restart_the_chart_starts_from_the_sessions_samples_in_the_trail(rig: Rig):
@@ -108,8 +135,7 @@ def test_after_a_restart_the_chart_starts_from_the_sessions_samples_in_the_trail
     rig.tick_at(180.0)
     dash.on_tick()
     assert dash.seed(trail.read([rig.audit_path])) == 9  # 3 samples before the live point, of each of the 3 accounts
-    sim101 = next(a for a in dash.view()["accounts"] if a["name"] == "Sim101")
-    assert [p[1] for p in sim101["series"]] == [0.0, -100.0, -200.0, -300.0]
+    assert [p[1] for p in _account(dash.view(), "Sim101")["series"]] == [0.0, -100.0, -200.0, -300.0]
 
 
 def _get(url: str, **headers: str) -> tuple[int, bytes]:
@@ -135,7 +161,7 @@ def test_every_route_needs_the_token_answers_loopback_names_only_and_changes_not
         assert status == 200 and b"EventSource" in page
         assert b"http://" not in page and b"https://" not in page and b" src=" not in page  # no external asset
         status, body = _get(base + "state.json", Authorization=f"Bearer {access}")
-        assert status == 200 and [a["name"] for a in json.loads(body)["accounts"]] == ["Sim101", "Sim102", "Apex-7"]
+        assert status == 200 and [a["account"] for a in json.loads(body)["accounts"]] == ["Sim101", "Sim102", "Apex-7"]
         assert access.encode() not in body and rig.token.encode() not in body
         assert _get(base + f"?token={access}", Host="attacker.example:80")[0] == 403  # a rebound DNS name
         assert _get(base + f"?token={access}", Host=f"localhost:{server.server_address[1]}")[0] == 200  # an SSH tunnel's

@@ -234,7 +234,7 @@ def test_config_notify_targets_resolve_from_credential_env_or_url(tmp_path):
     )
     settings = config.load(tmp_path / "riskd.yaml")
     slack, phone, plain = settings.notify
-    assert slack.events == frozenset({"fired"}) and phone.events == frozenset({"fired", "outcome", "failed", "stale", "rules_rejected", "summary"})
+    assert slack.events == frozenset({"fired"}) and phone.events == frozenset({"fired", "outcome", "failed", "stale", "rules_rejected", "summary", "control"})
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "slack-webhook").write_text("https://hooks.invalid/T0/B0/x\n")
@@ -252,7 +252,7 @@ def test_config_notify_targets_resolve_from_credential_env_or_url(tmp_path):
     ("notify:\n  - {name: a}\n", "notify.0: give exactly one of 'url_credential', 'url_env' or 'url'"),
     ("notify:\n  - {name: a, url_env: X, url: 'https://h/x'}\n", "(found url, url_env)"),
     ("notify:\n  - {name: a, url: 'ftp://secret-value'}\n", "url must start with http:// or https://"),
-    ("notify:\n  - {name: a, url_env: X, events: [fird]}\n", "notify.0.events.0: invalid value 'fird'; write fired, outcome, failed, stale, rules_rejected or summary"),
+    ("notify:\n  - {name: a, url_env: X, events: [fird]}\n", "notify.0.events.0: invalid value 'fird'; write fired, outcome, failed, stale, rules_rejected, summary or control"),
     ("notify:\n  - {name: a, url_env: X, format: teams}\n", "notify.0.format: invalid value 'teams'; write json, slack, discord, ntfy or telegram"),
     ("notify:\n  - {name: a, url_env: X}\n  - {name: a, url_env: Y}\n", "duplicate notify target name(s): a"),
 ])
@@ -351,6 +351,18 @@ def test_telegram_posts_the_chat_and_text_and_needs_a_chat_id(webhook_server, tm
     assert config.load(path).notify[0].chat_id == "-100123"
 
 
+def test_telegrams_retry_after_in_the_body_is_honoured():
+    import httpx
+
+    answers = [httpx.Response(429, json={"ok": False, "error_code": 429, "parameters": {"retry_after": 7}}), httpx.Response(200, json={"ok": True})]
+    hook = Webhook(NotifyTarget("tg", "telegram", ("url", "unused"), frozenset({"outcome"}), timedelta(seconds=2), "1"), "https://api.telegram.invalid/botX/sendMessage",
+                   "h", transport=httpx.MockTransport(lambda request: answers.pop(0)))
+    try:
+        assert hook._post({}, b"{}") == ("retry", 7.0) and hook._post({}, b"{}") == ("sent", None)
+    finally:
+        hook.close(0.1)
+
+
 def test_a_storm_of_closes_reaches_a_phone_as_a_few_messages(webhook_server):
     server = webhook_server()
     hook = Webhook(NotifyTarget("phone", "json", ("url", "unused"), frozenset({"outcome"}), timedelta(seconds=2), None, 6.0), server.url, "h")
@@ -400,3 +412,17 @@ def test_the_session_end_is_summed_up_in_the_trail_and_a_message(tmp_path, token
                                  "daily-loss-limit: 1 firing(s), 1 close(s), 4 contract(s) at -520.00"]
     nxt = session_end_trigger(rig.settings).get_next_fire_time(None, datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc))
     assert nxt == datetime(2026, 3, 10, 18, 0, tzinfo=ZoneInfo("America/New_York"))
+
+
+def test_an_operator_command_is_notified_with_who_asked_and_its_outcome():
+    from riskd import events
+
+    line = {"event": "control_result", "id": "c1", "verb": "lock", "status": "done", "user": "alice", "account": "Sim101", "rule": None,
+            "reason": "tilt", "message": "Sim101 locked until 2026-03-10T18:00:00-04:00; 1 open position(s) are flattened now"}
+    assert events.CONTROL_RESULT.missing(line) == []  # the fields tick.py writes
+    message = message_for(line)
+    assert message.kind == "control" and message.text == (
+        "riskd: alice asked lock Sim101 (reason: tilt): done, Sim101 locked until 2026-03-10T18:00:00-04:00; "
+        "1 open position(s) are flattened now")
+    refused = message_for({**line, "verb": "unlock", "status": "refused", "reason": None, "message": "rule daily-loss-limit says undo: never"})
+    assert refused.text == "riskd: alice asked unlock Sim101: refused, rule daily-loss-limit says undo: never"
