@@ -371,6 +371,7 @@ def private_files() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     hold_signals()  # first: a reload or reopen requested while starting waits for the daemon
     private_files()
+    from riskd import lint
     from riskd.daemon import Daemon
     from riskd.state import ignore_sigxfsz
 
@@ -385,7 +386,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         wired = _wire(args, settings, stack, console=console, daemon=True, fresh=demo)
         if args.sim or settings.simulated:
             print(sim_intro(wired.settings, wired.rules, demo), file=console, flush=True)
-        _log_warnings(wired.rules)
+        lint.log_warnings(wired.rules)
         daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor,
                         dashboard_token=wired.dashboard_token)
         daemon.install_signals(pending=EARLY_SIGNALS)
@@ -393,17 +394,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if daemon.abandoned:
             _exit_now(code, wired)
         return code
-
-
-def _log_warnings(rules: list[Any]) -> None:
-    """What `riskd check` warns about, on the console at start: valid rules that likely mean something else."""
-    import structlog
-
-    from riskd import lint
-
-    for warning in lint.warnings(rules):
-        structlog.get_logger("riskd").warning("rule_warning", where=f"{warning.file}:{warning.line}:{warning.col}", rule=warning.rule,
-                                              field=warning.field, message=warning.message.removeprefix("warning: "))
 
 
 def _exit_now(code: int, wired: Wired) -> None:

@@ -25,7 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from riskd import __version__, engine, events, rules as rules_mod, trail
+from riskd import __version__, engine, events, lint, rules as rules_mod, trail
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.dashboard import Dashboard
@@ -195,6 +195,7 @@ class Daemon:
                         reason="reload",
                         **changes)
         log.info("rules_loaded", rule_count=len(new_rules), reason="reload")
+        lint.log_warnings(new_rules)
         self.systemd.ready(self.status())
         return True
 

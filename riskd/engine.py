@@ -4,7 +4,7 @@ No I/O and no clock: `now` comes in, decisions and the next state go out. The da
 orders of each "fire" decision and, once the API acknowledged them, folds them back with
 `acknowledge`, which is what makes a firing count.
 
-Firing semantics (SPEC §3 "When a rule fires"):
+Firing semantics (docs/how-it-works.md, "How firing works"):
 - a rule is evaluated per target: per matched position when it has a position condition or a
   per-position action (close, reduce_to), per account otherwise;
 - `at` rules fire once per occurrence for the targets in scope at that instant; an occurrence found

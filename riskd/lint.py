@@ -36,6 +36,15 @@ def warnings(rules: list[Rule], settings: config.Settings | None = None) -> list
     return sorted(out, key=lambda p: (p.file, p.line, p.col))
 
 
+def log_warnings(rules: list[Rule]) -> None:
+    """The warnings of `rules` on the console (riskd run at start and after a reload)."""
+    import structlog
+
+    for warning in warnings(rules):
+        structlog.get_logger("riskd").warning("rule_warning", where=f"{warning.file}:{warning.line}:{warning.col}", rule=warning.rule,
+                                              field=warning.field, message=warning.message.removeprefix("warning: "))
+
+
 def _rule_warnings(rule: Rule, doc: yamldoc.Document | None) -> list[Problem]:
     index = _index(doc, rule.name)
 

@@ -35,6 +35,7 @@ from riskd import events
 from riskd.chain import GENESIS, HEAD_SUFFIX, chain_hash, parse_head, render
 from riskd.errors import TrailError
 from riskd.events import of as event_of
+from riskd.schedule import format_span
 
 ROTATED = re.compile(r"^(\.\d+|-\d{8}(\d{2})?)(\.(gz|bz2|xz))?$")
 DEFAULT_HIDDEN = frozenset({events.SAMPLE.name})  # shown only when asked for (--event sample / --all)
@@ -541,6 +542,50 @@ def outcome(line: dict[str, Any]) -> str:
     return f"{call}: ok ({line.get('status')})"
 
 
+def _dollars(value: Any, signed: bool = False) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    sign = "-" if number < 0 else "+" if signed and number > 0 else ""
+    return f"{sign}${abs(number):,.0f}" if number == round(number) else f"{sign}${abs(number):,.2f}"
+
+
+def threshold_text(threshold: Any) -> str:
+    """A fired line's threshold for people: "position P&L below -$500", "$300 below the peak after +$500"
+    (the trail keeps the JSON: {"account_drawdown": {"limit": ["dollars", 300.0], "after": 500.0}})."""
+    if not isinstance(threshold, dict):
+        return json.dumps(threshold)
+    parts: list[str] = []
+    for name, spec in threshold.items():
+        spec = spec if isinstance(spec, dict) else {}
+        side = "below" if "below" in spec else "above"
+        if name in ("position_pnl", "account_pnl") and side in spec:
+            what = "position P&L" if name == "position_pnl" else (
+                "session P&L" if spec.get("basis", "total") == "total" else f"{spec['basis']} P&L")
+            net = " net of commission" if spec.get("net_of_commission") else ""
+            parts.append(f"{what}{net} {side} {_dollars(spec[side])}")
+        elif name == "account_drawdown" and isinstance(spec.get("limit"), list) and len(spec["limit"]) == 2:
+            kind, amount = spec["limit"]
+            given = f"{float(amount) * 100:g}% of the peak given back" if kind == "percent" else f"{_dollars(amount)} below the peak"
+            after = f" after {_dollars(spec['after'], signed=True)}" if spec.get("after") else ""
+            parts.append(f"{given}{after}")
+        elif name == "position_size" and "above" in spec:
+            parts.append(f"size above {spec['above']} contracts")
+        elif name == "position_age" and "above" in spec:
+            parts.append(f"open longer than {format_span(timedelta(seconds=float(spec['above'])))}")
+        elif name in ("between", "outside") and isinstance(threshold[name], list) and len(threshold[name]) == 2:
+            start, end = (str(t)[:5] for t in threshold[name])
+            parts.append(f"{name} {start}-{end}")
+        elif name == "at":
+            parts.append(f"at {threshold[name]}")
+        elif name == "for_s":
+            parts.append(f"held for {format_span(timedelta(seconds=float(threshold[name])))}")
+        else:
+            parts.append(f"{name} {json.dumps(threshold[name])}")
+    return ", ".join(parts)
+
+
 def describe(line: dict[str, Any]) -> str:
     """One readable sentence for a line, per event."""
     event = line.get("event")
@@ -555,7 +600,7 @@ def describe(line: dict[str, Any]) -> str:
             text += f"; {line.get('error')}"
         return text + (" [dry run]" if line.get("dry_run") else "")
     if event == events.FIRED.name:
-        text = f"{line.get('action')}: {_short_inputs(line.get('inputs'))}; threshold {json.dumps(line.get('threshold'))}"
+        text = f"{line.get('action')}: {_short_inputs(line.get('inputs'))}; threshold {threshold_text(line.get('threshold'))}"
         text += f"; local {line.get('local_time')}" if line.get("local_time") else ""
         return text + (" [dry run]" if line.get("dry_run") else "")
     if event == events.SAMPLE.name:

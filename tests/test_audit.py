@@ -466,7 +466,7 @@ def test_run_full_disk_while_a_rule_fires_still_closes_and_reports_the_failure(t
 
 def test_run_sigusr1_after_logrotate_renamed_the_trail_continues_the_chain_in_a_new_file(tmp_path, sim_factory, riskd_factory, token):
     sim, server = sim_factory({"accounts": [{"name": "Sim101"}], "rate_limit": None})
-    proc = riskd_factory(write_policy(tmp_path, server.base_url, [], poll_interval="200ms"), token)
+    proc = riskd_factory(write_policy(tmp_path, server.base_url, [], poll_interval="200ms", allow_empty_policy=True), token)
     proc.wait_for("rules_loaded")
     proc.audit_path.rename(tmp_path / "audit.jsonl.1")  # logrotate's rename, then its postrotate:
     proc.signal(signal.SIGUSR1)

@@ -11,6 +11,7 @@ from conftest import run_cli
 from rulekit import NY
 
 from riskd import lint, rules
+from riskd.cli import main as cli_main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHECK = sorted((FIXTURES / "check").glob("*.riskd.yaml"))
@@ -30,11 +31,13 @@ def _desk(directory: Path, riskd_yaml: Path) -> Path:
 
 
 @pytest.mark.parametrize("fixture", CHECK, ids=lambda p: p.name.removesuffix(".riskd.yaml"))
-def test_check_prints_exactly_the_expected_text_and_exit_code(tmp_path, fixture):
+def test_check_prints_exactly_the_expected_text_and_exit_code(tmp_path, fixture, capsys, monkeypatch):
+    monkeypatch.delenv("CROSSTRADE_TOKEN", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     config = _desk(tmp_path, fixture)
-    result = run_cli("check", "-c", str(config), env={"CROSSTRADE_TOKEN": ""})
+    code = cli_main(["check", "-c", str(config)])
     expected = fixture.with_name(fixture.name.removesuffix(".riskd.yaml") + ".expected").read_text().replace("{dir}", str(tmp_path))
-    assert f"{result.stderr}exit {result.returncode}\n" == expected
+    assert f"{capsys.readouterr().err}exit {code}\n" == expected
 
 
 @pytest.mark.parametrize("fixture", WARN, ids=lambda p: p.name.removesuffix(".warn.yaml"))
@@ -44,16 +47,17 @@ def test_lint_warns_exactly_as_expected(fixture):
     assert "".join(f"{w}\n" for w in lint.warnings(loaded)) == expected
 
 
-def test_check_warnings_keep_exit_0_and_are_refused_with_strict(tmp_path):
+def test_check_warnings_keep_exit_0_and_are_refused_with_strict(tmp_path, capsys):
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "trim.yaml").write_text((FIXTURES / "warn" / "close-bare-percent.warn.yaml").read_text())
     (tmp_path / "riskd.yaml").write_text("crosstrade: {base_url: sim}\nrules: rules/\n")
-    plain = run_cli("check", "-c", str(tmp_path / "riskd.yaml"))
-    assert (plain.returncode, plain.stdout) == (0, "ok: 2 rules in 1 files, 1 warning(s)\n")
-    assert plain.stderr.startswith(f"{tmp_path}/rules/trim.yaml:5:14: rule trim: then.close: warning: close: 50 closes 50 contracts")
-    strict = run_cli("check", "--strict", "-c", str(tmp_path / "riskd.yaml"))
-    assert strict.returncode == 78 and strict.stdout == ""
-    assert strict.stderr.endswith("riskd: 1 warning(s), refused by --strict\n")
+    assert cli_main(["check", "-c", str(tmp_path / "riskd.yaml")]) == 0
+    plain = capsys.readouterr()
+    assert plain.out == "ok: 2 rules in 1 files, 1 warning(s)\n"
+    assert plain.err.startswith(f"{tmp_path}/rules/trim.yaml:5:14: rule trim: then.close: warning: close: 50 closes 50 contracts")
+    assert cli_main(["check", "--strict", "-c", str(tmp_path / "riskd.yaml")]) == 78
+    strict = capsys.readouterr()
+    assert strict.out == "" and strict.err.endswith("riskd: 1 warning(s), refused by --strict\n")
 
 
 def test_run_refuses_a_policy_that_protects_nothing_before_any_api_call(tmp_path, sim_factory, token):

@@ -157,6 +157,14 @@ def test_demo_explains_itself_closes_something_within_30_seconds_and_keeps_no_st
                  f"audit trail: {tmp_path / 'audit.jsonl'}", "Ctrl-C stops riskd", "emptied at each start",
                  '"config": "none (the demo)", "api": "127.0.0.1:'):
         assert said in console, said
+    # what the README says the demo prints before it starts is what it prints (paths and the port aside)
+    import re
+
+    def intro(text: str) -> str:
+        said = "riskd against" + text.split("riskd against", 1)[1].split("Ctrl-C stops riskd.", 1)[0]
+        return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", said.replace(str(tmp_path), "/home/you/riskd"))
+
+    assert intro(console) == intro((Path(__file__).resolve().parents[1] / "README.md").read_text())
     # the simulator starts over at every run, and so does the demo's state: a rerun here tells the same story
     assert not [e for e in read_audit(tmp_path / "audit.jsonl") if e.get("event") == "fired" and e.get("account") == "Sim102"
                 and e["ts"] < actions[0]["ts"]]

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from riskd.cli import main as cli_main
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "rules" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -45,24 +47,32 @@ def _same(printed: str, shown: str, home: Path) -> None:
     assert squeeze(printed) == squeeze(shown)
 
 
-def test_the_tour_prints_what_the_readme_shows(tmp_path):
+def test_the_tour_prints_what_the_readme_shows(tmp_path, capsys):
     config = str(tmp_path / "mydesk" / "riskd.yaml")
-    init = run_cli("init", str(tmp_path / "mydesk"))
-    assert init.returncode == 0, init.stderr
-    _same(init.stdout, _shown("$ riskd init ~/mydesk"), tmp_path)
+    assert cli_main(["init", str(tmp_path / "mydesk")]) == 0
+    _same(capsys.readouterr().out, _shown("$ riskd init ~/mydesk"), tmp_path)
     policy = tmp_path / "mydesk" / "rules" / "my-policy.yaml"
     good = policy.read_text()
     policy.write_text(good.replace("{below: -500}", "{belw: -500}"))  # the typo step 2 makes on purpose
-    typo = run_cli("check", "-c", config)
-    assert typo.returncode == 78
+    assert cli_main(["check", "-c", config]) == 78
     readme = (ROOT / "README.md").read_text()
     block = readme.split("$ riskd check -c ~/mydesk/riskd.yaml\n", 1)[1].split("```", 1)[0]
     shown_typo, shown_fixed = block.split("$ riskd check -c ~/mydesk/riskd.yaml\n")
-    _same(typo.stderr, shown_typo, tmp_path)
+    _same(capsys.readouterr().err, shown_typo, tmp_path)
     policy.write_text(good)
-    fixed = run_cli("check", "-c", config)
-    assert fixed.returncode == 0
-    _same(fixed.stdout, shown_fixed, tmp_path)
-    once = run_cli("once", "-c", config, "--dry-run")
+    assert cli_main(["check", "-c", config]) == 0
+    _same(capsys.readouterr().out, shown_fixed, tmp_path)
+    once = run_cli("once", "-c", config, "--dry-run")  # the real command: no token, the embedded simulator
     assert once.returncode == 0, once.stderr
     _same(once.stdout, _shown("$ riskd once -c ~/mydesk/riskd.yaml --dry-run"), tmp_path)
+
+
+def test_the_readme_commands_table_names_every_verb():
+    import argparse
+
+    from riskd.cli import _parser
+
+    verbs = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    table = (ROOT / "README.md").read_text().split("## Commands", 1)[1].split("\n\n", 2)[1]
+    named = set(re.findall(r"`riskd (\w+)", table)) | set(re.findall(r"/ `(\w+) ", table))
+    assert set(verbs) <= named, f"verbs missing from the README's Commands table: {sorted(set(verbs) - named)}"
