@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from riskd import yamldoc
+from riskd import calendar as calendar_mod, yamldoc
 from riskd.errors import ConfigError, Problem
 from riskd.fields import Duration, Spec, TimeOfDay, Zone
 
@@ -99,6 +99,9 @@ class ConfigSpec(Spec):
     notify: list[NotifyTargetSpec] = []
     metrics: Any = Field(None, description="Prometheus endpoint: a port (on 127.0.0.1) or HOST:PORT; absent = off")
     summary_interval: Duration = timedelta(seconds=60)
+    calendar: calendar_mod.CalendarSpec = Field(calendar_mod.CalendarSpec(), description=(
+        "the exchange calendar: corrections (holidays, early_closes, regular_days, or a file of them), the default market "
+        "and the news event file (docs/calendar.md)"))
 
     @field_validator("metrics")
     @classmethod
@@ -161,6 +164,7 @@ class Settings:
     notify: tuple[NotifyTarget, ...] = ()
     metrics: tuple[str, int] | None = None  # (host, port) of the Prometheus endpoint
     summary_interval: float = 60.0
+    calendar: Any = None  # riskd.calendar.Calendar: built-in, with the trader's corrections and news events
 
     @property
     def simulated(self) -> bool:
@@ -226,6 +230,7 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         notify=tuple(_notify_target(t) for t in spec.notify),
         metrics=spec.metrics,
         summary_interval=spec.summary_interval.total_seconds(),
+        calendar=calendar_mod.build(spec.calendar, root, spec.timezone or ZoneInfo("America/New_York")),
     )
 
 

@@ -17,10 +17,11 @@ from typing import Any, Callable
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from riskd import __version__, events, rules as rules_mod
+from riskd import __version__, events, rules as rules_mod, schedule
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.errors import ConfigError
@@ -37,6 +38,18 @@ log = structlog.get_logger("riskd")
 # queued notifications get what is left of the budget.
 STOP_GRACE_S = 1.5
 STOP_BUDGET_S = 2.0
+
+
+class CalendarTrigger(BaseTrigger):
+    """The occurrences of an `at` rule that follows the exchange calendar (riskd.schedule), for APScheduler."""
+
+    def __init__(self, rule: Any, calendar: Any):
+        self.rule = rule
+        self.calendar = calendar
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        after = previous_fire_time or now - timedelta(microseconds=1)
+        return schedule.next_occurrence(self.rule, max(after, now - timedelta(microseconds=1)), self.calendar)
 
 
 class Daemon:
@@ -131,7 +144,11 @@ class Daemon:
             if rule.at is None or not rule.enabled:
                 continue
             days = ",".join(["mon", "tue", "wed", "thu", "fri", "sat", "sun"][d] for d in sorted(rule.days))
-            trigger = CronTrigger(day_of_week=days, hour=rule.at.hour, minute=rule.at.minute, second=rule.at.second, timezone=rule.zone)
+            trigger: BaseTrigger
+            if rule.market is not None:  # close-5m, trading_days: the exchange calendar says when
+                trigger = CalendarTrigger(rule, self.settings.calendar)
+            else:
+                trigger = CronTrigger(day_of_week=days, hour=rule.at.hour, minute=rule.at.minute, second=rule.at.second, timezone=rule.zone)
             self.scheduler.add_job(self._safe_tick, trigger, args=[f"at:{rule.name}"], id=f"at:{rule.name}",
                                    misfire_grace_time=int(self.settings.misfire_grace.total_seconds()) or 1)
 

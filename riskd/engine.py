@@ -33,7 +33,9 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Iterable
 
+from riskd.calendar import builtin as builtin_calendar
 from riskd.conditions import REGISTRY, Target
+from riskd.fields import SessionTime
 from riskd.keys import FiringKey, LockKey, OccurrenceKey, PositionKey, TargetKey, rule_of
 from riskd.model import Account, Decision, Order, Position, Rule, Severity, Snapshot
 from riskd.schedule import format_span, last_occurrence, next_occurrence
@@ -46,6 +48,7 @@ class EngineSettings:
     zone: Any
     session_start: time = time(18, 0)
     misfire_grace: timedelta = timedelta(seconds=60)
+    calendar: Any = None  # riskd.calendar.Calendar: the exchange calendar and news events (None: the built-in one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,7 @@ def _describe(spec: Any) -> Any:
         return {k: _describe(v) for k, v in vars(spec).items() if v is not None}
     if isinstance(spec, (tuple, list)):
         return [_describe(x) for x in spec]
-    if isinstance(spec, time):
+    if isinstance(spec, (time, SessionTime)):
         return spec.isoformat()
     if isinstance(spec, timedelta):
         return spec.total_seconds()
@@ -251,6 +254,7 @@ class _Tick:
         self.snapshot = snapshot
         self.now = now
         self.settings = settings
+        self.calendar = settings.calendar or builtin_calendar()
         self.occurrences = dict(state.occurrences)
         self.decisions: list[Decision] = []
         present = {a.name.lower() for a in snapshot.accounts}
@@ -332,7 +336,10 @@ class _Tick:
         seen = None
         if position is not None:
             seen = self._seen_of.get(id(position)) or datetime.fromisoformat(self.first_seen[_position_key(account.name, position)])
-        return Target(account, position, self.now, local, rule.days, peak, seen)
+        return Target(account, position, self.now, local, rule.days, peak, seen, self.calendar, self.market(rule), rule.trading_days)
+
+    def market(self, rule: Rule) -> str | None:
+        return self.calendar.market if rule.market == "default" else rule.market
 
     def target_key(self, rule: Rule, account: Account, position: Position | None) -> str:
         return str(self._target(account, position))
@@ -407,9 +414,10 @@ class _Tick:
         local = self._locals.get(rule.zone) or self._locals.setdefault(rule.zone, self.now.astimezone(rule.zone))
         now, days, peak_of, seen_of = self.now, rule.days, self._peak_of, self._seen_of
         conditions = [(REGISTRY[name].check, spec) for name, spec in rule.conditions]
+        calendar, market, trading_days = self.calendar, self.market(rule), rule.trading_days
         for account, position in self.targets(rule):
             target = Target(account, position, now, local, days, peak_of[id(account)],
-                            seen_of[id(position)] if position is not None else None)
+                            seen_of[id(position)] if position is not None else None, calendar, market, trading_days)
             # fast rejection: stop at the first condition that does not hold; the conditions are
             # pure, so check() recomputes the same result (and the inputs) for the targets that pass
             for condition, spec in conditions:
@@ -438,7 +446,7 @@ class _Tick:
         the snapshot at that instant did not show (missing, or unreadable) is `waiting`: its targets
         join the occurrence when it is seen again within misfire_grace, and it is `missed` (audited,
         with the reason) when it is not."""
-        occ = last_occurrence(rule, self.now)
+        occ = last_occurrence(rule, self.now, self.calendar)
         if occ is None:
             return
         okey = str(OccurrenceKey(rule.name, occ.isoformat()))
@@ -447,7 +455,13 @@ class _Tick:
         grace = self.settings.misfire_grace
         if record is None:
             known_since = datetime.fromisoformat(self.old.known.get(rule.name, ["", self.now.isoformat()])[1])
-            if late <= grace:
+            market = self.market(rule)
+            closed = self.calendar.closed_reason(market, occ) if market is not None else None
+            if closed is not None:  # a fixed time on an early-close day, a session-relative time outside the session
+                record = {}
+                if late <= grace:
+                    self._skip(rule, okey, f"{closed}; nothing sent")
+            elif late <= grace:
                 record = {}
                 for account, position in self.targets(rule):
                     holds, _ = check(rule, self.target(rule, account, position))
@@ -653,7 +667,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
     tick = _Tick(state, snapshot, now, settings)
     rows: list[dict[str, Any]] = []
     for rule in rules:
-        nxt = next_occurrence(rule, now) if rule.at is not None else None
+        nxt = next_occurrence(rule, now, tick.calendar) if rule.at is not None else None
         base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None}
         if not rule.enabled:
             rows.append({**base, "target": "-", "status": "disabled", "conditions": []})

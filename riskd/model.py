@@ -203,6 +203,8 @@ class Rule:
     dry_run: bool = False
     digest: str = ""
     position_scoped: bool = False  # a condition of the rule is evaluated per position (riskd.conditions scope)
+    market: str | None = None  # the market whose calendar its clock follows (riskd.calendar); "default": riskd.yaml's; None: none
+    trading_days: bool = False  # `days: trading_days`: full holidays of the market are skipped
 
     @property
     def per_position(self) -> bool:

@@ -20,11 +20,13 @@ from pydantic import ConfigDict, Field, create_model
 from pydantic.json_schema import GenerateJsonSchema
 
 from riskd import yamldoc
+from riskd.calendar import MARKETS, Market, builtin_markets, uses_calendar
 from riskd.conditions import REGISTRY
 from riskd.errors import ConfigError, Problem
 from riskd.fields import (
     NAME,
     Accounts,
+    ClockTime,
     CloseAmount,
     Cross,
     Days,
@@ -34,9 +36,11 @@ from riskd.fields import (
     Name,
     PositiveContracts,
     RuleModel,
-    TimeOfDay,
+    SessionTime,
+    TradingDays,
     TrueOnly,
     Zone,
+    _instruments,
     close_amount,
     lenient,
 )
@@ -60,6 +64,7 @@ class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.
         "dependentSchemas": {
             "days": {"anyOf": [{"required": [k]} for k in CLOCK_KEYS]},
             "timezone": {"anyOf": [{"required": [k]} for k in CLOCK_KEYS]},
+            "market": {"anyOf": [{"required": [k]} for k in CLOCK_KEYS]},
             "for": {"not": {"required": ["at"]}},
         },
     })
@@ -68,6 +73,7 @@ class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.
         at: time | None
         days: frozenset[int] | None
         timezone: Any
+        market: str | None
         hold: timedelta | None
 
     @classmethod
@@ -77,7 +83,7 @@ class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.
             if not misspelt:
                 problems.append(((), f"no condition given; add one of: {', '.join(CONDITION_KEYS)}"))
         elif not any(k in raw for k in CLOCK_KEYS):
-            for key in ("days", "timezone"):
+            for key in ("days", "timezone", "market"):
                 if key in raw:
                     problems.append(((key,), f"'{key}' applies only with 'at', 'between' or 'outside'; add one or remove '{key}'"))
         if "for" in raw and "at" in raw:
@@ -92,9 +98,13 @@ else:
         "When",
         __base__=_When,
         __doc__=_When.__doc__,
-        at=(TimeOfDay | None, Field(None, description="an event: this wall-clock time in the rule's zone, once per day")),
+        at=(ClockTime | None, Field(None, description="an event, once per day: a wall-clock time in the rule's zone, "
+                                                       "or one relative to the market's session (close-5m, open+30m)")),
         **{c.name: (c.spec | None, Field(None, description=c.description)) for c in REGISTRY.values()},
-        days=(Days | None, Field(None, description="days the clock conditions apply on (default weekdays)")),
+        days=(Days | None, Field(None, description="days the clock conditions apply on (default weekdays; trading_days: "
+                                                   "weekdays the market trades, from the exchange calendar)")),
+        market=(Market | None, Field(None, description="the market whose calendar the clock conditions follow "
+                                                       "(default: from the instruments, else riskd.yaml calendar.market)")),
         timezone=(Zone | None, Field(None, description="zone of the clock conditions (default: riskd.yaml timezone)")),
         hold=(Duration | None, Field(None, alias="for", description="the other conditions must hold this long before firing")),
     )
@@ -145,6 +155,17 @@ class RuleSpec(RuleModel):
     then: Then = Field(description="the action: exactly one of close, reduce_to, flatten")
     enabled: Flag = Field(True, description="false switches the rule off")
     dry_run: Flag = Field(False, description="decide and audit, but send nothing")
+
+    @classmethod
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
+        when = raw.get("when")
+        if not isinstance(when, dict) or "market" in when or not uses_calendar(when):
+            return []
+        found = sorted(builtin_markets(lenient(_instruments, raw.get("instruments", "*")) or ()))
+        if len(found) > 1:
+            return [(("when",), f"the instruments trade in different markets ({', '.join(found)}) with their own hours; "
+                               f"add market: (one of {', '.join(MARKETS)}) to when, or split the rule")]
+        return []
 
 
 class RuleFile(RuleModel):
@@ -281,6 +302,11 @@ def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: s
     conditions = tuple(
         (key, getattr(when, key)) for key in CONDITION_KEYS if key != "at" and getattr(when, key) is not None
     )
+    market = None
+    if when.market is not None or isinstance(when.days, TradingDays) or isinstance(when.at, SessionTime) or any(
+            isinstance(edge, SessionTime) for name, spec in conditions if name in CLOCK_KEYS for edge in spec):
+        found = builtin_markets(spec.instruments)
+        market = when.market or (found.pop() if len(found) == 1 else "default")
     return Rule(
         name=spec.name,
         index=index,
@@ -290,7 +316,9 @@ def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: s
         conditions=conditions,
         action=action,
         zone=when.timezone or default_zone,
-        days=when.days if when.days is not None else frozenset(range(5)),
+        days=frozenset(when.days) if when.days is not None else frozenset(range(5)),
+        market=market,
+        trading_days=isinstance(when.days, TradingDays),
         at=when.at,
         hold=when.hold,
         enabled=spec.enabled,

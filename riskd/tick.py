@@ -41,7 +41,8 @@ def utc_now() -> datetime:
 
 
 def engine_settings(settings: Settings) -> EngineSettings:
-    return EngineSettings(zone=settings.zone, session_start=settings.session_start, misfire_grace=settings.misfire_grace)
+    return EngineSettings(zone=settings.zone, session_start=settings.session_start, misfire_grace=settings.misfire_grace,
+                          calendar=settings.calendar)
 
 
 def state_dir_for(settings: Settings, dry_run: bool) -> Path:
