@@ -145,6 +145,7 @@ class Calendar:
                 self.corrections[(m, rule.day)] = rule
         self.events: tuple[NewsEvent, ...] = tuple(sorted(events, key=lambda e: e.at))
         self.sources = sources  # the correction and event files it was built from
+        self.built_from: tuple[Any, ...] | None = None  # build()'s arguments, to read the files again on reload
         self._days: dict[tuple[str, date], tuple[str, str | None, time | None]] = {}
 
     @property
@@ -371,7 +372,16 @@ def build(spec: CalendarSpec | None = None, root: Path | None = None, default_zo
         path = (base / spec.events).resolve()
         events = load_events(path, default_zone or ZoneInfo("America/New_York"))
         sources.append(str(path))
-    return Calendar(corrections=corrections, events=events, market=spec.market, sources=tuple(sources))
+    built = Calendar(corrections=corrections, events=events, market=spec.market, sources=tuple(sources))
+    built.built_from = (spec, root, default_zone)
+    return built
+
+
+def rebuilt(calendar: Calendar | None) -> Calendar | None:
+    """The calendar with its correction and event files read again (a reload); raise ConfigError as build does."""
+    if calendar is None or calendar.built_from is None:
+        return calendar
+    return build(*calendar.built_from)
 
 
 @lru_cache(maxsize=1)
@@ -411,3 +421,79 @@ def window_bounds(window: tuple[Any, Any], session: Session, zone: Any) -> tuple
 
 def relative_window(window: tuple[Any, Any]) -> bool:
     return isinstance(window[0], SessionTime) or isinstance(window[1], SessionTime)
+
+
+# ---------------------------------------------------------------------------------------------
+# What `riskd calendar` and `riskd once` print.
+
+
+def next_firings(rule: Any, now: datetime, calendar: Calendar, until: datetime, limit: int = 10) -> list[tuple[datetime, str | None]]:
+    """An `at` rule's occurrences after `now` up to `until` (at most `limit`), each with why it will be
+    skipped (the market closed at that time) or None."""
+    from riskd.schedule import next_occurrence
+
+    out: list[tuple[datetime, str | None]] = []
+    at = now
+    market = calendar.market if rule.market == "default" else rule.market
+    while len(out) < limit:
+        nxt = next_occurrence(rule, at, calendar)
+        if nxt is None or nxt > until:
+            break
+        out.append((nxt, calendar.closed_reason(market, nxt) if market is not None else None))
+        at = nxt
+    return out
+
+
+def firing_line(rule: Any, when: datetime, skipped: str | None) -> str:
+    """One firing: in the rule's zone and in UTC, with the reason it will be skipped."""
+    local = when.astimezone(rule.zone)
+    utc = when.astimezone(timezone.utc)
+    return f"{local:%a %Y-%m-%d %H:%M:%S %Z}  {utc:%H:%M:%S} UTC" + (f"  skipped: {skipped}" if skipped else "")
+
+
+def listing(calendar: Calendar, rules: Iterable[Any], now: datetime, days: int) -> list[str]:
+    """`riskd calendar`: the coming sessions per market, holidays and early closes, the news events, and
+    every timed rule's next firings, from `now` for `days` days."""
+    today = now.astimezone(EXCHANGE_ZONE).date()
+    until = now + timedelta(days=days)
+    lines = [f"CME Globex sessions, exchange time (America/Chicago), {today} to {today + timedelta(days=days - 1)}; "
+             f"open is the evening before; reviewed through {calendar.horizon}"]
+    for warning in (calendar.horizon_warning(today), calendar.events_warning(now)):
+        if warning:
+            lines.append(f"WARNING: {warning}")
+    lines.append(f"  {'date':16}" + "".join(f"{m:15}" for m in MARKETS) + "note")
+    for k in range(days):
+        day = today + timedelta(days=k)
+        statuses = [calendar.status(m, day) for m in MARKETS]
+        if all(kind == "weekend" for kind, _, _ in statuses):
+            continue
+        cells = []
+        notes = set()
+        for kind, name, close in statuses:
+            cells.append(f"{calendar.hours.open:%H:%M}-{close:%H:%M}" if close is not None else kind)
+            if kind == "early":
+                notes.add(f"early close: {name}")
+            elif kind == "closed":
+                notes.add(f"holiday: {name}")
+        lines.append((f"  {day:%a %Y-%m-%d}  " + "".join(f"{c:15}" for c in cells) + "; ".join(sorted(notes))).rstrip())
+    events = [e for e in calendar.events if now <= e.at <= until]
+    if calendar.sources or calendar.events:
+        lines.append("news events:")
+        for e in events:
+            tags = ", ".join(sorted(e.tags))
+            lines.append(f"  {e.at.astimezone(EXCHANGE_ZONE):%a %Y-%m-%d %H:%M %Z}  {e.at:%H:%M} UTC  {e.name} [{tags}]")
+        if not events:
+            lines.append("  none")
+    lines.append("next firings (the rule's zone, then UTC):")
+    timed = [r for r in rules if r.at is not None and r.enabled]
+    for rule in timed:
+        market = calendar.market if rule.market == "default" else rule.market
+        follows = f"  ({market}{', trading days' if rule.trading_days else ''})" if market else ""
+        lines.append(f"  {rule.name}  at {rule.at.isoformat()}{follows}")
+        firings = next_firings(rule, now, calendar, until)
+        lines.extend(f"      {firing_line(rule, when, skipped)}" for when, skipped in firings)
+        if not firings:
+            lines.append(f"      none in the next {days} days")
+    if not timed:
+        lines.append("  no timed rule")
+    return lines

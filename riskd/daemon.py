@@ -6,6 +6,7 @@ One tick itself is `riskd.tick.Ticker`; the wiring of a ticker is `riskd.tick.bu
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import signal
@@ -21,7 +22,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from riskd import __version__, events, rules as rules_mod, schedule
+from riskd import __version__, calendar as calendar_mod, events, rules as rules_mod, schedule
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.errors import ConfigError
@@ -152,11 +153,22 @@ class Daemon:
             self.scheduler.add_job(self._safe_tick, trigger, args=[f"at:{rule.name}"], id=f"at:{rule.name}",
                                    misfire_grace_time=int(self.settings.misfire_grace.total_seconds()) or 1)
 
+    def _calendar_warnings(self) -> None:
+        """A calendar that ran out (or an event file with nothing ahead) is loud: the trail, the console."""
+        calendar, now = self.settings.calendar, self.ticker.clock()
+        if calendar is None:
+            return
+        for warning in (calendar.horizon_warning(now.date()), calendar.events_warning(now)):
+            if warning:
+                self.audit.emit(events.CALENDAR_WARNING, warning=warning)
+                log.warning("calendar_warning", warning=warning)
+
     def reload(self) -> bool:
         """Reload the rule files: all or nothing. Return True when the new rules are running."""
         self.systemd.reloading()
         try:
             new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone)
+            new_calendar = calendar_mod.rebuilt(self.settings.calendar)  # the event file (and corrections file) read again
         except Exception as exc:  # whatever the loader raises, a reload never kills the daemon: the old rules run on
             errors = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [f"{exc.__class__.__name__}: {exc}"[:2000]]
             self.audit.emit(events.RULES_REJECTED, source=[str(p) for p in self.settings.rules], errors=errors,
@@ -165,8 +177,10 @@ class Daemon:
             self.systemd.ready(f"reload REJECTED ({len(errors)} errors), old rules kept; " + self.status())
             return False
         changes = rules_mod.changes(self.ticker.rules, new_rules)
-        self.ticker.swap_rules(new_rules)
+        self.ticker.swap_rules(new_rules, new_calendar)
+        self.settings = dataclasses.replace(self.settings, calendar=new_calendar)
         self.hashes = hashes
+        self._calendar_warnings()
         self._schedule_timed()
         self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules),
                         reason="reload",
@@ -209,6 +223,7 @@ class Daemon:
                         rule_count=len(self.ticker.rules), reason="start")
         log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
                  dry_run=self.ticker.executor.dry_run)
+        self._calendar_warnings()
         # The first tick runs in its own (daemon) thread so a stop during it is honoured like any other.
         first = threading.Thread(target=self._first_tick, name="riskd-start-tick", daemon=True)
         first.start()

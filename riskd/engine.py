@@ -121,11 +121,20 @@ def _position_or_none(text: str) -> PositionKey | None:
 
 
 def session_of(now: datetime, settings: EngineSettings) -> str:
-    """Given a UTC instant, return the trading date of its session (the day after an 18:00 start)."""
+    """Given a UTC instant, return the trading date of its session (the day after an 18:00 start). With
+    an exchange calendar, the next date its market trades: a weekend or a full holiday has no session of
+    its own, so the state resets once, at the start of the session that trades next (an early-close
+    day's session still ends at the next session_start, the Globex open)."""
     local = now.astimezone(settings.zone)
     day = local.date()
     if local.time() >= settings.session_start:
         day += timedelta(days=1)
+    calendar = settings.calendar
+    if calendar is not None:
+        for _ in range(10):  # a long closure (a week of holidays in a correction) still ends
+            if calendar.trading_day(calendar.market, day):
+                break
+            day += timedelta(days=1)
     return day.isoformat()
 
 

@@ -90,11 +90,13 @@ TRAIL_WRITABLE = Event("trail_writable", "the trail can be written again", ("sin
 DISK_FULL = Event("disk_full", "the state database could not be written: the disk is full", ("op", "error"))
 STATE_WRITE_FAILED = Event("state_write_failed", "the state database could not be written for another reason", ("op", "error"))
 DISK_RECOVERED = Event("disk_recovered", "the state database can be written again", ("op",))
+CALENDAR_WARNING = Event("calendar_warning", "at start and reload: the exchange calendar's horizon runs out, or the news event file "
+                         "has no event in the next 30 days", ("warning",), durable=True)
 
 CATALOGUE: dict[str, Event] = {e.name: e for e in (
     STARTED, STOPPED, RULES_LOADED, RULES_REJECTED, SAMPLE, FIRED, ACTION, ACTION_RESOLVED, SUPERSEDED, SKIPPED, MISSED,
     RULE_FAILED, DEFERRED, API_ERROR, STALE, RECOVERED, CLOCK_STEP, TICK_FAILED, ROTATED, TRAIL_REPAIRED, TRAIL_UNWRITABLE, TRAIL_WRITABLE,
-    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED,
+    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED, CALENDAR_WARNING,
 )}
 DECISIONS: dict[str, Event] = {e.name: e for e in (FIRED, SUPERSEDED, SKIPPED, MISSED, RULE_FAILED)}  # by Decision.kind
 DURABLE = frozenset(e.name for e in CATALOGUE.values() if e.durable)

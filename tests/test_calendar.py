@@ -260,3 +260,63 @@ def test_next_firings_of_calendar_rules_are_shown_in_the_rule_zone():
     assert rows[0]["next"] == datetime(2026, 11, 27, 12, 10, tzinfo=CHICAGO).isoformat()
     assert rows[1]["next"] == "2026-11-27T15:55:00-05:00"  # an occurrence on a trading day (audited skipped when it comes)
     assert rows[0]["conditions"][0]["threshold"] == "close-5m"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions follow the calendar.
+
+WITH_CALENDAR = engine.EngineSettings(zone=NY, calendar=CAL)
+
+
+def test_a_holiday_has_no_session_of_its_own_and_an_early_close_ends_at_the_next_globex_open():
+    session = lambda t: engine.session_of(t, WITH_CALENDAR)  # noqa: E731
+    assert session(ny(2026, 11, 25, 17, 59)) == "2026-11-25"
+    assert session(ny(2026, 11, 25, 18, 0)) == session(ny(2026, 11, 26, 18, 0)) == "2026-11-27"  # Thanksgiving: no reset
+    assert session(ny(2026, 11, 27, 13, 30)) == "2026-11-27"  # after the 12:15 CT early close: the same session
+    assert session(ny(2026, 11, 27, 18, 0)) == session(ny(2026, 11, 29, 18, 0)) == "2026-11-30"  # one reset over the weekend
+    assert engine.session_of(ny(2026, 11, 26, 18, 0), engine.EngineSettings(zone=NY)) == "2026-11-27"  # the plain clock
+
+
+def test_a_lock_set_the_evening_before_a_holiday_still_holds_on_the_holiday_evening():
+    rule = "  - name: loss-limit\n    when: {account_pnl: {below: -1000}}\n    then: {flatten: true, lock: true}\n"
+    h = Harness(rule, settings=WITH_CALENDAR)
+    assert bodies(h.tick(ny(2026, 11, 25, 20, 0), acct("Sim101", pos(pnl=-1200)))) == [("flatten", {})]
+    h.tick(ny(2026, 11, 25, 20, 1), acct("Sim101", realized=-1200))
+    again = h.tick(ny(2026, 11, 26, 18, 30), acct("Sim101", pos("MES 12-26"), realized=-1200))  # Thanksgiving evening
+    assert bodies(again) == [("flatten", {"instrument": "MES 12-26"})]
+    assert h.tick(ny(2026, 11, 27, 18, 30), acct("Sim101", pos("MES 12-26"))) == []  # the next session: free to trade
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands.
+
+
+def test_riskd_calendar_prints_sessions_early_closes_holidays_events_and_next_firings(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "eod.yaml").write_text("rules:\n" + EOD)
+    (tmp_path / "events.yaml").write_text("events:\n  - {date: 2026-12-23, time: '08:30', tags: [cpi], name: CPI}\n")
+    config_path = _config(tmp_path, "  events: events.yaml\n")
+    result = run_cli("calendar", "-c", str(config_path), "--from", "2026-12-21", "--days", "7")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "  Thu 2026-12-24  17:00-12:15    17:00-12:15    17:00-12:45    17:00-12:45    early close: Christmas Eve" in lines
+    assert "  Fri 2026-12-25  closed         closed         closed         closed         holiday: Christmas Day" in lines
+    assert "  Wed 2026-12-23 07:30 CST  13:30 UTC  CPI [cpi]" in lines
+    assert "      Thu 2026-12-24 13:10:00 EST  18:10:00 UTC" in lines  # close-5m on Christmas Eve
+    assert ("      Thu 2026-12-24 15:55:00 EST  20:55:00 UTC  skipped: equity_index closed early at 12:15 CT on 2026-12-24 "
+            "(Christmas Eve)") in lines
+    assert not any("2026-12-25" in line and "EST" in line for line in lines)  # nothing fires on Christmas
+    assert run_cli("calendar", "-c", str(config_path), "--from", "24/12").returncode == 2
+
+
+def test_riskd_check_warns_when_the_event_file_has_nothing_ahead(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "eod.yaml").write_text("rules:\n" + EOD)
+    (tmp_path / "events.yaml").write_text("events:\n  - {date: 2020-01-10, time: '08:30', tags: [nfp]}\n")
+    result = run_cli("check", "-c", str(_config(tmp_path, "  events: events.yaml\n")))
+    assert result.returncode == 0 and "ok: 2 rules" in result.stdout
+    assert "riskd: warning: the news event file has no event in the next 30 days" in result.stderr
