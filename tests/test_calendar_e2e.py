@@ -86,3 +86,31 @@ def test_a_news_event_in_the_file_flattens_before_it_and_keeps_flat_until_after(
     rig.tick_at(301)
     assert len(rig.posts("/positions/flatten")) == 2 and rig.quantities() == {("Sim101", "MES 12-26"): 1}
     assert [e["inputs"]["event"] for e in rig.events("fired")] == ["FOMC statement", "FOMC statement"]
+
+
+def test_the_daemon_warns_of_a_calendar_past_its_horizon_and_reads_the_event_file_again_on_reload(tmp_path, token, rigs):
+    import dataclasses
+
+    from riskd.daemon import CalendarTrigger, Daemon
+
+    events = tmp_path / "events.yaml"
+    events.write_text("events:\n  - {date: 2026-12-16, time: '14:00', tags: [fomc]}\n")
+    cal = calendar.build(calendar.CalendarSpec(events="events.yaml"), tmp_path, NY)
+    cal.hours = dataclasses.replace(cal.hours, reviewed_through=datetime(2026, 1, 31).date())  # a calendar that ran out
+    rig = Rig(tmp_path, token, one_position(), EOD, start=_start(2026, 12, 14, 10, 0, 0), calendar=cal)
+    rigs.append(rig)
+    daemon = Daemon(rig.settings, rig.ticker, rig.audit, {})
+    daemon._calendar_warnings()
+    (warning,) = rig.events("calendar_warning")
+    assert warning["warning"].startswith("the CME calendar ran out on 2026-01-31")
+
+    trigger = CalendarTrigger(rig.ticker.rules[0], rig.settings.calendar)  # close-5m on Christmas Eve, then Monday
+    assert trigger.get_next_fire_time(None, _start(2026, 12, 24, 9, 0, 0)) == _start(2026, 12, 24, 13, 10, 0)
+    assert trigger.get_next_fire_time(_start(2026, 12, 24, 13, 10, 0), _start(2026, 12, 24, 13, 10, 0)) == _start(2026, 12, 28, 16, 55, 0)
+
+    events.write_text("events:\n  - {date: 2026-12-14, time: '10:05', tags: [cpi], name: late CPI}\n")
+    (rig.rules_path.parent / "news.yaml").write_text(
+        "rules:\n  - name: flat-around-news\n    when: {near_event: {before: 1m, after: 1m}}\n    then: {flatten: true}\n")
+    assert daemon.reload() is True
+    rig.tick_at(4 * 60 + 1)  # 10:04:01: inside the new event's window
+    assert [p.body for p in rig.posts("/positions/flatten", applied=True)] == [{"instrument": "MES 12-26"}]
