@@ -32,7 +32,7 @@ from pydantic import Field
 
 from riskd import yamldoc
 from riskd.errors import ConfigError
-from riskd.fields import _SESSION_TIME, SessionTime, Spec, TimeOfDay, Zone
+from riskd.fields import _SESSION_TIME, SessionTime, Spec, Tags, TimeOfDay, Zone
 
 __all__ = ["Calendar", "Session", "SessionTime", "NewsEvent", "build", "builtin"]
 
@@ -150,8 +150,8 @@ class Calendar:
 
     @property
     def horizon(self) -> date:
-        """The last date whose hours were reviewed (the data file's, or a later correction's)."""
-        return max([self.hours.reviewed_through, *(d for _, d in self.corrections)])
+        """The last date whose hours were reviewed (the data file's `reviewed_through`)."""
+        return self.hours.reviewed_through
 
     # -- one date ------------------------------------------------------------------------------
 
@@ -217,29 +217,14 @@ class Calendar:
         if self.session_at(market, instant) is not None:
             return None
         local = instant.astimezone(EXCHANGE_ZONE)
-        kind, name, close = self.status(market, local.date())
         at = f"{local:%Y-%m-%d %H:%M} CT"
-        if kind == "closed":
-            return f"{market} is closed at {at}: {name}"
-        if kind == "weekend":
-            return f"{market} is closed at {at}: weekend"
-        if kind == "early" and close is not None and local.time() >= close and local.time() < self.hours.open:
-            return f"{market} closed early at {close:%H:%M} CT on {local:%Y-%m-%d} ({name})"
-        nxt = self.session(market, local.date() + timedelta(days=1))
-        if nxt is None or local.time() < self.hours.open:
-            return f"{market} is closed at {at}: the daily maintenance halt" if kind == "regular" else f"{market} is closed at {at}"
-        return f"{market} is closed at {at}"
-
-    # -- instruments ---------------------------------------------------------------------------
-
-    def market_of(self, instruments: tuple[str, ...]) -> set[str]:
-        """The markets an instrument filter names by root (roots the data file does not know, and globs, name none)."""
-        found = set()
-        for pattern in instruments:
-            root = pattern.split(" ", 1)[0].upper()
-            if root in self.hours.roots:
-                found.add(self.hours.roots[root])
-        return found
+        day = local.date() + timedelta(days=1) if local.time() >= self.hours.open else local.date()  # an evening opens the next date
+        kind, name, close = self.status(market, day)
+        if kind in ("closed", "weekend"):
+            return f"{market} is closed at {at}: {name or 'weekend'}"
+        if kind == "early" and close is not None:
+            return f"{market} closed early at {close:%H:%M} CT on {day} ({name})"
+        return f"{market} is closed at {at}: the daily maintenance halt"
 
     # -- news ----------------------------------------------------------------------------------
 
@@ -270,7 +255,8 @@ class Calendar:
     def events_warning(self, now: datetime) -> str | None:
         if not self.sources and not self.events:
             return None
-        if self.next_event(now) is None or self.next_event(now).at > now + EVENT_LOOKAHEAD:  # type: ignore[union-attr]
+        upcoming = self.next_event(now)
+        if upcoming is None or upcoming.at > now + EVENT_LOOKAHEAD:
             return (f"the news event file has no event in the next {EVENT_LOOKAHEAD.days} days: near_event rules will not fire; "
                     "add the coming FOMC, CPI and NFP releases (docs/calendar.md)")
         return None
@@ -320,7 +306,7 @@ class EventSpec(Spec):
     day: date = Field(alias="date")
     at: TimeOfDay = Field(alias="time")
     zone: Zone = None
-    tags: list[str] = Field(min_length=1)
+    tags: Tags
     name: str = ""
 
 

@@ -12,15 +12,14 @@ Pure: no I/O, no clock; `now` arrives in the Target.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any, Callable, ClassVar, Literal, NamedTuple
+from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
-from pydantic import ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import ConfigDict, Field
 
 from riskd.calendar import relative_window, window_bounds
-from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Window
+from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Tags, Window
 from riskd.model import Account, Position
 from riskd.schedule import format_span, in_window, wall_occurrences
 
@@ -247,17 +246,6 @@ def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> 
 
 # ---------------------------------------------------------------------------------------------
 # News: the events of the trader's event file (riskd.calendar).
-
-
-def _tags(value: Any) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if isinstance(items, list) and items and all(isinstance(i, str) and re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in items):
-        return tuple(sorted({i.lower() for i in items}))
-    raise ValueError(f"invalid tags {value!r}; write a tag or a list of them, e.g. [fomc, cpi, nfp] (as in the event file)")
-
-
-Tags = Annotated[tuple[str, ...], PlainValidator(_tags), WithJsonSchema(
-    {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}, "minItems": 1}]})]
 
 
 class NearEvent(RuleModel):

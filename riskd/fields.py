@@ -285,6 +285,17 @@ Window = Annotated[
 ]
 
 
+def _tags(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list) and items and all(isinstance(i, str) and re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in items):
+        return tuple(sorted({i.lower() for i in items}))
+    raise ValueError(f"invalid tags {value!r}; write a tag or a list of them, e.g. [fomc, cpi, nfp] (as in the event file)")
+
+
+Tags = Annotated[tuple[str, ...], PlainValidator(_tags), WithJsonSchema(  # near_event's tags and the event file's
+    {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}, "minItems": 1}]})]
+
+
 # ---------------------------------------------------------------------------------------------
 # The base of every model: strict, frozen, every problem reported at once.
 
