@@ -1,4 +1,4 @@
-"""The `riskd` command: run, check, once, sim, audit, schema.
+"""The `riskd` command: run, check, once, sim, audit, report, schema, calendar.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 config error (systemd will not restart on it).
 """

@@ -54,7 +54,8 @@ class CalendarTrigger(BaseTrigger):
 
 
 class Daemon:
-    """Schedules the ticker (poll interval + one cron job per `at` rule) and handles signals.
+    """Schedules the ticker (poll interval + one job per `at` rule: cron, or the exchange calendar's
+    occurrences for a rule that follows it) and handles signals.
 
     Around the ticks (see riskd/sdnotify.py, riskd/metrics.py, riskd/notify.py): systemd READY /
     STATUS / WATCHDOG (pinged by healthy ticks and completed actions only) / RELOADING / STOPPING;

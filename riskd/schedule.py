@@ -61,7 +61,7 @@ def occurrences(rule: Rule, now: datetime, step: int, calendar: Any = None) -> I
         if relative:
             session = calendar.session(market, day)
             if session is not None:
-                yield rule.at.instant(session)
+                yield rule.at.instant(session).astimezone(rule.zone)
         elif not rule.trading_days or calendar.trading_day(market, day):
             yield wall_instant(day, rule.at, rule.zone)
 

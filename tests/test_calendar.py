@@ -71,6 +71,8 @@ def test_a_regular_day_runs_17_00_to_16_00_chicago_with_the_maintenance_halt_bet
     assert "maintenance halt" in CAL.closed_reason("equity_index", chicago(2026, 3, 10, 16, 30))
     assert CAL.session_at("equity_index", chicago(2026, 3, 10, 17)).day == date(2026, 3, 11)
     assert CAL.closed_reason("equity_index", chicago(2026, 3, 14, 12)).endswith("weekend")
+    assert CAL.closed_reason("equity_index", chicago(2026, 3, 13, 17, 30)) == "equity_index is closed at 2026-03-13 17:30 CT: weekend"
+    assert CAL.closed_reason("metals", chicago(2026, 11, 25, 18)) == "metals is closed at 2026-11-25 18:00 CT: Thanksgiving Day"
 
 
 def test_the_horizon_is_checked_loudly():
@@ -156,7 +158,7 @@ def test_close_relative_at_fires_at_the_early_close_and_a_fixed_time_on_it_is_sk
     book = acct("Sim101", pos("MES 12-26", 2))
     assert h.tick(ny(2026, 11, 27, 13, 9, 59), book) == []
     at = h.tick(ny(2026, 11, 27, 13, 10), book)  # 12:15 CT early close - 5 min = 13:10 New York
-    assert fires(at) == [("flat-before-close", "Sim101", None)] and at[0].inputs["scheduled"] == ny(2026, 11, 27, 13, 10).astimezone(CHICAGO).isoformat()
+    assert fires(at) == [("flat-before-close", "Sim101", None)] and at[0].inputs["scheduled"] == "2026-11-27T13:10:00-05:00"
     skipped = h.tick(ny(2026, 11, 27, 15, 55), book)
     assert [(d.kind, d.rule, d.orders) for d in skipped] == [("skipped", "trim-1555", ())]
     assert skipped[0].reason == "equity_index closed early at 12:15 CT on 2026-11-27 (Day after Thanksgiving Day); nothing sent"
@@ -257,7 +259,7 @@ def test_near_event_needs_a_window_and_well_formed_tags():
 def test_next_firings_of_calendar_rules_are_shown_in_the_rule_zone():
     h = Harness(EOD)
     rows = h.explain(ny(2026, 11, 27, 9), acct("Sim101", pos()))
-    assert rows[0]["next"] == datetime(2026, 11, 27, 12, 10, tzinfo=CHICAGO).isoformat()
+    assert rows[0]["next"] == "2026-11-27T13:10:00-05:00"  # in the rule's zone
     assert rows[1]["next"] == "2026-11-27T15:55:00-05:00"  # an occurrence on a trading day (audited skipped when it comes)
     assert rows[0]["conditions"][0]["threshold"] == "close-5m"
 

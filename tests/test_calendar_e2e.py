@@ -41,7 +41,7 @@ def test_early_close_day_close_5m_fires_at_the_early_close_minus_5m_and_a_fixed_
     (flatten,) = rig.posts("/positions/flatten", applied=True)
     assert flatten.path.endswith("accounts/Sim101/positions/flatten") and rig.quantities() == {}
     (fired,) = rig.events("fired", rule="flat-before-close")
-    assert fired["inputs"]["scheduled"] == "2026-11-27T12:10:00-06:00"
+    assert fired["inputs"]["scheduled"] == "2026-11-27T13:10:00-05:00"
     rig.sim.open_position("Sim101", "MES 12-26", quantity=2)  # back in after the halt would be impossible; the 15:55 must not act
     at_1555 = 60 + 2 * 3600 + 45 * 60
     for t in (at_1555 - 60, at_1555, at_1555 + 1, at_1555 + 2, at_1555 + 3, at_1555 + 30):  # a poll lost to load is retried
