@@ -147,6 +147,7 @@ class Calendar:
         self.sources = sources  # the correction and event files it was built from
         self.built_from: tuple[Any, ...] | None = None  # build()'s arguments, to read the files again on reload
         self._days: dict[tuple[str, date], tuple[str, str | None, time | None]] = {}
+        self._windows: dict[tuple[Any, ...], tuple[datetime, datetime] | None] = {}  # memo: the same answer for every target
 
     @property
     def horizon(self) -> date:
@@ -211,6 +212,24 @@ class Calendar:
     def session_at(self, market: str, instant: datetime) -> Session | None:
         """The session open at the instant; None when the market is closed then."""
         return next((s for s in self.sessions_near(market, instant, 0, 1) if s.holds(instant)), None)
+
+    def window_at(self, window: tuple[Any, Any], market: str, zone: Any, days: frozenset[int],
+                  instant: datetime) -> tuple[datetime, datetime] | None:
+        """A window with a session-relative edge (`[open, close-15m]`): the bounds of the one holding the
+        instant, on a session whose trading date is one of `days`; None when it holds on none."""
+        key = (window, market, zone, days, instant)
+        if key in self._windows:
+            return self._windows[key]
+        found = None
+        for session in self.sessions_near(market, instant):
+            start, end = window_bounds(window, session, zone)
+            if start <= instant < end and session.day.weekday() in days:
+                found = (start, end)
+                break
+        if len(self._windows) > 4096:  # one tick's worth is what repeats
+            self._windows.clear()
+        self._windows[key] = found
+        return found
 
     def closed_reason(self, market: str, instant: datetime) -> str | None:
         """None when the market trades at the instant; else why not, for the audit trail."""

@@ -88,11 +88,7 @@ def _on_day(t: Target, day: date) -> bool:
 
 def _in_session_window(spec: tuple[Any, Any], t: Target) -> tuple[datetime, datetime] | None:
     """A window with a session-relative edge: the bounds of the one holding `now`, on a session of the rule's days."""
-    for session in t.calendar.sessions_near(t.market, t.now):
-        start, end = window_bounds(spec, session, t.local.tzinfo)
-        if start <= t.now < end and session.day.weekday() in t.days:
-            return start, end
-    return None
+    return t.calendar.window_at(spec, t.market, t.local.tzinfo, t.days, t.now)
 
 
 def _next_session_edge(spec: tuple[Any, Any], edge: int, t: Target) -> datetime | None:
