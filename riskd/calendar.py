@@ -13,8 +13,9 @@ Where the facts come from, in order of precedence:
 The data file's `reviewed_through` is the horizon: past it the dates still come from the
 package's rules, but nobody reviewed them; `horizon_warning` says so loudly (riskd warns at start).
 
-A `Calendar` is immutable and pure once built: it answers for a market and a date or an instant,
-and the engine reads it through EngineSettings. Building one (`build`) reads the files.
+A `Calendar` is immutable and pure once built (its answers are memoised): it answers for a market
+and a date or an instant, and the engine reads it through EngineSettings. Building one (`build`)
+reads the files; the package's dates of a year are computed on first use.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ from pydantic import Field
 from riskd import yamldoc
 from riskd.errors import ConfigError
 from riskd.fields import _SESSION_TIME, SessionTime, Spec, Tags, TimeOfDay, Zone
-
-__all__ = ["Calendar", "Session", "SessionTime", "NewsEvent", "build", "builtin"]
 
 EXCHANGE_ZONE = ZoneInfo("America/Chicago")
 Market = Literal["equity_index", "interest_rate", "energy", "metals"]
@@ -367,16 +366,25 @@ def build(spec: CalendarSpec | None = None, root: Path | None = None, default_zo
     base = root or Path.cwd()
     corrections = _rules(spec, "riskd.yaml")
     sources: list[str] = []
+    problems = []  # both files' problems at once
     if spec.file:
         path = (base / spec.file).resolve()
-        more, _ = _read(path, CorrectionsSpec, "calendar file: write holidays:, early_closes: or regular_days:")
-        corrections += _rules(more, str(path))
+        try:
+            more, _ = _read(path, CorrectionsSpec, "calendar file: write holidays:, early_closes: or regular_days:")
+            corrections += _rules(more, str(path))
+        except ConfigError as exc:
+            problems += exc.problems
         sources.append(str(path))
     events: list[NewsEvent] = []
     if spec.events:
         path = (base / spec.events).resolve()
-        events = load_events(path, default_zone or ZoneInfo("America/New_York"))
+        try:
+            events = load_events(path, default_zone or ZoneInfo("America/New_York"))
+        except ConfigError as exc:
+            problems += exc.problems
         sources.append(str(path))
+    if problems:
+        raise ConfigError(problems)
     built = Calendar(corrections=corrections, events=events, market=spec.market, sources=tuple(sources))
     built.built_from = (spec, root, default_zone)
     return built

@@ -121,11 +121,10 @@ def test_a_bad_correction_is_a_located_error(tmp_path):
 def test_a_bad_correction_file_and_a_bad_event_file_are_located_errors(tmp_path):
     (tmp_path / "more.yaml").write_text("holidays:\n  - date: 2026-13-01\n")
     (tmp_path / "events.yaml").write_text("events:\n  - {date: 2026-12-16, time: '14:00', zone: America/NewYork, tags: [fomc]}\n")
-    for key, name in (("file", "more.yaml"), ("events", "events.yaml")):
-        with pytest.raises(ConfigError) as err:
-            config.load(_config(tmp_path, f"  {key}: {name}\n"))
-        assert str(tmp_path / name) + ":2:" in str(err.value)
-    assert "did you mean 'America/New_York'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        config.load(_config(tmp_path, "  file: more.yaml\n  events: events.yaml\n"))
+    assert [f"{p.file}:{p.line}" for p in err.value.problems] == [f"{tmp_path / 'more.yaml'}:2", f"{tmp_path / 'events.yaml'}:2"]
+    assert "invalid date '2026-13-01'" in str(err.value) and "did you mean 'America/New_York'" in str(err.value)
 
 
 def test_the_event_file_is_read_in_each_event_zone_and_warns_when_it_runs_dry(tmp_path):
