@@ -33,7 +33,8 @@ from pydantic import Field
 
 from riskd import yamldoc
 from riskd.errors import ConfigError
-from riskd.fields import _SESSION_TIME, SessionTime, Spec, Tags, TimeOfDay, Zone
+from riskd.fields import _SESSION_TIME, Spec, Tags, TimeOfDay, Zone
+from riskd.schedule import window_bounds
 
 EXCHANGE_ZONE = ZoneInfo("America/Chicago")
 Market = Literal["equity_index", "interest_rate", "energy", "metals"]
@@ -420,20 +421,6 @@ def uses_calendar(when: dict[str, Any]) -> bool:
 
     windows = [edge for key in ("between", "outside") if isinstance(when.get(key), list) for edge in when[key]]
     return "market" in when or when.get("days") == "trading_days" or relative(when.get("at")) or any(map(relative, windows))
-
-
-def window_bounds(window: tuple[Any, Any], session: Session, zone: Any) -> tuple[datetime, datetime]:
-    """A window with a session-relative edge, on one session: each fixed edge is that time in `zone` on the trading date."""
-    from riskd.schedule import wall_instant
-
-    def edge(value: Any) -> datetime:
-        return value.instant(session) if isinstance(value, SessionTime) else wall_instant(session.day, value, zone)
-
-    return edge(window[0]), edge(window[1])
-
-
-def relative_window(window: tuple[Any, Any]) -> bool:
-    return isinstance(window[0], SessionTime) or isinstance(window[1], SessionTime)
 
 
 # ---------------------------------------------------------------------------------------------

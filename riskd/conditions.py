@@ -18,10 +18,9 @@ from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 from pydantic import ConfigDict, Field
 
-from riskd.calendar import relative_window, window_bounds
 from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Tags, Window
 from riskd.model import Account, Position
-from riskd.schedule import format_span, in_window, wall_occurrences
+from riskd.schedule import format_span, in_window, relative_window, wall_occurrences, window_bounds
 
 
 class Target(NamedTuple):

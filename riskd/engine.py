@@ -33,7 +33,6 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Iterable
 
-from riskd.calendar import builtin as builtin_calendar
 from riskd.conditions import REGISTRY, Target
 from riskd.fields import SessionTime
 from riskd.keys import FiringKey, LockKey, OccurrenceKey, PositionKey, TargetKey, rule_of
@@ -255,6 +254,13 @@ _position = lru_cache(maxsize=65536)(PositionKey.parse)
 _firing = lru_cache(maxsize=65536)(FiringKey.parse)
 
 
+def _builtin_calendar() -> Any:
+    """The built-in exchange calendar, for settings that carry none (it reads its packaged data file once)."""
+    from riskd.calendar import builtin
+
+    return builtin()
+
+
 class _Tick:
     """The working set of one evaluation: the old state in, the new maps being built."""
 
@@ -263,7 +269,7 @@ class _Tick:
         self.snapshot = snapshot
         self.now = now
         self.settings = settings
-        self.calendar = settings.calendar or builtin_calendar()
+        self.calendar = settings.calendar or _builtin_calendar()
         self.occurrences = dict(state.occurrences)
         self.decisions: list[Decision] = []
         present = {a.name.lower() for a in snapshot.accounts}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterable
 
+from riskd.fields import SessionTime
 from riskd.model import Rule
 
 
@@ -48,7 +49,6 @@ def occurrences(rule: Rule, now: datetime, step: int, calendar: Any = None) -> I
         yield from wall_occurrences(rule.at, rule.days, rule.zone, now, step)
         return
     from riskd.calendar import EXCHANGE_ZONE, builtin
-    from riskd.fields import SessionTime
 
     calendar = calendar or builtin()
     market = calendar.market if rule.market == "default" else rule.market
@@ -74,6 +74,18 @@ def last_occurrence(rule: Rule, now: datetime, calendar: Any = None) -> datetime
 def next_occurrence(rule: Rule, now: datetime, calendar: Any = None) -> datetime | None:
     """Given an `at` rule and an instant, return its first occurrence strictly after it."""
     return next((occ for occ in occurrences(rule, now, 1, calendar) if occ > now), None)
+
+
+def window_bounds(window: tuple[Any, Any], session: Any, zone: Any) -> tuple[datetime, datetime]:
+    """A window with a session-relative edge, on one riskd.calendar.Session: each fixed edge is that time in `zone` on the trading date."""
+    def edge(value: Any) -> datetime:
+        return value.instant(session) if isinstance(value, SessionTime) else wall_instant(session.day, value, zone)
+
+    return edge(window[0]), edge(window[1])
+
+
+def relative_window(window: tuple[Any, Any]) -> bool:
+    return isinstance(window[0], SessionTime) or isinstance(window[1], SessionTime)
 
 
 def in_window(window: tuple[time, time], moment: time) -> bool:

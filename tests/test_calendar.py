@@ -321,3 +321,12 @@ def test_riskd_check_warns_when_the_event_file_has_nothing_ahead(tmp_path):
     result = run_cli("check", "-c", str(_config(tmp_path, "  events: events.yaml\n")))
     assert result.returncode == 0 and "ok: 2 rules" in result.stdout
     assert "riskd: warning: the news event file has no event in the next 30 days" in result.stderr
+
+
+def test_the_pure_core_imports_no_io_library_for_the_calendar():
+    import subprocess
+    import sys
+
+    probe = "import sys, riskd.engine; print(sorted(m for m in ('yaml', 'holidays', 'httpx', 'structlog', 'sqlite3') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
