@@ -494,6 +494,28 @@ def listing(calendar: Calendar, rules: Iterable[Any], now: datetime, days: int) 
         lines.extend(f"      {firing_line(rule, when, skipped)}" for when, skipped in firings)
         if not firings:
             lines.append(f"      none in the next {days} days")
+    for rule in rules:
+        windows = [spec for name, spec in rule.conditions if name == "near_event"]
+        if not windows or not rule.enabled:
+            continue
+        spec = windows[0]
+        wanted = frozenset(spec.tags or ())
+        lines.append(f"  {rule.name}  near_event {_span(spec.before)} before to {_span(spec.after)} after"
+                     + (f" [{', '.join(spec.tags)}]" if spec.tags else ""))
+        near = [e for e in events if not wanted or wanted & e.tags]
+        for e in near:
+            start, end = (e.at - spec.before).astimezone(rule.zone), (e.at + spec.after).astimezone(rule.zone)
+            lines.append(f"      {start:%a %Y-%m-%d %H:%M:%S}-{end:%H:%M:%S %Z}  {start.astimezone(timezone.utc):%H:%M:%S}"
+                         f"-{end.astimezone(timezone.utc):%H:%M:%S} UTC  {e.name}")
+        if not near:
+            lines.append(f"      no event in the next {days} days")
+        timed.append(rule)
     if not timed:
         lines.append("  no timed rule")
     return lines
+
+
+def _span(delta: timedelta) -> str:
+    from riskd.schedule import format_span
+
+    return format_span(delta)

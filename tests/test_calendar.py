@@ -296,7 +296,8 @@ def test_riskd_calendar_prints_sessions_early_closes_holidays_events_and_next_fi
     from conftest import run_cli
 
     (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "eod.yaml").write_text("rules:\n" + EOD)
+    (tmp_path / "rules" / "eod.yaml").write_text("rules:\n" + EOD + "  - name: flat-around-cpi\n"
+                                                  "    when: {near_event: {before: 2m, after: 1m, tags: [cpi]}}\n    then: {flatten: true}\n")
     (tmp_path / "events.yaml").write_text("events:\n  - {date: 2026-12-23, time: '08:30', tags: [cpi], name: CPI}\n")
     config_path = _config(tmp_path, "  events: events.yaml\n")
     result = run_cli("calendar", "-c", str(config_path), "--from", "2026-12-21", "--days", "7")
@@ -309,6 +310,7 @@ def test_riskd_calendar_prints_sessions_early_closes_holidays_events_and_next_fi
     assert ("      Thu 2026-12-24 15:55:00 EST  20:55:00 UTC  skipped: equity_index closed early at 12:15 CT on 2026-12-24 "
             "(Christmas Eve)") in lines
     assert not any("2026-12-25" in line and "EST" in line for line in lines)  # nothing fires on Christmas
+    assert "      Wed 2026-12-23 08:28:00-08:31:00 EST  13:28:00-13:31:00 UTC  CPI" in lines
     assert run_cli("calendar", "-c", str(config_path), "--from", "24/12").returncode == 2
 
 

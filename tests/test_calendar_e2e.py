@@ -114,3 +114,15 @@ def test_the_daemon_warns_of_a_calendar_past_its_horizon_and_reads_the_event_fil
     assert daemon.reload() is True
     rig.tick_at(4 * 60 + 1)  # 10:04:01: inside the new event's window
     assert [p.body for p in rig.posts("/positions/flatten", applied=True)] == [{"instrument": "MES 12-26"}]
+
+
+def test_riskd_run_audits_an_event_file_with_nothing_ahead_at_start(tmp_path, sim_factory, riskd_factory, token):
+    from conftest import write_policy
+
+    sim, server = sim_factory(one_position())
+    (tmp_path / "events.yaml").write_text("events:\n  - {date: 2020-01-10, time: '08:30', tags: [nfp]}\n")
+    config = write_policy(tmp_path, server.base_url, EOD, calendar={"events": "events.yaml"})
+    proc = riskd_factory(config, token)
+    (warning,) = proc.wait_for("calendar_warning", timeout=15)
+    assert warning["warning"].startswith("the news event file has no event in the next 30 days")
+    assert proc.stop() == 0
