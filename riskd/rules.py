@@ -304,7 +304,7 @@ def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: s
     )
     market = None
     if when.market is not None or isinstance(when.days, TradingDays) or isinstance(when.at, SessionTime) or any(
-            isinstance(edge, SessionTime) for name, spec in conditions if name in CLOCK_KEYS for edge in spec):
+            isinstance(edge, SessionTime) for name, window in conditions if name in CLOCK_KEYS for edge in window):
         found = builtin_markets(spec.instruments)
         market = when.market or (found.pop() if len(found) == 1 else "default")
     return Rule(
