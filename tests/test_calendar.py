@@ -292,17 +292,16 @@ def test_a_lock_set_the_evening_before_a_holiday_still_holds_on_the_holiday_even
 # The commands.
 
 
-def test_riskd_calendar_prints_sessions_early_closes_holidays_events_and_next_firings(tmp_path):
-    from conftest import run_cli
+def test_riskd_calendar_prints_sessions_early_closes_holidays_events_and_next_firings(tmp_path, capsys):
+    from riskd import cli
 
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "eod.yaml").write_text("rules:\n" + EOD + "  - name: flat-around-cpi\n"
                                                   "    when: {near_event: {before: 2m, after: 1m, tags: [cpi]}}\n    then: {flatten: true}\n")
     (tmp_path / "events.yaml").write_text("events:\n  - {date: 2026-12-23, time: '08:30', tags: [cpi], name: CPI}\n")
     config_path = _config(tmp_path, "  events: events.yaml\n")
-    result = run_cli("calendar", "-c", str(config_path), "--from", "2026-12-21", "--days", "7")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    assert cli.main(["calendar", "-c", str(config_path), "--from", "2026-12-21", "--days", "7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert "  Thu 2026-12-24  17:00-12:15    17:00-12:15    17:00-12:45    17:00-12:45    early close: Christmas Eve" in lines
     assert "  Fri 2026-12-25  closed         closed         closed         closed         holiday: Christmas Day" in lines
     assert "  Wed 2026-12-23 07:30 CST  13:30 UTC  CPI [cpi]" in lines
@@ -311,18 +310,18 @@ def test_riskd_calendar_prints_sessions_early_closes_holidays_events_and_next_fi
             "(Christmas Eve)") in lines
     assert not any("2026-12-25" in line and "EST" in line for line in lines)  # nothing fires on Christmas
     assert "      Wed 2026-12-23 08:28:00-08:31:00 EST  13:28:00-13:31:00 UTC  CPI" in lines
-    assert run_cli("calendar", "-c", str(config_path), "--from", "24/12").returncode == 2
+    assert cli.main(["calendar", "-c", str(config_path), "--from", "24/12"]) == 2
 
 
-def test_riskd_check_warns_when_the_event_file_has_nothing_ahead(tmp_path):
-    from conftest import run_cli
+def test_riskd_check_warns_when_the_event_file_has_nothing_ahead(tmp_path, capsys):
+    from riskd import cli
 
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "eod.yaml").write_text("rules:\n" + EOD)
     (tmp_path / "events.yaml").write_text("events:\n  - {date: 2020-01-10, time: '08:30', tags: [nfp]}\n")
-    result = run_cli("check", "-c", str(_config(tmp_path, "  events: events.yaml\n")))
-    assert result.returncode == 0 and "ok: 2 rules" in result.stdout
-    assert "riskd: warning: the news event file has no event in the next 30 days" in result.stderr
+    assert cli.main(["check", "-c", str(_config(tmp_path, "  events: events.yaml\n"))]) == 0
+    out = capsys.readouterr()
+    assert "ok: 2 rules" in out.out and "riskd: warning: the news event file has no event in the next 30 days" in out.err
 
 
 def test_the_pure_core_imports_no_io_library_for_the_calendar():
