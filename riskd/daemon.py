@@ -159,7 +159,6 @@ class Daemon:
         calendar, now = self.settings.calendar, self.ticker.clock()
         if calendar is None:
             return
-        calendar.trading_day(calendar.market, now.date())  # loads the year's dates now (~0.5 s), not in the first tick
         for warning in (calendar.horizon_warning(now.date()), calendar.events_warning(now)):
             if warning:
                 self.audit.emit(events.CALENDAR_WARNING, warning=warning)
