@@ -1,5 +1,5 @@
-"""The `riskd` command: run, check, once, status, sim, audit, report, schema, and the operator
-commands flatten, lock, unlock, pause, resume (through the running daemon: riskd.channel).
+"""The `riskd` command: run, check, once, status, sim, audit, report, schema, calendar, init, and the
+operator commands flatten, lock, unlock, pause, resume (through the running daemon: riskd.channel).
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 config error (systemd will not restart on it).
 """
@@ -130,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
     init = sub.add_parser("init", help="start your own policy: DIR/riskd.yaml (against the simulator) and DIR/rules/")
     init.add_argument("directory", metavar="DIR", help="where to write riskd.yaml and rules/ (created if missing; nothing is overwritten)")
+    cal = sub.add_parser("calendar", help="the coming CME Globex sessions, holidays, early closes and every timed rule's next firings")
+    cal.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
+    cal.add_argument("--days", type=int, default=10, help="how many days ahead (default: 10)")
+    cal.add_argument("--from", dest="start", help="start on this date, YYYY-MM-DD (default: now)")
     return parser
 
 
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
     handler = {"run": cmd_run, "check": cmd_check, "once": cmd_once, "sim": cmd_sim, "audit": cmd_audit, "report": cmd_report,
                "schema": cmd_schema, "status": cmd_status, "flatten": cmd_control, "lock": cmd_control, "unlock": cmd_control,
-               "pause": cmd_control, "resume": cmd_control, "init": cmd_init}[args.command]
+               "pause": cmd_control, "resume": cmd_control, "init": cmd_init, "calendar": cmd_calendar}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -202,12 +206,44 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     loaded, hashes = load_rules(settings)
     warnings = lint.warnings(loaded, settings)
+    _calendar_warnings(settings)
     for warning in warnings:
         print(warning, file=sys.stderr)
     if warnings and args.strict:
         print(f"riskd: {len(warnings)} warning(s), refused by --strict", file=sys.stderr)
         return EXIT_CONFIG
     print(f"ok: {len(loaded)} rules in {len(hashes)} files" + (f", {len(warnings)} warning(s)" if warnings else ""))
+    return EXIT_OK
+
+
+def _calendar_warnings(settings: config.Settings) -> None:
+    from riskd.tick import utc_now
+
+    now = utc_now()
+    for warning in (settings.calendar.horizon_warning(now.date()), settings.calendar.events_warning(now)):
+        if warning:
+            print(f"riskd: warning: {warning}", file=sys.stderr)
+
+
+def cmd_calendar(args: argparse.Namespace) -> int:
+    from riskd.calendar import listing
+    from riskd.tick import utc_now
+
+    if args.days < 1:
+        print("riskd: --days must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    from datetime import date, datetime, time
+
+    from riskd.calendar import EXCHANGE_ZONE
+
+    try:
+        now = datetime.combine(date.fromisoformat(args.start), time(0), EXCHANGE_ZONE) if args.start else utc_now()
+    except ValueError:
+        print(f"riskd: --from {args.start!r}: write a date as YYYY-MM-DD", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args, demo_ok=True)
+    loaded, _ = rules_mod.load(settings.rules, settings.zone)
+    print("\n".join(listing(settings.calendar, loaded, now, args.days)))
     return EXIT_OK
 
 
@@ -445,7 +481,7 @@ def cmd_once(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         now = utc_now()
         _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, settings.engine), loaded, now,
-                    wired.dry_run)
+                    wired.dry_run, settings.calendar)
         return EXIT_OK
 
 
@@ -463,7 +499,7 @@ def _print_daemon_health(health: dict[str, Any] | None, now: Any) -> None:
     print(line)
 
 
-def _print_once(decisions: list[Any], rows: list[dict[str, Any]], loaded: list[Any], now: Any, dry_run: bool) -> None:
+def _print_once(decisions: list[Any], rows: list[dict[str, Any]], loaded: list[Any], now: Any, dry_run: bool, calendar: Any) -> None:
     print(f"decisions{' (dry run: nothing sent)' if dry_run else ''}:")
     if not decisions:
         print("  none")
@@ -476,11 +512,24 @@ def _print_once(decisions: list[Any], rows: list[dict[str, Any]], loaded: list[A
         for c in row["conditions"]:
             print(f"      {c['name']}={_fmt(c['seen'])}  ({c['threshold']})  {c['distance']}")
     print("next scheduled firings:")
-    timed = sorted(((engine.next_occurrence(r, now), r.name) for r in loaded if r.at is not None and r.enabled),
-                   key=lambda x: (x[0] is None, x[0] or now))  # an `at` rule with no next occurrence: last, as never
-    for when, name in timed:
-        print(f"  {when.isoformat()}  {name}  (in {engine.format_span(when - now)})" if when else f"  never  {name}")
-    if not timed:
+    from datetime import timedelta, timezone
+
+    from riskd.calendar import next_firings
+
+    upcoming: list[tuple[Any, Any, Any]] = []
+    for r in loaded:
+        if r.at is not None and r.enabled:
+            found = next_firings(r, now, calendar, now + timedelta(days=14), 1)
+            upcoming.append((*found[0], r) if found else (None, None, r))
+    upcoming.sort(key=lambda x: (x[0] is None, x[0] or now))  # an `at` rule with no next occurrence: last, as never
+    for when, skipped, rule in upcoming:
+        if when is None:
+            print(f"  never  {rule.name}")
+            continue
+        note = f"  skipped: {skipped}" if skipped else ""
+        print(f"  {when.astimezone(rule.zone).isoformat()}  {rule.name}  {when.astimezone(timezone.utc):%H:%M:%S} UTC{note}"
+              f"  (in {engine.format_span(when - now)})")
+    if not upcoming:
         print("  none")
 
 

@@ -14,14 +14,14 @@ Pure: no I/O, no clock; `now` arrives in the Target.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 from pydantic import ConfigDict, Field
 
-from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Weight, Window, _money, lenient
+from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Tags, Weight, Window, _money, lenient
 from riskd.model import Account, Position
-from riskd.schedule import format_span, in_window, wall_occurrences
+from riskd.schedule import format_span, in_window, relative_window, wall_occurrences, window_bounds
 from riskd.sizes import MICRO_WEIGHT, by_root, weighted
 
 
@@ -35,6 +35,9 @@ class Target(NamedTuple):
     days: frozenset[int]
     peak: float
     first_seen: datetime | None
+    calendar: Any = None  # riskd.calendar.Calendar (sessions, holidays, news events)
+    market: str | None = None  # the market whose calendar the rule's clock follows; None: the plain wall clock
+    trading_days: bool = False  # `days: trading_days`
 
 
 Seen = dict[str, Any]
@@ -60,26 +63,57 @@ class Condition:
 # Clock.
 
 
-def _between(spec: tuple[time, time], t: Target) -> tuple[bool, Seen]:
+def _between(spec: tuple[Any, Any], t: Target) -> tuple[bool, Seen]:
     local = t.local.time().replace(microsecond=0)
+    if t.market is not None and relative_window(spec):
+        return _in_session_window(spec, t) is not None, {"local_time": local.isoformat()}
     day = t.local.date()
     if spec[0] > spec[1] and local < spec[1]:
         day -= timedelta(days=1)  # past midnight in a wrapping window: it belongs to the day it opened
-    return day.weekday() in t.days and in_window(spec, local), {"local_time": local.isoformat()}
+    return _on_day(t, day) and in_window(spec, local), {"local_time": local.isoformat()}
 
 
-def _outside(spec: tuple[time, time], t: Target) -> tuple[bool, Seen]:
+def _outside(spec: tuple[Any, Any], t: Target) -> tuple[bool, Seen]:
     local = t.local.time().replace(microsecond=0)
-    return t.local.weekday() in t.days and not in_window(spec, local), {"local_time": local.isoformat()}
+    if t.market is not None and relative_window(spec):
+        inside = _in_session_window(spec, t) is not None
+    else:
+        inside = in_window(spec, local)
+    return _on_day(t, t.local.date()) and not inside, {"local_time": local.isoformat()}
+
+
+def _on_day(t: Target, day: date) -> bool:
+    """Is `day` one of the rule's days (and, for `days: trading_days`, a day its market trades)?"""
+    return day.weekday() in t.days and (not t.trading_days or t.calendar.trading_day(t.market, day))
+
+
+def _in_session_window(spec: tuple[Any, Any], t: Target) -> tuple[datetime, datetime] | None:
+    """A window with a session-relative edge: the bounds of the one holding `now`, on a session of the rule's days."""
+    return t.calendar.window_at(spec, t.market, t.local.tzinfo, t.days, t.now)
+
+
+def _next_session_edge(spec: tuple[Any, Any], edge: int, t: Target) -> datetime | None:
+    for session in t.calendar.sessions_near(t.market, t.now, 0, 10):
+        if session.day.weekday() in t.days:
+            at = window_bounds(spec, session, t.local.tzinfo)[edge]
+            if at > t.now:
+                return at
+    return None
 
 
 def _explain_window(name: str) -> Callable[[Any, Target, bool, Seen], dict[str, Any]]:
-    def explain(spec: tuple[time, time], t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
+    def explain(spec: tuple[Any, Any], t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
         start, end = spec
         row = {"seen": seen["local_time"], "threshold": f"{name} {start.isoformat()}-{end.isoformat()}", "distance": "holds"}
+        if t.market is not None:
+            row["threshold"] += f" ({t.market}{', trading days' if t.trading_days else ''})"
         if not holds:
-            edge = start if name == "between" else end
-            nxt = next((o for o in wall_occurrences(edge, t.days, t.local.tzinfo, t.now, 1) if o > t.now), None)
+            index = 0 if name == "between" else 1
+            if t.market is not None and relative_window(spec):
+                nxt = _next_session_edge(spec, index, t)
+            else:
+                nxt = next((o for o in wall_occurrences(spec[index], t.days, t.local.tzinfo, t.now, 1)
+                            if o > t.now and _on_day(t, o.date())), None)
             row["distance"] = f"holds from {nxt.isoformat()} (in {format_span(nxt - t.now)})" if nxt else "never"
         return row
 
@@ -279,6 +313,42 @@ def _explain_size(name: str) -> Callable[[Any, Target, bool, Seen], dict[str, An
     return explain
 
 
+# ---------------------------------------------------------------------------------------------
+# News: the events of the trader's event file (riskd.calendar).
+
+
+class NearEvent(RuleModel):
+    expected: ClassVar[str] = "a window around news events such as {before: 2m, after: 2m, tags: [fomc]}"
+    before: Duration = Field(timedelta(0), description="holds from this long before an event")
+    after: Duration = Field(timedelta(0), description="until this long after it")
+    tags: Tags | None = Field(None, description="only events with one of these tags (default: every event)")
+
+    @classmethod
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
+        if not misspelt and "before" not in raw and "after" not in raw:
+            return [((), "give 'before', 'after' or both, e.g. {before: 2m, after: 2m}")]
+        return []
+
+
+def _near_event(spec: Any, t: Target) -> tuple[bool, Seen]:
+    event = t.calendar.event_near(t.now, spec.before, spec.after, frozenset(spec.tags or ())) if t.calendar else None
+    if event is None:
+        return False, {}
+    return True, {"event": event.name, "event_at": event.at.isoformat(), "event_tags": sorted(event.tags)}
+
+
+def _explain_near_event(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
+    window = f"{format_span(spec.before)} before to {format_span(spec.after)} after" + (f" {', '.join(spec.tags)}" if spec.tags else "")
+    if holds:
+        return {"seen": f"{seen['event']} at {seen['event_at']}", "threshold": window, "distance": "holds"}
+    nxt = t.calendar.next_event(t.now + spec.before, frozenset(spec.tags or ())) if t.calendar else None
+    if nxt is None:
+        return {"seen": "no event ahead", "threshold": window, "distance": "never (no event in the event file)"}
+    starts = nxt.at - spec.before
+    return {"seen": f"next: {nxt.name} at {nxt.at.isoformat()}", "threshold": window,
+            "distance": f"holds from {starts.isoformat()} (in {format_span(starts - t.now)})"}
+
+
 REGISTRY: dict[str, Condition] = {c.name: c for c in (
     Condition("between", Window, "local time is inside the window [start, end); may wrap midnight",
               "clock", _between, _explain_window("between")),
@@ -298,4 +368,7 @@ REGISTRY: dict[str, Condition] = {c.name: c for c in (
               "group", _instrument_size, _explain_size("instrument_size")),
     Condition("account_size", GroupSize, "all positions in scope together, micros weighed against minis",
               "group", _account_size, _explain_size("account_size")),
+    # per position: each position open (or opened) in the window is a target, so the window stays flat
+    Condition("near_event", NearEvent, "within a window around a news event of the event file (riskd.yaml calendar.events)",
+              "position", _near_event, _explain_near_event),
 )}

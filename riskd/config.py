@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from riskd import yamldoc
+from riskd import calendar as calendar_mod, yamldoc
 from riskd.engine import EngineSettings
 from riskd.errors import ConfigError, Problem
 from riskd.fields import Duration, Spec, TimeOfDay, Zone
@@ -113,6 +113,9 @@ class ConfigSpec(Spec):
     control_socket: str | None = Field(None, description=(
         "the Unix socket of the operator commands (riskd lock, flatten, ...); default: control.sock in state_dir"))
     dashboard: Any = Field(None, description="the live dashboard (read-only web page): a port (on 127.0.0.1) or HOST:PORT; absent = off")
+    calendar: calendar_mod.CalendarSpec = Field(calendar_mod.CalendarSpec(), description=(
+        "the exchange calendar: corrections (holidays, early_closes, regular_days, or a file of them), the default market "
+        "and the news event file (docs/calendar.md)"))
 
     @field_validator("metrics")
     @classmethod
@@ -186,6 +189,7 @@ class Settings:
     control_socket: Path | None = None  # None: state_dir / control.sock
     dashboard: tuple[str, int] | None = None  # (host, port) of the live dashboard
     allow_empty_policy: bool = False
+    calendar: Any = None  # riskd.calendar.Calendar: built-in, with the trader's corrections and news events
 
     @property
     def simulated(self) -> bool:
@@ -193,7 +197,8 @@ class Settings:
 
     @property
     def engine(self) -> EngineSettings:
-        return EngineSettings(zone=self.zone, session_start=self.session_start, misfire_grace=self.misfire_grace)
+        return EngineSettings(zone=self.zone, session_start=self.session_start, misfire_grace=self.misfire_grace,
+                              calendar=self.calendar)
 
 
 def find(explicit: str | None) -> Path | None:
@@ -289,6 +294,7 @@ def from_spec(spec: ConfigSpec, path: Path | None, base: Path | None = None) -> 
         control_socket=(root / spec.control_socket).resolve() if spec.control_socket else None,
         dashboard=spec.dashboard,
         allow_empty_policy=spec.allow_empty_policy,
+        calendar=calendar_mod.build(spec.calendar, root, spec.timezone or ZoneInfo("America/New_York")),
     )
 
 

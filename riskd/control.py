@@ -25,11 +25,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from riskd.engine import OPERATOR_LOCK, EngineSettings, State
+from riskd.engine import OPERATOR_LOCK, EngineSettings, State, session_end
 from riskd.errors import RiskdError
 from riskd.keys import FiringKey, LockKey, TargetKey
 from riskd.model import Decision, Order, Rule, Severity, Snapshot
-from riskd.schedule import session_end
 
 VERBS = ("flatten", "lock", "unlock", "pause", "resume")
 # A command still queued this long after it was asked (riskd was down meanwhile) is not carried out.
@@ -143,7 +142,7 @@ def apply(command: Command, state: State, rules: list[Rule], snapshot: Snapshot,
           settings: EngineSettings) -> Outcome:
     """Given a command and what riskd knows at `now`, return what it does (see the module docstring)."""
     verb = command.verb
-    end = (command.until or session_end(now, settings.zone, settings.session_start)).astimezone(timezone.utc)
+    end = (command.until or session_end(now, settings)).astimezone(timezone.utc)
     by_name = {r.name: r for r in rules}
     if verb in ("pause", "resume"):
         name = command.rule or ""

@@ -8,6 +8,7 @@ One tick itself is `riskd.tick.Ticker`; the wiring of a ticker is `riskd.tick.bu
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -22,10 +23,11 @@ from urllib.parse import urlsplit
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from riskd import __version__, engine, events, lint, rules as rules_mod, trail
+from riskd import __version__, calendar as calendar_mod, engine, events, lint, rules as rules_mod, schedule, trail
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.dashboard import Dashboard
@@ -47,8 +49,21 @@ STOP_GRACE_S = 1.5
 STOP_BUDGET_S = 2.0
 
 
+class CalendarTrigger(BaseTrigger):
+    """The occurrences of an `at` rule that follows the exchange calendar (riskd.schedule), for APScheduler."""
+
+    def __init__(self, rule: Any, calendar: Any):
+        self.rule = rule
+        self.calendar = calendar
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        after = previous_fire_time or now - timedelta(microseconds=1)
+        return schedule.next_occurrence(self.rule, max(after, now - timedelta(microseconds=1)), self.calendar)
+
+
 class Daemon:
-    """Schedules the ticker (the poll loop + one cron job per `at` rule) and handles signals.
+    """Schedules the ticker (the poll loop + one job per `at` rule: cron, or the exchange calendar's
+    occurrences for a rule that follows it) and handles signals.
 
     Around the ticks (see riskd/sdnotify.py, riskd/metrics.py, riskd/notify.py): systemd READY /
     STATUS / WATCHDOG (pinged by healthy ticks and completed actions only) / RELOADING / STOPPING;
@@ -171,15 +186,30 @@ class Daemon:
             if rule.at is None or not rule.enabled:
                 continue
             days = ",".join(["mon", "tue", "wed", "thu", "fri", "sat", "sun"][d] for d in sorted(rule.days))
-            trigger = CronTrigger(day_of_week=days, hour=rule.at.hour, minute=rule.at.minute, second=rule.at.second, timezone=rule.zone)
+            trigger: BaseTrigger
+            if rule.market is not None:  # close-5m, trading_days: the exchange calendar says when
+                trigger = CalendarTrigger(rule, self.settings.calendar)
+            else:
+                trigger = CronTrigger(day_of_week=days, hour=rule.at.hour, minute=rule.at.minute, second=rule.at.second, timezone=rule.zone)
             self.scheduler.add_job(self._safe_tick, trigger, args=[f"at:{rule.name}"], id=f"at:{rule.name}",
                                    misfire_grace_time=int(self.settings.misfire_grace.total_seconds()) or 1)
+
+    def _calendar_warnings(self) -> None:
+        """A calendar that ran out (or an event file with nothing ahead) is loud: the trail, the console."""
+        calendar, now = self.settings.calendar, self.ticker.clock()
+        if calendar is None:
+            return
+        for warning in (calendar.horizon_warning(now.date()), calendar.events_warning(now)):
+            if warning:
+                self.audit.emit(events.CALENDAR_WARNING, warning=warning)
+                log.warning("calendar_warning", warning=warning)
 
     def reload(self) -> bool:
         """Reload the rule files: all or nothing. Return True when the new rules are running."""
         self.systemd.reloading()
         try:
             new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone, allow_empty=self.settings.allow_empty_policy)
+            new_calendar = calendar_mod.rebuilt(self.settings.calendar)  # the event file (and corrections file) read again
         except Exception as exc:  # whatever the loader raises, a reload never kills the daemon: the old rules run on
             errors = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [f"{exc.__class__.__name__}: {exc}"[:2000]]
             self.audit.emit(events.RULES_REJECTED, source=[str(p) for p in self.settings.rules], errors=errors,
@@ -188,8 +218,10 @@ class Daemon:
             self.systemd.ready(f"reload REJECTED ({len(errors)} errors), old rules kept; " + self.status())
             return False
         changes = rules_mod.changes(self.ticker.rules, new_rules)
-        self.ticker.swap_rules(new_rules)
+        self.ticker.swap_rules(new_rules, new_calendar)
+        self.settings = dataclasses.replace(self.settings, calendar=new_calendar)
         self.hashes = hashes
+        self._calendar_warnings()
         self._schedule_timed()
         self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=hashes, rule_count=len(new_rules),
                         reason="reload",
@@ -236,6 +268,7 @@ class Daemon:
                  poll_interval_s=self.settings.poll_interval.total_seconds(),
                  dry_run=self.ticker.executor.dry_run)
         self._start_control()
+        self._calendar_warnings()
         # The first tick runs in its own (daemon) thread so a stop during it is honoured like any other.
         first = threading.Thread(target=self._first_tick, name="riskd-start-tick", daemon=True)
         first.start()

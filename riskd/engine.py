@@ -42,9 +42,10 @@ from typing import Any, Iterable
 
 from riskd import sizes
 from riskd.conditions import REGISTRY, Target
+from riskd.fields import SessionTime
 from riskd.keys import FiringKey, LockKey, OccurrenceKey, PositionKey, TargetKey, rule_of
 from riskd.model import Account, Decision, Order, Position, Rule, Severity, Snapshot
-from riskd.schedule import format_span, last_occurrence, next_occurrence, session_end, week_bounds
+from riskd.schedule import format_span, last_occurrence, next_occurrence, next_session_start, week_bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class EngineSettings:
     zone: tzinfo
     session_start: time = time(18, 0)
     misfire_grace: timedelta = timedelta(seconds=60)
+    calendar: Any = None  # riskd.calendar.Calendar: the exchange calendar and news events (None: the built-in one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +139,33 @@ def _position_or_none(text: str) -> PositionKey | None:
 
 
 def session_of(now: datetime, settings: EngineSettings) -> str:
-    """Given a UTC instant, return the trading date of its session (the day after an 18:00 start)."""
+    """Given a UTC instant, return the trading date of its session (the day after an 18:00 start). With
+    an exchange calendar, the next date its market trades: a weekend or a full holiday has no session of
+    its own, so the state resets once, at the start of the session that trades next (an early-close
+    day's session still ends at the next session_start, the Globex open)."""
     local = now.astimezone(settings.zone)
     day = local.date()
     if local.time() >= settings.session_start:
         day += timedelta(days=1)
+    calendar = settings.calendar
+    if calendar is not None:
+        for _ in range(10):  # a long closure (a week of holidays in a correction) still ends
+            if calendar.trading_day(calendar.market, day):
+                break
+            day += timedelta(days=1)
     return day.isoformat()
+
+
+def session_end(now: datetime, settings: EngineSettings) -> datetime:
+    """Given an instant, return when its session ends: the next `session_start` that opens another
+    session (with an exchange calendar, the evening before a holiday opens none: its session runs on)."""
+    session = session_of(now, settings)
+    end = next_session_start(now, settings.zone, settings.session_start)
+    for _ in range(10):  # a long closure still ends
+        if session_of(end, settings) != session:
+            break
+        end = next_session_start(end, settings.zone, settings.session_start)
+    return end
 
 
 def active(ends: dict[str, str], now: datetime) -> dict[str, str]:
@@ -195,7 +218,7 @@ def _describe(spec: Any) -> Any:
         return {k: _describe(v) for k, v in vars(spec).items() if v is not None}
     if isinstance(spec, (tuple, list)):
         return [_describe(x) for x in spec]
-    if isinstance(spec, time):
+    if isinstance(spec, (time, SessionTime)):
         return spec.isoformat()
     if isinstance(spec, timedelta):
         return spec.total_seconds()
@@ -273,6 +296,13 @@ _position = lru_cache(maxsize=65536)(PositionKey.parse)
 _firing = lru_cache(maxsize=65536)(FiringKey.parse)
 
 
+def _builtin_calendar() -> Any:
+    """The built-in exchange calendar, for settings that carry none (it reads its packaged data file once)."""
+    from riskd.calendar import builtin
+
+    return builtin()
+
+
 class _Tick:
     """The working set of one evaluation: the old state in, the new maps being built."""
 
@@ -281,6 +311,7 @@ class _Tick:
         self.snapshot = snapshot
         self.now = now
         self.settings = settings
+        self.calendar = settings.calendar or _builtin_calendar()
         self.occurrences = dict(state.occurrences)
         self.decisions: list[Decision] = []
         self.lock_terms: dict[str, dict[str, Any]] = dict(state.lock_terms)
@@ -364,7 +395,10 @@ class _Tick:
         seen = None
         if position is not None:
             seen = self._seen_of.get(id(position)) or datetime.fromisoformat(self.first_seen[_position_key(account.name, position)])
-        return Target(account, position, self.now, local, rule.days, peak, seen)
+        return Target(account, position, self.now, local, rule.days, peak, seen, self.calendar, self.market(rule), rule.trading_days)
+
+    def market(self, rule: Rule) -> str | None:
+        return self.calendar.market if rule.market == "default" else rule.market
 
     def target_key(self, rule: Rule, account: Account, position: Position | None) -> str:
         return str(self._target(account, position))
@@ -495,9 +529,10 @@ class _Tick:
         local = self._locals.get(rule.zone) or self._locals.setdefault(rule.zone, self.now.astimezone(rule.zone))
         now, days, peak_of, seen_of = self.now, rule.days, self._peak_of, self._seen_of
         conditions = [(REGISTRY[name].check, spec) for name, spec in rule.conditions]
+        calendar, market, trading_days = self.calendar, self.market(rule), rule.trading_days
         for account, position in self.targets(rule):
             target = Target(account, position, now, local, days, peak_of[id(account)],
-                            seen_of[id(position)] if position is not None else None)
+                            seen_of[id(position)] if position is not None else None, calendar, market, trading_days)
             # fast rejection: stop at the first condition that does not hold; the conditions are
             # pure, so check() recomputes the same result (and the inputs) for the targets that pass
             for condition, spec in conditions:
@@ -526,7 +561,7 @@ class _Tick:
         the snapshot at that instant did not show (missing, or unreadable) is `waiting`: its targets
         join the occurrence when it is seen again within misfire_grace, and it is `missed` (audited,
         with the reason) when it is not."""
-        occ = last_occurrence(rule, self.now)
+        occ = last_occurrence(rule, self.now, self.calendar)
         if occ is None:
             return
         okey = str(OccurrenceKey(rule.name, occ.isoformat()))
@@ -535,7 +570,13 @@ class _Tick:
         grace = self.settings.misfire_grace
         if record is None:
             known_since = datetime.fromisoformat(self.old.known.get(rule.name, ["", self.now.isoformat()])[1])
-            if late <= grace:
+            market = self.market(rule)
+            closed = self.calendar.closed_reason(market, occ) if market is not None else None
+            if closed is not None:  # a fixed time on an early-close day, a session-relative time outside the session
+                record = {}
+                if late <= grace:
+                    self._skip(rule, okey, f"{closed}; nothing sent")
+            elif late <= grace:
                 record = {}
                 for account, position in self.targets(rule):
                     holds, _ = check(rule, self.target(rule, account, position))
@@ -846,7 +887,7 @@ def _lock_row(rule: Rule, state: State, account: str, now: datetime) -> dict[str
 def lock_end(until: Any, now: datetime, settings: EngineSettings) -> datetime:
     """Given a lock's `until` ("session_end", "week_end" or a timedelta) and the instant it is set, return when it ends."""
     if until == "session_end":
-        return session_end(now, settings.zone, settings.session_start)
+        return session_end(now, settings)
     if until == "week_end":
         return week_bounds(now, settings.zone, settings.session_start)[1]
     return now + until
@@ -875,7 +916,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
     tick = _Tick(state, snapshot, now, settings)
     rows: list[dict[str, Any]] = []
     for rule in rules:
-        nxt = next_occurrence(rule, now) if rule.at is not None else None
+        nxt = next_occurrence(rule, now, tick.calendar) if rule.at is not None else None
         base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None, "account": None, "instrument": None}
         if not rule.enabled:
             rows.append({**base, "target": "-", "status": "disabled", "conditions": []})

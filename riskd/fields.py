@@ -11,9 +11,10 @@ import difflib
 import math
 import re
 import zoneinfo
-from datetime import time, timedelta
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, WithJsonSchema, model_validator
@@ -44,6 +45,45 @@ def _time_of_day(value: Any) -> time:
         parts = [int(p) for p in value.strip().split(":")]  # HH:MM or HH:MM:SS (the pattern above)
         return time(parts[0], parts[1], parts[2] if len(parts) > 2 else 0)
     raise ValueError(f"invalid time {value!r}; write \"HH:MM\" or \"HH:MM:SS\" in 24-hour time, e.g. \"15:55\"")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTime:
+    """A time relative to the market's session of the day (riskd.calendar): `anchor` (open | close) plus `offset`."""
+
+    anchor: Literal["open", "close"]
+    offset: timedelta = timedelta(0)
+
+    def isoformat(self) -> str:
+        """As written in the rule (the audit's threshold and `riskd once` print times with isoformat())."""
+        if not self.offset:
+            return self.anchor
+        sign = "-" if self.offset < timedelta(0) else "+"
+        seconds = abs(self.offset).total_seconds()
+        for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+            if seconds % size == 0:
+                return f"{self.anchor}{sign}{seconds / size:g}{unit}"
+        return f"{self.anchor}{sign}{seconds:g}s"
+
+    def instant(self, session: Any) -> datetime:
+        """The instant in a riskd.calendar.Session."""
+        return (session.open if self.anchor == "open" else session.close) + self.offset
+
+
+_SESSION_TIME = r"^(open|close)(?:([+-])(\d+(?:\.\d+)?(?:ms|s|m|h)))?$"
+
+
+def _clock_time(value: Any) -> time | SessionTime:
+    """A fixed time of day ("15:55"), or one relative to the session: open, close, close-5m, open+30m."""
+    match = re.fullmatch(_SESSION_TIME, value.strip()) if isinstance(value, str) else None
+    if match:
+        offset = parse_duration(match.group(3)) if match.group(3) else timedelta(0)
+        return SessionTime(match.group(1), -offset if match.group(2) == "-" else offset)  # type: ignore[arg-type]
+    try:
+        return _time_of_day(value)
+    except ValueError:
+        raise ValueError(f"invalid time {value!r}; write \"HH:MM\" or \"HH:MM:SS\" in 24-hour time (e.g. \"15:55\"), "
+                         "or a time relative to the market's session: open, close, close-5m, open+30m") from None
 
 
 @lru_cache(maxsize=1)
@@ -77,7 +117,13 @@ def _zone(value: Any) -> ZoneInfo:
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+class TradingDays(frozenset):  # type: ignore[type-arg]
+    """`days: trading_days`: the weekdays on which the rule's market trades (riskd.calendar)."""
+
+
 def _days(value: Any) -> frozenset[int]:
+    if value == "trading_days":
+        return TradingDays(range(5))
     if value == "weekdays":
         return frozenset(range(5))
     if value == "daily":
@@ -87,7 +133,7 @@ def _days(value: Any) -> frozenset[int]:
         if not bad:
             return frozenset(DAY_NAMES.index(d) for d in value)
         raise ValueError(f"invalid day {bad[0]!r}; write mon, tue, wed, thu, fri, sat or sun")
-    raise ValueError(f"invalid days {value!r}; write weekdays, daily, or a list such as [mon, tue, wed]")
+    raise ValueError(f"invalid days {value!r}; write weekdays, trading_days, daily, or a list such as [mon, tue, wed]")
 
 
 def _accounts(value: Any) -> tuple[str, ...]:
@@ -273,13 +319,14 @@ def _name(value: Any) -> str:
     raise ValueError(f"invalid rule name {value!r}; use lower-case letters, digits, '-' and '_', e.g. {suggestion}")
 
 
-def _window(value: Any) -> tuple[time, time]:
+def _window(value: Any) -> tuple[Any, Any]:
     if isinstance(value, list) and len(value) == 2:
-        start, end = _time_of_day(value[0]), _time_of_day(value[1])
+        start, end = _clock_time(value[0]), _clock_time(value[1])
         if start != end:
             return (start, end)
         raise ValueError("the window starts and ends at the same time; give two different times")
-    raise ValueError(f"invalid window {value!r}; write two times, e.g. [\"09:30\", \"16:00\"] (a window may wrap midnight)")
+    raise ValueError(f"invalid window {value!r}; write two times, e.g. [\"09:30\", \"16:00\"] (a window may wrap midnight) "
+                     "or [open, close-15m] (relative to the market's session)")
 
 
 _TIME_SCHEMA = {"type": "string", "pattern": _TIME, "examples": ["15:55", "16:58:30"]}
@@ -287,12 +334,15 @@ _PERCENT_SCHEMA = {"type": "string", "pattern": _PERCENT}
 Duration = Annotated[timedelta, PlainValidator(parse_duration), WithJsonSchema({"type": "string", "pattern": _DURATION.pattern,
                                                                                 "examples": ["3s", "30m"]})]
 TimeOfDay = Annotated[time, PlainValidator(_time_of_day), WithJsonSchema(_TIME_SCHEMA)]
+_CLOCK_SCHEMA = {"anyOf": [_TIME_SCHEMA, {"type": "string", "pattern": _SESSION_TIME, "examples": ["close-5m", "open+30m"]}]}
+ClockTime = Annotated[Any, PlainValidator(_clock_time), WithJsonSchema(_CLOCK_SCHEMA)]
 Zone = Annotated[Any, PlainValidator(_zone), WithJsonSchema({"type": "string", "description": "IANA time zone, e.g. America/New_York",
                                                              "examples": ["America/New_York", "America/Chicago"]})]
 Days = Annotated[
     frozenset[int],
     PlainValidator(_days),
-    WithJsonSchema({"anyOf": [{"enum": ["weekdays", "daily"]}, {"type": "array", "items": {"enum": list(DAY_NAMES)}, "minItems": 1}]}),
+    WithJsonSchema({"anyOf": [{"enum": ["weekdays", "trading_days", "daily"]},
+                              {"type": "array", "items": {"enum": list(DAY_NAMES)}, "minItems": 1}]}),
 ]
 _FILTER_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "items": {"type": "string", "minLength": 1},
                                                                  "minItems": 1}]}
@@ -320,10 +370,21 @@ LockValue = Annotated[Any, PlainValidator(lock_terms), WithJsonSchema({"anyOf": 
 AlertText = Annotated[str, PlainValidator(_alert_text), WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 500})]
 Name = Annotated[str, PlainValidator(_name), WithJsonSchema({"type": "string", "pattern": NAME})]
 Window = Annotated[
-    tuple[time, time],
+    tuple[Any, Any],
     PlainValidator(_window),
-    WithJsonSchema({"type": "array", "items": _TIME_SCHEMA, "minItems": 2, "maxItems": 2}),
+    WithJsonSchema({"type": "array", "items": _CLOCK_SCHEMA, "minItems": 2, "maxItems": 2}),
 ]
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list) and items and all(isinstance(i, str) and re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in items):
+        return tuple(sorted({i.lower() for i in items}))
+    raise ValueError(f"invalid tags {value!r}; write a tag or a list of them, e.g. [fomc, cpi, nfp] (as in the event file)")
+
+
+Tags = Annotated[tuple[str, ...], PlainValidator(_tags), WithJsonSchema(  # near_event's tags and the event file's
+    {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"}, "minItems": 1}]})]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -249,6 +249,8 @@ class Rule:
     digest: str = ""
     position_scoped: bool = False  # a condition of the rule is evaluated per position (riskd.conditions scope)
     grouped: bool = False  # a condition counts across positions (scope `group`): per account, its action sized on the group
+    market: str | None = None  # the market whose calendar its clock follows (riskd.calendar); "default": riskd.yaml's; None: none
+    trading_days: bool = False  # `days: trading_days`: full holidays of the market are skipped
 
     @property
     def per_position(self) -> bool:

@@ -20,12 +20,14 @@ from pydantic import ConfigDict, Field, create_model
 from pydantic.json_schema import GenerateJsonSchema
 
 from riskd import yamldoc
+from riskd.calendar import MARKETS, Market, builtin_markets, uses_calendar
 from riskd.conditions import REGISTRY
 from riskd.errors import ConfigError, Problem
 from riskd.fields import (
     NAME,
     Accounts,
     AlertText,
+    ClockTime,
     CloseAmount,
     Cross,
     Days,
@@ -37,9 +39,11 @@ from riskd.fields import (
     Name,
     PositiveContracts,
     RuleModel,
-    TimeOfDay,
+    SessionTime,
+    TradingDays,
     TrueOnly,
     Zone,
+    _instruments,
     close_amount,
     lenient,
     lock_terms,
@@ -66,6 +70,7 @@ class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.
         "dependentSchemas": {
             "days": {"anyOf": [{"required": [k]} for k in CLOCK_KEYS]},
             "timezone": {"anyOf": [{"required": [k]} for k in CLOCK_KEYS]},
+            "market": {"anyOf": [{"required": [k]} for k in CLOCK_KEYS]},
             "for": {"not": {"required": ["at"]}},
         },
     })
@@ -74,6 +79,7 @@ class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.
         at: time | None
         days: frozenset[int] | None
         timezone: Any
+        market: str | None
         hold: timedelta | None
 
     @classmethod
@@ -83,7 +89,7 @@ class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.
             if not misspelt:
                 problems.append(((), f"no condition given; add one of: {', '.join(CONDITION_KEYS)}"))
         elif not any(k in raw for k in CLOCK_KEYS):
-            for key in ("days", "timezone"):
+            for key in ("days", "timezone", "market"):
                 if key in raw:
                     problems.append(((key,), f"'{key}' applies only with 'at', 'between' or 'outside'; add one or remove '{key}'"))
         if "for" in raw and "at" in raw:
@@ -105,9 +111,13 @@ else:
         "When",
         __base__=_When,
         __doc__=_When.__doc__,
-        at=(TimeOfDay | None, Field(None, description="an event: this wall-clock time in the rule's zone, once per day")),
+        at=(ClockTime | None, Field(None, description="an event, once per day: a wall-clock time in the rule's zone, "
+                                                       "or one relative to the market's session (close-5m, open+30m)")),
         **{c.name: (c.spec | None, Field(None, description=c.description)) for c in REGISTRY.values()},
-        days=(Days | None, Field(None, description="days the clock conditions apply on (default weekdays)")),
+        days=(Days | None, Field(None, description="days the clock conditions apply on (default weekdays; trading_days: "
+                                                   "weekdays the market trades, from the exchange calendar)")),
+        market=(Market | None, Field(None, description="the market whose calendar the clock conditions follow "
+                                                       "(default: from the instruments, else riskd.yaml calendar.market)")),
         timezone=(Zone | None, Field(None, description="zone of the clock conditions (default: riskd.yaml timezone)")),
         hold=(Duration | None, Field(None, alias="for", description="the other conditions must hold this long before firing")),
     )
@@ -172,12 +182,18 @@ class RuleSpec(RuleModel):
     @classmethod
     def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
         when, then = raw.get("when"), raw.get("then")
-        if not (isinstance(when, dict) and isinstance(then, dict)):
-            return []
-        grouped = next((k for k in GROUP_KEYS if isinstance(when.get(k), dict)), None)
-        if grouped is None:
+        if not isinstance(when, dict):
             return []
         problems: Cross = []
+        found = sorted(builtin_markets(lenient(_instruments, raw.get("instruments", "*")) or ()))
+        if "market" not in when and uses_calendar(when) and len(found) > 1:
+            problems.append((("when",), f"the instruments trade in different markets ({', '.join(found)}) with their own hours; "
+                                        f"add market: (one of {', '.join(MARKETS)}) to when, or split the rule"))
+        if not isinstance(then, dict):
+            return problems
+        grouped = next((k for k in GROUP_KEYS if isinstance(when.get(k), dict)), None)
+        if grouped is None:
+            return problems
         if "close" in then and lenient(close_amount, then["close"]) not in ("all", None):
             problems.append((("then", "close"), f"with '{grouped}' write reduce_to: N (the excess, newest positions first), "
                                                 "close: all or flatten: true; a share or a count per position has no single meaning"))
@@ -335,6 +351,11 @@ def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: s
     conditions = tuple(
         (key, getattr(when, key)) for key in CONDITION_KEYS if key != "at" and getattr(when, key) is not None
     )
+    market = None
+    if when.market is not None or isinstance(when.days, TradingDays) or isinstance(when.at, SessionTime) or any(
+            isinstance(edge, SessionTime) for name, window in conditions if name in CLOCK_KEYS for edge in window):
+        found = builtin_markets(spec.instruments)
+        market = when.market or (found.pop() if len(found) == 1 else "default")
     return Rule(
         name=spec.name,
         index=index,
@@ -344,7 +365,9 @@ def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: s
         conditions=conditions,
         action=action,
         zone=when.timezone or default_zone,
-        days=when.days if when.days is not None else frozenset(range(5)),
+        days=frozenset(when.days) if when.days is not None else frozenset(range(5)),
+        market=market,
+        trading_days=isinstance(when.days, TradingDays),
         at=when.at,
         hold=when.hold,
         enabled=spec.enabled,

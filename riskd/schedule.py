@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterable
 
+from riskd.fields import SessionTime
 from riskd.model import Rule
 
 
@@ -40,18 +41,56 @@ def wall_occurrences(at: time, days: frozenset[int], zone: Any, now: datetime, s
             yield wall_instant(day, at, zone)
 
 
-def last_occurrence(rule: Rule, now: datetime) -> datetime | None:
+def occurrences(rule: Rule, now: datetime, step: int, calendar: Any = None) -> Iterable[datetime]:
+    """An `at` rule's occurrences around `now`, later ones first when `step` is -1. A rule that follows the
+    exchange calendar (riskd.calendar) has none on a day its market does not trade when its `days` are
+    trading_days or its time is relative to the session (close-5m: the session's close minus 5 minutes)."""
+    if rule.market is None:
+        yield from wall_occurrences(rule.at, rule.days, rule.zone, now, step)
+        return
+    from riskd.calendar import EXCHANGE_ZONE, builtin
+
+    calendar = calendar or builtin()
+    market = calendar.market if rule.market == "default" else rule.market
+    relative = isinstance(rule.at, SessionTime)
+    local = now.astimezone(EXCHANGE_ZONE if relative else rule.zone).date()
+    for offset in range(-1, 14):
+        day = local + timedelta(days=offset * step)
+        if day.weekday() not in rule.days:
+            continue
+        if relative:
+            session = calendar.session(market, day)
+            if session is not None:
+                yield rule.at.instant(session).astimezone(rule.zone)
+        elif not rule.trading_days or calendar.trading_day(market, day):
+            yield wall_instant(day, rule.at, rule.zone)
+
+
+def last_occurrence(rule: Rule, now: datetime, calendar: Any = None) -> datetime | None:
     """Given an `at` rule and an instant, return its latest occurrence at or before it."""
-    return next((occ for occ in wall_occurrences(rule.at, rule.days, rule.zone, now, -1) if occ <= now), None)
+    return next((occ for occ in occurrences(rule, now, -1, calendar) if occ <= now), None)
 
 
-def next_occurrence(rule: Rule, now: datetime) -> datetime | None:
+def next_occurrence(rule: Rule, now: datetime, calendar: Any = None) -> datetime | None:
     """Given an `at` rule and an instant, return its first occurrence strictly after it."""
-    return next((occ for occ in wall_occurrences(rule.at, rule.days, rule.zone, now, 1) if occ > now), None)
+    return next((occ for occ in occurrences(rule, now, 1, calendar) if occ > now), None)
 
 
-def session_end(now: datetime, zone: Any, session_start: time) -> datetime:
-    """Given an instant, return the end of its session: the first `session_start` strictly after it."""
+def window_bounds(window: tuple[Any, Any], session: Any, zone: Any) -> tuple[datetime, datetime]:
+    """A window with a session-relative edge, on one riskd.calendar.Session: each fixed edge is that time in `zone` on the trading date."""
+    def edge(value: Any) -> datetime:
+        return value.instant(session) if isinstance(value, SessionTime) else wall_instant(session.day, value, zone)
+
+    return edge(window[0]), edge(window[1])
+
+
+def relative_window(window: tuple[Any, Any]) -> bool:
+    return isinstance(window[0], SessionTime) or isinstance(window[1], SessionTime)
+
+
+def next_session_start(now: datetime, zone: Any, session_start: time) -> datetime:
+    """Given an instant, return the first `session_start` strictly after it (by the wall clock alone;
+    riskd.engine.session_end also skips the evenings that open no session of the exchange calendar)."""
     day = now.astimezone(zone).date()
     end = wall_instant(day, session_start, zone)
     return end if end > now else wall_instant(day + timedelta(days=1), session_start, zone)

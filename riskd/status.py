@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from riskd import engine, schedule
+from riskd import engine
 from riskd.engine import OPERATOR_LOCK, EngineSettings, State
 from riskd.keys import LockKey
 from riskd.model import Rule, Snapshot
@@ -32,7 +32,7 @@ def build(rules: list[Rule], state: State, snapshot: Snapshot | None, health: di
     """Given the loaded rules, the daemon's persisted state, last snapshot and health, return the view."""
     paused = engine.active(state.paused, now)
     account_locks = engine.active(state.account_locks, now)
-    session_end = schedule.session_end(now, settings.zone, settings.session_start).isoformat()
+    session_end = engine.session_end(now, settings).astimezone(settings.zone).isoformat()
     by_name = {r.name: r for r in rules}
     rows_of: dict[str, list[dict[str, Any]]] = {}  # by account: one pass, not one per account (200 accounts x 4,000 rows)
     for row in engine.explain(rules, state, snapshot, now, settings) if snapshot is not None else []:

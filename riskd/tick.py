@@ -7,6 +7,7 @@ ticker from settings (the daemon, `riskd once` and the tests all use it).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -329,9 +330,12 @@ class Ticker:
             if d.kind == "missed":
                 log.warning("missed", rule=d.rule, reason=d.reason)
 
-    def swap_rules(self, rules: list[Rule]) -> None:
+    def swap_rules(self, rules: list[Rule], calendar: Any = None) -> None:
         with self.lock:
             self.rules = rules
+            if calendar is not None:  # the event and correction files read again
+                self.settings = dataclasses.replace(self.settings, calendar=calendar)
+                self.engine_settings = dataclasses.replace(self.engine_settings, calendar=calendar)
 
 
 def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: AuditTrail, *, dry_run: bool,

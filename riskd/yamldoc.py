@@ -79,6 +79,12 @@ class Document:
             self.problems.append(Problem(str(path), line, col, "", f"YAML error: {exc}; remove control characters"))
             self.node = None
             self.data = None
+        except ValueError as exc:  # a date that does not exist (2026-02-30): the constructor refuses it
+            bad = _bad_date(self.node)
+            shown = repr(bad.value) if bad is not None else ""
+            self.problems.append(self.problem_at(bad, "", f"invalid date {shown} ({exc}); write a real date as YYYY-MM-DD"))
+            self.node = None
+            self.data = None
         except RecursionError:
             self.problems.append(Problem(str(path), 1, 1, "",
                                          f"nested deeper than the parser can follow; a rule file nests at most {MAX_DEPTH} levels"))
@@ -128,6 +134,20 @@ class Document:
             else:
                 return node
         return node
+
+
+def _bad_date(node: yaml.Node | None) -> yaml.ScalarNode | None:
+    """The first scalar read as a date that is not one."""
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag == "tag:yaml.org,2002:timestamp":
+            try:
+                yaml.SafeLoader("").construct_yaml_timestamp(node)
+            except ValueError:
+                return node
+        return None
+    children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else (
+        node.value if isinstance(node, yaml.SequenceNode) else [])
+    return next((bad for child in children if (bad := _bad_date(child)) is not None), None)
 
 
 MAX_DEPTH = 64

@@ -131,11 +131,13 @@ def test_read_token_that_cannot_go_in_a_header_is_a_config_error_naming_its_sour
 def test_the_configuration_reference_names_every_key_riskd_accepts():
     from pathlib import Path
 
+    from riskd.calendar import CalendarSpec
     from riskd.config import ConfigSpec, CrossTradeSpec, RateLimitSpec
 
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     keys = [k for k in ConfigSpec.model_fields if k != "crosstrade"]
     keys += [f"crosstrade.{k}" for k in CrossTradeSpec.model_fields if k != "rate_limit"]
     keys += [f"crosstrade.rate_limit.{k}" for k in RateLimitSpec.model_fields]
+    keys += [f"calendar.{k}" for k in CalendarSpec.model_fields]
     missing = [k for k in keys if f"| `{k}` |" not in doc]
     assert missing == [], f"docs/configuration.md lacks {missing}"

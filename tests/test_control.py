@@ -348,13 +348,12 @@ def engine_session(now, h) -> str:
 def test_apply_lock_defaults_to_the_session_end_and_keeps_a_longer_lock():
     from rulekit import MORNING, SETTINGS, acct, pos
 
-    from riskd.engine import State
-    from riskd.schedule import session_end
+    from riskd.engine import State, session_end
     from riskd.model import Snapshot
 
     snapshot = Snapshot(MORNING, (acct("Sim101", pos()),))
     done = control.apply(_command("lock", MORNING, account="SIM101"), State(), [], snapshot, MORNING, SETTINGS)
-    end = session_end(MORNING, SETTINGS.zone, SETTINGS.session_start).astimezone(timezone.utc)
+    end = session_end(MORNING, SETTINGS).astimezone(timezone.utc)
     assert done.status == "done" and done.state.account_locks == {"sim101": end.isoformat()}
     assert end.isoformat() == "2026-11-27T23:00:00+00:00"  # 18:00 New York
     shorter = control.apply(_command("lock", MORNING, account="Sim101", until=(MORNING + timedelta(minutes=5)).isoformat()),

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from rulekit import MORNING, NY, Harness, acct, bodies, fires, ny, policy, pos, rule, seconds
 
 from riskd.errors import ConfigError
-from riskd.schedule import session_end, week_bounds
+from riskd.schedule import next_session_start, week_bounds
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -121,8 +121,8 @@ def test_week_starts_at_the_first_session_start_on_or_after_sunday():
     assert week_bounds(ny(2026, 11, 29, 17, 59), NY, time(18))[1] == ny(2026, 11, 29, 18)
     assert week_bounds(ny(2026, 11, 29, 18), NY, time(18))[0] == ny(2026, 11, 29, 18)  # the boundary belongs to the new week
     assert week_bounds(ny(2026, 3, 8, 19), NY, time(18))[0] == ny(2026, 3, 8, 18)  # DST-change Sunday
-    assert session_end(ny(2026, 11, 27, 17, 59), NY, time(18)) == ny(2026, 11, 27, 18)
-    assert session_end(ny(2026, 11, 27, 18), NY, time(18)) == ny(2026, 11, 28, 18)
+    assert next_session_start(ny(2026, 11, 27, 17, 59), NY, time(18)) == ny(2026, 11, 27, 18)
+    assert next_session_start(ny(2026, 11, 27, 18), NY, time(18)) == ny(2026, 11, 28, 18)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,25 +34,33 @@ def scenario_daily_loss_limit() -> None:
 def scenario_eod_flatten() -> None:
     h = shipped("eod-flatten.yaml")
     accounts = (acct("Sim101", pos("MES 12-26"), pos("ES 12-26")), acct("Sim102", pos("NQ 12-26")))
-    assert h.tick(ny(2026, 11, 27, 16, 57, 59), *accounts) == []
-    at = h.tick(ny(2026, 11, 27, 16, 58), *accounts)
+    assert h.tick(ny(2026, 12, 4, 16, 57, 59), *accounts) == []
+    at = h.tick(ny(2026, 12, 4, 16, 58), *accounts)  # two minutes before the 16:00 CT close
     assert sorted((d.account, o.body().get("instrument")) for d in at for o in d.orders) == [("Sim101", None), ("Sim102", None)]
-    late = h.tick(ny(2026, 11, 27, 16, 59), acct("Sim101", pos("MES 12-26")), acct("Sim102"))  # re-entry before the break
+    late = h.tick(ny(2026, 12, 4, 16, 59), acct("Sim101", pos("MES 12-26")), acct("Sim102"))  # re-entry before the break
     assert bodies(late) == [("flatten", {"instrument": "MES 12-26"})]
-    ended = h.tick(ny(2026, 11, 27, 18, 1), acct("Sim101", pos("MES 12-26")))  # new session: free to trade
+    ended = h.tick(ny(2026, 12, 4, 18, 1), acct("Sim101", pos("MES 12-26")))  # new session: free to trade
     assert {d.kind for d in ended} == {"lock_ended"} and not [o for d in ended for o in d.orders]
-    assert h.tick(ny(2026, 11, 28, 16, 58), acct("Sim101", pos("MES 12-26"))) == []  # Saturday
+    assert h.tick(ny(2026, 12, 5, 16, 58), acct("Sim101", pos("MES 12-26"))) == []  # Saturday
+    h = shipped("eod-flatten.yaml")
+    assert h.tick(ny(2026, 12, 24, 13, 12, 59), *accounts) == []
+    assert len(h.tick(ny(2026, 12, 24, 13, 13), *accounts)) == 2  # 12:15 CT early close - 2 min
+    christmas = h.tick(ny(2026, 12, 25, 16, 58), *accounts)  # Christmas Day: no session (the locks of the 24th end: audited)
+    assert {d.kind for d in christmas} <= {"lock_ended"} and not [o for d in christmas for o in d.orders]
 
 
 def scenario_eod_trim() -> None:
     h = shipped("eod-trim.yaml")
     accounts = (acct("Sim101", pos("MES 12-26", 3), pos("ES 12-26", 1)),)
-    assert h.tick(ny(2026, 11, 27, 15, 54, 59), *accounts) == []
-    assert bodies(h.tick(ny(2026, 11, 27, 15, 55), *accounts)) == [
+    assert h.tick(ny(2026, 12, 4, 15, 54, 59), *accounts) == []
+    assert bodies(h.tick(ny(2026, 12, 4, 15, 55), *accounts)) == [
         ("close", {"instrument": "MES 12-26", "percent": 0.5}), ("cancel_orders", {"instrument": "MES 12-26"}),
         ("close", {"instrument": "ES 12-26", "percent": 0.5}), ("cancel_orders", {"instrument": "ES 12-26"})]
-    assert h.tick(ny(2026, 11, 27, 15, 55, 1), acct("Sim101", pos("MES 12-26", 1))) == []  # once per day
-    assert h.tick(ny(2026, 11, 28, 15, 55), acct("Sim101", pos("MES 12-26", 1))) == []  # weekend
+    assert h.tick(ny(2026, 12, 4, 15, 55, 1), acct("Sim101", pos("MES 12-26", 1))) == []  # once per day
+    assert h.tick(ny(2026, 12, 5, 15, 55), acct("Sim101", pos("MES 12-26", 1))) == []  # weekend
+    early = h.tick(ny(2026, 11, 27, 12, 10), acct("Sim101", pos("MES 12-26", 2)))  # day after Thanksgiving: 12:15 CT - 65 min
+    assert bodies(early)[0] == ("close", {"instrument": "MES 12-26", "percent": 0.5})
+    assert h.tick(ny(2026, 11, 27, 15, 55), acct("Sim101", pos("MES 12-26", 1))) == []  # not again at the regular time
 
 
 def scenario_loss_cap() -> None:
