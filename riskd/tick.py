@@ -121,6 +121,8 @@ class Ticker:
         self.health.ticks += 1
         snapshot = self._poll(now, mono)
         if snapshot is None:
+            if self.last_snapshot is not None:  # an outage: lock, unlock, pause and resume need no fresh snapshot
+                self.state = self._commands(self.last_snapshot, self.state, now, offline=True)
             self._check_stale(now, mono)
             return None
         self.last_snapshot = snapshot
@@ -200,12 +202,15 @@ class Ticker:
 
     # -- operator commands ---------------------------------------------------------------------
 
-    def _commands(self, snapshot: Snapshot, state: State, now: datetime) -> State:
+    def _commands(self, snapshot: Snapshot, state: State, now: datetime, offline: bool = False) -> State:
         """Carry out the operator commands not finished (riskd.control), with this tick's snapshot:
         lock, unlock, pause and resume change the state before the rules see it; a flatten is sent
-        through the executor like a firing, and finishes when its intents do."""
+        through the executor like a firing, and finishes when its intents do. `offline`: no usable
+        snapshot this tick (`snapshot` is the last one): flattens wait, the others go ahead."""
         for cid, status, doc in self.store.open_commands():
             command = control.Command.from_json(doc)
+            if offline and command.verb == "flatten":
+                continue
             if status == "queued":
                 if control.expired(command, now):
                     self._finish_command(command, "expired", f"asked at {command.asked_at.isoformat(timespec='seconds')} while riskd "
@@ -215,7 +220,11 @@ class Ticker:
                 outcome = control.apply(command, state, self.rules, snapshot, now, self.engine_settings)
                 if outcome.status != "acting":
                     state = outcome.state
-                    self._finish_command(command, outcome.status, outcome.message, now, state=state, details=outcome.details)
+                    message = outcome.message
+                    if offline and command.verb == "lock" and outcome.status == "done":
+                        message += (f" (the API is not answering; positions as of {snapshot.taken_at.isoformat(timespec='seconds')}: "
+                                    "they are flattened once it answers)")
+                    self._finish_command(command, outcome.status, message, now, state=state, details=outcome.details)
                     continue
                 doc = {**doc, "keys": [d.key for d in outcome.decisions]}
                 self.store.update_command(cid, "acting", now, doc=doc)

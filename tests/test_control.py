@@ -359,3 +359,29 @@ def test_apply_lock_defaults_to_the_session_end_and_keeps_a_longer_lock():
     shorter = control.apply(_command("lock", MORNING, account="Sim101", until=(MORNING + timedelta(minutes=5)).isoformat()),
                             done.state, [], snapshot, MORNING, SETTINGS)
     assert shorter.state.account_locks == {"sim101": end.isoformat()}
+
+
+def test_apply_flatten_all_includes_an_account_the_snapshot_could_not_read():
+    from rulekit import MORNING, SETTINGS, acct, pos
+
+    from riskd.engine import State
+    from riskd.model import Snapshot
+
+    snapshot = Snapshot(MORNING, (acct("Sim101", pos()),), unknown=frozenset({"sim102"}), problems=("Sim102: positions is null",))
+    outcome = control.apply(_command("flatten", MORNING, all=True, yes=True), State(), [], snapshot, MORNING, SETTINGS)
+    assert outcome.status == "acting"
+    assert [(o.kind, o.account, o.instrument) for d in outcome.decisions for o in d.orders] == [("flatten", "Sim101", None),
+                                                                                              ("flatten", "sim102", None)]
+    assert outcome.decisions[1].inputs["positions"].startswith("unknown")
+
+
+def test_pause_and_lock_go_ahead_while_the_api_is_down_and_the_lock_acts_once_it_answers(controlled):
+    c = controlled(one_position(), CAP)
+    c.rig.tick_at(1)
+    c.rig.sim.inject(Fault("status", match="GET */accounts/snapshot", status=503, count=2))
+    assert c.ask("pause", rule="cap")["status"] == "done"
+    locked = c.ask("lock", account="Sim101")
+    assert locked["status"] == "done" and "the API is not answering" in locked["message"]
+    assert c.rig.posts() == []
+    c.rig.tick_at(10)  # the API answers again: the lock flattens
+    assert c.rig.quantities() == {} and len(c.rig.posts("/positions/flatten")) == 1
