@@ -19,6 +19,7 @@ from riskd import channel, control
 from riskd.channel import ControlServer, NotRunning, ask
 from riskd.sim import Fault
 
+from conftest import wait_until
 from harness import Rig, one_position
 
 CAP = [{"name": "cap", "instruments": "MES", "when": {"position_pnl": {"below": -500}}, "then": {"close": "all"}}]
@@ -231,6 +232,21 @@ def test_a_silent_client_holds_up_neither_the_tick_nor_other_commands(controlled
         assert c.ask("pause", rule="cap")["status"] == "done"
     finally:
         silent.close()
+
+
+def test_more_connections_than_the_limit_are_told_riskd_is_busy_until_one_ends(controlled):
+    c = controlled(one_position(), CAP)
+    silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(channel.MAX_CLIENTS)]
+    for s in silent:
+        s.connect(str(c.path))  # each holds a slot (a thread) and never sends
+    try:
+        answer = c.ask("pause", rule="cap")
+        assert answer["status"] == "refused" and "busy" in answer["message"]
+        assert c.rig.events("control") == []
+    finally:
+        for s in silent:
+            s.close()
+    wait_until(lambda: c.ask("pause", rule="cap")["status"] == "done", timeout=5)  # the slots come back
 
 
 def test_a_bad_request_is_refused_with_the_reason(controlled):
