@@ -22,6 +22,7 @@ from riskd.config import Settings
 from riskd.crosstrade import CrossTradeClient, TokenBucket, parse_snapshot
 from riskd.engine import EngineSettings, State
 from riskd.errors import ApiError
+from riskd.keys import FiringKey
 from riskd.model import Decision, Rule, Snapshot
 from riskd.poll import Event, Health, PollHealth
 from riskd.state import Store
@@ -213,9 +214,9 @@ class Ticker:
                 continue
             if status == "queued":
                 if control.expired(command, now):
-                    self._finish_command(command, "expired", f"asked at {command.asked_at.isoformat(timespec='seconds')} while riskd "
-                                         f"was not running; older than {control.COMMAND_TTL.total_seconds():.0f}s, not carried out: "
-                                         "ask again", now)
+                    self._finish_command(command, "expired", f"asked at {command.asked_at.isoformat(timespec='seconds')} and not "
+                                         f"carried out within {control.COMMAND_TTL.total_seconds():.0f}s (riskd was not running, or the "
+                                         "API did not answer): ask again", now)
                     continue
                 outcome = control.apply(command, state, self.rules, snapshot, now, self.engine_settings)
                 if outcome.status != "acting":
@@ -261,11 +262,12 @@ class Ticker:
         if any(s in ("sending", "unknown", "waiting") for s in statuses.values()) or len(statuses) < len(keys):
             return state  # settled by a later tick (Executor.resolve), or sent by it
         dry = " (dry run: nothing was sent)" if self.executor.dry_run else ""
-        accounts = ", ".join(decisions[k].account if k in decisions else k.split("|", 1)[-1] for k in keys)
+        accounts = ", ".join(decisions[k].account if k in decisions else FiringKey.parse(k).target.account for k in keys)
         if all(s == "done" for s in statuses.values()):
             self._finish_command(command, "done", f"flattened {accounts}{dry}", now, details={"keys": keys})
         else:
-            failed = [k.split("|", 1)[-1] for k, s in statuses.items() if s != "done"]
+            failed = [decisions[k].account if k in decisions else FiringKey.parse(k).target.account for k, s in statuses.items()
+                      if s != "done"]
             self._finish_command(command, "failed", f"the flatten of {', '.join(failed)} failed: {'; '.join(errors) or 'not applied'}"
                                  " (see the action lines)", now, details={"keys": keys, "failed": failed})
         return state
