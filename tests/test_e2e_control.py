@@ -118,3 +118,23 @@ def test_e2e_kill_9_mid_flatten_loses_nothing_and_doubles_nothing(tmp_path, sim_
         assert [r["verdict"].split(":")[0] for r in resolved] == ["done"] and resolved[0]["rule"].startswith("operator:")
     finally:
         again.stop()
+
+
+def test_e2e_demo_run_sim_then_status_shows_the_demo_accounts_and_rules(tmp_path, monkeypatch, capsys):
+    env = {k: v for k, v in os.environ.items() if k not in ("CROSSTRADE_TOKEN", "RISKD_CONFIG", "CREDENTIALS_DIRECTORY")}
+    demo = subprocess.Popen([str(RISKD), "run", "--sim"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monkeypatch.chdir(tmp_path)  # a fresh clone: no riskd.yaml, the demo's ./state
+    try:
+        wait_until(lambda: (tmp_path / "state" / "control.sock").exists() and main(["status"]) == 0
+                   and "account Sim102" in capsys.readouterr().out, timeout=15)
+        capsys.readouterr()
+        assert main(["status"]) == 0
+        text = capsys.readouterr().out
+        for needle in ("account Sim101", "rule daily-loss-limit: armed", "rules (6):", "    mes-loss-cap: close all",
+                       "    trim-half-before-close: close 50%", "    daily-loss-limit: flatten +lock"):
+            assert needle in text, needle
+        assert main(["pause", "mes-loss-cap", "--reason", "demo"]) == 0
+        assert capsys.readouterr().out.startswith("done: rule mes-loss-cap paused until")
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(15) == 0
