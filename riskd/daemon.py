@@ -1,5 +1,6 @@
 """The daemon: decides when ticks run (APScheduler 3.x), handles signals (SIGTERM/SIGINT stop,
-SIGHUP reload, SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd and serves metrics.
+SIGHUP reload, SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd, serves metrics and
+the operator commands' control socket (riskd.channel; a command asks for a tick, which carries it out).
 
 One tick itself is `riskd.tick.Ticker`; the wiring of a ticker is `riskd.tick.build_ticker`.
 """
