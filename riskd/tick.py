@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import structlog
 
-from riskd import control, engine, events
+from riskd import control, engine, events, trail
 from riskd.actions import Executor
 from riskd.audit import AuditTrail
 from riskd.config import Settings
@@ -83,6 +83,7 @@ class Ticker:
         # operator commands (riskd.control): the socket's threads wait on this for an outcome
         self.command_progress = threading.Condition()
         self._acted_commands: set[str] = set()  # operator flatten keys this process has sent
+        self._closed: dict[str, str] = {}  # operator flatten key -> what its answer says it closed
 
     @property
     def health(self) -> Health:
@@ -252,6 +253,9 @@ class Ticker:
                 state = self.executor.act(d, snapshot, state, now)
                 status = self.store.intent_status(key)
                 reply = self.executor.last_reply
+                if status == "done" and reply is not None and reply.ok:
+                    closed = trail.describe_closed({"response": reply.response})
+                    self._closed[key] = f"closed {', '.join(closed)}" if closed else "nothing was open"
                 if status == "failed" and reply is not None:
                     if reply.transient and not control.expired(command, now):
                         self._acted_commands.discard(key)  # a busy or rate-limited API: the next tick tries again
@@ -262,12 +266,12 @@ class Ticker:
         if any(s in ("sending", "unknown", "waiting") for s in statuses.values()) or len(statuses) < len(keys):
             return state  # settled by a later tick (Executor.resolve), or sent by it
         dry = " (dry run: nothing was sent)" if self.executor.dry_run else ""
-        accounts = ", ".join(decisions[k].account if k in decisions else FiringKey.parse(k).target.account for k in keys)
+        names = {k: decisions[k].account if k in decisions else FiringKey.parse(k).target.account for k in keys}
+        accounts = "; ".join(names[k] + (f": {self._closed.pop(k)}" if k in self._closed else "") for k in keys)
         if all(s == "done" for s in statuses.values()):
             self._finish_command(command, "done", f"flattened {accounts}{dry}", now, details={"keys": keys})
         else:
-            failed = [decisions[k].account if k in decisions else FiringKey.parse(k).target.account for k, s in statuses.items()
-                      if s != "done"]
+            failed = [names[k] for k, s in statuses.items() if s != "done"]
             self._finish_command(command, "failed", f"the flatten of {', '.join(failed)} failed: {'; '.join(errors) or 'not applied'}"
                                  " (see the action lines)", now, details={"keys": keys, "failed": failed})
         return state

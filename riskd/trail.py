@@ -447,6 +447,12 @@ def closed_positions(line: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in closed if isinstance(p, dict)] if isinstance(closed, list) else []
 
 
+def describe_closed(line: dict[str, Any]) -> list[str]:
+    """An action line's closedPositions as phrases: "4 of Long 4 MES 12-26 (P&L -520.00)"."""
+    return [f"{closed_quantity(line, c)} of {c.get('marketPosition')} {c.get('quantity')} {c.get('instrument')} "
+            f"(P&L {_money(c.get('unrealizedProfitLoss'))})" for c in closed_positions(line)]
+
+
 def is_order_change(line: dict[str, Any]) -> bool:
     path = str((line.get("request") or {}).get("path") or "")
     return path.endswith(ORDER_PATHS)
@@ -494,7 +500,7 @@ def summary(lines: Iterable[dict[str, Any]], keep: Filter | None = None) -> list
 
 def _money(value: Any) -> str:
     try:
-        return f"{float(value):,.2f}"
+        return f"{round(float(value), 2) + 0.0:,.2f}"  # + 0.0: a flat short's -0.0 reads 0.00
     except (TypeError, ValueError):
         return str(value)
 
@@ -520,11 +526,9 @@ def describe(line: dict[str, Any]) -> str:
         req = line.get("request") or {}
         text = f"{req.get('method')} {req.get('path')} {json.dumps(req.get('json'))} -> {line.get('status')} {line.get('outcome')}"
         text += f" {line.get('latency_ms')}ms" if line.get("latency_ms") is not None else ""
-        closed = closed_positions(line)
+        closed = describe_closed(line)
         if closed:
-            text += "; closed " + ", ".join(
-                f"{closed_quantity(line, c)} of {c.get('marketPosition')} {c.get('quantity')} {c.get('instrument')} "
-                f"(P&L {_money(c.get('unrealizedProfitLoss'))})" for c in closed)
+            text += "; closed " + ", ".join(closed)
         elif line.get("error"):
             text += f"; {line.get('error')}"
         return text + (" [dry run]" if line.get("dry_run") else "")
