@@ -403,3 +403,20 @@ def test_pause_and_lock_go_ahead_while_the_api_is_down_and_the_lock_acts_once_it
     assert c.rig.posts() == []
     c.rig.tick_at(10)  # the API answers again: the lock flattens
     assert c.rig.quantities() == {} and len(c.rig.posts("/positions/flatten")) == 1
+
+
+def test_a_token_pasted_into_a_reason_is_scrubbed_from_the_state_store(tmp_path, token):
+    from datetime import datetime, timezone
+
+    from riskd.redact import Redactor
+    from riskd.state import Store
+
+    store = Store(tmp_path / "state", redactor=Redactor([token]))  # as the daemon opens it
+    now = datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc)
+    command = control.parse({"id": "ab" * 8, "verb": "pause", "rule": "cap", "reason": f"oops {token}"}, user="op", uid=0, now=now)
+    inbox = store.inbox()
+    inbox.submit(command.id, command.verb, command.as_json(), now)
+    inbox.close()
+    store.close()
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir() if p.name.startswith("riskd.sqlite3"))
+    assert b"oops" in stored and token.encode() not in stored
