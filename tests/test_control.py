@@ -420,3 +420,20 @@ def test_a_token_pasted_into_a_reason_is_scrubbed_from_the_state_store(tmp_path,
     store.close()
     stored = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir() if p.name.startswith("riskd.sqlite3"))
     assert b"oops" in stored and token.encode() not in stored
+
+
+def test_a_client_waiting_when_riskd_stops_is_told_the_command_is_recorded(controlled):
+    import threading
+
+    c = controlled(one_position())
+    c.rig.tick_at(1)
+    c.rig.sim.inject(Fault("lost_response", match="POST */positions/flatten", count=1))  # the outcome stays unknown
+    answers: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: answers.append(c.ask("flatten", account="Sim101", wait_s=20)))
+    waiting.start()
+    wait_until(lambda: c.rig.events("action"), timeout=5)
+    assert c.server is not None
+    c.server.close()  # SIGTERM: the daemon closes the socket before `stopped`
+    waiting.join(5)
+    assert answers and answers[0]["status"] == "pending" and "riskd is stopping: the command is recorded" in answers[0]["message"]
+    assert not c.path.exists()
