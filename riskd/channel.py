@@ -38,6 +38,10 @@ from riskd.state import Inbox
 log = structlog.get_logger("riskd")
 
 MAX_REQUEST = 64 * 1024
+# Connections served at once (each is a thread; the unit's TasksMax=64 counts them); more are told riskd is busy.
+MAX_CLIENTS = 8
+# A client must send its request within this long.
+READ_TIMEOUT_S = 10.0
 WAIT_MAX_S = 120.0
 SOCKET_MODE = 0o660
 SOCKET_NAME = "control.sock"
@@ -65,6 +69,7 @@ def user_name(uid: int) -> str:
 
 class _Handler(socketserver.StreamRequestHandler):
     server: "ControlServer"
+    timeout = READ_TIMEOUT_S
 
     def handle(self) -> None:
         try:
@@ -103,6 +108,23 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         os.chmod(path, SOCKET_MODE)  # created under riskd's umask (0077); owner and group may connect
         self._thread: threading.Thread | None = None
         self.closing = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b'{"status": "refused", "message": "riskd is busy with other control connections; try again"}\n')
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)  # type: ignore[misc]
+        finally:
+            self._slots.release()
 
     def start(self) -> "ControlServer":
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="riskd-control", daemon=True)

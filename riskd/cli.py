@@ -615,7 +615,7 @@ def _until(args: argparse.Namespace, settings: config.Settings) -> str | None:
 
     from riskd.fields import parse_duration
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
     if getattr(args, "for_", None):
         try:
             return (now + parse_duration(args.for_)).isoformat()

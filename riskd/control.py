@@ -12,7 +12,8 @@ through the executor, exactly like a rule's (same intents, same rate budget, sam
 - pause RULE: the rule is not evaluated until `until` (default: the session end); its lock holds.
 - resume RULE: the pause ends now.
 - flatten ACCOUNT [instrument] / flatten --all: one POST accounts/{account}/positions/flatten per
-  account (never the empty-body flatten-everything), to accounts the snapshot shows.
+  account (never the empty-body flatten-everything), to the accounts the snapshot lists, those
+  whose entry it could not read included (unknown is never flat).
 
 A command is keyed by its id (chosen by the client, so asking again after a lost answer never acts
 twice); its flatten firings are keyed `operator:ID|account`.
@@ -28,7 +29,7 @@ from typing import Any
 from riskd.engine import OPERATOR_LOCK, EngineSettings, State, session_end
 from riskd.errors import RiskdError
 from riskd.keys import FiringKey, LockKey, TargetKey
-from riskd.model import Decision, Order, Rule, Severity, Snapshot
+from riskd.model import Decision, Order, Position, Rule, Severity, Snapshot
 
 VERBS = ("flatten", "lock", "unlock", "pause", "resume")
 # A command still queued this long after it was asked (riskd was down meanwhile) is not carried out.
@@ -154,40 +155,45 @@ def apply(command: Command, state: State, rules: list[Rule], snapshot: Snapshot,
         if name not in state.paused:
             return Outcome("refused", f"rule {name!r} is not paused", state)
         return Outcome("done", f"rule {name} resumed", replace(state, paused={k: v for k, v in state.paused.items() if k != name}))
+    # (name, positions): positions None for an account whose entry the snapshot could not read
+    # (unknown is never flat: a flatten or a lock still applies to it)
+    targets: list[tuple[str, tuple[Position, ...] | None]]
     if command.all:
-        targets = list(snapshot.accounts)
+        targets = [(a.name, a.positions) for a in snapshot.accounts] + [(name, None) for name in sorted(snapshot.unknown)]
         if not targets:
             return Outcome("refused", "the snapshot shows no account to flatten", state)
     else:
-        account = snapshot.account(command.account or "")
-        if account is None:
-            if verb == "unlock":
-                name = (command.account or "").lower()
-                return _unlock(command, state, rules, name, now)
-            unreadable = " (its entry in the snapshot is unreadable)" if (command.account or "").lower() in snapshot.unknown else ""
-            return Outcome("refused", f"account {command.account!r} is not in the snapshot{unreadable} "
-                                      f"(accounts: {_accounts(snapshot)})", state)
-        targets = [account]
+        asked = command.account or ""
+        account = snapshot.account(asked)
+        if account is not None:
+            targets = [(account.name, account.positions)]
+        elif asked.lower() in snapshot.unknown and verb != "unlock":
+            targets = [(asked, None)]
+        elif verb == "unlock":
+            return _unlock(command, state, rules, asked.lower(), now)
+        else:
+            return Outcome("refused", f"account {asked!r} is not in the snapshot (accounts: {_accounts(snapshot)})", state)
     if verb == "lock":
-        account = targets[0]
-        name = account.name.lower()
-        until = max(end.isoformat(), state.account_locks.get(name, ""))
-        open_now = len(account.positions)
-        return Outcome("done", f"account {account.name} locked until {until}"
-                               + (f"; its {open_now} open position(s) are flattened now" if open_now else ""),
-                       replace(state, account_locks={**state.account_locks, name: until}), details={"until": until})
+        name, positions = targets[0]
+        until = max(end.isoformat(), state.account_locks.get(name.lower(), ""))
+        if positions is None:
+            now_what = "; its entry in the snapshot is unreadable: its positions are flattened once riskd can read them"
+        else:
+            now_what = f"; its {len(positions)} open position(s) are flattened now" if positions else ""
+        return Outcome("done", f"account {name} locked until {until}{now_what}",
+                       replace(state, account_locks={**state.account_locks, name.lower(): until}), details={"until": until})
     if verb == "unlock":
-        return _unlock(command, state, rules, targets[0].name.lower(), now)
+        return _unlock(command, state, rules, targets[0][0].lower(), now)
     decisions = []
-    for account in targets:
-        key = str(FiringKey(f"{OPERATOR}:{command.id}", TargetKey(account.name)))
-        order = Order("flatten", account.name, command.instrument)
+    wanted = command.instrument.upper() if command.instrument else None
+    for name, positions in targets:
+        key = str(FiringKey(f"{OPERATOR}:{command.id}", TargetKey(name)))
+        seen: Any = "unknown: the account's entry in the snapshot is unreadable" if positions is None else [
+            p.as_dict() for p in positions if wanted is None or p.instrument.upper() == wanted]
         decisions.append(Decision(
-            kind="fire", rule=f"{OPERATOR}:{command.id}", key=key, account=account.name, instrument=command.instrument,
-            action="flatten", severity=Severity.FLATTEN, orders=(order,),
-            inputs={"command": command.id, "positions": [p.as_dict() for p in account.positions
-                                                         if not command.instrument or p.instrument.upper() == command.instrument.upper()]},
-            threshold={}, reason=f"{command.user}: {command.reason}"))
+            kind="fire", rule=f"{OPERATOR}:{command.id}", key=key, account=name, instrument=command.instrument,
+            action="flatten", severity=Severity.FLATTEN, orders=(Order("flatten", name, command.instrument),),
+            inputs={"command": command.id, "positions": seen}, threshold={}, reason=f"{command.user}: {command.reason}"))
     return Outcome("acting", f"flattening {len(decisions)} account(s)", state, tuple(decisions))
 
 

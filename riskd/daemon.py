@@ -1,7 +1,8 @@
 """The daemon: decides when ticks run (polls on the monotonic clock in their own thread, `at` rules
-and the summary with APScheduler 3.x), handles signals (SIGTERM/SIGINT stop,
-SIGHUP reload, SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd and serves metrics
-and the live dashboard (riskd/dashboard.py).
+and the summary with APScheduler 3.x), handles signals (SIGTERM/SIGINT stop, SIGHUP reload,
+SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd, serves metrics, the live dashboard
+(riskd/dashboard.py) and the operator commands' control socket (riskd.channel; a command asks for
+a tick, which carries it out).
 
 One tick itself is `riskd.tick.Ticker`; the wiring of a ticker is `riskd.tick.build_ticker`.
 """

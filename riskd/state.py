@@ -518,7 +518,7 @@ class Store:
 
     def inbox(self) -> "Inbox":
         """The commands table for the control socket's threads (a connection of its own)."""
-        return Inbox(self.path)
+        return Inbox(self.path, self.redactor)
 
     @staticmethod
     def peek_health(state_dir: Path) -> dict[str, Any] | None:
@@ -544,7 +544,8 @@ class Inbox:
     id) before riskd acts on it, `get` reads its progress. Thread-safe; its own SQLite connection
     beside the tick's (SQLite serializes the writes)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, redactor: Redactor | None = None):
+        self.redactor = redactor or Redactor()  # an operator's --reason is free text: scrubbed like everything riskd writes
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
         self._db.execute("PRAGMA synchronous=FULL")
@@ -554,7 +555,7 @@ class Inbox:
         with self._lock:
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO commands (id, verb, doc, status, outcome, created, updated) VALUES (?, ?, ?, 'queued', NULL, ?, ?)",
-                (command_id, verb, json.dumps(doc), now.isoformat(), now.isoformat()))
+                (command_id, verb, self.redactor.text(json.dumps(doc)), now.isoformat(), now.isoformat()))
             return cursor.rowcount == 1
 
     def get(self, command_id: str) -> tuple[str, dict[str, Any] | None] | None:

@@ -146,8 +146,11 @@ def render(view: dict[str, Any]) -> str:
                 pct = f" ({c['gap_percent']:g}% of the limit left)" if c.get("gap_percent") is not None and not c["holds"] else ""
                 seen = f"{c['seen']:.2f}" if isinstance(c["seen"], float) else c["seen"]
                 out.append(f"        {c['name']}={seen} ({c['threshold']}): {c['distance']}{pct}")
-    for p in view["paused"]:
-        out.append(f"paused: rule {p['rule']} until {p['until']}")
+    out.append(f"rules ({len(view['rules'])}):")
+    for r in view["rules"]:
+        flags = "".join([" (disabled)" if not r["enabled"] else "", " (dry run)" if r["dry_run"] else "",
+                         f" PAUSED until {r['paused_until']}" if r["paused_until"] else ""])
+        out.append(f"    {r['rule']}: {r['action']}{flags}")
     out.append("next timed firings:" if view["next_timed"] else "next timed firings: none")
     for t in view["next_timed"]:
         when = f"  (in {t['in']})" if t["in"] else ""

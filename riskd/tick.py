@@ -16,13 +16,14 @@ from typing import Any, Callable
 
 import structlog
 
-from riskd import control, engine, events
+from riskd import control, engine, events, trail
 from riskd.actions import Executor
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.crosstrade import CrossTradeClient, TokenBucket, parse_snapshot
 from riskd.engine import State
 from riskd.errors import ApiError
+from riskd.keys import FiringKey
 from riskd.model import Decision, Rule, Snapshot
 from riskd.poll import Event, Health, PollHealth
 from riskd.state import Store
@@ -84,6 +85,7 @@ class Ticker:
         # operator commands (riskd.control): the socket's threads wait on this for an outcome
         self.command_progress = threading.Condition()
         self._acted_commands: set[str] = set()  # operator flatten keys this process has sent
+        self._closed: dict[str, str] = {}  # operator flatten key -> what its answer says it closed
 
     @property
     def health(self) -> Health:
@@ -127,6 +129,8 @@ class Ticker:
             self._defer(d, reason_late)
         snapshot = self._poll(now, mono)
         if snapshot is None:
+            if self.last_snapshot is not None:  # an outage: lock, unlock, pause and resume need no fresh snapshot
+                self.state = self._commands(self.last_snapshot, self.state, now, offline=True)
             self._check_stale(now, mono)
             return None
         self.last_snapshot = snapshot
@@ -221,22 +225,29 @@ class Ticker:
 
     # -- operator commands ---------------------------------------------------------------------
 
-    def _commands(self, snapshot: Snapshot, state: State, now: datetime) -> State:
+    def _commands(self, snapshot: Snapshot, state: State, now: datetime, offline: bool = False) -> State:
         """Carry out the operator commands not finished (riskd.control), with this tick's snapshot:
         lock, unlock, pause and resume change the state before the rules see it; a flatten is sent
-        through the executor like a firing, and finishes when its intents do."""
+        through the executor like a firing, and finishes when its intents do. `offline`: no usable
+        snapshot this tick (`snapshot` is the last one): flattens wait, the others go ahead."""
         for cid, status, doc in self.store.open_commands():
             command = control.Command.from_json(doc)
+            if offline and command.verb == "flatten":
+                continue
             if status == "queued":
                 if control.expired(command, now):
-                    self._finish_command(command, "expired", f"asked at {command.asked_at.isoformat(timespec='seconds')} while riskd "
-                                         f"was not running; older than {control.COMMAND_TTL.total_seconds():.0f}s, not carried out: "
-                                         "ask again", now)
+                    self._finish_command(command, "expired", f"asked at {command.asked_at.isoformat(timespec='seconds')} and not "
+                                         f"carried out within {control.COMMAND_TTL.total_seconds():.0f}s (riskd was not running, or the "
+                                         "API did not answer): ask again", now)
                     continue
                 outcome = control.apply(command, state, self.rules, snapshot, now, self.engine_settings)
                 if outcome.status != "acting":
                     state = outcome.state
-                    self._finish_command(command, outcome.status, outcome.message, now, state=state, details=outcome.details)
+                    message = outcome.message
+                    if offline and command.verb == "lock" and outcome.status == "done":
+                        message += (f" (the API is not answering; positions as of {snapshot.taken_at.isoformat(timespec='seconds')}: "
+                                    "they are flattened once it answers)")
+                    self._finish_command(command, outcome.status, message, now, state=state, details=outcome.details)
                     continue
                 doc = {**doc, "keys": [d.key for d in outcome.decisions]}
                 self.store.update_command(cid, "acting", now, doc=doc)
@@ -264,6 +275,9 @@ class Ticker:
                 state = self.executor.fold(sent, state)
                 status = self.store.intent_status(key)
                 reply = sent.last
+                if status == "done" and reply is not None and reply.ok:
+                    line = {"response": reply.response}
+                    self._closed[key] = trail.closed_summary(line) if trail.closed_positions(line) else "nothing was open"
                 if status == "failed" and reply is not None:
                     if reply.transient and not control.expired(command, now):
                         self._acted_commands.discard(key)  # a busy or rate-limited API: the next tick tries again
@@ -274,11 +288,12 @@ class Ticker:
         if any(s in ("sending", "unknown", "waiting") for s in statuses.values()) or len(statuses) < len(keys):
             return state  # settled by a later tick (Executor.resolve), or sent by it
         dry = " (dry run: nothing was sent)" if self.executor.dry_run else ""
-        accounts = ", ".join(decisions[k].account if k in decisions else k.split("|", 1)[-1] for k in keys)
+        names = {k: decisions[k].account if k in decisions else FiringKey.parse(k).target.account for k in keys}
+        accounts = "; ".join(names[k] + (f": {self._closed.pop(k)}" if k in self._closed else "") for k in keys)
         if all(s == "done" for s in statuses.values()):
             self._finish_command(command, "done", f"flattened {accounts}{dry}", now, details={"keys": keys})
         else:
-            failed = [k.split("|", 1)[-1] for k, s in statuses.items() if s != "done"]
+            failed = [names[k] for k, s in statuses.items() if s != "done"]
             self._finish_command(command, "failed", f"the flatten of {', '.join(failed)} failed: {'; '.join(errors) or 'not applied'}"
                                  " (see the action lines)", now, details={"keys": keys, "failed": failed})
         return state

@@ -504,7 +504,7 @@ def summary(lines: Iterable[dict[str, Any]], keep: Filter | None = None) -> list
 
 def _money(value: Any) -> str:
     try:
-        return f"{float(value):,.2f}"
+        return f"{round(float(value), 2) + 0.0:,.2f}"  # + 0.0: a flat short's -0.0 reads 0.00
     except (TypeError, ValueError):
         return str(value)
 
@@ -593,8 +593,7 @@ def describe(line: dict[str, Any]) -> str:
         req = line.get("request") or {}
         text = f"{req.get('method')} {req.get('path')} {json.dumps(req.get('json'))} -> {line.get('status')} {line.get('outcome')}"
         text += f" {line.get('latency_ms')}ms" if line.get("latency_ms") is not None else ""
-        closed = closed_positions(line)
-        if closed:
+        if closed_positions(line):
             text += "; " + closed_summary(line)
         elif line.get("error"):
             text += f"; {line.get('error')}"

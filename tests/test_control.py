@@ -19,6 +19,7 @@ from riskd import channel, control
 from riskd.channel import ControlServer, NotRunning, ask
 from riskd.sim import Fault
 
+from conftest import wait_until
 from harness import Rig, one_position
 
 CAP = [{"name": "cap", "instruments": "MES", "when": {"position_pnl": {"below": -500}}, "then": {"close": "all"}}]
@@ -28,6 +29,7 @@ class Controlled:
     """A Rig with the daemon's control socket: a command wakes a tick, like riskd.daemon does."""
 
     def __init__(self, tmp: Path, token: str, scenario: dict[str, Any], rules: list[dict[str, Any]], **kw: Any):
+        kw.setdefault("timeout", timedelta(seconds=2))  # a loaded machine must not turn a command's poll into an outage
         self.rig = Rig(tmp, token, scenario, rules, **kw)
         self.path = tmp / "c.sock"
         self.server: ControlServer | None = None
@@ -172,7 +174,8 @@ def test_flatten_all_sends_one_flatten_per_account_never_the_empty_body(controll
     refused = c.ask("flatten", all=True)
     assert refused["status"] == "refused" and "--yes" in refused["message"]
     answer = c.ask("flatten", all=True, yes=True)
-    assert answer["status"] == "done" and answer["message"] == "flattened Sim101, Sim102"
+    assert answer["status"] == "done" and answer["message"] == ("flattened Sim101: closed 4 of Long 4 MES 12-26 at 0.00; "
+                                                            "Sim102: closed 2 of Short 2 NQ 12-26 at 0.00")
     paths = sorted(r.path for r in c.rig.posts("flatten"))
     assert paths == ["/v1/api/accounts/Sim101/positions/flatten", "/v1/api/accounts/Sim102/positions/flatten"]
     assert c.rig.quantities() == {}
@@ -233,6 +236,21 @@ def test_a_silent_client_holds_up_neither_the_tick_nor_other_commands(controlled
         silent.close()
 
 
+def test_more_connections_than_the_limit_are_told_riskd_is_busy_until_one_ends(controlled):
+    c = controlled(one_position(), CAP)
+    silent = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(channel.MAX_CLIENTS)]
+    for s in silent:
+        s.connect(str(c.path))  # each holds a slot (a thread) and never sends
+    try:
+        answer = c.ask("pause", rule="cap")
+        assert answer["status"] == "refused" and "busy" in answer["message"]
+        assert c.rig.events("control") == []
+    finally:
+        for s in silent:
+            s.close()
+    wait_until(lambda: c.ask("pause", rule="cap")["status"] == "done", timeout=5)  # the slots come back
+
+
 def test_a_bad_request_is_refused_with_the_reason(controlled):
     c = controlled(one_position())
     assert "--reason" in c.ask("lock", account="Sim101", reason="  ")["message"]
@@ -258,7 +276,7 @@ def test_a_command_recorded_before_a_crash_is_carried_out_once_at_the_next_start
     assert c.rig.quantities() == {}
     assert len(c.rig.posts("/positions/flatten")) == 1
     again = c.ask("flatten", id=cid, account="Sim101")  # the client asking again with its id
-    assert again["status"] == "done" and again["message"] == "flattened Sim101"
+    assert again["status"] == "done" and again["message"] == "flattened Sim101: closed 4 of Long 4 MES 12-26 at 0.00"
     c.rig.tick_at(c.rig.clock.monotonic() + 1)
     assert len(c.rig.posts("/positions/flatten")) == 1
     assert [e["status"] for e in c.rig.events("control_result")] == ["done"]
@@ -359,3 +377,63 @@ def test_apply_lock_defaults_to_the_session_end_and_keeps_a_longer_lock():
     shorter = control.apply(_command("lock", MORNING, account="Sim101", until=(MORNING + timedelta(minutes=5)).isoformat()),
                             done.state, [], snapshot, MORNING, SETTINGS)
     assert shorter.state.account_locks == {"sim101": end.isoformat()}
+
+
+def test_apply_flatten_all_includes_an_account_the_snapshot_could_not_read():
+    from rulekit import MORNING, SETTINGS, acct, pos
+
+    from riskd.engine import State
+    from riskd.model import Snapshot
+
+    snapshot = Snapshot(MORNING, (acct("Sim101", pos()),), unknown=frozenset({"sim102"}), problems=("Sim102: positions is null",))
+    outcome = control.apply(_command("flatten", MORNING, all=True, yes=True), State(), [], snapshot, MORNING, SETTINGS)
+    assert outcome.status == "acting"
+    assert [(o.kind, o.account, o.instrument) for d in outcome.decisions for o in d.orders] == [("flatten", "Sim101", None),
+                                                                                              ("flatten", "sim102", None)]
+    assert outcome.decisions[1].inputs["positions"].startswith("unknown")
+
+
+def test_pause_and_lock_go_ahead_while_the_api_is_down_and_the_lock_acts_once_it_answers(controlled):
+    c = controlled(one_position(), CAP)
+    c.rig.tick_at(1)
+    c.rig.sim.inject(Fault("status", match="GET */accounts/snapshot", status=503, count=2))
+    assert c.ask("pause", rule="cap")["status"] == "done"
+    locked = c.ask("lock", account="Sim101")
+    assert locked["status"] == "done" and "the API is not answering" in locked["message"]
+    assert c.rig.posts() == []
+    c.rig.tick_at(10)  # the API answers again: the lock flattens
+    assert c.rig.quantities() == {} and len(c.rig.posts("/positions/flatten")) == 1
+
+
+def test_a_token_pasted_into_a_reason_is_scrubbed_from_the_state_store(tmp_path, token):
+    from datetime import datetime, timezone
+
+    from riskd.redact import Redactor
+    from riskd.state import Store
+
+    store = Store(tmp_path / "state", redactor=Redactor([token]))  # as the daemon opens it
+    now = datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc)
+    command = control.parse({"id": "ab" * 8, "verb": "pause", "rule": "cap", "reason": f"oops {token}"}, user="op", uid=0, now=now)
+    inbox = store.inbox()
+    inbox.submit(command.id, command.verb, command.as_json(), now)
+    inbox.close()
+    store.close()
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir() if p.name.startswith("riskd.sqlite3"))
+    assert b"oops" in stored and token.encode() not in stored
+
+
+def test_a_client_waiting_when_riskd_stops_is_told_the_command_is_recorded(controlled):
+    import threading
+
+    c = controlled(one_position())
+    c.rig.tick_at(1)
+    c.rig.sim.inject(Fault("lost_response", match="POST */positions/flatten", count=1))  # the outcome stays unknown
+    answers: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: answers.append(c.ask("flatten", account="Sim101", wait_s=20)))
+    waiting.start()
+    wait_until(lambda: c.rig.events("action"), timeout=5)
+    assert c.server is not None
+    c.server.close()  # SIGTERM: the daemon closes the socket before `stopped`
+    waiting.join(5)
+    assert answers and answers[0]["status"] == "pending" and "riskd is stopping: the command is recorded" in answers[0]["message"]
+    assert not c.path.exists()

@@ -69,6 +69,7 @@ def test_status_shows_a_rule_lock_with_its_end_paused_rules_and_a_silent_daemon(
         assert {r["rule"]: r["state"] for r in account["rules"]}["loss"] == "locked"
         assert view["paused"] == [{"rule": "cap", "until": paused_until}]
         assert "LOCKED by loss until" in status.render(view) and "cannot be undone" in status.render(view)
+        assert "    cap: reduce_to 10 PAUSED until" in status.render(view)
 
         rig.clock.advance(60)  # no tick for a minute: the daemon is not heard from
         assert "NOT RUNNING?" in status.render(_view(rig))
