@@ -517,6 +517,14 @@ def parse_position(raw: Any, account: str) -> Position | None:
         raise UnknownEntry(f"position {raw['instrument']!r}: {exc}") from None
 
 
+def _weekly(item: dict[str, Any]) -> float | None:
+    """The account's weeklyProfitLoss when it is a finite number (a missing or null one is not a zero)."""
+    value = item.get("weeklyProfitLoss")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
     """Given the JSON of GET /accounts/snapshot, return a Snapshot; raise ApiError on a shape it cannot trust
     (and only ApiError, whatever the JSON)."""
@@ -574,6 +582,7 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
                 commission=figures["commission"],
                 net_liquidation=figures["netLiquidation"],
                 positions=positions,
+                weekly_pnl=_weekly(item),
             )
         )
     return Snapshot(taken_at=taken_at, accounts=tuple(accounts), unknown=frozenset(unknown), problems=tuple(problems))

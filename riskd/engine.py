@@ -33,6 +33,7 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Iterable
 
+from riskd import ledger
 from riskd.conditions import REGISTRY, Target
 from riskd.keys import FiringKey, LockKey, OccurrenceKey, PositionKey, TargetKey, rule_of
 from riskd.model import Account, Decision, Order, Position, Rule, Severity, Snapshot
@@ -62,6 +63,11 @@ class State:
     known:       rule name -> [digest, ISO time first loaded]
     tracked:     position identity -> [last quantity seen, snapshots it has been absent from, confirmed 0|1]
     inflight:    firing keys whose last action has an unresolved outcome: never fire them again
+    ledger:      account -> {session: [realized, unrealized, commission, net liquidation]} (riskd.ledger; kept across sessions)
+    marks:       account -> [intraday balance high, end-of-day balance high] (riskd.ledger; never reset)
+    trades:      account -> {"count": round trips closed, "streak": losing ones in a row, "open": {INSTRUMENT: points}}
+                 (riskd.trades; this session)
+    gaps:        account -> what riskd could not see of a period before this session (riskd.ledger; this session)
     """
 
     session: str | None = None
@@ -74,6 +80,10 @@ class State:
     known: dict[str, list[str]] = field(default_factory=dict)
     tracked: dict[str, list[int]] = field(default_factory=dict)
     inflight: frozenset[str] = frozenset()
+    ledger: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    marks: dict[str, list[float]] = field(default_factory=dict)
+    trades: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gaps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +97,10 @@ class State:
             "first_seen": self.first_seen,
             "known": self.known,
             "tracked": self.tracked,
+            "ledger": self.ledger,
+            "marks": self.marks,
+            "trades": self.trades,
+            "gaps": self.gaps,
         }
 
     @classmethod
@@ -103,7 +117,7 @@ class State:
         return state
 
 
-STATE_VERSION = 2  # 2: case-insensitive keys (riskd.keys) and `tracked`
+STATE_VERSION = 3  # 2: case-insensitive keys (riskd.keys) and `tracked`; 3: `ledger`, `marks`, `trades`, `gaps` (empty from a 2)
 
 
 def _position_or_none(text: str) -> PositionKey | None:
@@ -308,6 +322,12 @@ class _Tick:
         for account in snapshot.accounts:
             name = account.name.lower()
             self.peaks[name] = max(self.peaks.get(name, 0.0), account.pnl())
+        # beyond one session (riskd.ledger): this session's figures, the balance marks, a History per account
+        self.ledger = ledger.record(state.ledger, state.session or "", snapshot.accounts)
+        self.marks = ledger.mark(state.marks, snapshot.accounts)
+        self._history_of: dict[int, ledger.History] = {
+            id(a): ledger.History(a, state.session or "", self.ledger.get(a.name.lower(), {}), self.marks.get(a.name.lower()))
+            for a in snapshot.accounts}
         # Per-tick caches for the hot path (rules x targets): the local time per zone, and per
         # snapshot object (keyed by id(); the snapshot outlives this tick) its peak, position
         # key and parsed first-seen time. Pure memoisation: same values as computing them inline.
@@ -332,7 +352,18 @@ class _Tick:
         seen = None
         if position is not None:
             seen = self._seen_of.get(id(position)) or datetime.fromisoformat(self.first_seen[_position_key(account.name, position)])
-        return Target(account, position, self.now, local, rule.days, peak, seen)
+        history = self._history_of.get(id(account)) or ledger.History(account, self.old.session or "", {}, None)
+        return Target(account, position, self.now, local, rule.days, peak, seen, history, self.old.trades.get(account.name.lower()))
+
+    def gaps(self) -> dict[str, dict[str, Any]]:
+        """The gaps of this session: those already known, and those this tick's conditions ran into."""
+        out = dict(self.old.gaps)
+        for history in self._history_of.values():
+            name = history.account.name.lower()
+            for period, gap in history.gaps.items():
+                if period not in out.get(name, {}):
+                    out[name] = {**out.get(name, {}), period: gap}
+        return out
 
     def target_key(self, rule: Rule, account: Account, position: Position | None) -> str:
         return str(self._target(account, position))
@@ -406,10 +437,12 @@ class _Tick:
         # the hot path (every rule x every target): Target built inline from the per-tick caches
         local = self._locals.get(rule.zone) or self._locals.setdefault(rule.zone, self.now.astimezone(rule.zone))
         now, days, peak_of, seen_of = self.now, rule.days, self._peak_of, self._seen_of
+        history_of, trades = self._history_of, self.old.trades
         conditions = [(REGISTRY[name].check, spec) for name, spec in rule.conditions]
         for account, position in self.targets(rule):
             target = Target(account, position, now, local, days, peak_of[id(account)],
-                            seen_of[id(position)] if position is not None else None)
+                            seen_of[id(position)] if position is not None else None, history_of[id(account)],
+                            trades.get(account.name.lower()))
             # fast rejection: stop at the first condition that does not hold; the conditions are
             # pure, so check() recomputes the same result (and the inputs) for the targets that pass
             for condition, spec in conditions:
@@ -574,7 +607,9 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
     if state.session != session:  # a new session: markers, holds, peaks, locks and first-seen times start over
         horizon = now - timedelta(days=8)  # occurrences are keyed by their instant, so they stay (for `missed`)
         occurrences = {k: v for k, v in state.occurrences.items() if datetime.fromisoformat(OccurrenceKey.parse(k).instant) >= horizon}
-        state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences)
+        state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences,
+                      ledger=ledger.prune(state.ledger, session), marks=state.marks,
+                      trades={k: v for k, v in state.trades.items() if v.get("session") == session})
     known = {}
     for rule in rules:
         entry = state.known.get(rule.name)
@@ -604,6 +639,9 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
         peaks=tick.peaks,
         first_seen=tick.first_seen,
         tracked=tick.tracked,
+        ledger=tick.ledger,
+        marks=tick.marks,
+        gaps=tick.gaps(),
         locks={k: v for k, v in state.locks.items() if LockKey.parse(k).rule in by_name},
     )
     return decisions, new_state

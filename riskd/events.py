@@ -90,11 +90,15 @@ TRAIL_WRITABLE = Event("trail_writable", "the trail can be written again", ("sin
 DISK_FULL = Event("disk_full", "the state database could not be written: the disk is full", ("op", "error"))
 STATE_WRITE_FAILED = Event("state_write_failed", "the state database could not be written for another reason", ("op", "error"))
 DISK_RECOVERED = Event("disk_recovered", "the state database can be written again", ("op",))
+PERIOD_GAP = Event("period_gap", "a week or month rule could not see part of its period (riskd was down, no earlier record)",
+                   ("account", "session", "period", "since", "unseen", "source", "counted"), durable=True)
+ROUND_TRIP = Event("round_trip", "a position of an account counted by a trades or loss_streak rule went back to flat",
+                   ("account", "instrument", "session", "losing", "points", "source", "trades", "loss_streak", "reason"))
 
 CATALOGUE: dict[str, Event] = {e.name: e for e in (
     STARTED, STOPPED, RULES_LOADED, RULES_REJECTED, SAMPLE, FIRED, ACTION, ACTION_RESOLVED, SUPERSEDED, SKIPPED, MISSED,
     RULE_FAILED, DEFERRED, API_ERROR, STALE, RECOVERED, CLOCK_STEP, TICK_FAILED, ROTATED, TRAIL_REPAIRED, TRAIL_UNWRITABLE, TRAIL_WRITABLE,
-    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED,
+    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED, PERIOD_GAP, ROUND_TRIP,
 )}
 DECISIONS: dict[str, Event] = {e.name: e for e in (FIRED, SUPERSEDED, SKIPPED, MISSED, RULE_FAILED)}  # by Decision.kind
 DURABLE = frozenset(e.name for e in CATALOGUE.values() if e.durable)

@@ -137,6 +137,12 @@ def _contracts(minimum: int) -> Any:
     return parse
 
 
+def _count(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"invalid count {value!r}; write a whole number such as 3")
+
+
 def _percent(value: Any) -> float | None:
     """'50%' -> 0.5; None when the value is not written as a percentage; ValueError when out of range."""
     if not (isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?%", value.strip())):
@@ -164,6 +170,9 @@ def _drawdown_limit(value: Any) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
         return ("dollars", float(value))
     raise ValueError(f"invalid drawdown limit {value!r}; write dollars such as 300, or a share of the peak such as \"95%\"")
+
+
+drawdown_limit = _drawdown_limit  # for cross-field checks (riskd.conditions)
 
 
 def _flag(value: Any) -> bool:
@@ -217,6 +226,7 @@ Accounts = Annotated[tuple[str, ...], PlainValidator(_accounts), WithJsonSchema(
 Instruments = Annotated[tuple[str, ...], PlainValidator(_instruments), WithJsonSchema(_FILTER_SCHEMA)]
 Money = Annotated[float, PlainValidator(_money), WithJsonSchema({"type": "number"})]
 Contracts = Annotated[int, PlainValidator(_contracts(0)), WithJsonSchema({"type": "integer", "minimum": 0})]
+Count = Annotated[int, PlainValidator(_count), WithJsonSchema({"type": "integer", "minimum": 0})]
 PositiveContracts = Annotated[int, PlainValidator(_contracts(1)), WithJsonSchema({"type": "integer", "minimum": 1})]
 CloseAmount = Annotated[
     Any,

@@ -44,6 +44,7 @@ class Account:
     commission: float
     net_liquidation: float
     positions: tuple[Position, ...] = ()
+    weekly_pnl: float | None = None  # the item's weeklyProfitLoss when the API gives a number (riskd.ledger)
 
     def pnl(self, basis: str = "total", net_of_commission: bool = False) -> float:
         """Given a basis (total|realized|unrealized), return the session P&L on it."""

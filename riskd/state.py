@@ -9,6 +9,10 @@
 
 - `health`: the daemon's last successful poll and whether it is stale, for `riskd once`.
 
+The engine document also holds what outlives a session (schema 3): each account's session closing
+figures and balance high-water marks (riskd.ledger), so a weekly limit or a trailing floor survives
+restarts, reloads and days riskd was down.
+
 The schema is versioned with PRAGMA user_version and migrated forward on open, each step in one
 transaction. A store that is corrupt (integrity check, unreadable rows) or from a newer riskd is a
 StateError (exit 1), never silently discarded. A lock file keeps a second riskd off the same state_dir.
@@ -47,7 +51,7 @@ from riskd.errors import StateError
 from riskd.model import Decision, Order
 from riskd.redact import Redactor
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, str] = {
     1: """
         CREATE TABLE engine (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
@@ -68,6 +72,11 @@ MIGRATIONS: dict[int, str] = {
         ALTER TABLE intents ADD COLUMN settle_at TEXT;
         ALTER TABLE intents ADD COLUMN outcome TEXT;
         CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
+    """,
+    # 3: the engine state keeps what outlives a session (riskd.ledger): each session's closing figures and the
+    # balance high-water marks; an older state starts them empty (its markers and intents are kept as they are)
+    3: """
+        UPDATE engine SET doc = json_insert(doc, '$.ledger', json('{}'), '$.marks', json('{}'))
     """,
 }
 OPEN_STATUSES = ("sending", "unknown")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import structlog
 
-from riskd import engine
+from riskd import engine, trades
 from riskd.actions import Executor
 from riskd.audit import AuditTrail
 from riskd.config import Settings
@@ -78,6 +79,7 @@ class Ticker:
         self._wall_offset: float | None = None  # wall minus monotonic seconds at the last tick
         self._deferred: dict[str, str] = {}
         self._health_saved: float | None = None
+        self._counting = _counting(rules)
 
     @property
     def health(self) -> Health:
@@ -117,9 +119,12 @@ class Ticker:
         if snapshot is None:
             self._check_stale(now, mono)
             return None
-        self.last_snapshot = snapshot
+        previous, self.last_snapshot = self.last_snapshot, snapshot
         state = self.executor.resolve(snapshot, self.state, now)
+        if previous is not None and self._counting:
+            state = self._count_trades(previous, snapshot, state, now)
         decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
+        self._audit_gaps(state)
         if state.session != self.state.session and self.state.session is not None:
             self.store.prune(now - INTENTS_KEPT)
         self.store.save(state, now)
@@ -152,6 +157,38 @@ class Ticker:
         self._sample(snapshot, now, acted)  # after acting: no delay
         self._save_health(now, mono)
         return decisions
+
+    def _count_trades(self, previous: Snapshot, snapshot: Snapshot, state: State, now: datetime) -> State:
+        """Fold the round trips closed since the previous snapshot into the state (riskd.trades): one
+        executions read per account in scope whose snapshot shows a position shrink or close."""
+        session = engine.session_of(now, self.engine_settings)
+        before = {a.name.lower(): a for a in previous.accounts}
+        counts = dict(state.trades)
+        for account in snapshot.accounts:
+            name = account.name.lower()
+            earlier = before.get(name)
+            if earlier is None or not any(engine.in_scope(r, account.name) for r in self._counting):
+                continue
+            if not trades.needs_fills(earlier, account):
+                continue
+            reply = self.client.get_executions(account.name, trades.lookback_s(previous.taken_at, now))
+            entry, trips = trades.fold(counts.get(name), session, earlier, account, previous.taken_at, reply.response if reply.ok else None)
+            counts[name] = entry
+            for trip in trips:
+                self.audit.emit("round_trip", account=account.name, instrument=trip.instrument, session=session, losing=trip.losing,
+                                points=trip.points, source=trip.source, trades=entry["count"], loss_streak=entry["streak"],
+                                reason=None if trip.source == "executions" else
+                                (f"executions not read ({reply.status or reply.outcome}: {reply.error})" if not reply.ok
+                                 else "the executions do not account for the snapshot's positions"))
+        return replace(state, trades=counts)
+
+    def _audit_gaps(self, state: State) -> None:
+        """Audit what a period rule could not see of its period (riskd.ledger), once per account and period a session."""
+        for account, periods in state.gaps.items():
+            for period, gap in periods.items():
+                if period not in self.state.gaps.get(account, {}):
+                    self.audit.emit("period_gap", account=account, session=state.session, **gap)
+                    log.warning("period_gap", account=account, period=period, unseen=gap.get("unseen"), source=gap.get("source"))
 
     def _emit(self, events: list[Event]) -> None:
         for e in events:
@@ -226,6 +263,12 @@ class Ticker:
     def swap_rules(self, rules: list[Rule]) -> None:
         with self.lock:
             self.rules = rules
+            self._counting = _counting(rules)
+
+
+def _counting(rules: list[Rule]) -> list[Rule]:
+    """The rules that count round trips: only for their accounts are the executions ever read for it."""
+    return [r for r in rules if r.enabled and any(name in ("trades", "loss_streak") for name, _ in r.conditions)]
 
 
 def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: AuditTrail, *, dry_run: bool,

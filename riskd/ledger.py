@@ -1,0 +1,141 @@
+"""Risk beyond one session: each account's session closing figures and balance high-water marks.
+
+Pure, like riskd.engine which calls it: the state maps and a snapshot's accounts come in, new maps
+and per-account `History` views go out.
+
+- The ledger (`State.ledger`) keeps, per account and session, the last figures riskd saw in it
+  (realized, unrealized, commission, net liquidation): once the session is over they are its
+  closing figures. It is part of the engine state, so it survives restarts and reloads, and it is
+  kept LEDGER_DAYS days.
+- A period's P&L (`account_pnl: {period: week | month}`) is the recorded sessions of the period
+  before this one, plus what riskd did not see, plus this session's P&L. What riskd did not see is
+  the balance change between the last recorded close and this session's opening balance
+  (net liquidation less this session's net P&L): the P&L of days riskd was down, or of the end of a
+  session it stopped watching. It is exact when the last recorded session is in the same period.
+  When it is not (riskd was down across the period's start), the part of the week before this
+  session comes from the account's `weeklyProfitLoss` when the API gives it (read as the week's
+  realized P&L net of commission, this session included); otherwise a loss riskd cannot place is
+  counted and a gain is not (a limit is never loosened by what riskd could not see). Either way the
+  gap is reported (`History.gap`, audited `period_gap`).
+- The balance marks (`State.marks`) are per account [intraday high, end-of-day high]: the highest net
+  liquidation seen on any tick (unrealized included), and the highest opening balance of a session
+  (the previous session's settled close). They never go down and never reset.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from functools import cached_property
+from typing import Any
+
+from riskd.model import Account
+from riskd.schedule import period_of
+
+LEDGER_DAYS = 62  # a month and its previous one
+CENT = 0.005
+
+Figures = list[float]  # [realized, unrealized, commission, net_liquidation]
+
+
+def figures(account: Account) -> Figures:
+    return [round(account.realized_pnl, 2), round(account.unrealized_pnl, 2), round(account.commission, 2),
+            round(account.net_liquidation, 2)]
+
+
+def value(fig: Figures, basis: str, net_of_commission: bool) -> float:
+    """A recorded session's P&L on a basis, as Account.pnl computes it for a live one."""
+    realized, unrealized, commission = fig[0], fig[1], fig[2]
+    out = {"total": realized + unrealized, "realized": realized, "unrealized": unrealized}[basis]
+    return out - commission if net_of_commission else out
+
+
+def opening_balance(account: Account) -> float:
+    """The balance the session opened with: net liquidation less the session's net P&L."""
+    return account.net_liquidation - account.pnl(net_of_commission=True)
+
+
+def record(ledger: dict[str, dict[str, Figures]], session: str, accounts: tuple[Account, ...]) -> dict[str, dict[str, Figures]]:
+    """Given the ledger, the current session and a snapshot's (well-formed) accounts, return the ledger
+    with this session's figures of each account replaced by the latest (the same object when unchanged)."""
+    changed: dict[str, dict[str, Figures]] = {}
+    for account in accounts:
+        name = account.name.lower()
+        sessions = ledger.get(name, {})
+        fig = figures(account)
+        if sessions.get(session) != fig:
+            changed[name] = {**sessions, session: fig}
+    return {**ledger, **changed} if changed else ledger
+
+
+def prune(ledger: dict[str, dict[str, Figures]], session: str) -> dict[str, dict[str, Figures]]:
+    """Forget sessions older than LEDGER_DAYS before `session`."""
+    horizon = (date.fromisoformat(session) - timedelta(days=LEDGER_DAYS)).isoformat()
+    return {name: {s: f for s, f in sessions.items() if s >= horizon} for name, sessions in ledger.items()}
+
+
+def mark(marks: dict[str, list[float]], accounts: tuple[Account, ...]) -> dict[str, list[float]]:
+    """Given the balance marks and a snapshot's accounts, return the marks raised where they were passed."""
+    changed: dict[str, list[float]] = {}
+    for account in accounts:
+        name = account.name.lower()
+        old = marks.get(name)
+        intraday, eod = round(account.net_liquidation, 2), round(opening_balance(account), 2)
+        if old is None or intraday > old[0] or eod > old[1]:
+            changed[name] = [max(old[0], intraday), max(old[1], eod)] if old else [intraday, eod]
+    return {**marks, **changed} if changed else marks
+
+
+class History:
+    """One account's figures beyond this session, at one tick (computed on first use)."""
+
+    def __init__(self, account: Account, session: str, sessions: dict[str, Figures], marks: list[float] | None):
+        self.account = account
+        self.session = session
+        self.sessions = sessions
+        self.marks = marks or [account.net_liquidation, opening_balance(account)]
+        self.gaps: dict[str, dict[str, Any]] = {}  # period -> the gap a condition ran into at this tick
+
+    def high(self, trail: str) -> float:
+        """The balance high-water mark of a trail (intraday | end_of_day)."""
+        return self.marks[0] if trail == "intraday" else self.marks[1]
+
+    @cached_property
+    def _last(self) -> str | None:
+        return max((s for s in self.sessions if s < self.session), default=None)
+
+    @cached_property
+    def unseen(self) -> float | None:
+        """The balance change riskd did not see before this session (None: no earlier record)."""
+        if self._last is None:
+            return None
+        change = opening_balance(self.account) - self.sessions[self._last][3]
+        return 0.0 if abs(change) < CENT else round(change, 2)
+
+    def before(self, period: str, basis: str, net_of_commission: bool) -> tuple[float, dict[str, Any] | None]:
+        """The P&L of `period` before this session on a basis, and the gap (None when riskd saw it all)."""
+        current = period_of(self.session, period)
+        recorded = sum(value(f, basis, net_of_commission) for s, f in self.sessions.items()
+                       if s < self.session and period_of(s, period) == current)
+        unseen, last = self.unseen, self._last
+        if unseen == 0.0 and last is not None:
+            return recorded, None
+        gap: dict[str, Any] = {"period": period, "since": last, "unseen": unseen}
+        if last is not None and period_of(last, period) == current:
+            counted = unseen if basis != "unrealized" else 0.0
+            return recorded + (counted or 0.0), {**gap, "source": "balance", "counted": counted}
+        weekly = self.account.weekly_pnl
+        if period == "week" and weekly is not None:
+            counted = round(weekly - (self.account.realized_pnl - self.account.commission) - recorded, 2)
+            return recorded + counted, {**gap, "source": "weeklyProfitLoss", "counted": counted}
+        counted = min(unseen or 0.0, 0.0)
+        return recorded + counted, {**gap, "source": "balance" if unseen is not None else "none", "counted": counted}
+
+    def period_pnl(self, period: str, basis: str, net_of_commission: bool) -> tuple[float, dict[str, Any] | None]:
+        """The P&L of the period this session is in (this session included), and the gap."""
+        now = self.account.pnl(basis, net_of_commission)
+        if period == "session":
+            return now, None
+        earlier, gap = self.before(period, basis, net_of_commission)
+        if gap is not None:
+            self.gaps.setdefault(period, gap)
+        return earlier + now, gap
