@@ -287,17 +287,17 @@ class CountLevel(RuleModel):
     above: Count = Field(description="holds when the count is more than this")
 
 
-def _counter(field: str) -> Callable[[Any, Target], tuple[bool, Seen]]:
+def _counter(field: str, name: str) -> Callable[[Any, Target], tuple[bool, Seen]]:
     def check(spec: Any, t: Target) -> tuple[bool, Seen]:
         count = int((t.trades or {}).get(field, 0))
-        return count > spec.above, {field if field != "count" else "trades": count}
+        return count > spec.above, {name: count}
 
     return check
 
 
-def _explain_count(field: str, unit: str) -> Callable[[Any, Target, bool, Seen], dict[str, Any]]:
+def _explain_count(name: str, unit: str) -> Callable[[Any, Target, bool, Seen], dict[str, Any]]:
     def explain(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
-        count = seen["trades" if field == "count" else field]
+        count = seen[name]
         distance = "holds" if holds else f"{spec.above + 1 - count} {unit} to go"
         return {"seen": count, "threshold": f"above {spec.above}", "distance": distance}
 
@@ -320,7 +320,7 @@ REGISTRY: dict[str, Condition] = {c.name: c for c in (
     Condition("account_drawdown", Drawdown, "giveback from the session P&L peak, or from the balance high-water mark",
               "account", _account_drawdown, _explain_account_drawdown),
     Condition("trades", CountLevel, "round trips closed this session (from the account's executions)",
-              "account", _counter("count"), _explain_count("count", "round trip(s)")),
+              "account", _counter("count", "trades"), _explain_count("trades", "round trip(s)")),
     Condition("loss_streak", CountLevel, "losing round trips in a row this session (from the account's executions)",
-              "account", _counter("streak"), _explain_count("streak", "losing round trip(s)")),
+              "account", _counter("streak", "loss_streak"), _explain_count("loss_streak", "losing round trip(s)")),
 )}

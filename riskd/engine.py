@@ -324,7 +324,7 @@ class _Tick:
             self.peaks[name] = max(self.peaks.get(name, 0.0), account.pnl())
         # beyond one session (riskd.ledger): this session's figures, the balance marks, a History per account
         self.ledger = ledger.record(state.ledger, state.session or "", snapshot.accounts)
-        self.marks = ledger.mark(state.marks, snapshot.accounts)
+        self.marks = ledger.mark(state.marks, self.ledger, state.session or "", snapshot.accounts)
         self._history_of: dict[int, ledger.History] = {
             id(a): ledger.History(a, state.session or "", self.ledger.get(a.name.lower(), {}), self.marks.get(a.name.lower()))
             for a in snapshot.accounts}

@@ -9,17 +9,20 @@ and per-account `History` views go out.
   kept LEDGER_DAYS days.
 - A period's P&L (`account_pnl: {period: week | month}`) is the recorded sessions of the period
   before this one, plus what riskd did not see, plus this session's P&L. What riskd did not see is
-  the balance change between the last recorded close and this session's opening balance
-  (net liquidation less this session's net P&L): the P&L of days riskd was down, or of the end of a
-  session it stopped watching. It is exact when the last recorded session is in the same period.
+  the balance change between the last recorded close and a session's opening balance (net
+  liquidation less the session's net P&L): the P&L of days riskd was down, or of the end of a
+  session it stopped watching. Each session's record keeps it, so it stays counted in the sessions
+  after. It is exact when the last recorded session is in the same period.
   When it is not (riskd was down across the period's start), the part of the week before this
   session comes from the account's `weeklyProfitLoss` when the API gives it (read as the week's
   realized P&L net of commission, this session included); otherwise a loss riskd cannot place is
   counted and a gain is not (a limit is never loosened by what riskd could not see). Either way the
   gap is reported (`History.gap`, audited `period_gap`).
 - The balance marks (`State.marks`) are per account [intraday high, end-of-day high]: the highest net
-  liquidation seen on any tick (unrealized included), and the highest opening balance of a session
-  (the previous session's settled close). They never go down and never reset.
+  liquidation seen on any tick (unrealized included), and the highest session close: a session's
+  opening balance (the previous session's settled close), or, for a session whose next one riskd
+  did not see, the last balance it saw in it while the account was flat (trades after that, unseen,
+  are not known). They never go down and never reset.
 """
 
 from __future__ import annotations
@@ -34,12 +37,26 @@ from riskd.schedule import period_of
 LEDGER_DAYS = 62  # a month and its previous one
 CENT = 0.005
 
-Figures = list[float]  # [realized, unrealized, commission, net_liquidation]
+Figures = list[float]  # [realized, unrealized, commission, net_liquidation, unseen before the session]
 
 
-def figures(account: Account) -> Figures:
+def figures(account: Account, unseen: float) -> Figures:
     return [round(account.realized_pnl, 2), round(account.unrealized_pnl, 2), round(account.commission, 2),
-            round(account.net_liquidation, 2)]
+            round(account.net_liquidation, 2), unseen]
+
+
+def _previous(sessions: dict[str, Figures], session: str) -> str | None:
+    return max((s for s in sessions if s < session), default=None)
+
+
+def unseen_before(account: Account, sessions: dict[str, Figures], session: str) -> float | None:
+    """The balance change riskd did not see between the last earlier record and this session's
+    opening balance (None: no earlier record)."""
+    last = _previous(sessions, session)
+    if last is None:
+        return None
+    change = opening_balance(account) - sessions[last][3]
+    return 0.0 if abs(change) < CENT else round(change, 2)
 
 
 def value(fig: Figures, basis: str, net_of_commission: bool) -> float:
@@ -61,7 +78,7 @@ def record(ledger: dict[str, dict[str, Figures]], session: str, accounts: tuple[
     for account in accounts:
         name = account.name.lower()
         sessions = ledger.get(name, {})
-        fig = figures(account)
+        fig = figures(account, unseen_before(account, sessions, session) or 0.0)
         if sessions.get(session) != fig:
             changed[name] = {**sessions, session: fig}
     return {**ledger, **changed} if changed else ledger
@@ -73,13 +90,25 @@ def prune(ledger: dict[str, dict[str, Figures]], session: str) -> dict[str, dict
     return {name: {s: f for s, f in sessions.items() if s >= horizon} for name, sessions in ledger.items()}
 
 
-def mark(marks: dict[str, list[float]], accounts: tuple[Account, ...]) -> dict[str, list[float]]:
-    """Given the balance marks and a snapshot's accounts, return the marks raised where they were passed."""
+def last_close(sessions: dict[str, Figures], session: str) -> float | None:
+    """The balance of the latest earlier session's last figures, when the account was flat then."""
+    last = _previous(sessions, session)
+    return sessions[last][3] if last is not None and sessions[last][1] == 0 else None
+
+
+def mark(marks: dict[str, list[float]], ledger: dict[str, dict[str, Figures]], session: str,
+         accounts: tuple[Account, ...]) -> dict[str, list[float]]:
+    """Given the balance marks, the ledger, the session and a snapshot's accounts, return the marks
+    raised where they were passed. A close is this session's opening balance, or the last balance
+    riskd saw (flat) in the session before (the one that matters when the session between was not seen)."""
     changed: dict[str, list[float]] = {}
     for account in accounts:
         name = account.name.lower()
         old = marks.get(name)
         intraday, eod = round(account.net_liquidation, 2), round(opening_balance(account), 2)
+        closed = last_close(ledger.get(name, {}), session)
+        if closed is not None:
+            eod = max(eod, closed)
         if old is None or intraday > old[0] or eod > old[1]:
             changed[name] = [max(old[0], intraday), max(old[1], eod)] if old else [intraday, eod]
     return {**marks, **changed} if changed else marks
@@ -101,21 +130,33 @@ class History:
 
     @cached_property
     def _last(self) -> str | None:
-        return max((s for s in self.sessions if s < self.session), default=None)
+        return _previous(self.sessions, self.session)
 
     @cached_property
     def unseen(self) -> float | None:
         """The balance change riskd did not see before this session (None: no earlier record)."""
-        if self._last is None:
-            return None
-        change = opening_balance(self.account) - self.sessions[self._last][3]
-        return 0.0 if abs(change) < CENT else round(change, 2)
+        return unseen_before(self.account, self.sessions, self.session)
+
+    def _recorded(self, period: str, basis: str, net_of_commission: bool) -> float:
+        """The recorded sessions of this session's period before it, each with what riskd did not see
+        before it: all of it when the record before was in the same period, else only a loss."""
+        current = period_of(self.session, period)
+        total, previous = 0.0, None
+        for s in sorted(self.sessions):
+            if s >= self.session:
+                break
+            f = self.sessions[s]
+            if period_of(s, period) == current:
+                unseen = f[4] if len(f) > 4 and basis != "unrealized" else 0.0
+                whole = previous is not None and period_of(previous, period) == current
+                total += value(f, basis, net_of_commission) + (unseen if whole else min(unseen, 0.0))
+            previous = s
+        return total
 
     def before(self, period: str, basis: str, net_of_commission: bool) -> tuple[float, dict[str, Any] | None]:
         """The P&L of `period` before this session on a basis, and the gap (None when riskd saw it all)."""
         current = period_of(self.session, period)
-        recorded = sum(value(f, basis, net_of_commission) for s, f in self.sessions.items()
-                       if s < self.session and period_of(s, period) == current)
+        recorded = self._recorded(period, basis, net_of_commission)
         unseen, last = self.unseen, self._last
         if unseen == 0.0 and last is not None:
             return recorded, None

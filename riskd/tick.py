@@ -172,7 +172,8 @@ class Ticker:
             if not trades.needs_fills(earlier, account):
                 continue
             reply = self.client.get_executions(account.name, trades.lookback_s(previous.taken_at, now))
-            entry, trips = trades.fold(counts.get(name), session, earlier, account, previous.taken_at, reply.response if reply.ok else None)
+            entry, trips = trades.fold(counts.get(name), session, earlier, account, previous.taken_at, snapshot.taken_at,
+                                       reply.response if reply.ok else None)
             counts[name] = entry
             for trip in trips:
                 self.audit.emit("round_trip", account=account.name, instrument=trip.instrument, session=session, losing=trip.losing,

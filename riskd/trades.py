@@ -8,7 +8,7 @@ count for this session goes out. The tick (riskd.tick) does the one read this ne
   its realized P&L with no such change (a round trip opened and closed between two polls). Every
   other tick costs no request. The read is a poll-class request: it spends a token only while the
   client's reserve for closes is left (riskd.crosstrade), so it never delays a close.
-- How: the fills since the previous snapshot (by `epoch`, and never one `id` twice) are replayed,
+- How: the fills between the two snapshots (by `epoch`, and never one `id` twice) are replayed,
   oldest first, on the positions that snapshot showed (side, size, average price), average-cost
   as NinjaTrader keeps positions. A round trip ends when a position is back to flat (a reversal
   ends one and starts another); its result is the sum over its exits of (exit price - average
@@ -65,11 +65,11 @@ def lookback_s(since: datetime, now: datetime) -> int:
     return max(10, min(LOOKBACK_MAX_S, int((now - since).total_seconds()) + 5))
 
 
-def _fills(answer: Any, account: str, since: datetime, seen: set[str]) -> list[dict[str, Any]] | None:
+def _fills(answer: Any, account: str, since: datetime, until: datetime, seen: set[str]) -> list[dict[str, Any]] | None:
     rows = answer.get("executions") if isinstance(answer, dict) else answer
     if not isinstance(rows, list):
         return None
-    floor_ms = since.timestamp() * 1000
+    floor_ms, ceiling_ms = since.timestamp() * 1000, until.timestamp() * 1000
     out = []
     for row in rows:
         if not isinstance(row, dict):
@@ -80,7 +80,7 @@ def _fills(answer: Any, account: str, since: datetime, seen: set[str]) -> list[d
                 or side not in ("Long", "Short") or isinstance(qty, bool) or not isinstance(qty, int) or qty < 1
                 or isinstance(price, bool) or not isinstance(price, (int, float))):
             return None
-        if name.lower() != account.lower() or epoch <= floor_ms or (isinstance(ident, str) and ident in seen):
+        if name.lower() != account.lower() or not floor_ms < epoch <= ceiling_ms or (isinstance(ident, str) and ident in seen):
             continue
         out.append(row)
     return sorted(out, key=lambda r: r["epoch"])
@@ -106,7 +106,7 @@ def replay(previous: Account, fills: list[dict[str, Any]], open_points: dict[str
         points[inst] = points.get(inst, 0.0) + (price - average[inst]) * closing * (1 if q > 0 else -1)
         q += direction * closing
         if q == 0:
-            closed.append((inst, round(points.pop(inst), 10)))
+            closed.append((inst, round(points.pop(inst), 6)))  # price points: a break-even trip is 0, not float noise
             rest = qty - closing
             if rest:
                 q, average[inst] = direction * rest, price
@@ -115,14 +115,14 @@ def replay(previous: Account, fills: list[dict[str, Any]], open_points: dict[str
 
 
 def fold(entry: dict[str, Any] | None, session: str, previous: Account, current: Account, since: datetime,
-         answer: Any) -> tuple[dict[str, Any], list[RoundTrip]]:
+         until: datetime, answer: Any) -> tuple[dict[str, Any], list[RoundTrip]]:
     """Given an account's count (None or another session's: it starts over), its previous and current
-    snapshot, the previous one's time and the executions answer (None: not read), return the new
-    count and the round trips closed in between."""
+    snapshot and their times, and the executions answer (None: not read), return the new count and
+    the round trips closed in between (the fills after `since`, up to `until`)."""
     if entry is None or entry.get("session") != session:
         entry = {"session": session, "count": 0, "streak": 0, "open": {}, "ids": []}
     seen = set(entry["ids"])
-    fills = _fills(answer, current.name, since, seen) if answer is not None else None
+    fills = _fills(answer, current.name, since, until, seen) if answer is not None else None
     trips: list[RoundTrip] = []
     open_points = dict(entry["open"])
     after = _book(current)

@@ -16,7 +16,7 @@ from riskd.engine import State
 from riskd.errors import ConfigError
 from riskd.schedule import period_of
 
-PROPERTY = settings(max_examples=120, deadline=None)
+PROPERTY = settings(max_examples=60, deadline=None)
 WEEKLY = rule("weekly-limit", "account_pnl: {below: -2500, period: week}", "flatten: true")
 MONTHLY = rule("monthly-limit", "account_pnl: {below: -4000, period: month}", "flatten: true")
 
