@@ -33,8 +33,7 @@ class Target(NamedTuple):
     days: frozenset[int]
     peak: float
     first_seen: datetime | None
-    history: Any = None  # riskd.ledger.History: the account beyond this session
-    trades: dict[str, Any] | None = None  # riskd.trades: this session's round trips of the account
+    history: Any = None  # riskd.ledger.History: the account beyond this session (and its round trips, riskd.trades)
 
 
 Seen = dict[str, Any]
@@ -289,7 +288,7 @@ class CountLevel(RuleModel):
 
 def _counter(field: str, name: str) -> Callable[[Any, Target], tuple[bool, Seen]]:
     def check(spec: Any, t: Target) -> tuple[bool, Seen]:
-        count = int((t.trades or {}).get(field, 0))
+        count = int(((t.history.trades if t.history is not None else None) or {}).get(field, 0))
         return count > spec.above, {name: count}
 
     return check

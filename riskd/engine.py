@@ -326,7 +326,8 @@ class _Tick:
         self.ledger = ledger.record(state.ledger, state.session or "", snapshot.accounts)
         self.marks = ledger.mark(state.marks, self.ledger, state.session or "", snapshot.accounts)
         self._history_of: dict[int, ledger.History] = {
-            id(a): ledger.History(a, state.session or "", self.ledger.get(a.name.lower(), {}), self.marks.get(a.name.lower()))
+            id(a): ledger.History(a, state.session or "", self.ledger.get(a.name.lower(), {}), self.marks.get(a.name.lower()),
+                                  state.trades.get(a.name.lower()))
             for a in snapshot.accounts}
         # Per-tick caches for the hot path (rules x targets): the local time per zone, and per
         # snapshot object (keyed by id(); the snapshot outlives this tick) its peak, position
@@ -353,7 +354,7 @@ class _Tick:
         if position is not None:
             seen = self._seen_of.get(id(position)) or datetime.fromisoformat(self.first_seen[_position_key(account.name, position)])
         history = self._history_of.get(id(account)) or ledger.History(account, self.old.session or "", {}, None)
-        return Target(account, position, self.now, local, rule.days, peak, seen, history, self.old.trades.get(account.name.lower()))
+        return Target(account, position, self.now, local, rule.days, peak, seen, history)
 
     def gaps(self) -> dict[str, dict[str, Any]]:
         """The gaps of this session: those already known, and those this tick's conditions ran into."""
@@ -436,13 +437,11 @@ class _Tick:
     def edge(self, rule: Rule) -> None:
         # the hot path (every rule x every target): Target built inline from the per-tick caches
         local = self._locals.get(rule.zone) or self._locals.setdefault(rule.zone, self.now.astimezone(rule.zone))
-        now, days, peak_of, seen_of = self.now, rule.days, self._peak_of, self._seen_of
-        history_of, trades = self._history_of, self.old.trades
+        now, days, peak_of, seen_of, history_of = self.now, rule.days, self._peak_of, self._seen_of, self._history_of
         conditions = [(REGISTRY[name].check, spec) for name, spec in rule.conditions]
         for account, position in self.targets(rule):
             target = Target(account, position, now, local, days, peak_of[id(account)],
-                            seen_of[id(position)] if position is not None else None, history_of[id(account)],
-                            trades.get(account.name.lower()))
+                            seen_of[id(position)] if position is not None else None, history_of[id(account)])
             # fast rejection: stop at the first condition that does not hold; the conditions are
             # pure, so check() recomputes the same result (and the inputs) for the targets that pass
             for condition, spec in conditions:

@@ -73,14 +73,20 @@ def opening_balance(account: Account) -> float:
 
 def record(ledger: dict[str, dict[str, Figures]], session: str, accounts: tuple[Account, ...]) -> dict[str, dict[str, Figures]]:
     """Given the ledger, the current session and a snapshot's (well-formed) accounts, return the ledger
-    with this session's figures of each account replaced by the latest (the same object when unchanged)."""
+    with this session's figures of each account replaced by the latest (the same object when unchanged).
+
+    A record changes when the realized P&L, the commission or being flat changes (a fill), not with
+    every move of the open P&L: the state is written on change, and a session's figures matter once
+    it is over, when the account is expected flat (its last flat figures are then exact)."""
     changed: dict[str, dict[str, Figures]] = {}
     for account in accounts:
         name = account.name.lower()
         sessions = ledger.get(name, {})
+        old = sessions.get(session)
         fig = figures(account, unseen_before(account, sessions, session) or 0.0)
-        if sessions.get(session) != fig:
-            changed[name] = {**sessions, session: fig}
+        if old is not None and old[0] == fig[0] and old[2] == fig[2] and (old[1] == 0) == (fig[1] == 0) and old[4:] == fig[4:]:
+            continue
+        changed[name] = {**sessions, session: fig}
     return {**ledger, **changed} if changed else ledger
 
 
@@ -117,8 +123,10 @@ def mark(marks: dict[str, list[float]], ledger: dict[str, dict[str, Figures]], s
 class History:
     """One account's figures beyond this session, at one tick (computed on first use)."""
 
-    def __init__(self, account: Account, session: str, sessions: dict[str, Figures], marks: list[float] | None):
+    def __init__(self, account: Account, session: str, sessions: dict[str, Figures], marks: list[float] | None,
+                 trades: dict[str, Any] | None = None):
         self.account = account
+        self.trades = trades  # this session's round trips (riskd.trades), for the trades and loss_streak conditions
         self.session = session
         self.sessions = sessions
         self.marks = marks or [account.net_liquidation, opening_balance(account)]
