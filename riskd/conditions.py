@@ -159,6 +159,11 @@ def _explain_position_age(spec: Any, t: Target, holds: bool, seen: Seen) -> dict
 
 class AccountPnl(Level):
     expected: ClassVar[str] = "a threshold such as {below: -1000}"
+    model_config = ConfigDict(json_schema_extra={
+        "oneOf": [{"required": ["below"]}, {"required": ["above"]}],
+        "if": {"required": ["basis"], "properties": {"basis": {"const": "unrealized"}}},
+        "then": {"properties": {"period": {"const": "session"}}},
+    })
     basis: Literal["total", "realized", "unrealized"] = Field("total", description="realized + unrealized (total), or one of them")
     net_of_commission: Flag = Field(False, description="subtract the session's commissions")
     period: Literal["session", "week", "month"] = Field(
@@ -175,6 +180,12 @@ class AccountPnl(Level):
 
 class Drawdown(RuleModel):
     expected: ClassVar[str] = "a drawdown such as {limit: 300, after: 500}"
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["metric"], "properties": {"metric": {"const": "balance"}}},
+        "then": {"not": {"required": ["after"]}},
+        "else": {"allOf": [{"not": {"required": ["start"]}}, {"not": {"required": ["stop_trailing_at"]}},
+                           {"properties": {"trail": {"const": "intraday"}}}]},
+    })
     limit: DrawdownLimit = Field(description="dollars below the peak, or 'N%' of the peak")
     after: Money = Field(0.0, description="the drawdown arms once the session P&L peak has reached this (dollars)")
     metric: Literal["session_pnl", "balance"] = Field(

@@ -103,6 +103,14 @@ def test_property_the_month_rolls_exactly_at_the_session_start_of_its_first_trad
     assert (period_of(engine.session_of(t, settings), "month") == "2026-12") == (t >= boundary)
 
 
+def test_an_edited_period_rule_keeps_the_account_s_record():
+    h = Harness(WEEKLY)
+    h.tick(ny(2026, 11, 30, 10, 0), acct(realized=-1500))
+    h.reload(rule("weekly-limit", "account_pnl: {below: -1800, period: week}", "flatten: true"))  # edited: its markers start over
+    hit = h.tick(ny(2026, 12, 1, 10, 0), acct(cash=48500, realized=-301))
+    assert bodies(hit) == [("flatten", {})] and hit[0].inputs["period_pnl"] == -1801
+
+
 # -- balance drawdowns ----------------------------------------------------------------------------
 
 EOD = rule("eod-trailing", "account_drawdown: {limit: 2500, metric: balance, trail: end_of_day, start: 50000, stop_trailing_at: 50100}",
@@ -162,6 +170,28 @@ def test_property_high_water_marks_and_floors_never_move_down_and_a_firing_never
             assert floor >= last_floor.get(row["rule"], floor)
             last_floor[row["rule"]] = floor
         assert len(fires(decisions)) == len({d.rule for d in decisions if d.kind == "fire"})
+
+
+@PROPERTY
+@given(st.lists(st.tuples(st.integers(0, 1), st.floats(min_value=-3000, max_value=3000, allow_nan=False)), min_size=1, max_size=30))
+def test_property_a_period_or_balance_rule_fires_at_most_once_a_session_until_seen_false(steps):
+    h = Harness(WEEKLY + EOD)
+    t, cash, fired_in, held_false = ny(2026, 11, 30, 10, 0), 50000.0, {}, {}
+    for new_session, pnl in steps:
+        if new_session:
+            cash += pnl / 2
+            t += timedelta(days=1)
+        t += seconds(1)
+        account = acct(cash=cash, realized=pnl)
+        session = engine.session_of(t, h.settings)
+        for d in h.tick(t, account):
+            if d.kind == "fire":
+                key = (d.rule, session)
+                assert key not in fired_in or held_false.get(d.rule, False), f"{d.rule} fired twice in {session} without re-arming"
+                fired_in[key], held_false[d.rule] = True, False
+        for row in h.explain(t, account):
+            if not row["conditions"][0]["holds"]:
+                held_false[row["rule"]] = True
 
 
 # -- checks ---------------------------------------------------------------------------------------
