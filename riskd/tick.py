@@ -121,8 +121,6 @@ class Ticker:
             return None
         previous, self.last_snapshot = self.last_snapshot, snapshot
         state = self.executor.resolve(snapshot, self.state, now)
-        if previous is not None and self._counting:
-            state = self._count_trades(previous, snapshot, state, now)
         decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
         self._audit_gaps(state)
         if state.session != self.state.session and self.state.session is not None:
@@ -151,6 +149,9 @@ class Ticker:
             acted.add(d.account.lower())
             self.state = state = self.executor.act(d, snapshot, state, now)
             unavailable = self.executor.unavailable
+        if previous is not None and self._counting:  # after acting: an executions read never holds back a close
+            self.state = self._count_trades(previous, snapshot, self.state, now)
+            self.store.save(self.state, now)
         for d in decisions:  # after acting: 10,000 `superseded` lines never hold back a close
             if d.kind != "fire":
                 self._audit_decision(d, now)
@@ -160,7 +161,8 @@ class Ticker:
 
     def _count_trades(self, previous: Snapshot, snapshot: Snapshot, state: State, now: datetime) -> State:
         """Fold the round trips closed since the previous snapshot into the state (riskd.trades): one
-        executions read per account in scope whose snapshot shows a position shrink or close."""
+        executions read per account in scope whose snapshot shows a position shrink or close. It runs
+        after this tick's actions, so a `trades` / `loss_streak` rule sees a round trip on the next tick."""
         session = engine.session_of(now, self.engine_settings)
         before = {a.name.lower(): a for a in previous.accounts}
         counts = dict(state.trades)

@@ -7,7 +7,8 @@ count for this session goes out. The tick (riskd.tick) does the one read this ne
   snapshot shows a position shrink, close or reversal since the previous snapshot, or a change of
   its realized P&L with no such change (a round trip opened and closed between two polls). Every
   other tick costs no request. The read is a poll-class request: it spends a token only while the
-  client's reserve for closes is left (riskd.crosstrade), so it never delays a close.
+  client's reserve for closes is left (riskd.crosstrade), and it is made after the tick's actions,
+  so it never delays a close (a `trades` / `loss_streak` rule sees the round trip one poll later).
 - How: the fills between the two snapshots (by `epoch`, and never one `id` twice) are replayed,
   oldest first, on the positions that snapshot showed (side, size, average price), average-cost
   as NinjaTrader keeps positions. A round trip ends when a position is back to flat (a reversal

@@ -143,6 +143,8 @@ def test_loss_streak_flattens_after_the_third_losing_round_trip_reading_executio
         assert rig.posts("/positions/flatten") == []  # still open: not a round trip yet
         sim.open_position("Sim101", "MES 12-26", "short", 1, price=6005)
         t += 1
+        rig.tick_at(t)  # counted after this tick's actions: an executions read never holds back a close
+        t += 1
         rig.tick_at(t)
         (flatten,) = rig.posts("/positions/flatten")
         (fired,) = rig.events("fired", rule="three-losers")
