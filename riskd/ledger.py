@@ -13,11 +13,12 @@ and per-account `History` views go out.
   liquidation less the session's net P&L): the P&L of days riskd was down, or of the end of a
   session it stopped watching. Each session's record keeps it, so it stays counted in the sessions
   after. It is exact when the last recorded session is in the same period.
-  When it is not (riskd was down across the period's start), the part of the week before this
-  session comes from the account's `weeklyProfitLoss` when the API gives it (read as the week's
-  realized P&L net of commission, this session included); otherwise a loss riskd cannot place is
-  counted and a gain is not (a limit is never loosened by what riskd could not see). Either way the
-  gap is reported (`History.gap`, audited `period_gap`).
+  When it is not (riskd was down across the period's start), a loss riskd cannot place is counted
+  and a gain is not (a limit is never loosened by what riskd could not see); for a week, the part
+  before this session from the account's `weeklyProfitLoss` (read as the week's realized P&L net of
+  commission, this session included) is counted instead when the API gives it and it is the lower
+  of the two (a stale or zero `weeklyProfitLoss` never hides a loss). Either way the gap is reported
+  (`History.gaps`, audited `period_gap`).
 - The balance marks (`State.marks`) are per account [intraday high, end-of-day high]: the highest net
   liquidation seen on any tick (unrealized included), and the highest session close: a session's
   opening balance (the previous session's settled close), or, for a session whose next one riskd
@@ -173,11 +174,12 @@ class History:
             counted = unseen if basis != "unrealized" else 0.0
             return recorded + (counted or 0.0), {**gap, "source": "balance", "counted": counted}
         weekly = self.account.weekly_pnl
+        loss = min(unseen or 0.0, 0.0)  # what the balance says, counted only as a loss
         if period == "week" and weekly is not None:
             counted = round(weekly - (self.account.realized_pnl - self.account.commission) - recorded, 2)
-            return recorded + counted, {**gap, "source": "weeklyProfitLoss", "counted": counted}
-        counted = min(unseen or 0.0, 0.0)
-        return recorded + counted, {**gap, "source": "balance" if unseen is not None else "none", "counted": counted}
+            if unseen is None or counted <= loss:  # the lower of the two: a stale weeklyProfitLoss never hides a loss
+                return recorded + counted, {**gap, "source": "weeklyProfitLoss", "counted": counted}
+        return recorded + loss, {**gap, "source": "balance" if unseen is not None else "none", "counted": loss}
 
     def period_pnl(self, period: str, basis: str, net_of_commission: bool) -> tuple[float, dict[str, Any] | None]:
         """The P&L of the period this session is in (this session included), and the gap."""

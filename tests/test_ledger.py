@@ -65,6 +65,13 @@ def test_down_across_the_start_of_the_week_uses_weekly_profit_loss_where_the_api
     assert h.state.gaps["sim101"]["week"]["source"] == "weeklyProfitLoss" and h.state.gaps["sim101"]["week"]["counted"] == -2000
 
 
+def test_a_stale_weekly_profit_loss_never_hides_a_loss_the_balance_shows():
+    h = Harness(WEEKLY)
+    h.tick(ny(2026, 11, 27, 10, 0), acct(realized=300))
+    hit = h.tick(ny(2026, 12, 2, 10, 0), acct(cash=48000, realized=-600, weekly=-600))  # weeklyProfitLoss says nothing earlier
+    assert bodies(hit) == [("flatten", {})] and h.state.gaps["sim101"]["week"]["source"] == "balance"
+
+
 def test_without_weekly_profit_loss_an_unplaceable_loss_counts_and_a_gain_does_not():
     down = Harness(WEEKLY)
     down.tick(ny(2026, 11, 27, 10, 0), acct(realized=300))
