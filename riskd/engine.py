@@ -63,7 +63,8 @@ class State:
     known:       rule name -> [digest, ISO time first loaded]
     tracked:     position identity -> [last quantity seen, snapshots it has been absent from, confirmed 0|1]
     inflight:    firing keys whose last action has an unresolved outcome: never fire them again
-    ledger:      account -> {session: [realized, unrealized, commission, net liquidation]} (riskd.ledger; kept across sessions)
+    ledger:      account -> {session: [realized, unrealized, commission, net liquidation, balance change unseen before it]}
+                 (riskd.ledger; kept across sessions)
     marks:       account -> [intraday balance high, end-of-day balance high] (riskd.ledger; never reset)
     trades:      account -> {"count": round trips closed, "streak": losing ones in a row, "open": {INSTRUMENT: points}}
                  (riskd.trades; this session)

@@ -149,7 +149,8 @@ class Ticker:
             acted.add(d.account.lower())
             self.state = state = self.executor.act(d, snapshot, state, now)
             unavailable = self.executor.unavailable
-        if previous is not None and self._counting:  # after acting: an executions read never holds back a close
+        # after acting: an executions read never holds back a close
+        if previous is not None and self._counting and not self.stopping.is_set():
             self.state = self._count_trades(previous, snapshot, self.state, now)
             self.store.save(self.state, now)
         for d in decisions:  # after acting: 10,000 `superseded` lines never hold back a close
