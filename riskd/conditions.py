@@ -257,6 +257,8 @@ def balance_high(spec: Any, t: Target) -> float:
 
 
 def _balance_drawdown(spec: Any, t: Target) -> tuple[bool, Seen]:
+    if not t.account.balance_known:  # the snapshot gave no netLiquidation: not a balance of 0
+        return False, {"balance": None, "trail": spec.trail}
     balance, high = t.account.net_liquidation, balance_high(spec, t)
     floor = drawdown_floor(spec, high)
     frozen = spec.stop_trailing_at is not None and floor == spec.stop_trailing_at
@@ -276,6 +278,9 @@ def _account_drawdown(spec: Any, t: Target) -> tuple[bool, Seen]:
 def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
     kind, amount = spec.limit
     limit = f"{amount * 100:g}% of the peak" if kind == "percent" else f"${amount:.2f}"
+    if spec.metric == "balance" and seen["balance"] is None:
+        return {"seen": "balance not reported", "threshold": f"{limit} below the {spec.trail} high",
+                "distance": "unknown: no netLiquidation"}
     if spec.metric == "balance":
         trail = "end-of-day" if spec.trail == "end_of_day" else "intraday"
         frozen = f", frozen at {spec.stop_trailing_at:.2f}" if seen["frozen"] else (

@@ -583,6 +583,7 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
                 net_liquidation=figures["netLiquidation"],
                 positions=positions,
                 weekly_pnl=_weekly(item),
+                balance_known="netLiquidation" in item,
             )
         )
     return Snapshot(taken_at=taken_at, accounts=tuple(accounts), unknown=frozenset(unknown), problems=tuple(problems))

@@ -54,7 +54,7 @@ def unseen_before(account: Account, sessions: dict[str, Figures], session: str) 
     """The balance change riskd did not see between the last earlier record and this session's
     opening balance (None: no earlier record)."""
     last = _previous(sessions, session)
-    if last is None:
+    if last is None or not account.balance_known:
         return None
     change = opening_balance(account) - sessions[last][3]
     return 0.0 if abs(change) < CENT else round(change, 2)
@@ -81,6 +81,8 @@ def record(ledger: dict[str, dict[str, Figures]], session: str, accounts: tuple[
     it is over, when the account is expected flat (its last flat figures are then exact)."""
     changed: dict[str, dict[str, Figures]] = {}
     for account in accounts:
+        if not account.balance_known:
+            continue
         name = account.name.lower()
         sessions = ledger.get(name, {})
         old = sessions.get(session)
@@ -110,6 +112,8 @@ def mark(marks: dict[str, list[float]], ledger: dict[str, dict[str, Figures]], s
     riskd saw (flat) in the session before (the one that matters when the session between was not seen)."""
     changed: dict[str, list[float]] = {}
     for account in accounts:
+        if not account.balance_known:  # a missing balance is not a balance of 0
+            continue
         name = account.name.lower()
         old = marks.get(name)
         intraday, eod = round(account.net_liquidation, 2), round(opening_balance(account), 2)
@@ -171,8 +175,8 @@ class History:
             return recorded, None
         gap: dict[str, Any] = {"period": period, "since": last, "unseen": unseen}
         if last is not None and period_of(last, period) == current:
-            counted = unseen if basis != "unrealized" else 0.0
-            return recorded + (counted or 0.0), {**gap, "source": "balance", "counted": counted}
+            counted = (unseen or 0.0) if basis != "unrealized" else 0.0
+            return recorded + counted, {**gap, "source": "balance" if unseen is not None else "none", "counted": counted}
         weekly = self.account.weekly_pnl
         loss = min(unseen or 0.0, 0.0)  # what the balance says, counted only as a loss
         if period == "week" and weekly is not None:

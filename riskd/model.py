@@ -45,6 +45,7 @@ class Account:
     net_liquidation: float
     positions: tuple[Position, ...] = ()
     weekly_pnl: float | None = None  # the item's weeklyProfitLoss when the API gives a number (riskd.ledger)
+    balance_known: bool = True  # False when the item has no netLiquidation (net_liquidation then reads 0, which is not a balance)
 
     def pnl(self, basis: str = "total", net_of_commission: bool = False) -> float:
         """Given a basis (total|realized|unrealized), return the session P&L on it."""

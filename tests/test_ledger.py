@@ -219,3 +219,16 @@ def test_contradictory_combinations_are_refused_with_a_located_message(when, mes
         policy(rule("r", when, "flatten: true"))
     text = str(err.value)
     assert "<rules>:3:" in text and "rule r:" in text and message in text, text
+
+
+def test_a_snapshot_without_net_liquidation_is_not_a_balance_of_zero():
+    from dataclasses import replace
+
+    h = Harness(EOD + WEEKLY)
+    h.tick(ny(2026, 11, 30, 10, 0), acct(cash=52000))
+    marks = h.state.marks["sim101"]
+    glitch = replace(acct(cash=52000), net_liquidation=0.0, balance_known=False)
+    assert h.tick(ny(2026, 11, 30, 10, 1), glitch) == [] and h.tick(ny(2026, 12, 1, 10, 0), glitch) == []
+    assert h.state.marks["sim101"] == marks and set(h.state.ledger["sim101"]) == {"2026-11-30"}
+    row = next(r for r in h.explain(ny(2026, 12, 1, 10, 1), glitch) if r["rule"] == "eod-trailing")
+    assert row["conditions"][0]["seen"] == "balance not reported"
