@@ -127,7 +127,8 @@ def test_weekly_limit_and_a_frozen_end_of_day_floor_across_sessions_a_restart_an
 
 def test_riskd_once_shows_the_high_water_mark_the_floor_and_the_distance(tmp_path, sim_factory, token):
     sim, server = sim_factory({"accounts": [{"name": "EVAL1", "cash": 51000.0, "positions": []}]})
-    config = write_policy(tmp_path, server.base_url, [RULES[0]])
+    weekly = {**RULES[1], "accounts": "EVAL1"}
+    config = write_policy(tmp_path, server.base_url, [RULES[0], weekly])
     store = Store(tmp_path / "state")
     store.save(State(marks={"eval1": [53000.0, 52500.0]}), START)  # what earlier sessions left
     store.close()
@@ -135,3 +136,6 @@ def test_riskd_once_shows_the_high_water_mark_the_floor_and_the_distance(tmp_pat
     assert result.returncode == 0, result.stderr
     assert ("account_drawdown=balance 51000.00  ($2000.00 below the end-of-day high (high 52500.00, floor 50100.00, frozen at 50100.00))"
             "  $900.00 to go") in result.stdout
+    # no record before this session: the week before it is the account's weeklyProfitLoss (0 in the simulator), and it says so
+    assert ("account_pnl=0.00  (below -2000.00 this week)  $2000.00 to go (counts 0.00 riskd did not see, from weeklyProfitLoss)"
+            in result.stdout), result.stdout
