@@ -35,7 +35,7 @@ from typing import Any
 from riskd.model import Account
 from riskd.schedule import period_of
 
-LEDGER_DAYS = 62  # a month and its previous one
+LEDGER_DAYS = 40  # a month of sessions and the one before it
 CENT = 0.005
 
 Figures = list[float]  # [realized, unrealized, commission, net_liquidation, unseen before the session]

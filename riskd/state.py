@@ -185,6 +185,8 @@ class Store:
             raise StateError(f"state store {self.path} is unreadable ({exc.__class__.__name__}: {exc}); "
                              "move it aside to start fresh, keeping it for review") from None
         self._saved_doc: str | None = None
+        self._ledger_obj: object = None  # the ledger last serialised (kept alive, so `is` is safe) and its JSON
+        self._ledger_json = "{}"
         self._ensure_reserve()
 
     # disk space --------------------------------------------------------------------------------
@@ -311,6 +313,15 @@ class Store:
 
     # engine state ------------------------------------------------------------------------------
 
+    def _doc(self, state: State) -> str:
+        """The engine state as the JSON document stored. The ledger (every account's sessions, the bulk
+        of it) is serialised again only when the engine made a new one: it changes with fills, not ticks."""
+        body = state.to_json()
+        ledger = body.pop("ledger")
+        if ledger is not self._ledger_obj:
+            self._ledger_obj, self._ledger_json = ledger, json.dumps(ledger, sort_keys=True)
+        return json.dumps(body, sort_keys=True)[:-1] + ', "ledger": ' + self._ledger_json + "}"
+
     def load(self) -> State:
         try:
             row = self._db.execute("SELECT doc FROM engine WHERE id = 1").fetchone()
@@ -322,7 +333,7 @@ class Store:
         return state
 
     def save(self, state: State, now: datetime) -> None:
-        doc = json.dumps(state.to_json(), sort_keys=True)
+        doc = self._doc(state)
         if doc == self._saved_doc:
             return
 
@@ -355,7 +366,7 @@ class Store:
     def finish(self, key: str, status: str, now: datetime, state: State | None = None, *,
                settle_at: datetime | None = None, outcome: str | None = None) -> None:
         """Record an intent's outcome (done | failed | unknown), with the state that counts it, atomically."""
-        doc = json.dumps(state.to_json(), sort_keys=True) if state is not None else None
+        doc = self._doc(state) if state is not None else None
 
         def write() -> None:
             with self._db:
