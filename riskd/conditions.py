@@ -19,7 +19,22 @@ from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 from pydantic import ConfigDict, Field
 
-from riskd.fields import Contracts, Cross, DrawdownLimit, Duration, Flag, Money, RuleModel, Tags, Weight, Window, _money, lenient
+from riskd.fields import (
+    Contracts,
+    Count,
+    Cross,
+    DrawdownLimit,
+    Duration,
+    Flag,
+    Money,
+    RuleModel,
+    Tags,
+    Weight,
+    Window,
+    _money,
+    drawdown_limit,
+    lenient,
+)
 from riskd.model import Account, Position
 from riskd.schedule import format_span, in_window, relative_window, wall_occurrences, window_bounds
 from riskd.sizes import MICRO_WEIGHT, by_root, weighted
@@ -38,6 +53,7 @@ class Target(NamedTuple):
     calendar: Any = None  # riskd.calendar.Calendar (sessions, holidays, news events)
     market: str | None = None  # the market whose calendar the rule's clock follows; None: the plain wall clock
     trading_days: bool = False  # `days: trading_days`
+    history: Any = None  # riskd.ledger.History: the account beyond this session (and its round trips, riskd.trades)
 
 
 Seen = dict[str, Any]
@@ -204,14 +220,27 @@ def _explain_position_age(spec: Any, t: Target, holds: bool, seen: Seen) -> dict
 
 class AccountPnl(Level):
     expected: ClassVar[str] = "a threshold such as {below: -1000}"
+    model_config = ConfigDict(json_schema_extra={
+        "oneOf": [{"required": ["below"]}, {"required": ["above"]}],
+        "if": {"required": ["basis"], "properties": {"basis": {"const": "unrealized"}}},
+        "then": {"properties": {"period": {"const": "session"}}},
+    })
     basis: Literal["total", "realized", "unrealized"] = Field("total", description="realized + unrealized (total), or one of them")
     net_of_commission: Flag = Field(False, description="subtract the session's commissions")
     once_above: Money | None = Field(None, description="a profit floor: holds only once the session P&L peak has reached this "
                                                        "(dollars); with below, the floor")
+    period: Literal["session", "week", "month"] = Field(
+        "session", description="the P&L of this session, or of the trading week (from the Sunday 18:00 session) or month it is in")
 
     @classmethod
     def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
         problems = super()._cross(raw, misspelt)
+        if raw.get("basis") == "unrealized" and raw.get("period", "session") != "session":
+            problems.append((("period",), "the open P&L (basis: unrealized) is not summed across sessions; "
+                                          "use basis: total or realized, or remove 'period'"))
+        if "once_above" in raw and raw.get("period", "session") != "session":
+            problems.append((("once_above",), "'once_above' arms on the session P&L peak: use it without 'period' (a session floor), "
+                                              "or remove once_above"))
         if "once_above" not in raw:
             return problems
         trigger, floor = lenient(_money, raw["once_above"]), lenient(_money, raw.get("below"))
@@ -229,11 +258,53 @@ class AccountPnl(Level):
 
 class Drawdown(RuleModel):
     expected: ClassVar[str] = "a drawdown such as {limit: 300, after: 500}"
-    limit: DrawdownLimit = Field(description="dollars below the session P&L peak, or 'N%' of the peak")
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"required": ["metric"], "properties": {"metric": {"const": "balance"}}},
+        "then": {"not": {"required": ["after"]}},
+        "else": {"allOf": [{"not": {"required": ["start"]}}, {"not": {"required": ["stop_trailing_at"]}},
+                           {"properties": {"trail": {"const": "intraday"}}}]},
+    })
+    limit: DrawdownLimit = Field(description="dollars below the peak, or 'N%' of the peak")
     after: Money = Field(0.0, description="the drawdown arms once the session P&L peak has reached this (dollars)")
+    metric: Literal["session_pnl", "balance"] = Field(
+        "session_pnl", description="what trails: the session P&L (its peak resets each session) or the balance (net liquidation)")
+    trail: Literal["intraday", "end_of_day"] = Field(
+        "intraday", description="balance: the peak follows every tick (intraday) or only each session's closing balance")
+    start: Money | None = Field(None, description="balance: the peak starts at this balance (the account's starting balance)")
+    stop_trailing_at: Money | None = Field(None, description="balance: the floor never rises above this level (it freezes there)")
+
+    @classmethod
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
+        problems: Cross = []
+        if raw.get("metric", "session_pnl") == "balance":
+            if "after" in raw:
+                problems.append((("after",), "'after' arms a session P&L drawdown; a balance drawdown trails from 'start'; remove 'after'"))
+            limit, start, stop = lenient(drawdown_limit, raw.get("limit")), raw.get("start"), raw.get("stop_trailing_at")
+            if limit is not None and isinstance(start, (int, float)) and isinstance(stop, (int, float)):
+                first = _floor(limit, float(start))
+                if float(stop) <= first:
+                    problems.append((("stop_trailing_at",), f"the floor starts at {first:.2f} (start less the limit), so a floor frozen "
+                                                            f"at {float(stop):.2f} never trails; raise 'stop_trailing_at' or remove it"))
+        else:
+            if raw.get("trail") == "end_of_day":
+                problems.append((("trail",), "'trail: end_of_day' needs 'metric: balance' (the session P&L starts at 0 every session)"))
+            for key in ("start", "stop_trailing_at"):
+                if key in raw:
+                    problems.append(((key,), f"'{key}' applies only with 'metric: balance'; add it or remove '{key}'"))
+        return problems
+
+
+def _floor(limit: Any, peak: float) -> float:
+    kind, amount = limit
+    return peak - (amount * peak if kind == "percent" else amount)
 
 
 def _account_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
+    if spec.period != "session" and t.history is not None:
+        value, gap = t.history.period_pnl(spec.period, spec.basis, spec.net_of_commission)
+        seen = {"period_pnl": round(value, 2), "period": spec.period, "session_pnl": t.account.pnl(spec.basis, spec.net_of_commission),
+                "basis": spec.basis, "net_of_commission": spec.net_of_commission}
+        return spec.holds(value), {**seen, "gap": gap} if gap else seen
     value = t.account.pnl(spec.basis, spec.net_of_commission)
     # derived numbers are seen (audited, explained) in cents: -1100.0, not -1099.9999999999943; the check uses the exact value
     seen = {"account_pnl": round(value, 2), "basis": spec.basis, "net_of_commission": spec.net_of_commission}
@@ -244,23 +315,47 @@ def _account_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
 
 
 def _explain_account_pnl(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
-    row = _level(seen["account_pnl"], spec, holds)
+    row = _level(seen["period_pnl"] if "period_pnl" in seen else seen["account_pnl"], spec, holds)
     if spec.basis != "total" or spec.net_of_commission:
         row["threshold"] += f" ({spec.basis}{', net of commission' if spec.net_of_commission else ''})"
     if spec.once_above is not None:
         row["threshold"] += f" once the peak reached {spec.once_above:.2f} (peak {seen['peak']:.2f})"
         if not seen["armed"]:
             row["distance"] = f"inactive until the session P&L reaches {spec.once_above:.2f} (${spec.once_above - seen['peak']:.2f} to go)"
+    if "period" in seen:
+        row["threshold"] += f" this {seen['period']}"
+        gap = seen.get("gap")
+        if gap:
+            row["distance"] += f" (counts {gap['counted']:.2f} riskd did not see, from {gap['source']})"
     return row
 
 
 def drawdown_floor(spec: Any, peak: float) -> float:
-    """Given an account_drawdown spec and the session peak, return the P&L at which it fires."""
-    kind, amount = spec.limit
-    return peak - (amount * peak if kind == "percent" else amount)
+    """Given an account_drawdown spec and its peak, return the level at which it fires (a balance
+    floor stops rising at stop_trailing_at)."""
+    floor = _floor(spec.limit, peak)
+    return min(floor, spec.stop_trailing_at) if spec.stop_trailing_at is not None else floor
+
+
+def balance_high(spec: Any, t: Target) -> float:
+    """A balance drawdown's high-water mark: the account's mark for its trail, never below `start`."""
+    high = t.history.high(spec.trail) if t.history is not None else t.account.net_liquidation
+    return max(high, spec.start) if spec.start is not None else high
+
+
+def _balance_drawdown(spec: Any, t: Target) -> tuple[bool, Seen]:
+    if not t.account.balance_known:  # the snapshot gave no netLiquidation: not a balance of 0
+        return False, {"balance": None, "trail": spec.trail}
+    balance, high = t.account.net_liquidation, balance_high(spec, t)
+    floor = drawdown_floor(spec, high)
+    frozen = spec.stop_trailing_at is not None and floor == spec.stop_trailing_at
+    return balance <= floor, {"balance": round(balance, 2), "high": round(high, 2), "floor": round(floor, 2), "trail": spec.trail,
+                              "frozen": frozen}
 
 
 def _account_drawdown(spec: Any, t: Target) -> tuple[bool, Seen]:
+    if spec.metric == "balance":
+        return _balance_drawdown(spec, t)
     pnl = t.account.pnl()
     floor = drawdown_floor(spec, t.peak)
     armed = t.peak >= spec.after and (spec.limit[0] == "dollars" or t.peak > 0)  # N% of a zero peak is no limit yet
@@ -270,6 +365,16 @@ def _account_drawdown(spec: Any, t: Target) -> tuple[bool, Seen]:
 def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
     kind, amount = spec.limit
     limit = f"{amount * 100:g}% of the peak" if kind == "percent" else f"${amount:.2f}"
+    if spec.metric == "balance" and seen["balance"] is None:
+        return {"seen": "balance not reported", "threshold": f"{limit} below the {spec.trail} high",
+                "distance": "unknown: no netLiquidation"}
+    if spec.metric == "balance":
+        trail = "end-of-day" if spec.trail == "end_of_day" else "intraday"
+        frozen = f", frozen at {spec.stop_trailing_at:.2f}" if seen["frozen"] else (
+            f", freezes at {spec.stop_trailing_at:.2f}" if spec.stop_trailing_at is not None else "")
+        return {"seen": f"balance {seen['balance']:.2f}",
+                "threshold": f"{limit} below the {trail} high (high {seen['high']:.2f}, floor {seen['floor']:.2f}{frozen})",
+                "distance": "holds" if holds else f"${seen['balance'] - seen['floor']:.2f} to go"}
     row = {"seen": round(seen["account_pnl"], 2),
            "threshold": f"{limit} below the peak (peak {seen['peak']:.2f}, floor {seen['floor']:.2f})"}
     if not seen["armed"]:
@@ -309,6 +414,32 @@ def _explain_size(name: str) -> Callable[[Any, Target, bool, Seen], dict[str, An
         where = f", {seen['root']} and its micros" if seen.get("root") else ""
         return {"seen": value, "threshold": f"above {spec.above} full-size contract(s){where}",
                 "distance": "holds" if holds else f"more than {round(spec.above - value, 6):g} contract(s) to go"}
+
+    return explain
+
+
+# ---------------------------------------------------------------------------------------------
+# Trades and streaks (riskd.trades counts the round trips).
+
+
+class CountLevel(RuleModel):
+    expected: ClassVar[str] = "a threshold such as {above: 3}"
+    above: Count = Field(description="holds when the count is more than this")
+
+
+def _counter(field: str, name: str) -> Callable[[Any, Target], tuple[bool, Seen]]:
+    def check(spec: Any, t: Target) -> tuple[bool, Seen]:
+        count = int(((t.history.trades if t.history is not None else None) or {}).get(field, 0))
+        return count > spec.above, {name: count}
+
+    return check
+
+
+def _explain_count(name: str, unit: str) -> Callable[[Any, Target, bool, Seen], dict[str, Any]]:
+    def explain(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
+        count = seen[name]
+        distance = "holds" if holds else f"{spec.above + 1 - count} {unit} to go"
+        return {"seen": count, "threshold": f"above {spec.above}", "distance": distance}
 
     return explain
 
@@ -362,7 +493,7 @@ REGISTRY: dict[str, Condition] = {c.name: c for c in (
               "position", _position_age, _explain_position_age),
     Condition("account_pnl", AccountPnl, "the account's session P&L (dollars)",
               "account", _account_pnl, _explain_account_pnl),
-    Condition("account_drawdown", Drawdown, "giveback from the session P&L peak",
+    Condition("account_drawdown", Drawdown, "giveback from the session P&L peak, or from the balance high-water mark",
               "account", _account_drawdown, _explain_account_drawdown),
     Condition("instrument_size", GroupSize, "per root, every contract month together, micros weighed against minis",
               "group", _instrument_size, _explain_size("instrument_size")),
@@ -371,4 +502,8 @@ REGISTRY: dict[str, Condition] = {c.name: c for c in (
     # per position: each position open (or opened) in the window is a target, so the window stays flat
     Condition("near_event", NearEvent, "within a window around a news event of the event file (riskd.yaml calendar.events)",
               "position", _near_event, _explain_near_event),
+    Condition("trades", CountLevel, "round trips closed this session (from the account's executions)",
+              "account", _counter("count", "trades"), _explain_count("trades", "round trip(s)")),
+    Condition("loss_streak", CountLevel, "losing round trips in a row this session (from the account's executions)",
+              "account", _counter("streak", "loss_streak"), _explain_count("loss_streak", "losing round trip(s)")),
 )}

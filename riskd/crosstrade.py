@@ -475,7 +475,7 @@ def _float(obj: dict[str, Any], key: str) -> float:
 
 
 def _shown(obj: dict[str, Any], key: str) -> float | None:
-    """A figure riskd only shows (never decides on): None when absent, null or not a finite number."""
+    """A figure of the API's that may be missing: None when absent, null or not a finite number (never a zero)."""
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
@@ -584,8 +584,9 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
                 commission=figures["commission"],
                 net_liquidation=figures["netLiquidation"],
                 positions=positions,
-                week_pnl=_shown(item, "weeklyProfitLoss"),
+                weekly_pnl=_shown(item, "weeklyProfitLoss"),
                 cash_value=_shown(item, "cashValue"),
+                balance_known="netLiquidation" in item,
             )
         )
     return Snapshot(taken_at=taken_at, accounts=tuple(accounts), unknown=frozenset(unknown), problems=tuple(problems))

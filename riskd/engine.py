@@ -40,7 +40,7 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Iterable
 
-from riskd import sizes
+from riskd import ledger, sizes
 from riskd.conditions import REGISTRY, Target
 from riskd.fields import SessionTime
 from riskd.keys import FiringKey, LockKey, OccurrenceKey, PositionKey, TargetKey, rule_of
@@ -77,6 +77,12 @@ class State:
     inflight:    firing keys whose last action has an unresolved outcome: never fire them again
     paused:      rule name -> ISO time its operator pause ends
     account_locks: account (lower case) -> ISO time its operator lock ends
+    ledger:      account -> {session: [realized, unrealized, commission, net liquidation, balance change unseen before it]}
+                 (riskd.ledger; kept across sessions)
+    marks:       account -> [intraday balance high, end-of-day balance high] (riskd.ledger; never reset)
+    trades:      account -> {"count": round trips closed, "streak": losing ones in a row, "open": {INSTRUMENT: points}}
+                 (riskd.trades; this session)
+    gaps:        account -> what riskd could not see of a period before this session (riskd.ledger; this session)
     """
 
     session: str | None = None
@@ -92,6 +98,10 @@ class State:
     inflight: frozenset[str] = frozenset()
     paused: dict[str, str] = field(default_factory=dict)
     account_locks: dict[str, str] = field(default_factory=dict)
+    ledger: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    marks: dict[str, list[float]] = field(default_factory=dict)
+    trades: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gaps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +118,10 @@ class State:
             "tracked": self.tracked,
             "paused": self.paused,
             "account_locks": self.account_locks,
+            "ledger": self.ledger,
+            "marks": self.marks,
+            "trades": self.trades,
+            "gaps": self.gaps,
         }
 
     @classmethod
@@ -124,7 +138,7 @@ class State:
         return state
 
 
-STATE_VERSION = 2  # 2: case-insensitive keys (riskd.keys) and `tracked`
+STATE_VERSION = 3  # 2: case-insensitive keys (riskd.keys) and `tracked`; 3: `ledger`, `marks`, `trades`, `gaps` (empty from a 2)
 
 
 def _position_or_none(text: str) -> PositionKey | None:
@@ -370,6 +384,13 @@ class _Tick:
         for account in snapshot.accounts:
             name = account.name.lower()
             self.peaks[name] = max(self.peaks.get(name, 0.0), account.pnl())
+        # beyond one session (riskd.ledger): this session's figures, the balance marks, a History per account
+        self.ledger = ledger.record(state.ledger, state.session or "", snapshot.accounts)
+        self.marks = ledger.mark(state.marks, self.ledger, state.session or "", snapshot.accounts)
+        self._history_of: dict[int, ledger.History] = {
+            id(a): ledger.History(a, state.session or "", self.ledger.get(a.name.lower(), {}), self.marks.get(a.name.lower()),
+                                  state.trades.get(a.name.lower()))
+            for a in snapshot.accounts}
         # Per-tick caches for the hot path (rules x targets): the local time per zone, and per
         # snapshot object (keyed by id(); the snapshot outlives this tick) its peak, position
         # key and parsed first-seen time. Pure memoisation: same values as computing them inline.
@@ -395,10 +416,22 @@ class _Tick:
         seen = None
         if position is not None:
             seen = self._seen_of.get(id(position)) or datetime.fromisoformat(self.first_seen[_position_key(account.name, position)])
-        return Target(account, position, self.now, local, rule.days, peak, seen, self.calendar, self.market(rule), rule.trading_days)
+        history = self._history_of.get(id(account)) or ledger.History(account, self.old.session or "", {}, None)
+        return Target(account, position, self.now, local, rule.days, peak, seen, self.calendar, self.market(rule), rule.trading_days,
+                      history)
 
     def market(self, rule: Rule) -> str | None:
         return self.calendar.market if rule.market == "default" else rule.market
+
+    def gaps(self) -> dict[str, dict[str, Any]]:
+        """The gaps of this session: those already known, and those this tick's conditions ran into."""
+        out = dict(self.old.gaps)
+        for history in self._history_of.values():
+            name = history.account.name.lower()
+            for period, gap in history.gaps.items():
+                if period not in out.get(name, {}):
+                    out[name] = {**out.get(name, {}), period: gap}
+        return out
 
     def target_key(self, rule: Rule, account: Account, position: Position | None) -> str:
         return str(self._target(account, position))
@@ -484,6 +517,8 @@ class _Tick:
             scoped = self._scoped_of[key] = replace(account, positions=positions)
             self._targets_of[id(scoped)] = positions
             self._peak_of[id(scoped)] = self._peak_of.get(id(account), self.peaks.get(account.name.lower(), 0.0))
+            if id(account) in self._history_of:
+                self._history_of[id(scoped)] = self._history_of[id(account)]
         return scoped
 
     def group_orders(self, rule: Rule, account: Account) -> tuple[Order, ...]:
@@ -527,12 +562,13 @@ class _Tick:
     def edge(self, rule: Rule) -> None:
         # the hot path (every rule x every target): Target built inline from the per-tick caches
         local = self._locals.get(rule.zone) or self._locals.setdefault(rule.zone, self.now.astimezone(rule.zone))
-        now, days, peak_of, seen_of = self.now, rule.days, self._peak_of, self._seen_of
+        now, days, peak_of, seen_of, history_of = self.now, rule.days, self._peak_of, self._seen_of, self._history_of
         conditions = [(REGISTRY[name].check, spec) for name, spec in rule.conditions]
         calendar, market, trading_days = self.calendar, self.market(rule), rule.trading_days
         for account, position in self.targets(rule):
             target = Target(account, position, now, local, days, peak_of[id(account)],
-                            seen_of[id(position)] if position is not None else None, calendar, market, trading_days)
+                            seen_of[id(position)] if position is not None else None, calendar, market, trading_days,
+                            history_of[id(account)])
             # fast rejection: stop at the first condition that does not hold; the conditions are
             # pure, so check() recomputes the same result (and the inputs) for the targets that pass
             for condition, spec in conditions:
@@ -765,7 +801,9 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
         running = {k: t for k, t in state.lock_terms.items() if k in state.locks and datetime.fromisoformat(t["until"]) > now}
         state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences,
                       locks={k: state.locks[k] for k in running}, lock_terms=running,  # a timed lock outlives the session
-                      paused=state.paused, account_locks=state.account_locks)
+                      paused=state.paused, account_locks=state.account_locks,
+                      ledger=ledger.prune(state.ledger, session), marks=state.marks,
+                      trades={k: v for k, v in state.trades.items() if v.get("session") == session})
     state = replace(state, paused=active(state.paused, now), account_locks=active(state.account_locks, now))
     if ended:
         state = replace(state, locks={k: v for k, v in state.locks.items() if k not in ended},
@@ -798,6 +836,9 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
         peaks=tick.peaks,
         first_seen=tick.first_seen,
         tracked=tick.tracked,
+        ledger=tick.ledger,
+        marks=tick.marks,
+        gaps=tick.gaps(),
         locks={k: v for k, v in state.locks.items() if LockKey.parse(k).rule in by_name},
         lock_terms={k: v for k, v in tick.lock_terms.items() if LockKey.parse(k).rule in by_name},
     )

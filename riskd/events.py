@@ -96,6 +96,11 @@ TRAIL_WRITABLE = Event("trail_writable", "the trail can be written again", ("sin
 DISK_FULL = Event("disk_full", "the state database could not be written: the disk is full", ("op", "error"))
 STATE_WRITE_FAILED = Event("state_write_failed", "the state database could not be written for another reason", ("op", "error"))
 DISK_RECOVERED = Event("disk_recovered", "the state database can be written again", ("op",))
+PERIOD_GAP = Event("period_gap", "a week or month rule could not see part of its period (riskd was down, no earlier record)",
+                   ("account", "session", "period", "since", "unseen", "source", "counted"), durable=True)
+ROUND_TRIP = Event("round_trip", "a position of an account counted by a trades or loss_streak rule went back to flat",
+                   ("account", "instrument", "session", "losing", "points", "source", "trades", "loss_streak", "reason"))
+
 CALENDAR_WARNING = Event("calendar_warning", "at start and reload: the exchange calendar's horizon runs out, or the news event file "
                          "has no event in the next 30 days", ("warning",), durable=True)
 
@@ -108,7 +113,8 @@ CATALOGUE: dict[str, Event] = {e.name: e for e in (
     STARTED, STOPPED, RULES_LOADED, RULES_REJECTED, SAMPLE, FIRED, ACTION, ACTION_RESOLVED, SUPERSEDED, SKIPPED, MISSED,
     RULE_FAILED, DEFERRED, API_ERROR, STALE, RECOVERED, CLOCK_STEP, SESSION_SUMMARY, TICK_FAILED, TICK_OVERRUN, ROTATED,
     TRAIL_REPAIRED, TRAIL_UNWRITABLE, TRAIL_WRITABLE,
-    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED, CONTROL, CONTROL_RESULT, LOCK_ENDED, CALENDAR_WARNING,
+    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED, CONTROL, CONTROL_RESULT, LOCK_ENDED, CALENDAR_WARNING, PERIOD_GAP,
+    ROUND_TRIP,
 )}
 DECISIONS: dict[str, Event] = {e.name: e for e in (FIRED, SUPERSEDED, SKIPPED, MISSED, RULE_FAILED, LOCK_ENDED)}  # by Decision.kind
 DURABLE = frozenset(e.name for e in CATALOGUE.values() if e.durable)

@@ -198,6 +198,12 @@ def _contracts(minimum: int) -> Any:
     return parse
 
 
+def _count(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"invalid count {value!r}; write a whole number such as 3")
+
+
 def _percent(value: Any) -> float | None:
     """'50%' -> 0.5; None when the value is not written as a percentage; ValueError when out of range."""
     if not (isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?%", value.strip())):
@@ -232,6 +238,7 @@ def _weight(value: Any) -> float:
         return float(value)
     raise ValueError(f"invalid micro weight {value!r}; write what one micro counts as against its full-size contract, "
                      "more than 0 and at most 1, such as 0.1")
+drawdown_limit = _drawdown_limit  # for cross-field checks (riskd.conditions)
 
 
 def _flag(value: Any) -> bool:
@@ -350,6 +357,7 @@ Accounts = Annotated[tuple[str, ...], PlainValidator(_accounts), WithJsonSchema(
 Instruments = Annotated[tuple[str, ...], PlainValidator(_instruments), WithJsonSchema(_FILTER_SCHEMA)]
 Money = Annotated[float, PlainValidator(_money), WithJsonSchema({"type": "number"})]
 Contracts = Annotated[int, PlainValidator(_contracts(0)), WithJsonSchema({"type": "integer", "minimum": 0})]
+Count = Annotated[int, PlainValidator(_count), WithJsonSchema({"type": "integer", "minimum": 0})]
 PositiveContracts = Annotated[int, PlainValidator(_contracts(1)), WithJsonSchema({"type": "integer", "minimum": 1})]
 CloseAmount = Annotated[
     Any,

@@ -44,9 +44,10 @@ class Account:
     commission: float
     net_liquidation: float
     positions: tuple[Position, ...] = ()
-    # shown by `riskd status`, never decided on: None when the API did not give a number
-    week_pnl: float | None = None
+    # the item's weeklyProfitLoss and cashValue when the API gives a number (weekly_pnl: riskd.ledger; cash_value: shown only)
+    weekly_pnl: float | None = None
     cash_value: float | None = None
+    balance_known: bool = True  # False when the item has no netLiquidation (net_liquidation then reads 0, which is not a balance)
 
     def pnl(self, basis: str = "total", net_of_commission: bool = False) -> float:
         """Given a basis (total|realized|unrealized), return the session P&L on it."""
@@ -75,7 +76,7 @@ class Snapshot:
         return {"taken_at": self.taken_at.isoformat(), "unknown": sorted(self.unknown), "problems": list(self.problems),
                 "accounts": [{"name": a.name, "realized_pnl": a.realized_pnl, "unrealized_pnl": a.unrealized_pnl,
                               "commission": a.commission, "net_liquidation": a.net_liquidation,
-                              "week_pnl": a.week_pnl, "cash_value": a.cash_value,
+                              "weekly_pnl": a.weekly_pnl, "cash_value": a.cash_value, "balance_known": a.balance_known,
                               "positions": [{"account": p.account, **p.as_dict()} for p in a.positions]} for a in self.accounts]}
 
     @classmethod

@@ -116,6 +116,27 @@ def in_window(window: tuple[time, time], moment: time) -> bool:
     return start <= moment < end if start < end else (moment >= start or moment < end)
 
 
+PERIODS = ("session", "week", "month")
+
+
+def period_of(session: str, period: str) -> str:
+    """Given a session's trading date (ISO, as riskd.engine.session_of names it: the day after an
+    18:00 start) and a period (session | week | month), return the period it belongs to: the
+    session itself, the ISO date of the Monday of its trading week, or its trading month YYYY-MM.
+
+    By trading date, as the exchange and the broker's statements count: a week starts with the
+    first session that starts on or after Sunday (CME: Sunday 18:00 New York opens Monday's
+    session); a month with the session of its first trading date (June 30 18:00 opens July 1's
+    session, which is July's).
+    """
+    if period == "session":
+        return session
+    day = date.fromisoformat(session)
+    if period == "week":
+        return (day - timedelta(days=day.weekday())).isoformat()
+    if period == "month":
+        return day.strftime("%Y-%m")
+    raise ValueError(f"unknown period {period!r}; use one of {', '.join(PERIODS)}")
 
 
 def format_span(delta: timedelta) -> str:

@@ -14,6 +14,10 @@
   `acting` while its flatten's intents are open, then `done`, `refused`, `failed` or `expired`. A
   row still `queued` or `acting` after a kill -9 is carried on at the next start (riskd.control).
 
+The engine document also holds what outlives a session (schema 3): each account's session closing
+figures and balance high-water marks (riskd.ledger), so a weekly limit or a trailing floor survives
+restarts, reloads and days riskd was down.
+
 The schema is versioned with PRAGMA user_version and migrated forward on open, each step in one
 transaction. A store that is corrupt (integrity check, unreadable rows) or from a newer riskd is a
 StateError (exit 1), never silently discarded. A lock file keeps a second riskd off the same state_dir.
@@ -53,7 +57,7 @@ from riskd.errors import StateError, StateLocked
 from riskd.model import Decision, Order, Snapshot
 from riskd.redact import Redactor
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATIONS: dict[int, str] = {
     1: """
         CREATE TABLE engine (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
@@ -87,6 +91,11 @@ MIGRATIONS: dict[int, str] = {
             updated TEXT NOT NULL
         );
         CREATE INDEX commands_status ON commands (status);
+    """,
+    # 4: the engine state keeps what outlives a session (riskd.ledger): each session's closing figures and the
+    # balance high-water marks; an older state starts them empty (its markers and intents are kept as they are)
+    4: """
+        UPDATE engine SET doc = json_insert(doc, '$.ledger', json('{}'), '$.marks', json('{}'))
     """,
 }
 OPEN_COMMANDS = ("queued", "acting")
@@ -199,6 +208,8 @@ class Store:
             raise StateError(f"state store {self.path} is unreadable ({exc.__class__.__name__}: {exc}); "
                              "move it aside to start fresh, keeping it for review") from None
         self._saved_doc: str | None = None
+        self._ledger_obj: object = None  # the ledger last serialised (kept alive, so `is` is safe) and its JSON
+        self._ledger_json = "{}"
         self._ensure_reserve()
 
     # disk space --------------------------------------------------------------------------------
@@ -343,6 +354,15 @@ class Store:
                 self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             self._saved_doc = None
 
+    def _doc(self, state: State) -> str:
+        """The engine state as the JSON document stored. The ledger (every account's sessions, the bulk
+        of it) is serialised again only when the engine made a new one: it changes with fills, not ticks."""
+        body = state.to_json()
+        ledger = body.pop("ledger")
+        if ledger is not self._ledger_obj:
+            self._ledger_obj, self._ledger_json = ledger, json.dumps(ledger, sort_keys=True)
+        return json.dumps(body, sort_keys=True)[:-1] + ', "ledger": ' + self._ledger_json + "}"
+
     def load(self) -> State:
         with self._lock:
             return self._load()
@@ -358,7 +378,7 @@ class Store:
         return state
 
     def save(self, state: State, now: datetime) -> None:
-        doc = json.dumps(state.to_json(), sort_keys=True)
+        doc = self._doc(state)
         if doc == self._saved_doc:
             return
 
@@ -391,7 +411,7 @@ class Store:
     def finish(self, key: str, status: str, now: datetime, state: State | None = None, *,
                settle_at: datetime | None = None, outcome: str | None = None) -> None:
         """Record an intent's outcome (done | failed | unknown), with the state that counts it, atomically."""
-        doc = json.dumps(state.to_json(), sort_keys=True) if state is not None else None
+        doc = self._doc(state) if state is not None else None
 
         def write() -> None:
             with self._db:

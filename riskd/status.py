@@ -66,7 +66,7 @@ def build(rules: list[Rule], state: State, snapshot: Snapshot | None, health: di
         accounts.append({
             "account": account.name, "pnl": round(account.pnl(), 2), "realized": account.realized_pnl,
             "unrealized": account.unrealized_pnl, "commission": account.commission, "net_liquidation": account.net_liquidation,
-            "week_pnl": account.week_pnl, "cash_value": account.cash_value,
+            "weekly_pnl": account.weekly_pnl, "cash_value": account.cash_value,
             "peak": round(state.peaks.get(name, 0.0), 2), "locks": locks,
             "positions": [p.as_dict() for p in account.positions], "rules": rule_rows,
         })
@@ -131,7 +131,7 @@ def render(view: dict[str, Any]) -> str:
     for a in view["accounts"]:
         out.append(f"account {a['account']}: session P&L {a['pnl']:.2f} (realized {a['realized']:.2f}, unrealized "
                    f"{a['unrealized']:.2f}, commission {a['commission']:.2f}), peak {a['peak']:.2f}, "
-                   f"week P&L {_money(a['week_pnl'])}, cash {_money(a['cash_value'])}, net liquidation {a['net_liquidation']:.2f}")
+                   f"week P&L {_money(a['weekly_pnl'])}, cash {_money(a['cash_value'])}, net liquidation {a['net_liquidation']:.2f}")
         for lock in a["locks"]:
             undo = "; cannot be undone" if lock.get("undo") == "never" else ""
             out.append(f"    LOCKED by {lock['by']} until {lock['until']}{undo}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import structlog
 
-from riskd import control, engine, events, trail
+from riskd import control, engine, events, trades, trail
 from riskd.actions import Executor
 from riskd.audit import AuditTrail
 from riskd.config import Settings
@@ -86,6 +87,7 @@ class Ticker:
         self.command_progress = threading.Condition()
         self._acted_commands: set[str] = set()  # operator flatten keys this process has sent
         self._closed: dict[str, str] = {}  # operator flatten key -> what its answer says it closed
+        self._counting = _counting(rules)
 
     @property
     def health(self) -> Health:
@@ -133,10 +135,11 @@ class Ticker:
                 self.state = self._commands(self.last_snapshot, self.state, now, offline=True)
             self._check_stale(now, mono)
             return None
-        self.last_snapshot = snapshot
+        previous, self.last_snapshot = self.last_snapshot, snapshot
         state = self.executor.resolve(snapshot, self.state, now)
         state = self._commands(snapshot, state, now)
         decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
+        self._audit_gaps(state)
         if state.session != self.state.session and self.state.session is not None:
             self.store.prune(now - INTENTS_KEPT)
         self.store.save(state, now)
@@ -168,7 +171,11 @@ class Ticker:
             self.state = state
             for d, why in skipped:
                 self._defer(d, why)
-        for d in decisions:  # after acting        for d in decisions:  # after acting: 10,000 `superseded` lines never hold back a close
+        # after acting: an executions read never holds back a close
+        if previous is not None and self._counting and not self.stopping.is_set():
+            self.state = self._count_trades(previous, snapshot, self.state, now)
+            self.store.save(self.state, now)
+        for d in decisions:  # after acting: 10,000 `superseded` lines never hold back a close
             if d.kind != "fire":
                 self._audit_decision(d, now)
         self._sample(snapshot, now, acted)  # after acting: no delay
@@ -184,6 +191,40 @@ class Ticker:
         self.audit.emit(events.TICK_OVERRUN, reason=reason, took_s=round(took, 3), deadline_s=round(self.deadline_s, 3),
                         sending=self.executor.acting)
         log.warning("tick_overrun", took_s=round(took, 3), deadline_s=round(self.deadline_s, 3), sending=self.executor.acting)
+
+    def _count_trades(self, previous: Snapshot, snapshot: Snapshot, state: State, now: datetime) -> State:
+        """Fold the round trips closed since the previous snapshot into the state (riskd.trades): one
+        executions read per account in scope whose snapshot shows a position shrink or close. It runs
+        after this tick's actions, so a `trades` / `loss_streak` rule sees a round trip on the next tick."""
+        session = engine.session_of(now, self.engine_settings)
+        before = {a.name.lower(): a for a in previous.accounts}
+        counts = dict(state.trades)
+        for account in snapshot.accounts:
+            name = account.name.lower()
+            earlier = before.get(name)
+            if earlier is None or not any(engine.in_scope(r, account.name) for r in self._counting):
+                continue
+            if not trades.needs_fills(earlier, account):
+                continue
+            reply = self.client.get_executions(account.name, trades.lookback_s(previous.taken_at, now))
+            entry, trips = trades.fold(counts.get(name), session, earlier, account, previous.taken_at, snapshot.taken_at,
+                                       reply.response if reply.ok else None)
+            counts[name] = entry
+            for trip in trips:
+                self.audit.emit("round_trip", account=account.name, instrument=trip.instrument, session=session, losing=trip.losing,
+                                points=trip.points, source=trip.source, trades=entry["count"], loss_streak=entry["streak"],
+                                reason=None if trip.source == "executions" else
+                                (f"executions not read ({reply.status or reply.outcome}: {reply.error})" if not reply.ok
+                                 else "the executions do not account for the snapshot's positions"))
+        return replace(state, trades=counts)
+
+    def _audit_gaps(self, state: State) -> None:
+        """Audit what a period rule could not see of its period (riskd.ledger), once per account and period a session."""
+        for account, periods in state.gaps.items():
+            for period, gap in periods.items():
+                if period not in self.state.gaps.get(account, {}):
+                    self.audit.emit("period_gap", account=account, session=state.session, **gap)
+                    log.warning("period_gap", account=account, period=period, unseen=gap.get("unseen"), source=gap.get("source"))
 
     def _emit(self, events: list[Event]) -> None:
         for e in events:
@@ -351,6 +392,12 @@ class Ticker:
             if calendar is not None:  # the event and correction files read again
                 self.settings = dataclasses.replace(self.settings, calendar=calendar)
                 self.engine_settings = dataclasses.replace(self.engine_settings, calendar=calendar)
+            self._counting = _counting(rules)
+
+
+def _counting(rules: list[Rule]) -> list[Rule]:
+    """The rules that count round trips: only for their accounts are the executions ever read for it."""
+    return [r for r in rules if r.enabled and any(name in ("trades", "loss_streak") for name, _ in r.conditions)]
 
 
 def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: AuditTrail, *, dry_run: bool,

@@ -42,12 +42,13 @@ def pos(instrument: str = "MES 12-26", quantity: int = 2, pnl: float = 0.0, side
 
 
 def acct(name: str = "Sim101", *positions: Position, realized: float = 0.0, unrealized: float | None = None,
-         commission: float = 0.0) -> Account:
+         commission: float = 0.0, cash: float = 50000.0, weekly: float | None = None) -> Account:
+    """An account whose session opened with `cash` (net liquidation = cash + realized + unrealized - commission)."""
     from dataclasses import replace
 
     owned = tuple(replace(p, account=name) for p in positions)
     open_pnl = sum(p.unrealized_pnl for p in owned) if unrealized is None else unrealized
-    return Account(name, realized, open_pnl, commission, 50000.0 + realized + open_pnl, owned)
+    return Account(name, realized, open_pnl, commission, cash + realized + open_pnl - commission, owned, weekly_pnl=weekly)
 
 
 class Harness:

@@ -293,6 +293,13 @@ def _snapshot(**position) -> dict:
     return {"type": "snapshot", "accounts": [{"account": {"name": "Sim101", "item": {"realizedProfitLoss": 0.0}}, "positions": [pos]}]}
 
 
+@pytest.mark.parametrize("weekly, read", [(-1250.5, -1250.5), (0, 0.0), (None, None), ("n/a", None), (True, None), (float("nan"), None)])
+def test_parse_snapshot_reads_weekly_profit_loss_only_when_it_is_a_number(weekly, read):
+    data = _snapshot()
+    data["accounts"][0]["account"]["item"]["weeklyProfitLoss"] = weekly
+    assert parse_snapshot(data, NOW).accounts[0].weekly_pnl == read  # a null or missing one is not a zero week
+
+
 def test_parse_snapshot_reads_positions_and_drops_flat_ones():
     snap = parse_snapshot(_snapshot(), NOW)
     assert snap.position("sim101", "mes 12-26").quantity == 2

@@ -95,7 +95,7 @@ def test_view_has_the_pnl_so_far_distances_rule_states_locks_and_what_each_close
     assert [c["text"] for c in closes["daily-loss-limit"]["closed"]] == ["10 of Short 10 MNQ 12-26 at -1,100.00"]
     assert _rows(view, "mes-loss-cap", "Sim101") == []  # nothing left in scope: the MES position is closed
     apex = _account(view, "Apex-7")
-    assert [(x["by"], x["until"]) for x in apex["locks"]] == [("daily-loss-limit", "2026-03-10T22:00:00+00:00")]  # 18:00 New York
+    assert [(x["by"], x["until"]) for x in apex["locks"]] == [("daily-loss-limit", "2026-03-10T18:00:00-04:00")]  # 18:00 New York, in the rules' zone
     assert [r["state"] for r in _rows(view, "daily-loss-limit", "Apex-7")] == ["locked"]
     assert [r["state"] for r in _rows(view, "daily-loss-limit", "Sim101")] == ["armed"]
     assert view["health"]["stale"] is False and view["health"]["firings"] == 2

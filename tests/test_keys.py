@@ -46,7 +46,7 @@ def test_account_and_instrument_compare_as_the_api_matches_them():
 
 
 def test_state_documents_carry_their_version_and_old_ones_move_forward():
-    assert State().to_json()["version"] == STATE_VERSION == 2
+    assert State().to_json()["version"] == STATE_VERSION == 3
     old = {"session": "2026-11-27", "fired": {"cap|Sim101": "t1", "half@2026-11-27T20:55:00+00:00|Sim101|mes 12-26|t0": "t2"},
            "locks": {"dll|SIM101": "t3"}, "first_seen": {"Sim101|mes 12-26|Long": "t0", "sim101|MES 12-26": "t0"},
            "occurrences": {"half@2026-11-27T20:55:00+00:00": {"Sim101|mes 12-26|t0": "done", "?SIM102": "waiting"}}}

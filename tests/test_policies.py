@@ -107,10 +107,57 @@ def scenario_trailing_drawdown() -> None:
     assert hit[0].inputs["peak"] == 750 and hit[0].inputs["floor"] == 450
 
 
+def scenario_evaluation_account() -> None:
+    from dataclasses import replace
+
+    from riskd import trades
+
+    h = shipped("evaluation-account.yaml")
+    t = ny(2026, 11, 30, 10, 0)  # Monday
+    # daily loss: -900 net of commission is the stop, $100 inside the firm's $1,000
+    assert h.tick(t, acct("EVAL1", pos(pnl=-400), realized=-480, commission=20)) == []  # -900 is not below -900
+    hit = h.tick(t + seconds(1), acct("EVAL1", pos(pnl=-401), realized=-480, commission=20), acct("Sim101", realized=-5000))
+    assert fires(hit) == [("eval-daily-loss", "EVAL1", None)] and bodies(hit) == [("flatten", {})]  # Sim101 is not an EVAL account
+    assert bodies(h.tick(t + seconds(2), acct("EVAL1", pos("NQ 12-26", 1), realized=-881, commission=20))) == [
+        ("flatten", {"instrument": "NQ 12-26"})]  # locked for the session
+    # weekly: Monday closed at -881 (gross); Tuesday -700; riskd was down Wednesday (-300)
+    assert bodies(h.tick(ny(2026, 12, 1, 10, 0), acct("EVAL1", cash=49099, realized=-700))) == []  # -1,581 this week (the lock ended: audited)
+    hit = h.tick(ny(2026, 12, 3, 10, 0), acct("EVAL1", cash=48099, realized=-120))  # -1,581 - 300 unseen - 120 = -2,001
+    assert fires(hit) == [("eval-weekly-loss", "EVAL1", None)] and hit[0].inputs["gap"]["unseen"] == -300
+    assert fires(h.tick(ny(2026, 12, 4, 10, 0), acct("EVAL1", cash=47979))) == [("eval-weekly-loss", "EVAL1", None)]  # kept flat all week
+    assert bodies(h.tick(ny(2026, 12, 7, 10, 0), acct("EVAL1", cash=47979))) == []  # a new week (the weekly lock ended: audited)
+    # loss streak: round trips as the tick counts them from executions (riskd.trades)
+    entry, start, k = None, ny(2026, 12, 7, 11, 0), 0
+    for result in (-50, -25, 10, -40, -60, -35):  # the third loser in a row fires
+        k += 2
+        before, after = acct("EVAL1", pos("MES 12-26", 1), cash=47979), acct("EVAL1", cash=47979 + result)
+        fill = {"id": f"x{k}", "epoch": int((start + seconds(k)).timestamp() * 1000), "account": "EVAL1", "instrument": "MES 12-26",
+                "marketPosition": "Short", "quantity": 1, "price": 6000.0 + result / 5}
+        entry, _ = trades.fold(entry, "2026-12-07", before, after, start + seconds(k - 1), start + seconds(k), {"executions": [fill]})
+        h.state = replace(h.state, trades={"eval1": entry})
+        decisions = h.tick(start + seconds(k), after)
+        assert fires(decisions) == ([("eval-loss-streak", "EVAL1", None)] if result == -35 else []), (result, entry)
+
+
+def scenario_eod_trailing_balance() -> None:
+    h = shipped("eod-trailing-balance.yaml")
+    assert h.tick(ny(2026, 11, 30, 10, 0), acct("EVAL1", pos(pnl=1500), cash=50000)) == []  # open profit does not move an EOD high
+    assert h.tick(ny(2026, 11, 30, 15, 0), acct("EVAL1", cash=50000, realized=1200)) == []  # closes at 51,200
+    assert h.tick(ny(2026, 12, 1, 10, 0), acct("EVAL1", cash=51200, realized=-2399)) == []  # floor 48,800
+    hit = h.tick(ny(2026, 12, 1, 10, 1), acct("EVAL1", cash=51200, realized=-2400))
+    assert fires(hit) == [("eval-eod-trailing", "EVAL1", None)] and hit[0].inputs["floor"] == 48800
+    h.tick(ny(2026, 12, 2, 10, 0), acct("EVAL1", cash=48800 + 4000))  # closed at 52,800: the floor freezes at 50,200
+    assert h.tick(ny(2026, 12, 3, 10, 0), acct("EVAL1", cash=55000, realized=-4799)) == []  # 50,201
+    hit = h.tick(ny(2026, 12, 3, 10, 1), acct("EVAL1", cash=55000, realized=-4800))
+    assert hit[0].inputs["floor"] == 50200 and hit[0].inputs["frozen"] is True and hit[0].inputs["high"] == 55000
+
+
 SCENARIOS = {
     "daily-loss-limit.yaml": scenario_daily_loss_limit,
     "eod-flatten.yaml": scenario_eod_flatten,
     "eod-trim.yaml": scenario_eod_trim,
+    "eod-trailing-balance.yaml": scenario_eod_trailing_balance,
+    "evaluation-account.yaml": scenario_evaluation_account,
     "loss-cap.yaml": scenario_loss_cap,
     "size-cap.yaml": scenario_size_cap,
     "trading-window.yaml": scenario_trading_window,

@@ -148,6 +148,31 @@ def test_snapshot_shape_and_pnl(env):
     assert item["realizedProfitLoss"] == 0.0 and item["commission"] == 0.0
 
 
+def test_end_session_settles_realized_pnl_into_the_opening_balance_and_weekly_profit_loss_spans_the_week(env):
+    sim = env.sim
+
+    def item():
+        accounts = {a["account"]["name"]: a["account"]["item"] for a in env.get("/accounts/snapshot").json()["accounts"]}
+        return accounts["Sim103"]
+
+    sim.open_position("Sim103", "ES 12-26", "long", 1, price=6000.0)
+    sim.open_position("Sim103", "ES 12-26", "short", 1, price=6010.0)  # +500
+    first = item()
+    sim.end_session()
+    sim.open_position("Sim103", "ES 12-26", "long", 1, price=6000.0)
+    sim.open_position("Sim103", "ES 12-26", "short", 1, price=5996.0)  # -200
+    now = item()
+    settled = first["realizedProfitLoss"] - first["commission"]
+    assert first["realizedProfitLoss"] == 500.0 and now["realizedProfitLoss"] == -200.0
+    assert now["sodCashValue"] == 10000.0 + settled
+    assert now["netLiquidation"] == pytest.approx(10000.0 + settled - 200.0 - now["commission"])
+    assert now["weeklyProfitLoss"] == pytest.approx(settled - 200.0 - now["commission"])
+    sim.end_session(new_week=True)
+    after = item()
+    assert (after["realizedProfitLoss"], after["commission"], after["weeklyProfitLoss"]) == (0.0, 0.0, 0.0)
+    assert after["sodCashValue"] == pytest.approx(now["netLiquidation"])
+
+
 def test_account_endpoints(env):
     accounts = env.get("/accounts").json()
     assert accounts["success"] is True

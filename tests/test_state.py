@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
@@ -29,7 +30,7 @@ def store(tmp_path):
 
 
 def test_store_new_state_dir_gets_the_current_schema_in_wal_mode(store):
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.load() == State()
 
@@ -156,5 +157,36 @@ def test_store_finish_writes_outcome_and_state_in_one_transaction(store, tmp_pat
     again = Store(tmp_path / "state")
     try:
         assert again.load().fired == {"k": NOW.isoformat()} and again.intent_status(_decision().key) == "done"
+    finally:
+        again.close()
+
+
+def test_store_migrates_a_version_2_store_forward_and_then_keeps_the_ledger_and_marks_across_restarts(tmp_path):
+    # (schema 3 adds the snapshot and commands tables, 4 the ledger and marks of the engine document)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    db = sqlite3.connect(state_dir / "riskd.sqlite3")
+    db.executescript(MIGRATIONS[1] + MIGRATIONS[2] + "PRAGMA user_version = 2;")
+    doc = {"version": 2, "session": "2026-12-01", "fired": {"cap|sim101": "2026-12-01T15:00:00+00:00"}, "peaks": {"sim101": 300.0},
+           "tracked": {}}
+    db.execute("INSERT INTO engine VALUES (1, ?, ?)", (json.dumps(doc), NOW.isoformat()))
+    db.commit()
+    db.close()
+
+    store = Store(state_dir)
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 4
+        stored = json.loads(store._db.execute("SELECT doc FROM engine").fetchone()[0])
+        assert stored["ledger"] == {} and stored["marks"] == {} and stored["fired"] == doc["fired"]
+        state = store.load()
+        assert state.fired == doc["fired"] and state.peaks == {"sim101": 300.0} and state.ledger == {} and state.marks == {}
+        kept = dataclasses.replace(state, ledger={"sim101": {"2026-12-01": [-400.0, 0.0, 12.5, 49587.5]}}, marks={"sim101": [51000.0, 50200.0]})
+        store.save(kept, NOW)
+    finally:
+        store.close()
+    again = Store(state_dir)
+    try:
+        state = again.load()
+        assert state.ledger == {"sim101": {"2026-12-01": [-400.0, 0.0, 12.5, 49587.5]}} and state.marks == {"sim101": [51000.0, 50200.0]}
     finally:
         again.close()

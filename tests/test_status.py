@@ -36,7 +36,7 @@ def test_status_shows_figures_positions_rule_states_and_distances_in_dollars_and
         (account,) = view["accounts"]
         assert (account["account"], account["pnl"], account["net_liquidation"]) == ("Sim101", -200.0, 50000.0 - 200.0)
         assert [(p["instrument"], p["side"], p["quantity"]) for p in account["positions"]] == [("MES 12-26", "Long", 4)]
-        assert (account["week_pnl"], account["cash_value"]) == (0.0, 50000.0)  # the API's weeklyProfitLoss and cashValue
+        assert (account["weekly_pnl"], account["cash_value"]) == (0.0, 50000.0)  # the API's weeklyProfitLoss and cashValue
         states = {r["rule"]: r for r in account["rules"]}
         assert states["loss"]["state"] == "armed"
         assert states["loss"]["conditions"][0] | {} == {"name": "account_pnl", "seen": -200.0, "threshold": "below -500.00",
@@ -86,5 +86,5 @@ def test_a_week_or_cash_figure_the_api_leaves_out_shows_as_unknown_and_never_mak
              "positions": []}
     snapshot = parse_snapshot({"accounts": [entry]}, datetime(2026, 3, 10, 14, 0, tzinfo=timezone.utc))
     (account,) = snapshot.accounts
-    assert (account.realized_pnl, account.week_pnl, account.cash_value) == (-50.0, None, None) and not snapshot.unknown
+    assert (account.realized_pnl, account.weekly_pnl, account.cash_value) == (-50.0, None, None) and not snapshot.unknown
     assert type(snapshot).from_json(snapshot.as_json()) == snapshot

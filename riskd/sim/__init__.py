@@ -11,7 +11,8 @@ Usage::
 
 Test/demo controls on :class:`Simulator` (all thread-safe): ``set_price``, ``open_position``,
 ``add_order``, ``add_account``, ``positions``, ``orders``, ``executions``, ``account_pnl``,
-``price``, ``now``, ``inject(Fault(...))``, ``clear_faults``, ``set_rate_limit``, ``requests`` /
+``price``, ``now``, ``end_session`` (the session break: realized P&L settles into the
+opening balance; ``weeklyProfitLoss`` spans the week), ``inject(Fault(...))``, ``clear_faults``, ``set_rate_limit``, ``requests`` /
 ``request_log()`` (every request received, 401/429/faulted ones included), ``clear_requests``,
 ``handle`` (one request without sockets), ``in_progress``, ``run_due`` / ``next_due``
 (``late_apply`` requests still to be applied).

@@ -180,6 +180,7 @@ class _Account:
     flat_instruments: list[str] = field(default_factory=list)  # closed this session (includeFlat)
     marks: dict[str, float] = field(default_factory=dict)
     executions: list[tuple[float, dict]] = field(default_factory=list)  # (sim time of the fill, Execution)
+    week: float = 0.0  # realized P&L net of commission of the earlier sessions of this week (weeklyProfitLoss)
 
 
 LOOKBACK_DEFAULT = 320  # GET /accounts/{a}/executions?lookbackTime=N: seconds, default 320, max 900
@@ -563,6 +564,19 @@ class Simulator:
                 "netLiquidation": acc.cash + acc.realized - acc.commission + unreal,
             }
 
+    def end_session(self, new_week: bool = False) -> None:
+        """The session break: every account's realized P&L less commission settles into its cash (the
+        next session's opening balance) and the session figures start at 0; open positions carry
+        over. ``new_week``: the session that opens starts a week (weeklyProfitLoss starts at 0)."""
+        with self._guard():
+            for acc in self._accounts.values():
+                settled = acc.realized - acc.commission
+                acc.cash += settled
+                acc.week = 0.0 if new_week else acc.week + settled
+                acc.realized = acc.commission = acc.last_tx = 0.0
+                acc.flat_instruments.clear()
+            self._observe_all()
+
     def accounts(self) -> list[str]:
         with self._guard():
             return [a.name for a in self._accounts.values()]
@@ -686,7 +700,7 @@ class Simulator:
             "sodLiquidatingValue": acc.cash,
             "totalCashBalance": cash_value,
             "unrealizedProfitLoss": unreal,
-            "weeklyProfitLoss": acc.realized - acc.commission,
+            "weeklyProfitLoss": acc.week + acc.realized - acc.commission,
         })
         item = {k: float(v) for k, v in item.items()}
         return {
