@@ -61,6 +61,7 @@ class Document:
         self.data: Any = None
         try:
             _check_flow_depth(text)
+            _check_block_depth(text)
             loader = _Loader(text)
             try:
                 self.node = loader.get_single_node()
@@ -204,6 +205,24 @@ def _check_flow_depth(text: str) -> None:
                                  f"nested over {MAX_DEPTH} levels deep (brackets); flatten the structure")
         else:
             depth = max(0, depth - 1)
+
+
+def _check_block_depth(text: str) -> None:
+    """Raise _TooBig if indentation nests deeper than MAX_DEPTH levels, before PyYAML reads the text
+    (1,200 block levels in 720 KB took 0.8 s of CPU to refuse). Counts the stack of increasing indents
+    of the lines that hold something; a compact `- - -` nesting is not counted (the parser's own limit
+    still applies), so this can only refuse a file that nests too deep, never let one through."""
+    stack: list[int] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.lstrip(" ")
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(raw) - len(stripped)
+        while stack and stack[-1] >= indent:
+            stack.pop()
+        stack.append(indent)
+        if len(stack) > MAX_DEPTH:
+            raise _TooBig.at(number, indent + 1, f"nested over {MAX_DEPTH} levels deep (indentation); flatten the structure")
 
 
 def _reader_position(text: str, position: int) -> tuple[int, int]:

@@ -274,6 +274,14 @@ def test_deep_flow_nesting_is_refused_at_the_bracket_over_the_limit_before_the_y
     assert str(exc.value).startswith(f"{path}:1:72: nested over 64 levels deep (brackets)")
 
 
+def test_deep_block_nesting_is_refused_at_the_line_over_the_limit_before_the_yaml_parser_runs(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_bytes(HOSTILE["deep-block.yaml"])  # 1,200 levels: 0.8 s of CPU in PyYAML to refuse
+    with pytest.raises(ConfigError) as exc:
+        rules.load(path, NY)
+    assert str(exc.value).startswith(f"{path}:65:65: nested over 64 levels deep (indentation)")
+
+
 def test_brackets_in_quoted_names_and_comments_do_not_count_as_nesting(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text("# " + "[" * 100 + "\nrules:\n  - name: '" + "[" * 100 + "'\n    instruments: \"" + "{" * 100 + "\"\n"
