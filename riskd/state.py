@@ -21,7 +21,8 @@ no reserve is left), the Store reports `state_write_failed` and returns WITHOUT 
 and the close still goes out: protecting the account comes first. For that write the exactly-once record is
 then only in memory (this process) and in the audit trail of the action, not on disk; a kill -9 before a
 later write succeeds could lose it. After a later write succeeds and free space allows (2 x RESERVE_BYTES),
-the reserve is rebuilt and `disk_recovered` reported. Conditions reach the daemon through
+the reserve is rebuilt and `disk_recovered` reported. A Store opened where the reserve cannot be written
+(riskd started on a full disk) reports `disk_full` (op `open`) at once and recovers the same way. Conditions reach the daemon through
 `on_condition(event, **fields)` (default: ignored). Other errors still raise as before.
 
 Every file of a state_dir (the database, its -wal and -shm, which SQLite creates with the database's
@@ -179,7 +180,11 @@ class Store:
             raise StateError(f"state store {self.path} is unreadable ({exc.__class__.__name__}: {exc}); "
                              "move it aside to start fresh, keeping it for review") from None
         self._saved_doc: str | None = None
-        self._ensure_reserve()
+        if not self._ensure_reserve():  # started on a (nearly) full disk: say so, and recover like after any disk_full
+            self._disk_full = True
+            free = _free_bytes(state_dir)
+            self._report("disk_full", op="open", error=f"no room for the {reserve_bytes} byte reserve ({free} bytes free); "
+                         "a close is still sent, but its exactly-once record may not reach the disk", reserve_freed=0)
 
     # disk space --------------------------------------------------------------------------------
 
@@ -433,6 +438,13 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StateError(f"state store {path} is unreadable ({exc.__class__.__name__})") from None
         return {**json.loads(row[0]), "updated": row[1]} if row else None
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def _create_private(path: Path, flags: int) -> int:
