@@ -37,17 +37,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Protocol
 
-from riskd import crosstrade
+import structlog
+
+from riskd import crosstrade, trail
 from riskd.audit import AuditTrail
 from riskd.crosstrade import OK, UNKNOWN, Reply, request_for
 from riskd.engine import State, acknowledge
 from riskd.model import Account, Decision, Order, Snapshot
 from riskd.state import Intent, Store
 
-# Orders that are safe to send again once their first outcome is settled as "not applied": a second
-# flatten, close-all or cancel of something already flat is a no-op. A partial close is not (it would
-# close a second slice).
-IDEMPOTENT = frozenset({"flatten", "cancel_orders"})
 # A fill this long before riskd's own send time still counts as evidence (the bridge's clock may lag riskd's).
 EXECUTION_SKEW = timedelta(seconds=1)
 # The executions endpoint keeps at most this much history.
@@ -58,6 +56,8 @@ REJECTED_BACKOFF = timedelta(seconds=2)
 REJECTED_BACKOFF_CAP = timedelta(seconds=60)
 # At most this many accounts' closes are in flight at once (each waits for the one rate bucket).
 SEND_CONCURRENCY = 4
+
+log = structlog.get_logger("riskd")
 
 
 class Sender(Protocol):
@@ -113,7 +113,7 @@ def positions_by_instrument(snapshot_account: Account | None) -> dict[str, int]:
 
 def repeatable(order: Order) -> bool:
     """Is sending `order` a second time harmless? (flatten, cancel, a close of the whole position)"""
-    return order.kind in IDEMPOTENT or (order.kind == "close" and order.quantity is None and (order.percent is None or order.percent >= 1))
+    return order.repeatable
 
 
 def is_idempotent(decision: Decision) -> bool:
@@ -376,7 +376,7 @@ class Executor:
             except Exception as exc:  # a bug or an unexpected library error: the request may have left
                 reply = Reply("POST", order.kind, order.body(), None, 0.0, UNKNOWN, error=f"{exc.__class__.__name__}: {exc}")
             last = reply
-            self.audit.emit(
+            line = self.audit.emit(
                 "action",
                 rule=decision.rule,
                 key=decision.key,
@@ -392,6 +392,9 @@ class Executor:
                 dry_run=dry,
                 **({"earlier_attempts": list(reply.earlier)} if reply.earlier else {}),
             )
+            (log.info if reply.ok else log.warning)("action", rule=decision.rule, account=order.account, instrument=order.instrument,
+                                                    result=trail.outcome(line or {"request": reply.request(), "ok": reply.ok,
+                                                                                  "dry_run": dry, "outcome": reply.outcome}))
             if reply.ok:
                 continue
             if order.kind == "cancel_orders":

@@ -1,12 +1,4 @@
-"""The audit trail (append-only JSON lines, hash-chained) and the console log setup.
-
-Line format: one JSON object per line, UTF-8, keys `ts` (UTC, ISO 8601, milliseconds), `seq`,
-`event`, the event's fields, `prev` (first 16 hex digits of the previous line's hash) and `hash`:
-
-    hash = sha256(previous line's hash + canonical JSON of this line without `hash`)
-
-where the canonical JSON has sorted keys and no spaces (`canonical`). The first line of a chain
-links to GENESIS (64 zeros). `riskd audit --verify` (riskd/trail.py) recomputes the chain.
+"""The audit trail's writer: append-only JSON lines, hash-chained (the format: riskd.chain).
 
 What the writer guarantees:
 
@@ -35,7 +27,7 @@ What the writer guarantees:
 - Redaction (riskd.redact.Redactor, the one redaction module): the API token in every encoded form,
   any configured secret, `Authorization`-like keys and `Bearer ...` strings are replaced by
   `[REDACTED]` before a line is chained (after values are made plain, so an object's text is
-  scrubbed too); the console log is scrubbed the same way, rendered line included (`configure_console`).
+  scrubbed too); the console log is scrubbed the same way (riskd.console).
 - Files: the trail and its head are created 0600 whatever the umask.
 """
 
@@ -43,10 +35,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
-import json
-import logging
-import math
 import os
 import sys
 import threading
@@ -54,17 +42,14 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable
 
 import structlog
 from structlog.typing import EventDict
 
 from riskd import events
+from riskd.chain import GENESIS, HEAD_SIZE, HEAD_SUFFIX, chain_hash, head_record, parse_head, plain, read_tail, render, utc_stamp
 from riskd.redact import Redactor  # the one redaction module
-
-GENESIS = "0" * 64
-HEAD_SUFFIX = ".head"
-HEAD_SIZE = 256  # the head file is one fixed-size record, overwritten in place
 
 # fsync policies: which events are fsync'ed after their line is written (None = every event).
 FSYNC_POLICIES: dict[str, frozenset[str] | None] = {
@@ -77,144 +62,6 @@ DROPPABLE = events.DROPPABLE
 LOCK_WAIT_S = 0.5
 REMIND_EVERY_S = 60.0
 RETRY_EVERY_S = 1.0
-
-
-
-# ---------------------------------------------------------------------------------------------
-# The line format.
-
-
-
-
-def canonical(line: dict[str, Any]) -> str:
-    """The form the hash covers: sorted keys, no whitespace, UTF-8 text."""
-    return json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def chain_hash(previous: str, line: dict[str, Any]) -> str:
-    """Given the previous line's full hash and a line, return the line's hash (its `hash` key ignored)."""
-    body = {k: v for k, v in line.items() if k != "hash"}
-    return hashlib.sha256((previous + canonical(body)).encode("utf-8")).hexdigest()
-
-
-def render(line: dict[str, Any]) -> str:
-    """The written form: ts, seq, event first, prev and hash last, compact. Verification checks that
-    a line is exactly this rendering of its own content, so whitespace edits are detected too."""
-    head = {k: line[k] for k in ("ts", "seq", "event") if k in line}
-    rest = {k: v for k, v in line.items() if k not in head and k not in ("prev", "hash")}
-    tail = {k: line[k] for k in ("prev", "hash") if k in line}
-    return json.dumps({**head, **rest, **tail}, ensure_ascii=False, separators=(",", ":"))
-
-
-def plain(value: Any) -> Any:
-    """Given any value, return it as JSON-safe data that survives a dump/load round trip unchanged
-    (string keys, lists, finite floats, valid UTF-8), so the hash of what is written is the hash of
-    what a reader parses."""
-    if isinstance(value, dict):
-        return {plain_key(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted((plain(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
-    if isinstance(value, bool) or value is None or isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, str):
-        return _valid_text(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return _valid_text(str(value))
-
-
-def plain_key(key: Any) -> str:
-    return _valid_text(key if isinstance(key, str) else str(key))
-
-
-def _valid_text(text: str) -> str:
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:  # lone surrogates from a bad \u escape: keep them visible, escaped
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def utc_stamp(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the end of a trail.
-
-
-class Tail:
-    """The end of a trail file: its last valid audit line and whatever follows it (junk)."""
-
-    def __init__(self, seq: int | None, hash_: str | None, end: int, size: int, junk_sha256: str, junk_head: bytes, junk_last: bytes):
-        self.seq = seq                  # last valid line's seq (None: no valid line)
-        self.hash = hash_
-        self.end = end                  # byte offset just after that line's newline (0 when none)
-        self.junk_bytes = size - end    # bytes after it: a torn line, NULs after a power loss, ...
-        self.junk_sha256 = junk_sha256
-        self.junk_head = junk_head      # their first bytes (for the record)
-        self.junk_terminated = junk_last == b"\n"
-        self.unterminated = False       # the last valid line lacks its newline (nothing lost)
-
-    def torn(self) -> dict[str, Any]:
-        return {"offset": self.end, "bytes": self.junk_bytes, "sha256": self.junk_sha256,
-                "text": self.junk_head.decode("utf-8", "replace")}
-
-
-def valid_line(raw: bytes) -> tuple[int, str] | None:
-    """Given the bytes of one line, return (seq, hash) when it is an audit line, else None."""
-    try:
-        line = json.loads(raw)
-        seq, digest = line["seq"], line["hash"]
-        if isinstance(seq, int) and not isinstance(seq, bool) and isinstance(digest, str) and len(digest) == 64:
-            return seq, digest
-    except (ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
-def read_tail(fd: int, size: int, chunk: int = 1 << 16) -> Tail:
-    """Given a readable fd and the file size, return its Tail (reads backwards, in growing chunks).
-    A valid last line that only lacks its newline counts as the last line (`unterminated`)."""
-    buf = b""
-    pos = size
-    while True:
-        start = max(0, pos - chunk)
-        buf = os.pread(fd, pos - start, start) + buf
-        pos, chunk = start, chunk * 2
-        stop = len(buf)  # segments [nl + 1, stop), last first
-        while True:
-            nl = buf.rfind(b"\n", 0, stop)
-            if nl < 0 and pos > 0:
-                break  # the segment may start before the buffer: read more
-            found = valid_line(buf[nl + 1:stop]) if stop > nl + 1 else None
-            if found:
-                if stop == len(buf):  # valid, but its newline never made it
-                    return _tail(fd, found, size, size, unterminated=True)
-                return _tail(fd, found, pos + stop + 1, size)
-            if nl < 0:
-                return _tail(fd, None, 0, size)
-            stop = nl
-
-
-def _tail(fd: int, found: tuple[int, str] | None, end: int, size: int, unterminated: bool = False) -> Tail:
-    digest = hashlib.sha256()
-    offset = end
-    while offset < size:
-        block = os.pread(fd, min(1 << 20, size - offset), offset)
-        if not block:
-            break
-        digest.update(block)
-        offset += len(block)
-    head = os.pread(fd, min(200, size - end), end) if size > end else b""
-    last = os.pread(fd, 1, size - 1) if size > end else b""
-    tail = Tail(found[0] if found else None, found[1] if found else None, end, size, digest.hexdigest(), head, last)
-    tail.unterminated = unterminated
-    return tail
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,20 +344,16 @@ class AuditTrail:
         if self._head_fd is None:
             return None
         try:
-            data = json.loads(os.pread(self._head_fd, HEAD_SIZE, 0).rstrip(b" \n\x00") or b"null")
-            if isinstance(data, dict) and isinstance(data.get("seq"), int) and isinstance(data.get("hash"), str):
-                return data
-        except (OSError, ValueError):
-            pass
-        return None
+            return parse_head(os.pread(self._head_fd, HEAD_SIZE, 0))
+        except OSError:
+            return None
 
     def _write_head(self, durable: bool) -> None:
         if self._head_fd is None:
             return
-        record = json.dumps({"seq": self._written[0], "hash": self._written[1], "size": self._size, "ino": self._ino,
-                             "trail": self.path.name if self.path else None}, separators=(",", ":"))
+        record = head_record(self._written[0], self._written[1], self._size, self._ino, self.path.name if self.path else None)
         try:
-            os.pwrite(self._head_fd, (record.ljust(HEAD_SIZE - 1) + "\n").encode("ascii"), 0)
+            os.pwrite(self._head_fd, record, 0)
             if durable:
                 os.fsync(self._head_fd)
         except OSError:
@@ -693,57 +536,3 @@ def _fsync_dir(directory: Path) -> None:
             os.close(dfd)
     except OSError:
         pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Console (journald) logging.
-
-
-def configure_console(json_output: bool | None = None, level: str = "info", secrets: Iterable[str | None] | Redactor = (),
-                      stream: TextIO | None = None) -> None:
-    """structlog for the console: JSON lines to `stream` (default stdout, journald's) when it is not
-    a TTY, readable on a TTY. Every event (tracebacks included) and every stdlib-logging record is
-    scrubbed of `secrets`. The daemon passes stderr when the audit trail itself goes to stdout."""
-    stream = stream or sys.stdout
-    if json_output is None:
-        json_output = not stream.isatty()
-    hidden = secrets if isinstance(secrets, Redactor) else Redactor(secrets)
-    renderer: Any = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            lambda _l, _n, event: hidden.value(event),
-            lambda _l, _n, event: hidden.text(renderer(_l, _n, event)),  # the rendered line too: reprs of any object
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
-    )
-    root = logging.getLogger()
-    lone: list[logging.Handler | None] = [logging.lastResort]  # None if a program cleared it
-    for handler in root.handlers or lone:
-        if handler is not None:
-            for old in [f for f in handler.filters if isinstance(f, _RedactingFilter)]:
-                handler.removeFilter(old)
-            handler.addFilter(_RedactingFilter(hidden))
-
-
-class _RedactingFilter(logging.Filter):
-    """Scrubs stdlib log records (httpx, APScheduler) before any handler prints them."""
-
-    def __init__(self, redactor: Redactor):
-        super().__init__()
-        self._redactor = redactor
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self._redactor.text(record.getMessage())
-        record.args = None
-        if record.exc_info:
-            record.exc_text = self._redactor.text(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        return True
-
-
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}

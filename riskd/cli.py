@@ -1,4 +1,5 @@
-"""The `riskd` command: run, check, once, sim, audit, schema.
+"""The `riskd` command: run, check, once, status, sim, audit, report, schema, and the operator
+commands flatten, lock, unlock, pause, resume (through the running daemon: riskd.channel).
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage error, 78 config error (systemd will not restart on it).
 """
@@ -13,7 +14,7 @@ import signal
 import sys
 import tempfile
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,9 @@ if sys.argv[1:2] == ["run"]:
     hold_signals()
 
 from riskd import __version__, config, engine, rules as rules_mod  # noqa: E402
-from riskd.audit import AuditTrail, configure_console  # noqa: E402
-from riskd.errors import ConfigError, RiskdError, StateError  # noqa: E402
+from riskd.audit import AuditTrail  # noqa: E402
+from riskd.console import configure_console  # noqa: E402
+from riskd.errors import ConfigError, RiskdError, StateError, StateLocked  # noqa: E402
 from riskd.redact import RedactingStream, Redactor  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
@@ -53,9 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
     run.add_argument("--dry-run", action="store_true", help="decide and audit everything, send no order-changing request")
     run.add_argument("--sim", action="store_true", help="start the embedded CrossTrade simulator and trade against it")
+    run.add_argument("--dashboard", metavar="[HOST:]PORT", type=_dashboard_address,
+                     help="serve the live dashboard here (a bare port binds to 127.0.0.1); overrides `dashboard:` in riskd.yaml")
 
     check = sub.add_parser("check", help="validate the config and every rule file")
     check.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
+    check.add_argument("--strict", action="store_true", help="warnings (valid rules that likely mean something else) fail: exit 78")
 
     once = sub.add_parser("once", help="one evaluation now; print the decisions and the next firings")
     once.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
@@ -93,6 +98,38 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", help="output file (default: riskd-report-DATE.html; - for stdout)")
 
     sub.add_parser("schema", help="print the JSON Schema of rule files")
+
+    status = sub.add_parser("status", help="what the running daemon sees: accounts, rules, distances, locks, health",
+                            description="Read the running daemon's state store (never the API): per account the session figures, "
+                                        "positions, locks and each rule's state and distance to firing; paused rules, the next "
+                                        "timed firings, recent operator commands and health.")
+    status.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
+    status.add_argument("--json", action="store_true", help="the view as one JSON document")
+
+    for verb, text in (("flatten", "flatten an account now (or every account: --all --yes)"),
+                       ("lock", "keep an account flat: flatten it now and any position that opens, until the lock ends"),
+                       ("unlock", "lift the locks of an account (refused for a rule with lock: {undo: never})"),
+                       ("pause", "stop evaluating a rule until the pause ends"),
+                       ("resume", "evaluate a paused rule again")):
+        cmd = sub.add_parser(verb, help=text, description=text + ". Sent to the running daemon over its control socket; "
+                                                                 "audited with your Unix user. See docs/operating.md.")
+        if verb in ("pause", "resume"):
+            cmd.add_argument("rule", metavar="RULE", help="the rule's name")
+        else:
+            cmd.add_argument("account", metavar="ACCOUNT", nargs="?" if verb == "flatten" else None, help="the account")
+        if verb == "flatten":
+            cmd.add_argument("--instrument", help='only this instrument ("MES 12-26")')
+            cmd.add_argument("--all", action="store_true", help="every account the daemon sees, one flatten per account")
+            cmd.add_argument("--yes", action="store_true", help="confirm --all")
+        if verb in ("lock", "pause"):
+            until = cmd.add_mutually_exclusive_group()
+            until.add_argument("--for", dest="for_", metavar="DURATION", help="30m, 2h, ... (default: until the session ends)")
+            until.add_argument("--until", metavar="TIME", help="HH:MM in riskd.yaml's timezone (the next one), or an ISO time")
+        cmd.add_argument("--reason", required=True, help="why (goes into the audit trail)")
+        cmd.add_argument("--wait", type=float, default=30.0, metavar="SECONDS", help="how long to wait for the outcome (default 30)")
+        cmd.add_argument("-c", "--config", help="riskd.yaml (default: $RISKD_CONFIG, ./riskd.yaml, /etc/riskd/riskd.yaml)")
+    init = sub.add_parser("init", help="start your own policy: DIR/riskd.yaml (against the simulator) and DIR/rules/")
+    init.add_argument("directory", metavar="DIR", help="where to write riskd.yaml and rules/ (created if missing; nothing is overwritten)")
     return parser
 
 
@@ -103,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
     handler = {"run": cmd_run, "check": cmd_check, "once": cmd_once, "sim": cmd_sim, "audit": cmd_audit, "report": cmd_report,
-               "schema": cmd_schema}[args.command]
+               "schema": cmd_schema, "status": cmd_status, "flatten": cmd_control, "lock": cmd_control, "unlock": cmd_control,
+               "pause": cmd_control, "resume": cmd_control, "init": cmd_init}[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
@@ -122,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace, *, demo_ok: bool = False) -> config.Settings:
-    path = config.find(getattr(args, "config", None))
+    path = config.find(args.config)
     if path is None:
         if demo_ok:
             return demo_settings()
@@ -131,16 +169,45 @@ def _settings(args: argparse.Namespace, *, demo_ok: bool = False) -> config.Sett
     return config.load(path)
 
 
+def _dashboard_address(value: str) -> tuple[str, int] | None:
+    try:
+        return config.listen_address(value, "dashboard", config.DASHBOARD_PORT)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# What the demo scenario (riskd/sim/scenarios/demo.yaml) does to the demo rules, in its own time.
+DEMO_TIMELINE = (
+    "~8 s   mes-loss-cap closes Sim101's 4 MES 12-26 (its open loss passes $500)",
+    "~15 s  daily-loss-limit flattens Sim102 (session P&L past -$1,000) and locks it flat for the session",
+    "after  samples once a minute; nothing else fires (trim-half-before-close waits for 15:55 New York)",
+)
+
+
 def demo_settings() -> config.Settings:
     """The demo: embedded simulator, the shipped examples, audit.jsonl and state/ in the current directory."""
     spec = config.ConfigSpec(rules=[str(EXAMPLES / name) for name in DEMO_RULES], crosstrade=config.CrossTradeSpec(base_url=config.SIM))
     return config.from_spec(spec, None, base=Path.cwd())
 
 
+def load_rules(settings: config.Settings) -> tuple[list[Any], dict[str, str]]:
+    """The rules riskd.yaml names; a ConfigError, located, for a path that names nothing or a policy that protects nothing."""
+    config.check_rules_exist(settings)
+    return rules_mod.load(settings.rules, settings.zone, allow_empty=settings.allow_empty_policy)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    from riskd import lint
+
     settings = _settings(args)
-    loaded, hashes = rules_mod.load(settings.rules, settings.zone)
-    print(f"ok: {len(loaded)} rules in {len(hashes)} files")
+    loaded, hashes = load_rules(settings)
+    warnings = lint.warnings(loaded, settings)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    if warnings and args.strict:
+        print(f"riskd: {len(warnings)} warning(s), refused by --strict", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"ok: {len(loaded)} rules in {len(hashes)} files" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return EXIT_OK
 
 
@@ -149,9 +216,48 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from riskd.scaffold import init
+
+    written, commands = init(Path(args.directory))
+    for path in written:
+        print(f"wrote {path}")
+    print("riskd.yaml points at the embedded simulator (base_url: sim); the policy has one rule. Next:")
+    width = max(len(c) for c in commands)
+    for command, what in zip(commands, ("validate the config and the policy",
+                                        "one evaluation now: what would fire, how far each rule is",
+                                        "the daemon against the simulator; Ctrl-C stops it")):
+        print(f"  {command:{width}}   # {what}")
+    return EXIT_OK
+
+
+def sim_intro(settings: config.Settings, rules: list[Any], demo: bool) -> str:
+    """What a run against the embedded simulator is about to do: its accounts, the rules, what to
+    expect (the demo), where the trail is, how to stop."""
+    from riskd.sim import DEMO_SCENARIO, load_scenario
+
+    scenario = load_scenario(settings.scenario or DEMO_SCENARIO)
+    out = [f"riskd against the embedded CrossTrade simulator at {settings.base_url} "
+           f"({(settings.scenario or DEMO_SCENARIO).name}); accounts:"]
+    for account in scenario.get("accounts") or []:
+        held = ", ".join(f"{p['side']} {p['quantity']} {p['instrument']} @ {p['price']}" for p in account.get("positions") or [])
+        out.append(f"  {account['name']:8} {held or 'flat'}")
+    where = "the shipped examples" if demo else ", ".join(str(p) for p in settings.rules)
+    out.append(f"rules ({where}): {', '.join(r.name for r in rules)}")
+    if demo:
+        out.append("what to expect:")
+        out.extend(f"  {line}" for line in DEMO_TIMELINE)
+        out.append(f"state: {settings.state_dir}, emptied at each start, like the simulator (a previous run's locks do not carry over); "
+                   f"audit trail: {settings.audit_log}")
+    else:
+        out.append(f"state: {settings.state_dir} (carries over between runs); audit trail: {settings.audit_log}")
+    read = "riskd audit [--summary]" + (f" -c {settings.path}" if settings.path else " (in this directory)")
+    out.append(f"read it: {read}. Ctrl-C stops riskd.")
+    return "\n".join(out)
+
+
 def _start_sim(settings: config.Settings, stack: ExitStack) -> tuple[config.Settings, str]:
     """Start the embedded simulator; return settings pointed at it and its (random) token."""
-    from dataclasses import replace
 
     from riskd.sim import DEMO_SCENARIO, SimServer, Simulator, load_scenario
 
@@ -163,7 +269,7 @@ def _start_sim(settings: config.Settings, stack: ExitStack) -> tuple[config.Sett
 
 def _endpoint(args: argparse.Namespace, settings: config.Settings, stack: ExitStack) -> tuple[config.Settings, str]:
     """The API to talk to: the embedded simulator (--sim, or base_url: sim), else CrossTrade with the configured token."""
-    if getattr(args, "sim", False) or settings.simulated:
+    if args.sim or settings.simulated:
         return _start_sim(settings, stack)
     return settings, _token(settings)
 
@@ -190,18 +296,21 @@ class Wired:
     dry_run: bool
     notifier: Any = None
     redactor: Any = None
+    dashboard_token: str | None = None
 
 
-def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack, *, console: Any, daemon: bool) -> Wired:
+def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack, *, console: Any, daemon: bool,
+          fresh: bool = False) -> Wired:
     """Load settings and rules (a bad policy stops here: no API call), find the endpoint, and wire the
     audit trail, state store and ticker, each closed by `stack`. `daemon`: also the notifier, and the
-    daemon's own state directory; otherwise (`once`) a dry look works on a copy of the daemon's state."""
+    daemon's own state directory; otherwise (`once`) a dry look works on a copy of the daemon's state.
+    `fresh`: the daemon starts with empty state (the demo)."""
     from riskd.notify import Notifier
     from riskd.state import Store
     from riskd.tick import build_ticker, state_dir_for, utc_now
 
     configure_console(stream=console)
-    loaded, hashes = rules_mod.load(settings.rules, settings.zone)
+    loaded, hashes = load_rules(settings)
     dry_run = args.dry_run or settings.dry_run
     settings, token = _endpoint(args, settings, stack)
     notifier = None
@@ -210,6 +319,9 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
         notifier = Notifier.from_settings(settings)  # a missing webhook URL is a config error (78)
         stack.callback(notifier.close, 0.0)
         secrets += notifier.secrets
+    dashboard_token = config.read_dashboard_token() if daemon and settings.dashboard else None
+    if dashboard_token:
+        secrets.append(dashboard_token)
     redactor = Redactor(secrets)  # one Redactor for every writer: console, trail, state, STATUS, notifications, metrics
     if notifier is not None:
         notifier.redactor = redactor
@@ -220,15 +332,21 @@ def _wire(args: argparse.Namespace, settings: config.Settings, stack: ExitStack,
     if daemon:
         store = Store(state_dir_for(settings, dry_run), on_condition=audit.emit,
                       redactor=redactor)  # disk_full / disk_recovered in the trail
+        if fresh:
+            store.forget_everything()
     elif dry_run:  # a dry look must not take the running daemon's state lock, nor change its state
         store = Store(Path(stack.enter_context(tempfile.TemporaryDirectory())), redactor=redactor)
         store.save(Store.peek(state_dir_for(settings, False)), utc_now())
     else:
-        store = Store(settings.state_dir, redactor=redactor)
+        try:
+            store = Store(settings.state_dir, redactor=redactor)
+        except StateLocked:
+            raise StateLocked(f"a riskd daemon is running with state_dir {settings.state_dir} and acting on these accounts; "
+                              "nothing was sent. For a look that sends nothing: riskd once --dry-run (or riskd status)") from None
     stack.callback(store.close)
     ticker = build_ticker(settings, loaded, token, audit, dry_run=dry_run, store=store)
     stack.callback(ticker.client.close)
-    return Wired(settings, loaded, hashes, token, audit, store, ticker, dry_run, notifier, redactor)
+    return Wired(settings, loaded, hashes, token, audit, store, ticker, dry_run, notifier, redactor, dashboard_token)
 
 
 def _redact_streams(redactor: Any, console: Any, stack: ExitStack) -> Any:
@@ -253,15 +371,24 @@ def private_files() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     hold_signals()  # first: a reload or reopen requested while starting waits for the daemon
     private_files()
+    from riskd import lint
     from riskd.daemon import Daemon
     from riskd.state import ignore_sigxfsz
 
     ignore_sigxfsz()  # a file-size limit makes a write fail (EFBIG, handled), never kills riskd mid-close
     with ExitStack() as stack:
         settings = _settings(args, demo_ok=args.sim)
+        if args.dashboard is not None:
+            settings = replace(settings, dashboard=args.dashboard)
+        # the demo's simulator starts over each run: so does its state (a lock from the last run would flatten at once)
+        demo = settings.path is None
         console = sys.stderr if settings.audit_log == "-" else sys.stdout  # stdout is journald's, unless the trail is there
-        wired = _wire(args, settings, stack, console=console, daemon=True)
-        daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor)
+        wired = _wire(args, settings, stack, console=console, daemon=True, fresh=demo)
+        if args.sim or settings.simulated:
+            print(sim_intro(wired.settings, wired.rules, demo), file=console, flush=True)
+        lint.log_warnings(wired.rules)
+        daemon = Daemon(wired.settings, wired.ticker, wired.audit, wired.hashes, notifier=wired.notifier, redactor=wired.redactor,
+                        dashboard_token=wired.dashboard_token)
         daemon.install_signals(pending=EARLY_SIGNALS)
         code = daemon.run()
         if daemon.abandoned:
@@ -302,7 +429,7 @@ def _audit_trail(settings: config.Settings, redactor: Redactor) -> AuditTrail:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from riskd.state import Store
-    from riskd.tick import engine_settings, state_dir_for, utc_now
+    from riskd.tick import state_dir_for, utc_now
 
     private_files()
     with ExitStack() as stack:
@@ -317,7 +444,7 @@ def cmd_once(args: argparse.Namespace) -> int:
                   "(see the audit trail's api_error)", file=sys.stderr)
             return EXIT_FAILURE
         now = utc_now()
-        _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, engine_settings(settings)), loaded, now,
+        _print_once(decisions, engine.explain(loaded, state_before, ticker.last_snapshot, now, settings.engine), loaded, now,
                     wired.dry_run)
         return EXIT_OK
 
@@ -389,10 +516,109 @@ def cmd_audit(args: argparse.Namespace) -> int:
     files = _trail_files(args)
     if args.follow and not args.files:
         files = files[-1:]  # like tail -f: the live file, then what is appended to it
-    return trail.main(files, args)
+    if args.verify:
+        return trail.main(files, trail.Query(task="verify"))
+    try:
+        keep = trail.parse_filter(rule=args.rule, account=args.account, instrument=args.instrument, events=args.event,
+                                  since=args.since, until=args.until, day=args.date, show_all=args.all)
+    except trail.FilterError as exc:
+        print(f"riskd audit: {exc}", file=sys.stderr)
+        return 2
+    return trail.main(files, trail.Query(keep, "summary" if args.summary else "list", json=args.json, follow=args.follow))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from riskd import report
 
-    return report.main(_trail_files(args), args)
+    return report.main(_trail_files(args), day=args.date, output=args.output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operating the running daemon.
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from riskd import status
+    from riskd.state import Store
+    from riskd.tick import utc_now
+
+    settings = _settings(args, demo_ok=True)
+    loaded, _ = rules_mod.load(settings.rules, settings.zone)
+    live, dry = Store.peek_view(settings.state_dir), Store.peek_view(settings.state_dir / "dry-run")
+
+    def heard(view: dict[str, Any] | None) -> str:
+        return ((view or {}).get("health") or {}).get("updated") or ""
+
+    dry_run = bool(dry) and heard(dry) > heard(live)  # the daemon that wrote last
+    seen = dry if dry_run else live
+    if seen is None:
+        print(f"riskd: no state in {settings.state_dir}: riskd has not run with this config", file=sys.stderr)
+        return EXIT_FAILURE
+    view = status.build(loaded, seen["state"], seen["snapshot"], seen["health"], utc_now(), settings.engine,
+                        snapshot_at=seen["snapshot_at"], dry_run=dry_run, commands=seen["commands"])
+    print(json.dumps(view, indent=2) if args.json else status.render(view))
+    return EXIT_OK
+
+
+def _until(args: argparse.Namespace, settings: config.Settings) -> str | None:
+    """--for / --until as an absolute UTC time (ISO), None for the default (the session end)."""
+    from datetime import datetime, timedelta, timezone
+
+    from riskd.fields import parse_duration
+
+    now = datetime.now(timezone.utc)
+    if getattr(args, "for_", None):
+        try:
+            return (now + parse_duration(args.for_)).isoformat()
+        except ValueError as exc:
+            raise UsageError(f"--for: {exc}") from None
+    text = getattr(args, "until", None)
+    if not text:
+        return None
+    try:
+        hour, minute = (int(x) for x in text.split(":"))
+        local = now.astimezone(settings.zone)
+        at = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if at <= local:
+            at += timedelta(days=1)
+        return at.astimezone(timezone.utc).isoformat()
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--until: {text!r} is neither HH:MM nor an ISO time") from None
+    return (at if at.tzinfo else at.replace(tzinfo=settings.zone)).astimezone(timezone.utc).isoformat()
+
+
+class UsageError(RiskdError):
+    pass
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from riskd.channel import ask, socket_path
+
+    settings = _settings(args, demo_ok=True)
+    verb = args.command
+    if verb == "flatten" and args.all and args.account:
+        print("riskd: flatten takes an ACCOUNT or --all, not both", file=sys.stderr)
+        return EXIT_USAGE
+    if verb == "flatten" and not args.all and not args.account:
+        print("riskd: flatten needs an ACCOUNT (or --all --yes)", file=sys.stderr)
+        return EXIT_USAGE
+    if verb == "flatten" and args.all and not args.yes:
+        print("riskd: flatten --all flattens every account (one flatten per account): add --yes to confirm", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        until = _until(args, settings)
+    except UsageError as exc:
+        print(f"riskd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    request = {"id": secrets.token_hex(8), "verb": verb, "reason": args.reason, "until": until,
+               "account": getattr(args, "account", None), "rule": getattr(args, "rule", None),
+               "instrument": getattr(args, "instrument", None), "all": bool(getattr(args, "all", False)),
+               "yes": bool(getattr(args, "yes", False)),
+               "claimed_user": os.environ.get("SUDO_USER") or os.environ.get("LOGNAME") or os.environ.get("USER")}
+    answer = ask(socket_path(settings), request, wait_s=args.wait)
+    print(f"{answer.get('status')}: {answer.get('message', '')}")
+    return EXIT_OK if answer.get("status") == "done" else EXIT_FAILURE

@@ -325,7 +325,9 @@ class CrossTradeClient:
                 timeouts["read"] = max(0.001, deadline - time.monotonic())
             text, cut = self._read_body(response, deadline)
         except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-            return Reply(method, path, body, None, _ms(started), UNSENT, error=f"{exc.__class__.__name__} ({self._address(request)})")
+            return Reply(method, path, body, None, _ms(started), UNSENT,
+                         error=f"{exc.__class__.__name__} ({request.url.scheme}://{self._address(request)}{self._base_path}): "
+                               "not reached; check crosstrade.base_url in riskd.yaml")
         except httpx.HTTPError as exc:  # read/write timeout, reset, protocol error: it may have been applied
             return Reply(method, path, body, None, _ms(started), UNKNOWN, error=exc.__class__.__name__)
         finally:
@@ -472,6 +474,14 @@ def _float(obj: dict[str, Any], key: str) -> float:
     return float(value)
 
 
+def _shown(obj: dict[str, Any], key: str) -> float | None:
+    """A figure riskd only shows (never decides on): None when absent, null or not a finite number."""
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 # A position larger than this is not a reading riskd trusts (10**30, 1e15 seen from glitchy bridges).
 MAX_PLAUSIBLE_QUANTITY = 100_000
 _SIDES = {"long": "Long", "short": "Short", "flat": "Flat"}
@@ -574,6 +584,8 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
                 commission=figures["commission"],
                 net_liquidation=figures["netLiquidation"],
                 positions=positions,
+                week_pnl=_shown(item, "weeklyProfitLoss"),
+                cash_value=_shown(item, "cashValue"),
             )
         )
     return Snapshot(taken_at=taken_at, accounts=tuple(accounts), unknown=frozenset(unknown), problems=tuple(problems))

@@ -1,6 +1,7 @@
 """The daemon: decides when ticks run (polls on the monotonic clock in their own thread, `at` rules
 and the summary with APScheduler 3.x), handles signals (SIGTERM/SIGINT stop,
-SIGHUP reload, SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd and serves metrics.
+SIGHUP reload, SIGUSR1 reopen), swaps rule sets on reload, speaks to systemd and serves metrics
+and the live dashboard (riskd/dashboard.py).
 
 One tick itself is `riskd.tick.Ticker`; the wiring of a ticker is `riskd.tick.build_ticker`.
 """
@@ -14,7 +15,9 @@ import signal
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -22,13 +25,16 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from riskd import __version__, events, rules as rules_mod
+from riskd import __version__, engine, events, lint, rules as rules_mod, trail
 from riskd.audit import AuditTrail
 from riskd.config import Settings
+from riskd.dashboard import Dashboard
 from riskd.errors import ConfigError
+from riskd.keys import LockKey
 from riskd.metrics import Telemetry
 from riskd.notify import Notifier
 from riskd.redact import Redactor
+from riskd.schedule import wall_occurrences
 from riskd.sdnotify import Systemd
 from riskd.tick import Ticker, utc_now
 
@@ -47,12 +53,13 @@ class Daemon:
     Around the ticks (see riskd/sdnotify.py, riskd/metrics.py, riskd/notify.py): systemd READY /
     STATUS / WATCHDOG (pinged by healthy ticks and completed actions only) / RELOADING / STOPPING;
     telemetry (a summary log line every `summary_interval`, the optional Prometheus endpoint);
-    webhook notifications fed by the audit trail.
+    webhook notifications fed by the audit trail; `session_summary` at each session end; the
+    optional live dashboard (riskd/dashboard.py), fed after every tick and by the audit trail.
     """
 
     def __init__(self, settings: Settings, ticker: Ticker, audit: AuditTrail, hashes: dict[str, str], *,
                  systemd: Systemd | None = None, telemetry: Telemetry | None = None, notifier: Notifier | None = None,
-                 redactor: Redactor | None = None):
+                 redactor: Redactor | None = None, dashboard_token: str | None = None):
         self.settings = settings
         self.ticker = ticker
         self.audit = audit
@@ -67,11 +74,16 @@ class Daemon:
             if not part.redactor:
                 part.redactor = self.redactor
         self.metrics_server: Any = None
+        self.control_server: Any = None
+        self.dashboard = Dashboard(ticker, redactor=self.redactor, token=dashboard_token) if settings.dashboard else None
+        self.dashboard_server: Any = None
         self._status_at = 0.0
         ticker.client.observers.append(self.telemetry.on_reply)
         for webhook in self.notifier.webhooks:  # riskd_notifications_total{target,outcome}
             webhook.observers.append(self.telemetry.on_notification)
         audit.observers.extend([self.telemetry.on_audit, self.notifier.on_audit, self._on_audit])
+        if self.dashboard is not None:
+            audit.observers.append(self.dashboard.on_audit)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1},
@@ -94,6 +106,8 @@ class Daemon:
             log.exception("tick_failed", reason=reason)
             return  # no watchdog ping: ticks that keep failing get riskd restarted by systemd
         self.telemetry.on_tick(reason, time.perf_counter() - started, self.ticker)
+        if self.dashboard is not None:
+            self.dashboard.on_tick()
         # The watchdog watches riskd (a hung or crashing tick, a dead scheduler), not CrossTrade: a
         # tick that handled an API error is healthy; the outage shows in STATUS, `stale` and metrics.
         now = time.monotonic()
@@ -127,6 +141,28 @@ class Daemon:
     def _summary(self) -> None:
         log.info("summary", **self.telemetry.window())
 
+    def session_summary(self, now: datetime | None = None) -> dict[str, Any]:
+        """At a session end: audit `session_summary` (and so notify it): each account's P&L as last
+        seen, whether it is locked, and each rule's day (riskd.trail.summary over the trail)."""
+        now = now or self.ticker.clock()
+        es = self.ticker.engine_settings
+        boundary = next(o for o in wall_occurrences(es.session_start, frozenset(range(7)), es.zone, now, -1) if o <= now)
+        ended = engine.session_of(boundary - timedelta(seconds=1), es)
+        state, snapshot = self.ticker.state, self.ticker.last_snapshot
+        locked = {LockKey.parse(k).account for k in state.locks} if state.session == ended else set()
+        locked |= set(engine.active(state.account_locks, now))  # an operator's lock outlives the session
+        accounts = [{"account": a.name, "pnl": round(a.pnl(), 2), "realized": a.realized_pnl, "commission": a.commission,
+                     "locked": a.name.lower() in locked} for a in (snapshot.accounts if snapshot is not None else ())]
+        rules: list[dict[str, Any]] = []
+        if self.settings.audit_log != "-":
+            self.audit.flush()
+            try:  # the live file and the one rotated before it hold the session (rotation is daily at most)
+                lines = trail.read(trail.default_files(Path(self.settings.audit_log))[-2:])
+                rules = [{k: v for k, v in row.items() if k != "day"} for row in trail.summary(lines) if row["day"] == ended]
+            except (OSError, trail.TrailError) as exc:
+                log.warning("session_summary_partial", error=f"{exc.__class__.__name__}: {exc}", note="the rules' day is left out")
+        return self.audit.emit(events.SESSION_SUMMARY, session=ended, accounts=accounts, rules=rules)
+
     def _schedule_timed(self) -> None:
         for job in self.scheduler.get_jobs():
             if job.id.startswith("at:"):
@@ -143,7 +179,7 @@ class Daemon:
         """Reload the rule files: all or nothing. Return True when the new rules are running."""
         self.systemd.reloading()
         try:
-            new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone)
+            new_rules, hashes = rules_mod.load(self.settings.rules, self.settings.zone, allow_empty=self.settings.allow_empty_policy)
         except Exception as exc:  # whatever the loader raises, a reload never kills the daemon: the old rules run on
             errors = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [f"{exc.__class__.__name__}: {exc}"[:2000]]
             self.audit.emit(events.RULES_REJECTED, source=[str(p) for p in self.settings.rules], errors=errors,
@@ -159,6 +195,7 @@ class Daemon:
                         reason="reload",
                         **changes)
         log.info("rules_loaded", rule_count=len(new_rules), reason="reload")
+        lint.log_warnings(new_rules)
         self.systemd.ready(self.status())
         return True
 
@@ -190,12 +227,15 @@ class Daemon:
         """Run until a stop signal; return the exit code."""
         self.audit.emit(events.STARTED, version=__version__, config=str(self.settings.path) if self.settings.path else None,
                         pid=os.getpid(), dry_run=self.ticker.executor.dry_run, base_url=self.settings.base_url,
-                        poll_interval_s=self.settings.poll_interval, timezone=str(self.settings.zone),
+                        poll_interval_s=self.settings.poll_interval.total_seconds(), timezone=str(self.settings.zone),
                         session_start=self.settings.session_start.isoformat(timespec="minutes"))
         self.audit.emit(events.RULES_LOADED, source=[str(p) for p in self.settings.rules], files=self.hashes,
                         rule_count=len(self.ticker.rules), reason="start")
-        log.info("started", version=__version__, rules=len(self.ticker.rules), poll_interval_s=self.settings.poll_interval,
+        log.info("started", version=__version__, config=str(self.settings.path) if self.settings.path else "none (the demo)",
+                 api=urlsplit(self.settings.base_url).netloc, rules=len(self.ticker.rules),
+                 poll_interval_s=self.settings.poll_interval.total_seconds(),
                  dry_run=self.ticker.executor.dry_run)
+        self._start_control()
         # The first tick runs in its own (daemon) thread so a stop during it is honoured like any other.
         first = threading.Thread(target=self._first_tick, name="riskd-start-tick", daemon=True)
         first.start()
@@ -211,9 +251,9 @@ class Daemon:
         """The poll ticks, every poll_interval on the monotonic clock (a step of the wall clock, back an
         hour or forward, neither stops nor bunches them), phased half an interval off the whole seconds
         where `at` rules fire. A tick that runs long delays the next one; missed ones are not made up."""
-        interval = self.settings.poll_interval
+        interval = self.settings.poll_interval.total_seconds()
         wall = utc_now()
-        due = time.monotonic() + (poll_phase(interval, wall) - wall).total_seconds()
+        due = time.monotonic() + (poll_phase(self.settings.poll_interval, wall) - wall).total_seconds()
         while not self._halt.wait(max(0.0, due - time.monotonic())):
             self._safe_tick("poll")
             now = time.monotonic()
@@ -230,12 +270,15 @@ class Daemon:
         gc.freeze()  # startup objects live forever: keep them out of every later GC pass (shorter tick tails)
         self._poller = threading.Thread(target=self._poll_loop, name="riskd-poll", daemon=True)
         self._schedule_timed()
-        if self.settings.summary_interval > 0:
-            self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval), id="summary")
+        self.scheduler.add_job(self.session_summary, session_end_trigger(self.settings), id="session_end",
+                               misfire_grace_time=int(self.settings.misfire_grace.total_seconds()) or 1)
+        if self.settings.summary_interval > timedelta(0):
+            self.scheduler.add_job(self._summary, IntervalTrigger(seconds=self.settings.summary_interval.total_seconds()), id="summary")
         self._start_metrics()
+        self._start_dashboard()
         interval = self.systemd.watchdog_interval
-        if interval is not None and self.settings.poll_interval > interval / 2:
-            log.error("watchdog_too_short", watchdog_s=interval, poll_interval_s=self.settings.poll_interval,
+        if interval is not None and self.settings.poll_interval.total_seconds() > interval / 2:
+            log.error("watchdog_too_short", watchdog_s=interval, poll_interval_s=self.settings.poll_interval.total_seconds(),
                       fix="ticks feed the watchdog: set WatchdogSec= to at least twice poll_interval (systemctl edit riskd)")
         self.scheduler.start()
         self._poller.start()
@@ -272,6 +315,8 @@ class Daemon:
         in_doubt = [i.key for i in executor.in_doubt]
         # sent (or about to be) when the stop came: their outcomes are settled at the next start
         in_doubt += [key for key in acting if key not in in_doubt]
+        if self.control_server is not None:
+            self.control_server.close()  # no command is taken after `stopped`; one not carried out stays queued
         self.audit.close_with(events.STOPPED, reason=self._stop_reason, pid=os.getpid(), ticks=self.ticker.health.ticks,
                               firings=self.ticker.health.firings, in_doubt=in_doubt, abandoned_tick=self.abandoned,
                               stop_s=round(time.monotonic() - started, 3))
@@ -281,7 +326,23 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
+        if self.dashboard_server is not None:
+            self.dashboard_server.stop()
         return 0
+
+    def _start_control(self) -> None:
+        """Open the control socket (riskd.channel); riskd keeps protecting accounts without it."""
+        from riskd.channel import ControlServer, socket_path
+
+        path = socket_path(self.settings)
+        try:
+            self.control_server = ControlServer(path, self.ticker.store.inbox(), self.audit, lambda: self._safe_tick("control"),
+                                                self.ticker.command_progress, self.ticker.clock).start()
+        except OSError as exc:
+            log.error("control_unavailable", path=str(path), error=f"{exc.__class__.__name__}: {exc}",
+                      fix="riskd lock/flatten/... cannot reach this daemon; set control_socket to a writable, short path")
+            return
+        log.info("control_listening", path=str(path))
 
     def _start_metrics(self) -> None:
         if self.settings.metrics is None:
@@ -300,10 +361,46 @@ class Daemon:
             log.warning("metrics_exposed", address=f"{host}:{bound}", note="the endpoint is not on loopback; firewall it")
 
 
-def poll_phase(interval: float, now: datetime | None = None) -> datetime:
+    def _start_dashboard(self) -> None:
+        if self.settings.dashboard is None or self.dashboard is None:
+            return
+        from riskd.dashboard import serve
+
+        host, port = self.settings.dashboard
+        try:
+            self.dashboard_server = serve(host, port, self.dashboard)
+        except OSError as exc:  # riskd keeps protecting accounts without its dashboard
+            log.error("dashboard_unavailable", address=f"{host}:{port}", error=f"{exc.__class__.__name__}: {exc.strerror}")
+            return
+        log.info("dashboard_listening", url=self.dashboard_server.url, guarded=bool(self.dashboard.token))
+        if self.settings.audit_log != "-":
+            threading.Thread(target=self._seed_dashboard, name="riskd-dashboard-seed", daemon=True).start()
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("dashboard_exposed", url=self.dashboard_server.url,
+                        note="the dashboard is not on loopback: anyone who reaches the port sees balances and positions; "
+                             "keep it on 127.0.0.1 and use an SSH tunnel (docs/dashboard.md)"
+                             + ("" if self.dashboard.token else ", or at least set the dashboard-token credential"))
+
+
+    def _seed_dashboard(self) -> None:
+        """The session's P&L chart from before this start, read off the live trail file (off the tick thread)."""
+        assert self.dashboard is not None
+        try:
+            self.dashboard.seed(trail.read(trail.default_files(Path(self.settings.audit_log))[-1:]))
+        except (OSError, trail.TrailError) as exc:
+            log.warning("dashboard_seed_failed", error=f"{exc.__class__.__name__}: {exc}", note="the chart starts at this start")
+
+
+def session_end_trigger(settings: Settings) -> CronTrigger:
+    """Every day at session_start in the configured zone: the session that was running ends."""
+    start = settings.session_start
+    return CronTrigger(hour=start.hour, minute=start.minute, second=start.second, timezone=settings.zone)
+
+
+def poll_phase(interval: timedelta, now: datetime | None = None) -> datetime:
     """The phase of the poll ticks (the poll loop runs them at that wall time + k * interval, counted on
     the monotonic clock): half an interval off whole seconds, where `at` rules fire, so a
     timed tick does not wait for a poll tick to release the ticker."""
     now = now or utc_now()
-    offset = (interval / 2) % 1.0 or 0.5
+    offset = (interval.total_seconds() / 2) % 1.0 or 0.5
     return now.replace(microsecond=0) + timedelta(seconds=offset)

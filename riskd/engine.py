@@ -4,7 +4,7 @@ No I/O and no clock: `now` comes in, decisions and the next state go out. The da
 orders of each "fire" decision and, once the API acknowledged them, folds them back with
 `acknowledge`, which is what makes a firing count.
 
-Firing semantics (SPEC §3 "When a rule fires"):
+Firing semantics (docs/how-it-works.md, "How firing works"):
 - a rule is evaluated per target: per matched position when it has a position condition or a
   per-position action (close, reduce_to), per account otherwise;
 - `at` rules fire once per occurrence for the targets in scope at that instant; an occurrence found
@@ -16,34 +16,42 @@ Firing semantics (SPEC §3 "When a rule fires"):
   missing from a snapshot keeps its markers and first-seen times;
 - `for` holds a condition continuously before firing;
 - `between` windows that wrap midnight belong to the day they open on (for `days`);
-- a lock (set when a `lock: true` firing is acknowledged) closes any position in scope at once;
+- a lock (set when a `lock:` firing is acknowledged) closes any position in scope at once, until it
+  ends: the session's end (`lock: true`), the week's end, or a duration after it was set; a timed
+  lock outlives the session boundary. A `reduce_only` lock lets positions shrink (the size it allows
+  follows a shrink seen in two consecutive snapshots) and closes back any increase or new position;
+  a lock reaching its end is a `lock_ended` decision (audited, nothing sent);
 - on one target in one tick, the most severe action wins (flatten > close all > partial, ties by
   file order); the others are `superseded`: counted as done when a winner that closes everything
   (flatten, close all) is acknowledged, evaluated again next tick after a partial winner;
-- markers, holds, peaks, locks and first-seen times reset at the session boundary; occurrence
+- markers, holds, peaks, session locks and first-seen times reset at the session boundary; occurrence
   records are keyed by instant and kept (8 days), so a past session's occurrence is never `missed`;
-- a rule whose digest changed (edited) forgets its state; unchanged rules keep theirs.
+- a rule whose digest changed (edited) forgets its state; unchanged rules keep theirs;
+- an operator's controls (riskd.control) are state too: a paused rule is not evaluated until its
+  pause ends (its lock, if any, still holds); a locked account (`account_locks`) has every open
+  position flattened until the lock ends. Both outlive a session boundary until they end.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone, tzinfo
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any, Iterable
 
+from riskd import sizes
 from riskd.conditions import REGISTRY, Target
 from riskd.keys import FiringKey, LockKey, OccurrenceKey, PositionKey, TargetKey, rule_of
 from riskd.model import Account, Decision, Order, Position, Rule, Severity, Snapshot
-from riskd.schedule import format_span, last_occurrence, next_occurrence
+from riskd.schedule import format_span, last_occurrence, next_occurrence, session_end, week_bounds
 
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    """The parts of riskd.yaml the engine needs."""
+    """The parts of riskd.yaml the engine needs (riskd.config.Settings.engine)."""
 
-    zone: Any
+    zone: tzinfo
     session_start: time = time(18, 0)
     misfire_grace: timedelta = timedelta(seconds=60)
 
@@ -58,10 +66,15 @@ class State:
     occurrences: OccurrenceKey -> {TargetKey: "pending" | "done" | "gone" | "waiting" | "seen" | "missed"}
     peaks:       account (lower case) -> session P&L peak
     locks:       LockKey -> ISO time the lock was set
+    lock_terms:  LockKey -> {"until": ISO end, "reduce_only": bool, "sizes": {PositionKey: contracts allowed},
+                 "closing": {PositionKey: the size its last acknowledged close-back was sized on}}
+                 (a lock without terms, written by an older riskd, ends with the session)
     first_seen:  PositionKey -> ISO time the position was first seen (also its identity)
     known:       rule name -> [digest, ISO time first loaded]
     tracked:     position identity -> [last quantity seen, snapshots it has been absent from, confirmed 0|1]
     inflight:    firing keys whose last action has an unresolved outcome: never fire them again
+    paused:      rule name -> ISO time its operator pause ends
+    account_locks: account (lower case) -> ISO time its operator lock ends
     """
 
     session: str | None = None
@@ -70,10 +83,13 @@ class State:
     occurrences: dict[str, dict[str, str]] = field(default_factory=dict)
     peaks: dict[str, float] = field(default_factory=dict)
     locks: dict[str, str] = field(default_factory=dict)
+    lock_terms: dict[str, dict[str, Any]] = field(default_factory=dict)
     first_seen: dict[str, str] = field(default_factory=dict)
     known: dict[str, list[str]] = field(default_factory=dict)
     tracked: dict[str, list[int]] = field(default_factory=dict)
     inflight: frozenset[str] = frozenset()
+    paused: dict[str, str] = field(default_factory=dict)
+    account_locks: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,9 +100,12 @@ class State:
             "occurrences": self.occurrences,
             "peaks": self.peaks,
             "locks": self.locks,
+            "lock_terms": self.lock_terms,
             "first_seen": self.first_seen,
             "known": self.known,
             "tracked": self.tracked,
+            "paused": self.paused,
+            "account_locks": self.account_locks,
         }
 
     @classmethod
@@ -124,6 +143,15 @@ def session_of(now: datetime, settings: EngineSettings) -> str:
     if local.time() >= settings.session_start:
         day += timedelta(days=1)
     return day.isoformat()
+
+
+def active(ends: dict[str, str], now: datetime) -> dict[str, str]:
+    """The entries of a {name: ISO end} map (pauses, account locks) that have not ended at `now`."""
+    return {k: v for k, v in ends.items() if datetime.fromisoformat(v) > now}
+
+
+# Pseudo-rule names of operator controls in firing keys (a rule name cannot hold ':').
+OPERATOR_LOCK = "operator:lock"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +231,8 @@ def threshold_of(rule: Rule) -> dict[str, Any]:
 def orders_for(rule: Rule, account: Account, position: Position | None) -> tuple[Order, ...]:
     """Given a rule and a target, return the API calls its action needs."""
     action, name = rule.action, account.name
+    if action.kind == "alert":
+        return ()  # audited and notified: no request
     if action.kind == "flatten":
         if position is not None:
             return (Order("flatten", name, position.instrument),)
@@ -253,12 +283,13 @@ class _Tick:
         self.settings = settings
         self.occurrences = dict(state.occurrences)
         self.decisions: list[Decision] = []
+        self.lock_terms: dict[str, dict[str, Any]] = dict(state.lock_terms)
         present = {a.name.lower() for a in snapshot.accounts}
         self.present = present
         # an account missing from one snapshot (or unreadable in it) keeps its positions' identities and its markers
         self.first_seen = {k: v for k, v in state.first_seen.items() if _position(k).account not in present}
         self.tracked = {k: v for k, v in state.tracked.items() if _position(k).account not in present}
-        # Position identity across glitchy snapshots (the README's "Bad snapshots"):
+        # Position identity across glitchy snapshots (docs/how-it-works.md, "Bad snapshots"):
         # - a remembered identity is gone only when absent from two consecutive well-formed snapshots
         #   (one snapshot without it, or with the other side, does not re-arm its rules);
         # - a new identity for an instrument whose other side is still remembered (a reversal, or a
@@ -316,6 +347,7 @@ class _Tick:
         self._pkey_of: dict[int, str] = {}
         self._seen_of: dict[int, datetime] = {}
         self._target_of_id: dict[int, TargetKey] = {}
+        self._scoped_of: dict[tuple[int, tuple[str, ...]], Account] = {}
         for account in snapshot.accounts:
             for pos in self._targets_of[id(account)]:
                 key = _position_key(account.name, pos)
@@ -355,6 +387,13 @@ class _Tick:
         if position is not None:
             inputs = {**inputs, "position": position.as_dict()}
         inputs.setdefault("account_pnl", account.pnl())
+        if rule.action.kind == "alert":
+            extra.setdefault("reason", rule.action.amount)
+        orders = (self.group_orders(rule, account) if rule.grouped else orders_for(rule, account, position)) if kind == "fire" else ()
+        if kind == "fire" and rule.action.lock:
+            terms = self.lock_terms_for(rule, account, orders)
+            extra["lock_terms"] = terms
+            inputs = {**inputs, "lock_until": terms["until"], "reduce_only": terms["reduce_only"]}
         self.decisions.append(
             Decision(
                 kind=kind,
@@ -364,7 +403,7 @@ class _Tick:
                 instrument=position.instrument if position is not None else None,
                 action=rule.action.describe(),
                 severity=rule.action.severity,
-                orders=orders_for(rule, account, position) if kind == "fire" else (),
+                orders=orders,
                 inputs=inputs,
                 threshold=threshold_of(rule),
                 dry_run=rule.dry_run,
@@ -373,6 +412,19 @@ class _Tick:
                 **extra,
             )
         )
+
+    def lock_terms_for(self, rule: Rule, account: Account, orders: tuple[Order, ...]) -> dict[str, Any]:
+        """The lock a firing sets: when it ends, and for a reduce-only lock the size each position in
+        scope may keep (0 for one this firing closes entirely, else what is open now)."""
+        terms: dict[str, Any] = {"until": lock_end(rule.action.lock_until, self.now, self.settings).astimezone(timezone.utc).isoformat(),
+                                 "reduce_only": rule.action.reduce_only}
+        if rule.action.reduce_only:
+            allowed = {}
+            for p in self._targets_of.get(id(account), ()):
+                if _instrument_matches(rule.instruments, p.instrument):
+                    allowed[self._pkey_of.get(id(p)) or _position_key(account.name, p)] = _allowed_after(p, orders)
+            terms["sizes"] = allowed
+        return terms
 
     def targets(self, rule: Rule) -> Iterable[tuple[Account, Position | None]]:
         per_position, accounts, instruments = rule.per_position, rule.accounts, rule.instruments
@@ -383,8 +435,44 @@ class _Tick:
                 for pos in self._targets_of[id(account)]:
                     if _instrument_matches(instruments, pos.instrument):
                         yield account, pos
+            elif rule.grouped:
+                yield self._scoped(account, instruments), None
             else:
                 yield account, None
+
+    def _scoped(self, account: Account, instruments: tuple[str, ...]) -> Account:
+        """The account as a `group` condition sees it: only its positions in the rule's scope, as
+        confirmed across snapshots (kept for the tick, so the per-tick caches keyed by id() hold)."""
+        key = (id(account), instruments)
+        scoped = self._scoped_of.get(key)
+        if scoped is None:
+            positions = tuple(p for p in self._targets_of[id(account)] if _instrument_matches(instruments, p.instrument))
+            scoped = self._scoped_of[key] = replace(account, positions=positions)
+            self._targets_of[id(scoped)] = positions
+            self._peak_of[id(scoped)] = self._peak_of.get(id(account), self.peaks.get(account.name.lower(), 0.0))
+        return scoped
+
+    def group_orders(self, rule: Rule, account: Account) -> tuple[Order, ...]:
+        """The orders of a rule with a `group` condition: its action on every group over the cap
+        (reduce_to: the excess, newest positions first; close: all and flatten: each position)."""
+        name, spec = next((n, s) for n, s in rule.conditions if REGISTRY[n].scope == "group")
+        weight, action = spec.micro_weight, rule.action
+        if action.kind == "alert":
+            return ()
+        groups = [list(account.positions)] if name == "account_size" else list(sizes.by_root(account.positions, weight).values())
+        over = [g for g in groups if sizes.weighted(g, weight) > spec.above]
+        if action.kind == "flatten" and name == "account_size" and rule.instruments == ("*",):
+            return (Order("flatten", account.name),)
+        orders: list[Order] = []
+        for group in over:
+            if action.kind == "reduce_to":
+                seen = [(p, self._seen_of[id(p)]) for p in group]  # confirmed positions: each has its first-seen time
+                orders += [Order("close", account.name, p.instrument, quantity=n) for p, n in sizes.excess(seen, action.amount, weight)]
+            else:
+                orders += [Order("flatten" if action.kind == "flatten" else "close", account.name, p.instrument) for p in group]
+        if action.cancel_orders:
+            orders += [Order("cancel_orders", account.name, inst) for inst in dict.fromkeys(o.instrument for o in orders if o.instrument)]
+        return tuple(orders)
 
     def run(self, rule: Rule) -> None:
         """Evaluate one rule; a rule that raises is reported (`rule_failed`) and keeps its state as it
@@ -505,27 +593,83 @@ class _Tick:
         )
 
     def enforce_locks(self, rules_by_name: dict[str, Rule]) -> None:
-        for lock_key in self.old.locks:
-            lock = LockKey.parse(lock_key)
-            rule = rules_by_name.get(lock.rule)
-            account = self.snapshot.account(lock.account)
-            if rule is None or account is None:
+        """Close what a lock does not allow; return nothing, but leave in `self.lock_terms` the
+        locks still running (a reduce-only lock's allowed sizes follow the positions down)."""
+        self.lock_terms = {}
+        for name, until in self.old.account_locks.items():
+            account = self.snapshot.account(name)
+            if account is None:
                 continue
             for position in self._targets_of[id(account)]:
-                if not _instrument_matches(rule.instruments, position.instrument):
-                    continue
-                key = str(FiringKey(rule.name, self._target(account, position), lock=True))
+                key = str(FiringKey(OPERATOR_LOCK, self._target(account, position), lock=True))
                 if key in self.old.fired:
                     self.fired[key] = self.old.fired[key]
                 elif key not in self.old.inflight:
                     self.decisions.append(
-                        Decision(kind="fire", rule=rule.name, key=key, account=account.name, instrument=position.instrument,
+                        Decision(kind="fire", rule=OPERATOR_LOCK, key=key, account=account.name, instrument=position.instrument,
                                  action="lock: flatten", severity=Severity.FLATTEN,
                                  orders=(Order("flatten", account.name, position.instrument),),
-                                 inputs={"position": position.as_dict(), "locked_since": self.old.locks[lock_key]},
-                                 threshold=threshold_of(rule), reason="position opened while the account is locked",
-                                 dry_run=rule.dry_run)
+                                 inputs={"position": position.as_dict(), "locked_until": until},
+                                 threshold={"account_lock_until": until}, reason="the operator locked this account")
                     )
+        for lock_key, since in self.old.locks.items():
+            lock = LockKey.parse(lock_key)
+            rule = rules_by_name.get(lock.rule)
+            terms = self.old.lock_terms.get(lock_key)
+            if terms is not None:
+                self.lock_terms[lock_key] = terms
+            account = self.snapshot.account(lock.account)
+            if rule is None or account is None:
+                continue
+            reduce_only = bool(terms and terms.get("reduce_only"))
+            allowed: dict[str, int] = dict(terms.get("sizes", {})) if terms else {}
+            closing: dict[str, int] = dict(terms.get("closing", {})) if terms else {}  # position -> the size its close-back saw
+            kept: dict[str, int] = {}
+            still_closing: dict[str, int] = {}
+            for position in self._targets_of[id(account)]:
+                if not _instrument_matches(rule.instruments, position.instrument):
+                    continue
+                key = str(FiringKey(rule.name, self._target(account, position), lock=True))
+                pkey = self._pkey_of.get(id(position)) or _position_key(account.name, position)
+                limit = allowed.get(pkey, 0) if reduce_only else 0
+                if position.quantity <= limit:
+                    previous = self.old.tracked.get(pkey)
+                    # a shrink counts once two consecutive snapshots show it (one low reading is not trusted)
+                    low = max(position.quantity, previous[0]) if previous else position.quantity
+                    kept[pkey] = min(limit, low)
+                    continue
+                kept[pkey] = limit
+                if pkey in closing:
+                    still_closing[pkey] = closing[pkey]
+                # an acknowledged close-back counts while the position shows the size it was sized on (the
+                # snapshot lags behind it); a different size over the allowance (the trader added again) is closed back anew
+                if key in self.old.fired:
+                    self.fired[key] = self.old.fired[key]
+                if (key not in self.old.fired or (reduce_only and closing.get(pkey) != position.quantity)) and key not in self.old.inflight:
+                    if limit:
+                        orders: tuple[Order, ...] = (Order("close", account.name, position.instrument, quantity=position.quantity - limit),)
+                        action, severity = f"lock: close back to {limit}", Severity.PARTIAL
+                        reason = f"position grew past the {limit} contract(s) the reduce-only lock allows"
+                    else:
+                        orders = (Order("flatten", account.name, position.instrument),)
+                        action, severity = "lock: flatten", Severity.FLATTEN
+                        reason = "position opened while the account is locked"
+                    inputs: dict[str, Any] = {"position": position.as_dict(), "locked_since": since}
+                    if terms is not None:
+                        inputs.update(locked_until=terms["until"], reduce_only=reduce_only)
+                    if reduce_only:
+                        inputs["allowed"] = limit
+                    self.decisions.append(
+                        Decision(kind="fire", rule=rule.name, key=key, account=account.name, instrument=position.instrument,
+                                 action=action, severity=severity, orders=orders, inputs=inputs,
+                                 threshold=threshold_of(rule), reason=reason, dry_run=rule.dry_run)
+                    )
+            if reduce_only and terms is not None:
+                # a position remembered through a glitchy snapshot keeps its allowance; one gone for good allows nothing
+                unseen = {k for k in self.tracked if k not in kept}
+                kept.update({k: v for k, v in allowed.items() if k in unseen})
+                still_closing.update({k: v for k, v in closing.items() if k in unseen})
+                self.lock_terms[lock_key] = {**terms, "sizes": kept, "closing": still_closing}
 
 
 def _arbitrate(decisions: list[Decision], order: dict[str, int]) -> list[Decision]:
@@ -571,10 +715,20 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
     decisions of this tick and the state to remember (fired markers only change on `acknowledge`)."""
     now = now.astimezone(timezone.utc)
     session = session_of(now, settings)
+    by_name = {r.name: r for r in rules if r.enabled}
+    ended = [k for k, t in state.lock_terms.items() if k in state.locks and datetime.fromisoformat(t["until"]) <= now]
+    lock_ends = [_lock_ended(by_name[LockKey.parse(k).rule], k, state) for k in ended if LockKey.parse(k).rule in by_name]
     if state.session != session:  # a new session: markers, holds, peaks, locks and first-seen times start over
         horizon = now - timedelta(days=8)  # occurrences are keyed by their instant, so they stay (for `missed`)
         occurrences = {k: v for k, v in state.occurrences.items() if datetime.fromisoformat(OccurrenceKey.parse(k).instant) >= horizon}
-        state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences)
+        running = {k: t for k, t in state.lock_terms.items() if k in state.locks and datetime.fromisoformat(t["until"]) > now}
+        state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences,
+                      locks={k: state.locks[k] for k in running}, lock_terms=running,  # a timed lock outlives the session
+                      paused=state.paused, account_locks=state.account_locks)
+    state = replace(state, paused=active(state.paused, now), account_locks=active(state.account_locks, now))
+    if ended:
+        state = replace(state, locks={k: v for k, v in state.locks.items() if k not in ended},
+                        lock_terms={k: v for k, v in state.lock_terms.items() if k not in ended})
     known = {}
     for rule in rules:
         entry = state.known.get(rule.name)
@@ -586,12 +740,11 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
 
     tick = _Tick(state, snapshot, now, settings)
     for rule in rules:
-        if not rule.enabled:
+        if not rule.enabled or rule.name in state.paused:
             continue
         tick.run(rule)
-    by_name = {r.name: r for r in rules if r.enabled}
     tick.enforce_locks(by_name)
-    decisions = _arbitrate(tick.decisions, {r.name: r.index for r in rules})
+    decisions = _arbitrate(tick.decisions, {r.name: r.index for r in rules}) + lock_ends
     # Under a 3 req/s budget a burst of account flattens (say at 16:58 on 300 accounts) takes a
     # while: accounts holding positions go first, flat ones (working orders only) after them.
     holding = {a.name.lower() for a in snapshot.accounts if a.positions}
@@ -605,6 +758,7 @@ def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime,
         first_seen=tick.first_seen,
         tracked=tick.tracked,
         locks={k: v for k, v in state.locks.items() if LockKey.parse(k).rule in by_name},
+        lock_terms={k: v for k, v in tick.lock_terms.items() if LockKey.parse(k).rule in by_name},
     )
     return decisions, new_state
 
@@ -619,6 +773,7 @@ def _forget(state: State, names: set[str]) -> State:
         pending={k: v for k, v in state.pending.items() if keep(k)},
         occurrences={k: v for k, v in state.occurrences.items() if keep(k)},
         locks={k: v for k, v in state.locks.items() if keep(k)},
+        lock_terms={k: v for k, v in state.lock_terms.items() if keep(k)},
     )
 
 
@@ -636,17 +791,84 @@ def acknowledge(state: State, decision: Decision, now: datetime) -> State:
             occurrences[str(occurrence)] = record
         else:
             fired[key] = now.isoformat()
-    locks = state.locks
+    locks, lock_terms = state.locks, state.lock_terms
+    lock_key = str(LockKey(decision.rule, decision.account))
+    if FiringKey.parse(decision.key).lock and decision.inputs.get("reduce_only") and lock_key in lock_terms:
+        seen = decision.inputs["position"]  # a close-back counts while the position shows the size it was sized on
+        pkey = str(PositionKey(decision.account, seen["instrument"], seen["side"]))
+        closing = {**lock_terms[lock_key].get("closing", {}), pkey: seen["quantity"]}
+        lock_terms = {**lock_terms, lock_key: {**lock_terms[lock_key], "closing": closing}}
     if decision.lock and not FiringKey.parse(decision.key).lock:
-        locks = {**locks, str(LockKey(decision.rule, decision.account)): now.isoformat()}
-    return replace(state, fired=fired, occurrences=occurrences, locks=locks)
+        running = lock_key in locks
+        locks = {**locks, lock_key: locks[lock_key] if running else now.isoformat()}
+        if decision.lock_terms is not None:
+            lock_terms = {**lock_terms, lock_key: _merge_terms(lock_terms.get(lock_key) if running else None, decision.lock_terms)}
+    return replace(state, fired=fired, occurrences=occurrences, locks=locks, lock_terms=lock_terms)
+
+
+def _lock_ended(rule: Rule, lock_key: str, state: State) -> Decision:
+    terms = state.lock_terms[lock_key]
+    return Decision(kind="lock_ended", rule=rule.name, key=lock_key, account=LockKey.parse(lock_key).account, instrument=None,
+                    action=rule.action.describe(), severity=Severity.ALERT, threshold=threshold_of(rule), dry_run=rule.dry_run,
+                    reason=f"the lock set at {state.locks[lock_key]} ended at {terms['until']}"
+                           + (" (reduce only)" if terms.get("reduce_only") else ""))
+
+
+def _merge_terms(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A lock set again while it runs: it ends at the later end, and a reduce-only lock allows each
+    position the smaller of the two sizes (a position the running lock did not allow stays at 0)."""
+    if old is None:
+        return new
+    until = max(old["until"], new["until"], key=datetime.fromisoformat)
+    merged = {**new, "until": until, "reduce_only": old.get("reduce_only", False) and new.get("reduce_only", False)}
+    if "sizes" in new:
+        merged["sizes"] = {k: min(v, old.get("sizes", {}).get(k, 0)) for k, v in new["sizes"].items()}
+    return merged
+
+
+def _lock_row(rule: Rule, state: State, account: str, now: datetime) -> dict[str, Any] | None:
+    """A running lock of `rule` on `account`, as `riskd once` shows it."""
+    key = str(LockKey(rule.name, account))
+    if not rule.action.lock or key not in state.locks:
+        return None
+    terms = state.lock_terms.get(key) or {}
+    until = terms.get("until")
+    kind = "no position may open"
+    if terms.get("reduce_only"):
+        allowed = ", ".join(f"{k.instrument} {k.side.lower()} {n}" for k, n in
+                            ((PositionKey.parse(p), n) for p, n in sorted(terms.get("sizes", {}).items())) if n)
+        kind = f"reduce only: allows {allowed or 'no position'}"
+    return {"name": "lock", "seen": f"locked since {state.locks[key]} ({kind})", "holds": True,
+            "threshold": f"until {until}" if until else "until the session ends",
+            "distance": f"ends in {format_span(datetime.fromisoformat(until) - now)}" if until else "ends with the session"}
+
+
+def lock_end(until: Any, now: datetime, settings: EngineSettings) -> datetime:
+    """Given a lock's `until` ("session_end", "week_end" or a timedelta) and the instant it is set, return when it ends."""
+    if until == "session_end":
+        return session_end(now, settings.zone, settings.session_start)
+    if until == "week_end":
+        return week_bounds(now, settings.zone, settings.session_start)[1]
+    return now + until
+
+
+def _allowed_after(position: Position, orders: tuple[Order, ...]) -> int:
+    """The size a reduce-only lock lets `position` keep once `orders` are sent: 0 when they close all
+    of it; otherwise what is open now, until two snapshots show it smaller (a partial close is never
+    sent twice because a snapshot lags behind it)."""
+    for o in orders:
+        if o.kind == "cancel_orders" or (o.instrument is not None and o.instrument.upper() != position.instrument.upper()):
+            continue
+        if o.repeatable:
+            return 0
+    return position.quantity
 
 
 def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings) -> list[dict[str, Any]]:
     """Given the same inputs as evaluate, return one row per rule and target: its status (disabled,
-    fired, fires now, holding (a `for` is running), not met, timed, no target in scope), and per condition the value seen,
-    the threshold, whether it holds and how far it is from holding; `next` is the next occurrence
-    of a timed rule."""
+    fired, fires now, holding (a `for` is running), not met, timed, no target in scope), its account and
+    instrument (a target's), and per condition the value seen, the threshold, whether it holds and how far
+    it is from holding; `next` is the next occurrence of a timed rule."""
     now = now.astimezone(timezone.utc)
     decisions, state = evaluate(rules, state, snapshot, now, settings)
     firing = {(d.rule, d.account, d.instrument) for d in decisions if d.kind == "fire"}
@@ -654,7 +876,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
     rows: list[dict[str, Any]] = []
     for rule in rules:
         nxt = next_occurrence(rule, now) if rule.at is not None else None
-        base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None}
+        base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None, "account": None, "instrument": None}
         if not rule.enabled:
             rows.append({**base, "target": "-", "status": "disabled", "conditions": []})
             continue
@@ -675,6 +897,9 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
                     f"{format_span(rule.hold - held)} to go" if since else "starts when the other conditions hold")
                 conditions.append({"name": "for", "seen": format_span(held), "threshold": format_span(rule.hold),
                                    "holds": bool(since) and held >= rule.hold, "distance": distance})
+            lock_row = _lock_row(rule, state, account.name, now)
+            if lock_row is not None:
+                conditions.append(lock_row)
             if (rule.name, account.name, position.instrument if position else None) in firing:
                 status = "fires now"
             elif rule.at is not None:
@@ -684,7 +909,7 @@ def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, 
             else:
                 status = "holding" if holds else "not met"
             rows.append({**base, "target": account.name + (f" {position.instrument}" if position else ""), "status": status,
-                         "conditions": conditions})
+                         "conditions": conditions, "account": account.name, "instrument": position.instrument if position else None})
         if not targets:
             rows.append({**base, "target": "-", "status": "no target in scope", "conditions": []})
     return rows

@@ -3,6 +3,7 @@
     RiskdError
     ├── ConfigError        riskd.yaml or a rule file is invalid (exit 78); carries every located problem
     ├── StateError         the state store is unreadable, corrupt or from a newer riskd (exit 1)
+    │   └── StateLocked    another riskd holds the state_dir's lock
     ├── ApiError           a CrossTrade answer could not be understood (e.g. a malformed snapshot)
     ├── TrailError         an audit trail cannot be read (missing file, overlapping files)
     └── ScenarioError      a simulator scenario or fault rule is invalid (also a ValueError)
@@ -46,6 +47,10 @@ class ConfigError(RiskdError):
 
 class StateError(RiskdError):
     """The state store in state_dir cannot be used."""
+
+
+class StateLocked(StateError):
+    """Another riskd (a running daemon) holds the lock of this state_dir."""
 
 
 class ApiError(RiskdError):

@@ -73,6 +73,8 @@ SUPERSEDED = Event("superseded", "a firing covered by a more severe one on the s
 SKIPPED = Event("skipped", "a timed occurrence with nothing to do", _DECISION)
 MISSED = Event("missed", "a timed occurrence (or one of its accounts) passed beyond misfire_grace", _DECISION, durable=True)
 RULE_FAILED = Event("rule_failed", "a rule raised while evaluated (the others still act)", _DECISION, durable=True)
+LOCK_ENDED = Event("lock_ended", "a lock reached its end: the session's, the week's or its duration (positions may open again)",
+                   _DECISION, durable=True)
 DEFERRED = Event("deferred", "a firing held back this tick (an action in doubt on the same position, a back-off, a stop)",
                  _DECISION)
 API_ERROR = Event("api_error", "a poll failed, or part of a snapshot was unreadable", ("path", "status", "error", "outcome"))
@@ -80,6 +82,8 @@ STALE = Event("stale", "the data is older than stale_after", ("last_ok", "stale_
 RECOVERED = Event("recovered", "polling works again after stale", ("path", "stale_for_s", "polls_failed"))
 CLOCK_STEP = Event("clock_step", "the wall clock stepped against the monotonic clock between two ticks",
                    ("step_s", "direction", "wall_expected", "wall_now"), durable=True)
+SESSION_SUMMARY = Event("session_summary", "at each session end (session_start), by the daemon", ("session", "accounts", "rules"),
+                        durable=True)
 TICK_FAILED = Event("tick_failed", "a tick raised (the next one runs as planned)", ("reason", "error"))
 TICK_OVERRUN = Event("tick_overrun", "a tick ran past its deadline (sends still running go on in their threads)",
                      ("reason", "took_s", "deadline_s", "sending"), durable=True)
@@ -93,13 +97,18 @@ DISK_FULL = Event("disk_full", "the state database could not be written: the dis
 STATE_WRITE_FAILED = Event("state_write_failed", "the state database could not be written for another reason", ("op", "error"))
 DISK_RECOVERED = Event("disk_recovered", "the state database can be written again", ("op",))
 
+CONTROL = Event("control", "an operator command arrived on the control socket (with the Unix user who sent it)",
+                ("id", "verb", "reason", "user", "uid"), durable=True)
+CONTROL_RESULT = Event("control_result", "an operator command's outcome (done, refused, failed, expired)",
+                       ("id", "verb", "status", "message", "user"), durable=True)
+
 CATALOGUE: dict[str, Event] = {e.name: e for e in (
     STARTED, STOPPED, RULES_LOADED, RULES_REJECTED, SAMPLE, FIRED, ACTION, ACTION_RESOLVED, SUPERSEDED, SKIPPED, MISSED,
-    RULE_FAILED, DEFERRED, API_ERROR, STALE, RECOVERED, CLOCK_STEP, TICK_FAILED, TICK_OVERRUN, ROTATED, TRAIL_REPAIRED, TRAIL_UNWRITABLE,
-    TRAIL_WRITABLE,
-    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED,
+    RULE_FAILED, DEFERRED, API_ERROR, STALE, RECOVERED, CLOCK_STEP, SESSION_SUMMARY, TICK_FAILED, TICK_OVERRUN, ROTATED,
+    TRAIL_REPAIRED, TRAIL_UNWRITABLE, TRAIL_WRITABLE,
+    DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED, CONTROL, CONTROL_RESULT, LOCK_ENDED,
 )}
-DECISIONS: dict[str, Event] = {e.name: e for e in (FIRED, SUPERSEDED, SKIPPED, MISSED, RULE_FAILED)}  # by Decision.kind
+DECISIONS: dict[str, Event] = {e.name: e for e in (FIRED, SUPERSEDED, SKIPPED, MISSED, RULE_FAILED, LOCK_ENDED)}  # by Decision.kind
 DURABLE = frozenset(e.name for e in CATALOGUE.values() if e.durable)
 DROPPABLE = frozenset(e.name for e in CATALOGUE.values() if e.droppable)
 

@@ -13,7 +13,7 @@ import re
 import zoneinfo
 from datetime import time, timedelta
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, NamedTuple
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, WithJsonSchema, model_validator
@@ -51,7 +51,22 @@ def _zone_names() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+# Abbreviations a trader writes for a market's zone: each is an unknown zone or a fixed offset that is an
+# hour off half the year (EST is UTC-5 all summer too), never what was meant. The IANA name to use instead.
+ABBREVIATIONS = {"EST": "America/New_York", "EDT": "America/New_York", "ET": "America/New_York",
+                 "CST": "America/Chicago", "CDT": "America/Chicago", "CT": "America/Chicago",
+                 "MST": "America/Denver", "MDT": "America/Denver", "PST": "America/Los_Angeles",
+                 "PDT": "America/Los_Angeles", "HST": "Pacific/Honolulu"}
+
+
 def _zone(value: Any) -> ZoneInfo:
+    name = str(value).strip().upper() if isinstance(value, str) else None
+    if name in ABBREVIATIONS:
+        fixed = " a fixed offset that ignores daylight saving time (an hour off half the year)" if value in _zone_names() else " not a zone"
+        raise ValueError(f"time zone {value!r} is{fixed}; use the IANA name {ABBREVIATIONS[name]!r}")
+    if isinstance(value, str) and value.startswith("Etc/GMT") and value not in ("Etc/GMT", "Etc/GMT0", "Etc/GMT+0", "Etc/GMT-0"):
+        raise ValueError(f"time zone {value!r} is a fixed offset with its sign reversed (Etc/GMT+5 is UTC-5) and no daylight saving "
+                         "time; use the market's IANA name such as America/New_York or America/Chicago")
     if isinstance(value, str) and value in _zone_names():
         return ZoneInfo(value)
     guess = difflib.get_close_matches(str(value), sorted(_zone_names()), n=1, cutoff=0.8)
@@ -166,6 +181,13 @@ def _drawdown_limit(value: Any) -> Any:
     raise ValueError(f"invalid drawdown limit {value!r}; write dollars such as 300, or a share of the peak such as \"95%\"")
 
 
+def _weight(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise ValueError(f"invalid micro weight {value!r}; write what one micro counts as against its full-size contract, "
+                     "more than 0 and at most 1, such as 0.1")
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -181,6 +203,67 @@ def _true_only(value: Any) -> bool:
 
 def _unquoted(value: Any) -> str:
     return " (unquoted; yes/no/on/off are text)" if isinstance(value, str) else ""
+
+
+LOCK_ENDS = ("session_end", "week_end")
+_LOCK_HINT = ("write true (until the session ends), a duration such as 30m, session_end, week_end, "
+              "or {until: 30m, reduce_only: true, undo: never}")
+
+
+def _lock_until(value: Any) -> Any:
+    if value in LOCK_ENDS:
+        return value
+    try:
+        span = parse_duration(value)
+    except ValueError:
+        raise ValueError(f"invalid lock end {value!r}; {_LOCK_HINT}") from None
+    if span <= timedelta(0):
+        raise ValueError(f"invalid lock duration {value!r}; it must be longer than 0")
+    return span
+
+
+class LockTerms(NamedTuple):
+    """A rule's `lock:` read: when it ends ("session_end", "week_end" or a timedelta), whether positions
+    may only shrink, and whether `riskd unlock` may lift it ("never": a prop-firm lock-out)."""
+
+    until: Any = "session_end"
+    reduce_only: bool = False
+    undo: str = "allowed"
+
+
+_LOCK_KEYS = ("until", "reduce_only", "undo")
+
+
+def lock_terms(value: Any) -> LockTerms | None:
+    """Given a `lock:` value, return its LockTerms, or None for no lock."""
+    if value is False:
+        return None
+    if value is True:
+        return LockTerms()
+    if isinstance(value, str):
+        return LockTerms(_lock_until(value.strip()))
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in _LOCK_KEYS]
+        if unknown:
+            guess = difflib.get_close_matches(str(unknown[0]), _LOCK_KEYS, n=1)
+            raise ValueError(f"unknown key {unknown[0]!r} in lock" + (f"; did you mean {guess[0]!r}?" if guess else
+                                                                        "; the keys are until, reduce_only and undo"))
+        reduce_only = value.get("reduce_only", False)
+        if not isinstance(reduce_only, bool):
+            raise ValueError(f"invalid lock reduce_only {reduce_only!r}; write true or false{_unquoted(reduce_only)}")
+        undo = value.get("undo", "allowed")
+        if undo not in ("allowed", "never"):
+            raise ValueError(f"invalid lock undo {undo!r}; write allowed or never (never: riskd unlock refuses to lift it)")
+        return LockTerms(_lock_until(value.get("until", "session_end")), reduce_only, undo)
+    raise ValueError(f"invalid lock {value!r}; {_LOCK_HINT}")
+
+
+def _alert_text(value: Any) -> str:
+    if isinstance(value, str) and value.strip() and len(value) <= 500:
+        return value.strip()
+    if isinstance(value, str) and value.strip():
+        raise ValueError(f"alert text of {len(value)} characters; keep it to 500 at most")
+    raise ValueError(f"invalid alert {value!r}; write the text to send, e.g. alert: \"down $700: $300 from the daily limit\"")
 
 
 def _name(value: Any) -> str:
@@ -225,8 +308,16 @@ CloseAmount = Annotated[
 ]
 DrawdownLimit = Annotated[Any, PlainValidator(_drawdown_limit), WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                                                                           _PERCENT_SCHEMA]})]
+Weight = Annotated[float, PlainValidator(_weight), WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": 1})]
 Flag = Annotated[bool, PlainValidator(_flag), WithJsonSchema({"type": "boolean"})]
 TrueOnly = Annotated[bool, PlainValidator(_true_only), WithJsonSchema({"const": True})]
+_LOCK_END_SCHEMA = {"anyOf": [{"enum": list(LOCK_ENDS)}, {"type": "string", "pattern": _DURATION.pattern}]}
+LockValue = Annotated[Any, PlainValidator(lock_terms), WithJsonSchema({"anyOf": [
+    {"type": "boolean"}, _LOCK_END_SCHEMA,
+    {"type": "object", "additionalProperties": False,
+     "properties": {"until": _LOCK_END_SCHEMA, "reduce_only": {"type": "boolean"}, "undo": {"enum": ["allowed", "never"]}}},
+]})]
+AlertText = Annotated[str, PlainValidator(_alert_text), WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 500})]
 Name = Annotated[str, PlainValidator(_name), WithJsonSchema({"type": "string", "pattern": NAME})]
 Window = Annotated[
     tuple[time, time],

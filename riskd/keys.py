@@ -14,7 +14,7 @@ NinjaTrader account and instrument names do not contain `|`.
                 rule@instant|target                      one target of a timed occurrence
                 rule!lock|target                         a lock's flatten of a position opened under it
     occurrence  rule@instant                             one scheduled instant of an `at` rule
-    lock        rule|account                             a lock set by an acknowledged `lock: true` firing
+    lock        rule|account                             a lock set by an acknowledged `lock:` firing (its terms: State.lock_terms)
 """
 
 from __future__ import annotations

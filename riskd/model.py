@@ -44,6 +44,9 @@ class Account:
     commission: float
     net_liquidation: float
     positions: tuple[Position, ...] = ()
+    # shown by `riskd status`, never decided on: None when the API did not give a number
+    week_pnl: float | None = None
+    cash_value: float | None = None
 
     def pnl(self, basis: str = "total", net_of_commission: bool = False) -> float:
         """Given a basis (total|realized|unrealized), return the session P&L on it."""
@@ -67,6 +70,20 @@ class Snapshot:
     unknown: frozenset[str] = frozenset()
     problems: tuple[str, ...] = ()  # why each unknown account could not be read, for the audit trail
 
+    def as_json(self) -> dict[str, Any]:
+        """Plain JSON values (the state store keeps the last snapshot for `riskd status`)."""
+        return {"taken_at": self.taken_at.isoformat(), "unknown": sorted(self.unknown), "problems": list(self.problems),
+                "accounts": [{"name": a.name, "realized_pnl": a.realized_pnl, "unrealized_pnl": a.unrealized_pnl,
+                              "commission": a.commission, "net_liquidation": a.net_liquidation,
+                              "week_pnl": a.week_pnl, "cash_value": a.cash_value,
+                              "positions": [{"account": p.account, **p.as_dict()} for p in a.positions]} for a in self.accounts]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Snapshot":
+        accounts = tuple(Account(**{**a, "positions": tuple(Position(**p) for p in a["positions"])}) for a in data["accounts"])
+        return cls(datetime.fromisoformat(data["taken_at"]), accounts, frozenset(data.get("unknown", ())),
+                   tuple(data.get("problems", ())))
+
     def account(self, name: str) -> Account | None:
         lowered = name.lower()
         return next((a for a in self.accounts if a.name.lower() == lowered), None)
@@ -82,9 +99,15 @@ class Snapshot:
 class Severity(IntEnum):
     """How much an action closes; the most severe action on a target wins."""
 
+    ALERT = 0  # alert: sends no request, so it never covers or is covered by a close
     PARTIAL = 1  # close N%, close N, reduce_to
     CLOSE_ALL = 2
     FLATTEN = 3
+
+
+# Orders that are safe to send again once their first outcome is settled as "not applied": a second
+# flatten or cancel of something already flat is a no-op. A partial close is not (it would close a second slice).
+REPEATABLE_KINDS = frozenset({"flatten", "cancel_orders"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +123,12 @@ class Order:
     instrument: str | None = None
     quantity: int | None = None
     percent: float | None = None  # a fraction, 0 < percent <= 1
+
+    @property
+    def repeatable(self) -> bool:
+        """Is sending this order a second time harmless? (flatten, cancel, a close of the whole position)"""
+        return self.kind in REPEATABLE_KINDS or (
+            self.kind == "close" and self.quantity is None and (self.percent is None or self.percent >= 1))
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {}
@@ -137,25 +166,34 @@ class Decision:
     lock: bool = False
     covers: tuple[str, ...] = ()  # keys of superseded firings that this one satisfies
     local_time: str | None = None
+    # the lock this firing sets once acknowledged: {"until": ISO instant, "reduce_only": bool,
+    # "sizes": {position key: contracts a reduce-only lock lets stay open}}; None for a lock that ends with the session
+    lock_terms: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """A rule's `then`: kind is "close", "reduce_to" or "flatten".
+    """A rule's `then`: kind is "close", "reduce_to", "flatten" or "alert".
 
     For close, `amount` is "all", a fraction 0 < f <= 1 (from `N%`), or an int number of contracts;
-    for reduce_to it is the int size to keep.
+    for reduce_to it is the int size to keep; for alert, the text. `lock_until` is "session_end",
+    "week_end" or a timedelta; `reduce_only` lets positions shrink under the lock, never grow.
     """
 
     kind: str
     amount: Any = None
     cancel_orders: bool = False
     lock: bool = False
+    lock_undo: str = "allowed"  # "never": `riskd unlock` refuses to lift this rule's lock
+    lock_until: Any = "session_end"
+    reduce_only: bool = False
 
     @property
     def severity(self) -> Severity:
         if self.kind == "flatten":
             return Severity.FLATTEN
+        if self.kind == "alert":
+            return Severity.ALERT
         if self.kind == "close" and self.amount == "all":
             return Severity.CLOSE_ALL
         return Severity.PARTIAL
@@ -167,6 +205,8 @@ class Action:
     def describe(self) -> str:
         if self.kind == "flatten":
             text = "flatten"
+        elif self.kind == "alert":
+            text = "alert"
         elif self.kind == "reduce_to":
             text = f"reduce_to {self.amount}"
         elif isinstance(self.amount, float):
@@ -176,7 +216,12 @@ class Action:
         if self.cancel_orders:
             text += " +cancel_orders"
         if self.lock:
-            text += " +lock"
+            until = self.lock_until
+            text += " +lock" + ("" if until == "session_end" else f" until {until}" if isinstance(until, str)
+                                else f" {int(until.total_seconds() // 60)}m" if until.total_seconds() % 60 == 0
+                                else f" {until.total_seconds():g}s")
+            text += " reduce_only" if self.reduce_only else ""
+            text += " (no undo)" if self.lock_undo == "never" else ""
         return text
 
 
@@ -203,7 +248,8 @@ class Rule:
     dry_run: bool = False
     digest: str = ""
     position_scoped: bool = False  # a condition of the rule is evaluated per position (riskd.conditions scope)
+    grouped: bool = False  # a condition counts across positions (scope `group`): per account, its action sized on the group
 
     @property
     def per_position(self) -> bool:
-        return self.action.per_position or self.position_scoped
+        return (self.action.per_position and not self.grouped) or self.position_scoped

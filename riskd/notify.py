@@ -6,18 +6,26 @@ the interesting ones into messages:
 | class            | audit events                                                          |
 |------------------|-----------------------------------------------------------------------|
 | `fired`          | `fired`                                                               |
+| `outcome`        | `action` with `ok: true` on a close or flatten: what it closed         |
+| `alert`          | `fired` of an `alert` rule: sent to every target, whatever its events |
 | `failed`         | `action` with `ok: false`, `tick_failed` (repeats muted for 15 min)   |
 | `stale`          | `stale` (no usable snapshot for `stale_after`), `recovered`           |
 | `rules_rejected` | `rules_rejected` (a reload was refused; the old rules keep running)   |
+| `summary`        | `session_summary` (the daemon writes it at each session end)          |
+| `control`        | `control_result`: an operator command's outcome, with who asked        |
 
 `on_audit` only appends to a bounded in-memory queue per target (O(1), no I/O), so it never delays
-the tick that emitted the line. One background thread per target sends what is queued, batched
-into one message, and retries with exponential backoff (honouring `Retry-After`) on connection
-errors, timeouts, 408, 429 and 5xx for up to `GIVE_UP_AFTER`; other 4xx are dropped at once.
+the tick that emitted the line. One background thread per target sends what is queued, everything
+waiting in one message, at most `max_per_minute` calls a minute (3 at once): a storm of 300 closes
+reaches a phone as a few messages, each ending "… and N more" past the format's size limit (the
+audit trail has them all). It retries with exponential backoff (honouring `Retry-After`, and
+Telegram's `parameters.retry_after`) on connection errors, timeouts, 408, 429 and 5xx for up to
+`GIVE_UP_AFTER`; other 4xx are dropped at once.
 
 Formats: `json` (generic: `{"source", "host", "events": [{"class", "event", "text", "audit"}]}`),
 `slack` (`{"text"}`), `discord` (`{"content"}`, mentions disabled), `ntfy` (plain text body with
-Title/Priority/Tags headers, POSTed to the topic URL).
+Title/Priority/Tags headers, POSTed to the topic URL), `telegram` (`{"chat_id", "text"}` POSTed to
+the bot's `sendMessage` URL, which holds the bot token: a secret like any webhook URL).
 
 Webhook URLs are secrets (whoever has one can post): they come from a systemd credential or an
 environment variable, are never logged (targets are named in logs and metrics), and are added to
@@ -44,11 +52,12 @@ from riskd import __version__, events
 from riskd.config import NotifyTarget, Settings
 from riskd.errors import ConfigError, Problem
 from riskd.redact import Redactor
+from riskd.trail import closed_positions, closed_text, is_order_change
 
 log = structlog.get_logger("riskd")
 
 QUEUE_LIMIT = 1000  # messages kept per target while it is unreachable; the oldest go first
-BATCH = 20  # messages per webhook call
+BURST = 3  # webhook calls at once before `max_per_minute` paces them
 GIVE_UP_AFTER = 15 * 60.0  # seconds of retrying one batch
 MAX_BACKOFF = 60.0
 MUTE_REPEATS = 15 * 60.0  # the same failure is notified once per this many seconds
@@ -56,7 +65,7 @@ MUTE_REPEATS = 15 * 60.0  # the same failure is notified once per this many seco
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    kind: str  # fired | failed | stale | rules_rejected
+    kind: str  # fired | alert | outcome | failed | stale | rules_rejected | summary | control
     event: str
     text: str
     audit: dict[str, Any]
@@ -83,9 +92,22 @@ def message_for(line: dict[str, Any]) -> Message | None:
         inputs = line.get("inputs") or {}
         seen = ", ".join(f"{k}={_fmt(v)}" for k, v in inputs.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
         threshold = ", ".join(f"{k} {v}" for k, v in (line.get("threshold") or {}).items())
+        if line.get("action") == "alert":  # the trader's own words first; nothing was sent
+            text = f"riskd ALERT ({line.get('rule')} on {target}){dry}: {line.get('reason')}"
+            text += (f" (seen {seen}" if seen else " (") + (f"; threshold {threshold})" if threshold else ")")
+            return Message("alert", event, text.replace(" ()", ""), line)
         text = f"riskd: rule {line.get('rule')} fired on {target}: {line.get('action')}{dry}"
         text += (f" (seen {seen}" if seen else " (") + (f"; threshold {threshold})" if threshold else ")")
         return Message("fired", event, text.replace(" ()", ""), line)
+    if event == events.ACTION.name and line.get("ok") and is_order_change(line):
+        return Message("outcome", event, outcome_text(line), line)
+    if event == events.SESSION_SUMMARY.name:
+        return Message("summary", event, summary_text(line), line)
+    if event == events.CONTROL_RESULT.name:
+        subject = " ".join(str(x) for x in (line.get("account"), line.get("rule")) if x)
+        reason = f" (reason: {line['reason']})" if line.get("reason") else ""
+        return Message("control", event, f"riskd: {line.get('user')} asked {line.get('verb')}{' ' + subject if subject else ''}{reason}: "
+                                         f"{line.get('status')}, {line.get('message')}", line)
     if event == events.ACTION.name and not line.get("ok"):
         request = line.get("request") or {}
         status = line.get("status") or line.get("outcome")
@@ -115,6 +137,35 @@ def message_for(line: dict[str, Any]) -> Message | None:
     return None
 
 
+def outcome_text(line: dict[str, Any]) -> str:
+    """What a close or flatten that the API acknowledged did, as a trader reads it."""
+    target = " ".join(str(x) for x in (line.get("account"), line.get("instrument")) if x)
+    closed = closed_positions(line)
+    did = "; ".join(f"closed {closed_text(line, c)}" for c in closed) if closed else "the API reported nothing closed (nothing was open)"
+    dry = " [dry run: nothing was sent]" if line.get("dry_run") else ""
+    return f"riskd: {line.get('rule')} on {target}: {did}{dry}"
+
+
+def summary_text(line: dict[str, Any]) -> str:
+    """The session_summary line as one message: each account's P&L, then each rule's day."""
+    out = [f"riskd: session {line.get('session')} ended"]
+    for a in line.get("accounts") or []:
+        lock = " (locked)" if a.get("locked") else ""
+        out.append(f"{a.get('account')}: P&L {_money(a.get('pnl'))}{lock}")
+    rules = [r for r in line.get("rules") or [] if r.get("firings") or r.get("failed")]  # not those that only stood aside
+    for r in rules:
+        failed = f", {r['failed']} failed" if r.get("failed") else ""
+        out.append(f"{r.get('rule')}: {r.get('firings')} firing(s), {r.get('closes')} close(s), {r.get('contracts_closed')} contract(s) "
+                   f"at {_money(r.get('pnl_at_close'))}{failed}")
+    if not rules:
+        out.append("no rule fired")
+    return "\n".join(out)
+
+
+def _money(value: Any) -> str:
+    return f"{value:,.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
 def _mute_key(message: Message) -> str | None:
     """Failures that repeat every tick are notified once per MUTE_REPEATS; firings never are muted."""
     a = message.audit
@@ -129,13 +180,16 @@ def _mute_key(message: Message) -> str | None:
 # Message batch -> HTTP request.
 
 
-def render(fmt: str, messages: list[Message], host: str) -> tuple[dict[str, str], bytes]:
+def render(fmt: str, messages: list[Message], host: str, chat_id: str | None = None) -> tuple[dict[str, str], bytes]:
     """Given a format and messages, return (headers, body) of the webhook request."""
     texts = [m.text for m in messages]
     if fmt == "slack":
-        return {"Content-Type": "application/json"}, json.dumps({"text": _clip("\n".join(texts), 3500)}).encode()
+        return {"Content-Type": "application/json"}, json.dumps({"text": _join(texts, 3500)}).encode()
     if fmt == "discord":
-        body: dict[str, Any] = {"content": _clip("\n".join(texts), 1900), "allowed_mentions": {"parse": []}}
+        body: dict[str, Any] = {"content": _join(texts, 1900), "allowed_mentions": {"parse": []}}
+        return {"Content-Type": "application/json"}, json.dumps(body).encode()
+    if fmt == "telegram":
+        body = {"chat_id": chat_id, "text": _join(texts, 4000), "disable_web_page_preview": True}
         return {"Content-Type": "application/json"}, json.dumps(body).encode()
     if fmt == "ntfy":
         urgent = any(m.urgent for m in messages)
@@ -146,7 +200,7 @@ def render(fmt: str, messages: list[Message], host: str) -> tuple[dict[str, str]
             "Tags": "rotating_light" if urgent else "chart_with_downwards_trend",
             "Content-Type": "text/plain; charset=utf-8",
         }
-        return {k: v.encode("ascii", "replace").decode() for k, v in headers.items()}, "\n".join(texts).encode()
+        return {k: v.encode("ascii", "replace").decode() for k, v in headers.items()}, _join(texts, 3800).encode()
     body = {"source": "riskd", "version": __version__, "host": host,
             "events": [{"class": m.kind, "event": m.event, "text": m.text, "audit": m.audit} for m in messages]}
     return {"Content-Type": "application/json"}, json.dumps(body, default=str).encode()
@@ -154,6 +208,23 @@ def render(fmt: str, messages: list[Message], host: str) -> tuple[dict[str, str]
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _join(texts: list[str], limit: int) -> str:
+    """The messages, one a line, as many as fit in `limit` characters; then how many did not."""
+    reserve = 60  # room for the "… and N more" line
+    out: list[str] = []
+    used = 0
+    for i, text in enumerate(texts):
+        if used + len(text) <= (limit if i == len(texts) - 1 else limit - reserve):
+            out.append(text)
+            used += len(text) + 1
+            continue
+        if not out:
+            out.append(_clip(text, limit - reserve))
+        rest = len(texts) - len(out)
+        return "\n".join(out) + (f"\n… and {rest} more (riskd audit has them all)" if rest else "")
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +268,10 @@ class Webhook:
         self.observers: list[Callable[[str, str], None]] = [on_outcome]  # (target, "sent" | "retried" | "dropped"): metrics
         self.dropped = 0
         self.sent = 0
-        self._http = httpx.Client(timeout=httpx.Timeout(target.timeout), transport=transport, follow_redirects=False,
+        self.in_flight = 0  # messages taken off the queue by the call being made (at most QUEUE_LIMIT)
+        self._tokens = float(BURST)  # webhook calls that may go now (max_per_minute refills them)
+        self._refilled = time.monotonic()
+        self._http = httpx.Client(timeout=httpx.Timeout(target.timeout.total_seconds()), transport=transport, follow_redirects=False,
                                   headers={"User-Agent": f"riskd/{__version__}"})
         self._thread = threading.Thread(target=self._run, name=f"notify-{target.name}", daemon=True)
         self._thread.start()
@@ -217,18 +291,39 @@ class Webhook:
             self._wake.wait()
             self._wake.clear()
             while self._queue and not self._stop.is_set():
-                self._deliver()
+                if self._pace():
+                    self._deliver()
         self._final_flush()
+
+    def _pace(self) -> bool:
+        """Wait for a call slot (max_per_minute, BURST at once); False when stopping meanwhile."""
+        rate = self.target.per_minute / 60.0
+        now = time.monotonic()
+        self._tokens = min(float(BURST), self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < 1.0 and self._stop.wait((1.0 - self._tokens) / rate):
+            return False
+        now = time.monotonic()
+        self._tokens = min(float(BURST), self._tokens + (now - self._refilled) * rate) - 1.0
+        self._refilled = now
+        return True
 
     def _take(self) -> list[Message]:
         batch: list[Message] = []
-        while self._queue and len(batch) < BATCH:
+        while self._queue:
             batch.append(self._queue.popleft())
         return batch
 
     def _deliver(self) -> None:
         batch = self._take()
-        headers, body = render(self.target.format, batch, self.host)
+        self.in_flight = len(batch)
+        try:
+            self._send(batch)
+        finally:
+            self.in_flight = 0
+
+    def _send(self, batch: list[Message]) -> None:
+        headers, body = render(self.target.format, batch, self.host, self.target.chat_id)
         started = time.monotonic()
         attempt = 0
         while True:
@@ -266,7 +361,10 @@ class Webhook:
         try:
             retry_after = float(response.headers.get("Retry-After", ""))
         except ValueError:
-            pass
+            try:  # Telegram says it in the body: {"ok": false, "parameters": {"retry_after": 7}}
+                retry_after = float(response.json()["parameters"]["retry_after"])
+            except (ValueError, KeyError, TypeError):
+                pass
         retry = status in (408, 425, 429) or status >= 500
         log.warning("notify_failed", target=self.target.name, status=status, retry=retry)
         return ("retry" if retry else "rejected"), retry_after
@@ -275,7 +373,7 @@ class Webhook:
         """On stop: one attempt for what is still queued, within the target's timeout."""
         while self._queue:
             batch = self._take()
-            headers, body = render(self.target.format, batch, self.host)
+            headers, body = render(self.target.format, batch, self.host, self.target.chat_id)
             outcome, _ = self._post(headers, body)
             self._report("sent" if outcome == "sent" else "dropped")
             if outcome != "sent":
@@ -330,7 +428,7 @@ class Notifier:
                     for old in sorted(self._muted, key=self._muted.__getitem__)[:5_000]:
                         del self._muted[old]
         for hook in self.webhooks:
-            if message.kind in hook.target.events:
+            if message.kind in hook.target.events or message.kind == "alert":  # an alert rule names no channel: all of them
                 hook.put(message)
 
     def close(self, timeout: float = 3.0) -> None:

@@ -58,10 +58,10 @@ class Event:
 class PollHealth:
     """Given each poll's outcome at `now`, update `health` and return the events to emit.
 
-    `poll_interval` (seconds) sets the back-off, `stale_after` when no usable snapshot counts as stale.
+    `poll_interval` sets the back-off, `stale_after` when no usable snapshot counts as stale.
     `rng` draws the back-off jitter (injectable for tests)."""
 
-    def __init__(self, poll_interval: float, stale_after: timedelta, rng: random.Random | None = None):
+    def __init__(self, poll_interval: timedelta, stale_after: timedelta, rng: random.Random | None = None):
         self.poll_interval = poll_interval
         self.stale_after = stale_after
         self.rng = rng or random.Random()
@@ -162,6 +162,6 @@ class PollHealth:
         Retry-After when that is longer; a refused token waits AUTH_BACKOFF_S."""
         if reply.outcome == AUTH:
             return AUTH_BACKOFF_S
-        base = self.poll_interval
+        base = self.poll_interval.total_seconds()
         delay = min(base * 2, base * 0.5 * 2 ** self.health.consecutive_failures) * self.rng.uniform(0.8, 1.0)
         return max(delay, reply.retry_after or 0.0)

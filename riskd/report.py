@@ -2,7 +2,8 @@
 
 The page has no scripts and no external assets (inline CSS and SVG only), so it can be mailed,
 archived next to the trail, and opened years later. Sections: the trail's verification result;
-the rule files in force (their SHA-256, from `rules_loaded`); per rule the day's summary; per
+every rule set in force during the day (its files' SHA-256 and what each reload changed, from
+`rules_loaded`); per rule the day's summary; per
 account a chart of its session P&L over the day (from the `sample` lines; total solid, realized
 dashed) with every firing marked and numbered, and a table of that account's firings, the API
 calls they made and the closedPositions each call returned; then every other decision of the day
@@ -11,7 +12,6 @@ calls they made and the closedPositions each call returned; then every other dec
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from riskd import __version__, events
 from riskd.trail import (
@@ -28,12 +29,14 @@ from riskd.trail import (
     TrailError,
     Verdict,
     chain_order,
+    closed_pnl,
     closed_positions,
     closed_quantity,
     is_order_change,
     line_time,
     read,
     summary,
+    threshold_text,
     verify,
 )
 
@@ -59,6 +62,8 @@ class Day:
     rules_loaded: list[dict[str, Any]] = field(default_factory=list)
     other: list[dict[str, Any]] = field(default_factory=list)
     lines: list[dict[str, Any]] = field(default_factory=list)
+    carried_rules: bool = False  # rules_loaded[0] was loaded before the day began
+    zone: Any = None  # the rules' zone (riskd.yaml timezone, from the latest `started` line), for the time axis
 
     def account(self, name: str) -> AccountDay:
         key = name.lower()
@@ -73,13 +78,18 @@ def collect(lines: Iterable[dict[str, Any]], day: str) -> Day:
     result = Day(day)
     in_force: dict[str, Any] | None = None  # the rules loaded before the day began still apply in it
     for line in lines:
+        if line.get("event") == events.STARTED.name and line.get("timezone") and (not result.lines or days(line) == day):
+            try:
+                result.zone = ZoneInfo(str(line["timezone"]))
+            except (ValueError, ZoneInfoNotFoundError):
+                pass
         if days(line) != day:
             if line.get("event") == events.RULES_LOADED.name and not result.lines:
                 in_force = line
             continue
         if in_force is not None:
             result.rules_loaded.append(in_force)
-            in_force = None
+            result.carried_rules, in_force = True, None
         result.lines.append(line)
         event = line.get("event")
         ts = line_time(line)
@@ -122,8 +132,20 @@ def _nice_step(span: float, target: int = 6) -> float:
     return 10 * power
 
 
-def chart(account: AccountDay, start: datetime, end: datetime, numbers: dict[int, int]) -> str:
-    """An inline SVG: the account's session P&L (total solid, realized dashed) with firings marked."""
+def steps(curve: list[tuple[datetime, float]]) -> list[tuple[datetime, float]]:
+    """A curve drawn as steps: each value holds until the next sample (realized P&L changes at a fill, it is never in between)."""
+    out: list[tuple[datetime, float]] = []
+    for at, value in curve:
+        if out and out[-1][1] != value:
+            out.append((at, out[-1][1]))
+        out.append((at, value))
+    return out
+
+
+def chart(account: AccountDay, start: datetime, end: datetime, numbers: dict[int, int], zone: Any = None) -> str:
+    """An inline SVG: the account's session P&L (total solid, realized dashed, as steps) with firings
+    marked; the time axis in the rules' zone (`zone`), with UTC in a second row."""
+    zone = zone or timezone.utc
     values = [v for _, v, _ in account.samples] + [r for _, _, r in account.samples]
     values += [_firing_pnl(f) for f in account.firings if _firing_pnl(f) is not None]  # type: ignore[misc]
     low, high = min(values + [0.0]), max(values + [0.0])
@@ -155,11 +177,13 @@ def chart(account: AccountDay, start: datetime, end: datetime, numbers: dict[int
     while t < end.timestamp() + 1e-6:
         grid_at = datetime.fromtimestamp(t, timezone.utc)
         parts.append(f'<line x1="{x(grid_at):.1f}" x2="{x(grid_at):.1f}" y1="{MT}" y2="{H - MB}" class="grid"/>'
-                     f'<text x="{x(grid_at):.1f}" y="{H - MB + 16}" class="xlab">{grid_at:%H:%M}</text>')
+                     f'<text x="{x(grid_at):.1f}" y="{H - MB + 14}" class="xlab">{grid_at.astimezone(zone):%H:%M}</text>'
+                     + (f'<text x="{x(grid_at):.1f}" y="{H - MB + 27}" class="utc">{grid_at:%H:%M}</text>' if zone != timezone.utc else ""))
         t += xstep
-    parts.append(f'<text x="{(ML + W - MR) / 2:.0f}" y="{H - 8}" class="xlab">time (UTC)</text>')
+    axis = f"time ({zone}; UTC below)" if zone != timezone.utc else "time (UTC)"
+    parts.append(f'<text x="{(ML + W - MR) / 2:.0f}" y="{H - 4}" class="xlab">{html.escape(axis)}</text>')
     if account.samples:
-        for style, curve in (("realized", [(s[0], s[2]) for s in account.samples]),
+        for style, curve in (("realized", steps([(s[0], s[2]) for s in account.samples])),
                              ("total", [(s[0], s[1]) for s in account.samples])):
             points = " ".join(f"{x(at):.1f},{y(value):.1f}" for at, value in curve)
             parts.append(f'<polyline points="{points}" class="{style}"/>')
@@ -172,7 +196,8 @@ def chart(account: AccountDay, start: datetime, end: datetime, numbers: dict[int
             continue
         pnl = _firing_pnl(fired)
         number = numbers.get(id(fired), 0)
-        label = (f"#{number} {moment:%H:%M:%S} UTC: {fired.get('rule')} — {fired.get('action')}"
+        local = f"{moment.astimezone(zone):%H:%M:%S} {zone}, " if zone != timezone.utc else ""
+        label = (f"#{number} {local}{moment:%H:%M:%S} UTC: {fired.get('rule')} — {fired.get('action')}"
                  + (f" ({fired.get('instrument')})" if fired.get("instrument") else "")
                  + (f", P&L {pnl:,.2f}" if pnl is not None else ""))
         parts.append(f'<g class="firing"><title>{html.escape(label)}</title>'
@@ -209,7 +234,7 @@ th{background:#f2f4f8}td.n{text-align:right;font-variant-numeric:tabular-nums}co
 .neg{color:#b42318}.pos{color:#067647}.stats{margin:4px 0}
 svg{display:block;max-width:100%;height:auto}svg .plot{fill:#fbfcfe;stroke:#c8cdd8}svg .grid{stroke:#e6e9ef}
 svg .zero{stroke:#8a93a6;stroke-width:1.2}svg .ylab{font-size:11px;fill:#5a6275;text-anchor:end}
-svg .xlab{font-size:11px;fill:#5a6275;text-anchor:middle}svg .total{fill:none;stroke:#1f5fbf;stroke-width:2}
+svg .xlab{font-size:11px;fill:#5a6275;text-anchor:middle}svg .utc{font-size:10px;fill:#8a93a6;text-anchor:middle}svg .total{fill:none;stroke:#1f5fbf;stroke-width:2}
 svg .realized{fill:none;stroke:#7a8599;stroke-width:1.5;stroke-dasharray:5 4}svg .dot{fill:#1f5fbf}
 svg .firing line{stroke:#c0362c;stroke-width:1.2;stroke-dasharray:3 3}svg .firing circle,svg .mark{fill:#c0362c;stroke:#fff;stroke-width:1.5}
 svg .firing text{font-size:12px;font-weight:700;fill:#c0362c}svg .legend text{font-size:12px;fill:#1d2330}
@@ -241,7 +266,8 @@ def build(day: Day, verdict: Verdict | None, sources: list[str], generated: date
       f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>')
     w(f"<h1>riskd — trading day {_e(day.day)}</h1>")
     w(f'<p class="meta">From the audit trail {", ".join(_e(s) for s in sources)}; generated {generated:%Y-%m-%d %H:%M:%S} UTC '
-      f"by riskd {_e(__version__)}. Times are UTC unless marked local.</p>")
+      f"by riskd {_e(__version__)}. Tables are in UTC unless marked local; charts in the rules' zone"
+      f"{f' ({_e(day.zone)})' if day.zone else ''}, UTC below.</p>")
     if verdict is not None:
         w(f'<p class="{"ok" if verdict.ok else "bad"}">'
           f'{"Trail verified" if verdict.ok else "TRAIL DOES NOT VERIFY"}: {_e(verdict.message)}</p>')
@@ -255,7 +281,7 @@ def build(day: Day, verdict: Verdict | None, sources: list[str], generated: date
     if not day.accounts:
         w("<p>No samples or firings on this day.</p>")
     for key in sorted(day.accounts):
-        _account(day.accounts[key], start, end, numbers, w)
+        _account(day.accounts[key], start, end, numbers, w, day.zone)
     _other(day, w)
     w("</body></html>")
     return "".join(out)
@@ -278,13 +304,16 @@ def _rules(day: Day, w: Any) -> None:
     rows = summary(day.lines)
     w("<h2>Rules</h2>")
     if day.rules_loaded:
-        latest: dict[str, tuple[str, str]] = {}
-        for line in day.rules_loaded:
-            for name, digest in (line.get("files") or {}).items():
-                latest[name] = (str(digest), str(line.get("ts", ""))[:19].replace("T", " "))
-        w("<table><tr><th>rule file</th><th>SHA-256</th><th>loaded (UTC)</th></tr>")
-        for name, (digest, ts) in sorted(latest.items()):
-            w(f"<tr><td>{_e(name)}</td><td><code>{_e(digest)}</code></td><td>{_e(ts)}</td></tr>")
+        w("<p>Every rule set in force during the day, in order: the one loaded before the day began, then each start "
+          "and reload (what it changed).</p>")
+        w("<table><tr><th>in force from (UTC)</th><th>why</th><th>rules</th><th>changes</th><th>rule files (SHA-256)</th></tr>")
+        for i, line in enumerate(day.rules_loaded):
+            before_day = i == 0 and day.carried_rules
+            since = "before the day" if before_day else str(line.get("ts", ""))[:19].replace("T", " ")
+            files = "<br>".join(f"{_e(name)} <code>{_e(str(digest)[:16])}</code>"
+                                for name, digest in sorted((line.get("files") or {}).items()))
+            w(f"<tr><td>{_e(since)}</td><td>{_e(line.get('reason'))}</td><td class=n>{_e(line.get('rule_count'))}</td>"
+              f"<td>{_e(_changes(line))}</td><td>{files}</td></tr>")
         w("</table>")
     if not rows:
         w("<p>No rule fired on this day.</p>")
@@ -296,6 +325,14 @@ def _rules(day: Day, w: Any) -> None:
           f"<td class=n>{r['contracts_closed']}</td><td class=n>{_money(r['pnl_at_close'])}</td><td class=n>{r['failed']}</td>"
           f"<td class=n>{r['superseded']}</td><td class=n>{r['missed']}</td></tr>")
     w("</table>")
+
+
+def _changes(line: dict[str, Any]) -> str:
+    """What a reload changed, from its rules_loaded line: "changed: a; added: b" (unchanged rules keep their state)."""
+    said = [f"{kind}: {', '.join(map(str, line[kind]))}" for kind in ("changed", "added", "removed") if line.get(kind)]
+    if said:
+        return "; ".join(said) + (f"; {len(line['unchanged'])} unchanged" if line.get("unchanged") else "")
+    return "none" if line.get("unchanged") is not None else ""
 
 
 def _number_firings(day: Day) -> dict[int, int]:
@@ -315,13 +352,13 @@ def _span(day: Day) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _account(account: AccountDay, start: datetime, end: datetime, numbers: dict[int, int], w: Any) -> None:
+def _account(account: AccountDay, start: datetime, end: datetime, numbers: dict[int, int], w: Any, zone: Any = None) -> None:
     w(f"<h3>{_e(account.name)}</h3>")
     if account.samples:
         totals = [s[1] for s in account.samples]
         w(f'<p class="stats">session P&amp;L: first {_money(totals[0])}, last {_money(totals[-1])}, low {_money(min(totals))}, '
           f"high {_money(max(totals))} ({len(account.samples)} samples); {len(account.firings)} firing(s)</p>")
-    w(chart(account, start, end, numbers))
+    w(chart(account, start, end, numbers, zone))
     if not account.firings and not account.actions:
         return
     actions_by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -352,13 +389,16 @@ def _firing_rows(fired: dict[str, Any] | None, calls: list[dict[str, Any]], numb
                 f'<td rowspan="{span}">{_e(fired.get("rule"))}</td>'
                 f'<td rowspan="{span}">{_e(fired.get("instrument") or "account")}</td>'
                 f'<td rowspan="{span}">{_e(fired.get("action"))}{" (dry run)" if fired.get("dry_run") else ""}<br><small>{_e(seen)}; '
-                f'threshold <code>{_e(json.dumps(fired.get("threshold")))}</code></small></td>')
+                f'threshold: {_e(threshold_text(fired.get("threshold")))}</small></td>')
     else:
         head = (f'<td rowspan="{span}"></td><td rowspan="{span}">{_time(calls[0])}</td><td rowspan="{span}"></td>'
                 f'<td rowspan="{span}">{_e(calls[0].get("rule"))}</td><td rowspan="{span}">{_e(calls[0].get("instrument"))}</td>'
                 f'<td rowspan="{span}">(fired earlier)</td>')
     if not calls:
-        w(f"<tr>{head}<td colspan=5>no API call recorded</td></tr>")
+        what = "no API call recorded"
+        if fired is not None and fired.get("action") == "alert":
+            what = f"alert (no request; sent to the notify targets): {_e(fired.get('reason'))}"
+        w(f"<tr>{head}<td colspan=5>{what}</td></tr>")
         return
     for i, call in enumerate(calls):
         req = call.get("request") or {}
@@ -367,8 +407,7 @@ def _firing_rows(fired: dict[str, Any] | None, calls: list[dict[str, Any]], numb
             f"{_e(c.get('marketPosition'))} {_e(c.get('quantity'))} {_e(c.get('instrument'))} avg {_e(c.get('averagePrice'))} "
             f"mkt {_e(c.get('marketPrice'))}" for c in closed) or _e(call.get("error") or "")
         qty = sum(closed_quantity(call, c) for c in closed) if is_order_change(call) else 0
-        pnl = sum(float(c.get("unrealizedProfitLoss") or 0.0) * closed_quantity(call, c) / max(1, int(c.get("quantity") or 1))
-                  for c in closed) if is_order_change(call) else None
+        pnl = sum(closed_pnl(call, c) for c in closed) if is_order_change(call) else None
         result = (f"{_e(call.get('status'))} {_e(call.get('outcome'))}, {_e(call.get('latency_ms'))} ms"
                   + (" (dry run)" if call.get("dry_run") else ""))
         w(f"<tr>{head if i == 0 else ''}<td><code>{_e(req.get('method'))} {_e(req.get('path'))}<br>"
@@ -394,15 +433,15 @@ def _other(day: Day, w: Any) -> None:
 # The command.
 
 
-def main(files: list[Path], args: argparse.Namespace) -> int:
-    """`riskd report`: write the page; 0 ok, 1 no such trail or day, 2 a bad date."""
+def main(files: list[Path], day: str | None = None, output: str | None = None) -> int:
+    """`riskd report`: write the page for trading `day` (YYYY-MM-DD; default: the latest) to `output`
+    (a path, - for stdout; default riskd-report-DAY.html); 0 ok, 1 no such trail or day, 2 a bad date."""
     try:
         ordered = chain_order(files)
     except TrailError as exc:
         print(f"riskd report: {exc}", file=sys.stderr)
         return 1
     lines = list(read(ordered))
-    day = args.date
     if day is None:
         found = days_in(lines)
         if not found:
@@ -421,7 +460,7 @@ def main(files: list[Path], args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     page = build(collected, verify(ordered), [str(p) for p in ordered], datetime.now(timezone.utc))
-    target = args.output or f"riskd-report-{day}.html"
+    target = output or f"riskd-report-{day}.html"
     if target == "-":
         sys.stdout.write(page)
     else:

@@ -25,12 +25,15 @@ from riskd.errors import ConfigError, Problem
 from riskd.fields import (
     NAME,
     Accounts,
+    AlertText,
     CloseAmount,
     Cross,
     Days,
     Duration,
     Flag,
     Instruments,
+    LockTerms,
+    LockValue,
     Name,
     PositiveContracts,
     RuleModel,
@@ -39,6 +42,7 @@ from riskd.fields import (
     Zone,
     close_amount,
     lenient,
+    lock_terms,
 )
 from riskd.model import Action, Rule
 
@@ -48,7 +52,9 @@ from riskd.model import Action, Rule
 
 CONDITION_KEYS = ("at", *REGISTRY)  # `at` is an event, not a condition: it sets when a rule is evaluated
 CLOCK_KEYS = ("at", "between", "outside")
-ACTION_KEYS = ("close", "reduce_to", "flatten")
+ACTION_KEYS = ("close", "reduce_to", "flatten", "alert")
+GROUP_KEYS = tuple(c.name for c in REGISTRY.values() if c.scope == "group")
+POSITION_KEYS = tuple(c.name for c in REGISTRY.values() if c.scope == "position")
 
 
 class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.conditions.REGISTRY
@@ -82,6 +88,13 @@ class _When(RuleModel):  # `When` below adds the fields: one per entry of riskd.
                     problems.append(((key,), f"'{key}' applies only with 'at', 'between' or 'outside'; add one or remove '{key}'"))
         if "for" in raw and "at" in raw:
             problems.append((("for",), "'for' cannot be used with 'at' (an instant has no duration); remove 'for'"))
+        grouped = [k for k in GROUP_KEYS if k in raw]
+        if len(grouped) > 1:
+            problems.append(((grouped[1],), f"give one of {' or '.join(repr(k) for k in GROUP_KEYS)} per rule (write two rules)"))
+        per_position = [k for k in POSITION_KEYS if k in raw]
+        if grouped and per_position:
+            problems.append(((grouped[0],), f"'{grouped[0]}' counts across positions and '{per_position[0]}' looks at one; "
+                                            "write them as two rules"))
         return problems
 
 
@@ -101,13 +114,16 @@ else:
 
 
 class Then(RuleModel):
-    """The action: exactly one of close, reduce_to, flatten; plus cancel_orders and lock."""
+    """The action: exactly one of close, reduce_to, flatten, alert; plus cancel_orders and lock."""
 
     expected: ClassVar[str] = "a mapping with one action such as {close: all}"
     model_config = ConfigDict(json_schema_extra={
         "oneOf": [{"required": [k]} for k in ACTION_KEYS],
         "not": {"required": ["flatten", "cancel_orders"], "properties": {"cancel_orders": {"const": True}}},
-        "if": {"required": ["lock"], "properties": {"lock": {"const": True}}},
+        "allOf": [{"not": {"required": ["alert", "cancel_orders"], "properties": {"cancel_orders": {"const": True}}}}],
+        "if": {"required": ["lock"], "properties": {"lock": {"anyOf": [  # a lock that is not reduce-only keeps the scope flat
+            {"const": True}, {"type": "string"},
+            {"type": "object", "not": {"required": ["reduce_only"], "properties": {"reduce_only": {"const": True}}}}]}}},
         "then": {"anyOf": [{"required": ["flatten"]},
                            {"required": ["close"], "properties": {"close": {"anyOf": [{"const": "all"},
                                                                                       {"type": "string", "pattern": r"^100(\.0+)?%$"}]}}}]},
@@ -116,8 +132,11 @@ class Then(RuleModel):
     close: CloseAmount | None = Field(None, description="per matched position: all, N% (rounded up by the API) or N contracts")
     reduce_to: PositiveContracts | None = Field(None, description="per matched position larger than N: close the excess")
     flatten: TrueOnly | None = Field(None, description="flatten the account (positions and working orders), or each matched instrument")
+    alert: AlertText | None = Field(None, description="send no request: audit and notify this text (every notify target)")
     cancel_orders: Flag = Field(False, description="after a close, also cancel the instrument's working orders")
-    lock: Flag = Field(False, description="for the rest of the session, close any position that opens in scope")
+    lock: LockValue = Field(False, description=(
+        "true (until the session ends), a duration (30m), session_end, week_end, or {until, reduce_only, undo}: close any "
+        "position that opens (or, reduce_only, grows) in scope; undo: never also refuses `riskd unlock`"))
 
     @classmethod
     def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
@@ -125,13 +144,17 @@ class Then(RuleModel):
         chosen = [k for k in ACTION_KEYS if k in raw]
         if len(chosen) > 1 or (not chosen and not misspelt):
             found = f" (found {', '.join(chosen)})" if chosen else ""
-            problems.append(((), f"give exactly one of 'close', 'reduce_to' or 'flatten'{found}"))
+            problems.append(((), f"give exactly one of 'close', 'reduce_to', 'flatten' or 'alert'{found}"))
         if raw.get("cancel_orders") is True and "flatten" in raw:
             problems.append((("cancel_orders",), "'flatten' already cancels working orders; remove 'cancel_orders'"))
-        if raw.get("lock") is True and len(chosen) == 1:
+        if raw.get("cancel_orders") is True and "alert" in raw:
+            problems.append((("cancel_orders",), "'alert' sends no request; remove 'cancel_orders'"))
+        terms = lenient(lock_terms, raw.get("lock", False))
+        if terms is not None and not terms.reduce_only and len(chosen) == 1:
             closes_all = chosen == ["flatten"] or (chosen == ["close"] and lenient(close_amount, raw["close"]) in ("all", None))
             if not closes_all:
-                problems.append((("lock",), "'lock' needs 'flatten: true' or 'close: all' (a lock keeps the scope flat)"))
+                problems.append((("lock",), "'lock' needs 'flatten: true' or 'close: all' (a lock keeps the scope flat); "
+                                            "or write lock: {until: ..., reduce_only: true} to only stop positions growing"))
         return problems
 
 
@@ -145,6 +168,24 @@ class RuleSpec(RuleModel):
     then: Then = Field(description="the action: exactly one of close, reduce_to, flatten")
     enabled: Flag = Field(True, description="false switches the rule off")
     dry_run: Flag = Field(False, description="decide and audit, but send nothing")
+
+    @classmethod
+    def _cross(cls, raw: dict[str, Any], misspelt: bool) -> Cross:
+        when, then = raw.get("when"), raw.get("then")
+        if not (isinstance(when, dict) and isinstance(then, dict)):
+            return []
+        grouped = next((k for k in GROUP_KEYS if isinstance(when.get(k), dict)), None)
+        if grouped is None:
+            return []
+        problems: Cross = []
+        if "close" in then and lenient(close_amount, then["close"]) not in ("all", None):
+            problems.append((("then", "close"), f"with '{grouped}' write reduce_to: N (the excess, newest positions first), "
+                                                "close: all or flatten: true; a share or a count per position has no single meaning"))
+        cap, keep = when[grouped].get("above"), then.get("reduce_to")
+        if isinstance(cap, int) and isinstance(keep, int) and not isinstance(keep, bool) and keep > cap:
+            problems.append((("then", "reduce_to"), f"reduce_to {keep} keeps more than the {grouped} cap of {cap}: "
+                                                    f"nothing would be closed; write reduce_to: {cap} or less"))
+        return problems
 
 
 class RuleFile(RuleModel):
@@ -192,16 +233,19 @@ def rule_files(sources: Path | tuple[Path, ...]) -> list[Path]:
     return files
 
 
-def load(sources: Path | tuple[Path, ...], default_zone: Any) -> tuple[list[Rule], dict[str, str]]:
+def load(sources: Path | tuple[Path, ...], default_zone: Any, *, allow_empty: bool = True) -> tuple[list[Rule], dict[str, str]]:
     """Given rule directories and/or files, return (rules in file order, {file: sha256}).
 
     Raise ConfigError holding every problem in every file (file order, then line order) when
     anything is wrong; rule names are checked for duplicates across files even in a file that has
-    other errors.
+    other errors. Unless `allow_empty` (riskd.yaml's allow_empty_policy), a policy with no enabled
+    rule is an error too: a daemon running it would protect nothing.
     """
     files = rule_files(sources)
     if not files:
-        raise ConfigError([Problem(str(sources), 1, 1, "rules", "no *.yaml or *.yml rule files found")])
+        raise ConfigError([Problem(str(source), 1, 1, "rules", "no *.yaml or *.yml rule files here; write one "
+                                   "(rules/README.md has every key; riskd init DIR writes a starter policy)")
+                           for source in ((sources,) if isinstance(sources, Path) else sources)])
     docs: list[yamldoc.Document] = []
     unreadable: list[Problem] = []
     for path in files:
@@ -210,6 +254,11 @@ def load(sources: Path | tuple[Path, ...], default_zone: Any) -> tuple[list[Rule
         except ConfigError as exc:
             unreadable.extend(exc.problems)
     rules = _compile(docs, default_zone, unreadable)
+    if not allow_empty and not any(r.enabled for r in rules):
+        what = "no rules" if not rules else f"every rule is disabled ({len(rules)})"
+        raise ConfigError([docs[0].problem_at(docs[0].locate(("rules",)), "rules",
+                                              f"{what} in {len(docs)} file(s): riskd would watch and protect nothing; add or enable a "
+                                              "rule, or set allow_empty_policy: true in riskd.yaml to run like this on purpose")])
     return rules, {str(doc.path): hashlib.sha256(doc.text.encode()).hexdigest() for doc in docs}
 
 
@@ -272,12 +321,17 @@ def _field_of(doc: yamldoc.Document, loc: tuple[Any, ...]) -> tuple[str | None, 
 
 def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: str) -> Rule:
     when, then = spec.when, spec.then
+    terms = then.lock or LockTerms()
+    locking: dict[str, Any] = {"lock": bool(then.lock), "lock_until": terms.until, "reduce_only": terms.reduce_only,
+                               "lock_undo": terms.undo}
     if then.close is not None:
-        action = Action("close", then.close, then.cancel_orders, then.lock)
+        action = Action("close", then.close, then.cancel_orders, **locking)
     elif then.reduce_to is not None:
-        action = Action("reduce_to", then.reduce_to, then.cancel_orders, then.lock)
+        action = Action("reduce_to", then.reduce_to, then.cancel_orders, **locking)
+    elif then.alert is not None:
+        action = Action("alert", then.alert, False, **locking)
     else:
-        action = Action("flatten", None, False, then.lock)
+        action = Action("flatten", None, False, **locking)
     conditions = tuple(
         (key, getattr(when, key)) for key in CONDITION_KEYS if key != "at" and getattr(when, key) is not None
     )
@@ -297,4 +351,5 @@ def _build(spec: RuleSpec, index: int, source: str, default_zone: Any, digest: s
         dry_run=spec.dry_run,
         digest=digest,
         position_scoped=any(REGISTRY[name].scope == "position" for name, _ in conditions),
+        grouped=any(REGISTRY[name].scope == "group" for name, _ in conditions),
     )

@@ -50,6 +50,28 @@ def next_occurrence(rule: Rule, now: datetime) -> datetime | None:
     return next((occ for occ in wall_occurrences(rule.at, rule.days, rule.zone, now, 1) if occ > now), None)
 
 
+def session_end(now: datetime, zone: Any, session_start: time) -> datetime:
+    """Given an instant, return the end of its session: the first `session_start` strictly after it."""
+    day = now.astimezone(zone).date()
+    end = wall_instant(day, session_start, zone)
+    return end if end > now else wall_instant(day + timedelta(days=1), session_start, zone)
+
+
+WEEK_FIRST_DAY = 6  # Sunday: a CME week opens with Sunday's 18:00 session
+
+
+def week_bounds(now: datetime, zone: Any, session_start: time, first_day: int = WEEK_FIRST_DAY) -> tuple[datetime, datetime]:
+    """Given an instant, return [start, end) of its trading week: a week starts at the first
+    `session_start` on or after its first day (CME: Sunday 18:00 New York) and ends where the next starts."""
+    local = now.astimezone(zone).date()
+    first = local - timedelta(days=(local.weekday() - first_day) % 7)
+    start = wall_instant(first, session_start, zone)
+    if start > now:
+        first -= timedelta(days=7)
+        start = wall_instant(first, session_start, zone)
+    return start, wall_instant(first + timedelta(days=7), session_start, zone)
+
+
 def in_window(window: tuple[time, time], moment: time) -> bool:
     start, end = window
     return start <= moment < end if start < end else (moment >= start or moment < end)

@@ -8,6 +8,11 @@
   retried. That is what makes "never twice for one firing" survive kill -9.
 
 - `health`: the daemon's last successful poll and whether it is stale, for `riskd once`.
+- `snapshot`: the last snapshot the daemon read, for `riskd status` (saved with the health row).
+- `commands`: operator commands from the control socket (riskd.channel), one row per command id:
+  `queued` when it arrived (written by the socket's thread through an `Inbox`, its own connection),
+  `acting` while its flatten's intents are open, then `done`, `refused`, `failed` or `expired`. A
+  row still `queued` or `acting` after a kill -9 is carried on at the next start (riskd.control).
 
 The schema is versioned with PRAGMA user_version and migrated forward on open, each step in one
 transaction. A store that is corrupt (integrity check, unreadable rows) or from a newer riskd is a
@@ -45,11 +50,11 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from riskd.engine import State
-from riskd.errors import StateError
-from riskd.model import Decision, Order
+from riskd.errors import StateError, StateLocked
+from riskd.model import Decision, Order, Snapshot
 from riskd.redact import Redactor
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, str] = {
     1: """
         CREATE TABLE engine (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
@@ -71,7 +76,21 @@ MIGRATIONS: dict[int, str] = {
         ALTER TABLE intents ADD COLUMN outcome TEXT;
         CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
     """,
+    3: """
+        CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL, updated TEXT NOT NULL);
+        CREATE TABLE commands (
+            id TEXT PRIMARY KEY,
+            verb TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            status TEXT NOT NULL,
+            outcome TEXT,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        );
+        CREATE INDEX commands_status ON commands (status);
+    """,
 }
+OPEN_COMMANDS = ("queued", "acting")
 OPEN_STATUSES = ("sending", "unknown")
 RESERVE_NAME = "riskd.reserve"
 RESERVE_BYTES = 4 * 1024 * 1024
@@ -117,6 +136,7 @@ def _decision_to_json(d: Decision) -> str:
         "orders": [{"kind": o.kind, "account": o.account, "instrument": o.instrument, "quantity": o.quantity,
                     "percent": o.percent} for o in d.orders],
         "inputs": d.inputs, "threshold": d.threshold, "dry_run": d.dry_run, "reason": d.reason, "local_time": d.local_time,
+        "lock_terms": d.lock_terms,
     }, default=str)
 
 
@@ -130,7 +150,7 @@ def _decision_from_json(text: str) -> Decision:
         orders=tuple(Order(**o) for o in raw["orders"]),
         # what the rule saw when it fired (intents written before these were kept have none)
         inputs=raw.get("inputs") or {}, threshold=raw.get("threshold") or {}, dry_run=bool(raw.get("dry_run", False)),
-        reason=raw.get("reason"), local_time=raw.get("local_time"),
+        reason=raw.get("reason"), local_time=raw.get("local_time"), lock_terms=raw.get("lock_terms"),
     )
 
 
@@ -156,7 +176,7 @@ class Store:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._lockfile.close()
-            raise StateError(f"another riskd is running with state_dir {state_dir} (lock held on riskd.lock)") from None
+            raise StateLocked(f"another riskd is running with state_dir {state_dir} (lock held on riskd.lock)") from None
         self.path = state_dir / "riskd.sqlite3"
         try:
             os.close(_create_private(self.path, os.O_RDONLY))  # SQLite gives -wal and -shm the database's mode
@@ -320,6 +340,14 @@ class Store:
 
     # engine state ------------------------------------------------------------------------------
 
+    def forget_everything(self) -> None:
+        """Start over: no engine state, intents, health, last snapshot or commands (the demo, whose
+        simulator starts over each run too). Under the state_dir's lock, so never under a running daemon."""
+        with self._lock:
+            for table in ("engine", "intents", "health", "snapshot", "commands"):
+                self._db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            self._saved_doc = None
+
     def load(self) -> State:
         with self._lock:
             return self._load()
@@ -421,6 +449,82 @@ class Store:
             (doc, now.isoformat()),
         ), None)
 
+    def save_snapshot(self, snapshot: Snapshot, now: datetime) -> None:
+        doc = self.redactor.text(json.dumps(snapshot.as_json(), sort_keys=True))
+        self._write("save_snapshot", lambda: self._db.execute(
+            "INSERT INTO snapshot (id, doc, updated) VALUES (1, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+            (doc, now.isoformat()),
+        ), None)
+
+    @staticmethod
+    def peek_view(state_dir: Path) -> dict[str, Any] | None:
+        """What the running (or last) daemon of a state_dir persisted, read-only and without its lock
+        (readable while it writes: WAL): {"state", "health", "snapshot", "snapshot_at", "commands"}
+        (the last 20 commands, newest first); None when the state_dir holds no store."""
+        path = state_dir / "riskd.sqlite3"
+        if not path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+            try:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                engine = db.execute("SELECT doc FROM engine WHERE id = 1").fetchone()
+                health = db.execute("SELECT doc, updated FROM health WHERE id = 1").fetchone() if version >= 2 else None
+                snap = db.execute("SELECT doc, updated FROM snapshot WHERE id = 1").fetchone() if version >= 3 else None
+                commands = db.execute("SELECT id, verb, doc, status, outcome, updated FROM commands ORDER BY created DESC LIMIT 20"
+                                      ).fetchall() if version >= 3 else []
+            finally:
+                db.close()
+            return {
+                "state": State.from_json(json.loads(engine[0])) if engine else State(),
+                "health": {**json.loads(health[0]), "updated": health[1]} if health else None,
+                "snapshot": Snapshot.from_json(json.loads(snap[0])) if snap else None,
+                "snapshot_at": snap[1] if snap else None,
+                "commands": [{"id": i, "verb": v, "command": json.loads(d), "status": st, "outcome": json.loads(o) if o else None,
+                              "updated": u} for i, v, d, st, o, u in commands],
+            }
+        except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
+            raise StateError(f"state store {path} is unreadable ({exc.__class__.__name__}: {exc})") from None
+
+    # operator commands (tick side) -------------------------------------------------------------
+
+    def open_commands(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(id, status, command) of every command not finished (`queued`, `acting`), oldest first."""
+        rows = self._db.execute("SELECT id, status, doc FROM commands WHERE status IN (?, ?) ORDER BY created, id",
+                                OPEN_COMMANDS).fetchall()
+        return [(i, st, json.loads(d)) for i, st, d in rows]
+
+    def has_open_commands(self) -> bool:
+        return self._db.execute("SELECT 1 FROM commands WHERE status IN (?, ?) LIMIT 1", OPEN_COMMANDS).fetchone() is not None
+
+    def update_command(self, command_id: str, status: str, now: datetime, *, doc: dict[str, Any] | None = None,
+                       outcome: dict[str, Any] | None = None, state: State | None = None) -> None:
+        """Record a command's progress (and the engine state it produced, in the same transaction)."""
+        engine_doc = json.dumps(state.to_json(), sort_keys=True) if state is not None else None
+
+        def write() -> None:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "UPDATE commands SET status = ?, updated = ?, doc = COALESCE(?, doc), outcome = COALESCE(?, outcome) WHERE id = ?",
+                    (status, now.isoformat(), json.dumps(doc) if doc is not None else None,
+                     self.redactor.text(json.dumps(outcome, default=str)) if outcome is not None else None, command_id))
+                if engine_doc is not None:
+                    self._db.execute(
+                        "INSERT INTO engine (id, doc, updated) VALUES (1, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",
+                        (engine_doc, now.isoformat()),
+                    )
+            if engine_doc is not None:
+                self._saved_doc = engine_doc
+
+        self._write("update_command", write, None)
+
+    def inbox(self) -> "Inbox":
+        """The commands table for the control socket's threads (a connection of its own)."""
+        return Inbox(self.path)
+
     @staticmethod
     def peek_health(state_dir: Path) -> dict[str, Any] | None:
         """The running (or last) daemon's health in a state_dir, read-only; None when there is none."""
@@ -445,6 +549,35 @@ def _free_bytes(path: Path) -> int | None:
         return shutil.disk_usage(path).free
     except OSError:
         return None
+
+
+class Inbox:
+    """Operator commands as the control socket receives them: `submit` records one durably (once per
+    id) before riskd acts on it, `get` reads its progress. Thread-safe; its own SQLite connection
+    beside the tick's (SQLite serializes the writes)."""
+
+    def __init__(self, path: Path):
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        self._db.execute("PRAGMA synchronous=FULL")
+
+    def submit(self, command_id: str, verb: str, doc: dict[str, Any], now: datetime) -> bool:
+        """Record a command; return False when that id is already recorded (a client asking again)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO commands (id, verb, doc, status, outcome, created, updated) VALUES (?, ?, ?, 'queued', NULL, ?, ?)",
+                (command_id, verb, json.dumps(doc), now.isoformat(), now.isoformat()))
+            return cursor.rowcount == 1
+
+    def get(self, command_id: str) -> tuple[str, dict[str, Any] | None] | None:
+        """(status, outcome) of a command, None when no such id is recorded."""
+        with self._lock:
+            row = self._db.execute("SELECT status, outcome FROM commands WHERE id = ?", (command_id,)).fetchone()
+        return (row[0], json.loads(row[1]) if row[1] else None) if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
 
 def _create_private(path: Path, flags: int) -> int:

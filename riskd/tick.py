@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import structlog
 
-from riskd import engine, events
+from riskd import control, engine, events
 from riskd.actions import Executor
 from riskd.audit import AuditTrail
 from riskd.config import Settings
 from riskd.crosstrade import CrossTradeClient, TokenBucket, parse_snapshot
-from riskd.engine import EngineSettings, State
+from riskd.engine import State
 from riskd.errors import ApiError
 from riskd.model import Decision, Rule, Snapshot
 from riskd.poll import Event, Health, PollHealth
@@ -38,10 +38,6 @@ CLOCK_STEP_S = 2.0
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def engine_settings(settings: Settings) -> EngineSettings:
-    return EngineSettings(zone=settings.zone, session_start=settings.session_start, misfire_grace=settings.misfire_grace)
 
 
 def state_dir_for(settings: Settings, dry_run: bool) -> Path:
@@ -68,7 +64,7 @@ class Ticker:
         self.audit = audit
         self.clock = clock
         self.monotonic = monotonic
-        self.engine_settings = engine_settings(settings)
+        self.engine_settings = settings.engine
         self.state: State = store.load()
         self.polls = PollHealth(settings.poll_interval, settings.stale_after)
         self.last_snapshot: Snapshot | None = None
@@ -82,7 +78,11 @@ class Ticker:
         self._health_saved: float | None = None
         # A tick waits this long (from its start) for its closes: one request deadline for the poll plus one
         # poll interval. A close still in flight then goes on in its thread; the next poll is not held back.
-        self.deadline_s = settings.timeout + settings.poll_interval
+        self.deadline_s = (settings.timeout + settings.poll_interval).total_seconds()
+        self._snapshot_saved: Snapshot | None = None
+        # operator commands (riskd.control): the socket's threads wait on this for an outcome
+        self.command_progress = threading.Condition()
+        self._acted_commands: set[str] = set()  # operator flatten keys this process has sent
 
     @property
     def health(self) -> Health:
@@ -114,6 +114,8 @@ class Ticker:
             self.started_at = now
             self._started_mono = mono
             self.store.prune(now - INTENTS_KEPT)
+        if reason == "control" and not self.store.has_open_commands():
+            return None  # a command already carried out by an earlier tick
         if reason == "poll" and not self.polls.due(mono):
             self._check_stale(now, mono)  # backing off after API errors
             return None
@@ -128,6 +130,7 @@ class Ticker:
             return None
         self.last_snapshot = snapshot
         state = self.executor.resolve(snapshot, self.state, now)
+        state = self._commands(snapshot, state, now)
         decisions, state = engine.evaluate(self.rules, state, snapshot, now, self.engine_settings)
         if state.session != self.state.session and self.state.session is not None:
             self.store.prune(now - INTENTS_KEPT)
@@ -211,6 +214,83 @@ class Ticker:
         if force or self._health_saved is None or mono - self._health_saved >= HEALTH_EVERY.total_seconds():
             self.store.save_health(self.health.as_json(), now)
             self._health_saved = mono
+            if self.last_snapshot is not None and self.last_snapshot is not self._snapshot_saved:
+                self.store.save_snapshot(self.last_snapshot, now)  # for `riskd status`
+                self._snapshot_saved = self.last_snapshot
+
+    # -- operator commands ---------------------------------------------------------------------
+
+    def _commands(self, snapshot: Snapshot, state: State, now: datetime) -> State:
+        """Carry out the operator commands not finished (riskd.control), with this tick's snapshot:
+        lock, unlock, pause and resume change the state before the rules see it; a flatten is sent
+        through the executor like a firing, and finishes when its intents do."""
+        for cid, status, doc in self.store.open_commands():
+            command = control.Command.from_json(doc)
+            if status == "queued":
+                if control.expired(command, now):
+                    self._finish_command(command, "expired", f"asked at {command.asked_at.isoformat(timespec='seconds')} while riskd "
+                                         f"was not running; older than {control.COMMAND_TTL.total_seconds():.0f}s, not carried out: "
+                                         "ask again", now)
+                    continue
+                outcome = control.apply(command, state, self.rules, snapshot, now, self.engine_settings)
+                if outcome.status != "acting":
+                    state = outcome.state
+                    self._finish_command(command, outcome.status, outcome.message, now, state=state, details=outcome.details)
+                    continue
+                doc = {**doc, "keys": [d.key for d in outcome.decisions]}
+                self.store.update_command(cid, "acting", now, doc=doc)
+            state = self._flatten(command, doc["keys"], snapshot, state, now)
+        return state
+
+    def _flatten(self, command: control.Command, keys: list[str], snapshot: Snapshot, state: State, now: datetime) -> State:
+        decisions = {d.key: d for d in control.apply(command, state, self.rules, snapshot, now, self.engine_settings).decisions}
+        statuses: dict[str, str | None] = {}
+        errors: list[str] = []
+        for key in keys:
+            d = decisions.get(key)
+            status = self.store.intent_status(key)
+            if d is not None and (status is None or (status == "failed" and key not in self._acted_commands)):
+                # never sent, or settled "not applied" after a restart: send it (again)
+                why = "riskd is stopping" if self.stopping.is_set() else None
+                why = why or ("waiting for the outcome of an earlier request" if key in state.inflight else self.executor.gate(d, now))
+                if why is not None:
+                    self._defer(d, why)
+                    statuses[key] = "waiting"
+                    continue
+                self._audit_decision(d, now)
+                self._acted_commands.add(key)
+                sent = self.executor.send(d, snapshot, now)
+                state = self.executor.fold(sent, state)
+                status = self.store.intent_status(key)
+                reply = sent.last
+                if status == "failed" and reply is not None:
+                    if reply.transient and not control.expired(command, now):
+                        self._acted_commands.discard(key)  # a busy or rate-limited API: the next tick tries again
+                        statuses[key] = "waiting"
+                        continue
+                    errors.append(f"{d.account}: {reply.status or reply.outcome} {reply.error or ''}".strip())
+            statuses[key] = status
+        if any(s in ("sending", "unknown", "waiting") for s in statuses.values()) or len(statuses) < len(keys):
+            return state  # settled by a later tick (Executor.resolve), or sent by it
+        dry = " (dry run: nothing was sent)" if self.executor.dry_run else ""
+        accounts = ", ".join(decisions[k].account if k in decisions else k.split("|", 1)[-1] for k in keys)
+        if all(s == "done" for s in statuses.values()):
+            self._finish_command(command, "done", f"flattened {accounts}{dry}", now, details={"keys": keys})
+        else:
+            failed = [k.split("|", 1)[-1] for k, s in statuses.items() if s != "done"]
+            self._finish_command(command, "failed", f"the flatten of {', '.join(failed)} failed: {'; '.join(errors) or 'not applied'}"
+                                 " (see the action lines)", now, details={"keys": keys, "failed": failed})
+        return state
+
+    def _finish_command(self, command: control.Command, status: str, message: str, now: datetime, *, state: State | None = None,
+                        details: dict[str, Any] | None = None) -> None:
+        self.store.update_command(command.id, status, now, outcome={"status": status, "message": message, **(details or {})},
+                                  state=state)
+        self.audit.emit(events.CONTROL_RESULT, id=command.id, verb=command.verb, status=status, message=message, user=command.user,
+                        account=command.account, rule=command.rule, reason=command.reason, **(details or {}))
+        log.info("control_result", id=command.id, verb=command.verb, status=status, message=message, user=command.user)
+        with self.command_progress:
+            self.command_progress.notify_all()
 
     def _defer(self, d: Decision, why: str) -> None:
         if self._deferred.get(d.key) == why:
@@ -228,8 +308,9 @@ class Ticker:
             if self._sampled.get(name) == minute and name not in firing:
                 continue
             self._sampled[name] = minute
+            # pnl is a sum: in cents; the API's own values verbatim
             self.audit.emit("sample", account=account.name, session=session, reason="firing" if name in firing else "minute",
-                            pnl=account.pnl(), realized=account.realized_pnl, unrealized=account.unrealized_pnl,
+                            pnl=round(account.pnl(), 2), realized=account.realized_pnl, unrealized=account.unrealized_pnl,
                             commission=account.commission, net_liquidation=account.net_liquidation,
                             positions=[{"instrument": p.instrument, "side": p.side, "quantity": p.quantity, "pnl": p.unrealized_pnl}
                                        for p in account.positions])
@@ -241,7 +322,8 @@ class Ticker:
             self.audit.emit("fired", **common, session=engine.session_of(now, self.engine_settings), inputs=d.inputs,
                             threshold=d.threshold, local_time=d.local_time,
                             reason=d.reason, orders=[o.body() | {"kind": o.kind} for o in d.orders], covers=list(d.covers))
-            log.info("fired", rule=d.rule, account=d.account, instrument=d.instrument, action=d.action)
+            log.info("fired", rule=d.rule, account=d.account, instrument=d.instrument, action=d.action,
+                     **({"dry_run": "decided and audited, nothing will be sent"} if common["dry_run"] else {}))
         else:
             self.audit.emit(d.kind, **common, reason=d.reason, inputs=d.inputs or None)
             if d.kind == "missed":
@@ -257,9 +339,9 @@ def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: Audit
                  monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Ticker:
     """Wire client, executor and ticker. `clock` (UTC datetimes), `monotonic` and `sleep` (the rate
     bucket's and the 429 back-off's) are injectable so tests can run riskd on one simulated clock."""
-    client = CrossTradeClient(settings.base_url, token, timeout=settings.timeout,
+    client = CrossTradeClient(settings.base_url, token, timeout=settings.timeout.total_seconds(),
                               bucket=TokenBucket(settings.rate_per_second, settings.rate_burst, clock=monotonic, sleep=sleep),
                               transport=transport)
-    executor = Executor(client, audit, store, dry_run=dry_run, resend_after=timedelta(seconds=settings.timeout),
+    executor = Executor(client, audit, store, dry_run=dry_run, resend_after=settings.timeout,
                         settle_window=settings.settle_window, clock=clock, monotonic=monotonic)
     return Ticker(settings, rules, client, executor, store, audit, clock=clock, monotonic=monotonic)

@@ -12,7 +12,6 @@ line). A UTC date would cut the evening session in two.
 
 from __future__ import annotations
 
-import argparse
 import bz2
 import gzip
 import hashlib
@@ -25,16 +24,18 @@ import shutil
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, cast
+from typing import IO, Any, Iterable, Iterator, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from riskd import events
-from riskd.audit import GENESIS, HEAD_SUFFIX, chain_hash, render
+from riskd.chain import GENESIS, HEAD_SUFFIX, chain_hash, parse_head, render
 from riskd.errors import TrailError
+from riskd.events import of as event_of
+from riskd.schedule import format_span
 
 ROTATED = re.compile(r"^(\.\d+|-\d{8}(\d{2})?)(\.(gz|bz2|xz))?$")
 DEFAULT_HIDDEN = frozenset({events.SAMPLE.name})  # shown only when asked for (--event sample / --all)
@@ -193,12 +194,10 @@ def _head_for(path: Path) -> dict[str, Any] | None:
     """The head record of a live trail, when it describes this very file (read before the file)."""
     head_path = path.with_name(path.name + HEAD_SUFFIX)
     try:
-        data = json.loads(head_path.read_bytes().rstrip(b" \n\x00") or b"null")
-        if isinstance(data, dict) and isinstance(data.get("seq"), int) and data.get("ino") == path.stat().st_ino:
-            return data
-    except (OSError, ValueError):
-        pass
-    return None
+        data = parse_head(head_path.read_bytes())
+        return data if data is not None and data.get("ino") == path.stat().st_ino else None
+    except OSError:
+        return None
 
 
 def _verify_file(path: Path, index: int, state: dict[str, Any], verdict: Verdict, head: dict[str, Any] | None) -> None:
@@ -330,7 +329,7 @@ def line_time(line: dict[str, Any]) -> datetime | None:
 # Filtering.
 
 
-@dataclass
+@dataclass(frozen=True)
 class Filter:
     """What `riskd audit` was asked to show."""
 
@@ -440,6 +439,17 @@ def closed_quantity(line: dict[str, Any], pos: dict[str, Any]) -> int:
     return size
 
 
+def closed_pnl(line: dict[str, Any], pos: dict[str, Any]) -> float:
+    """The P&L of the part of a closedPositions entry that the call closed (its unrealized P&L pro rata)."""
+    return float(pos.get("unrealizedProfitLoss") or 0.0) * closed_quantity(line, pos) / max(1, int(pos.get("quantity") or 1))
+
+
+def closed_text(line: dict[str, Any], pos: dict[str, Any]) -> str:
+    """One closedPositions entry of an action line as a trader reads it: `4 of Long 4 MES 12-26 at -520.00`."""
+    return (f"{closed_quantity(line, pos)} of {pos.get('marketPosition')} {pos.get('quantity')} {pos.get('instrument')} "
+            f"at {_money(closed_pnl(line, pos))}")
+
+
 def closed_positions(line: dict[str, Any]) -> list[dict[str, Any]]:
     """The action line's closedPositions as the API returned them (empty when none)."""
     response = line.get("response")
@@ -513,6 +523,69 @@ def _short_inputs(inputs: Any) -> str:
     return ", ".join(parts)
 
 
+def closed_summary(line: dict[str, Any]) -> str:
+    """What an action line's call closed, from its closedPositions: "closed 4 of Long 4 MES 12-26 at -520.00"."""
+    return "closed " + ", ".join(closed_text(line, c) for c in closed_positions(line))
+
+
+def outcome(line: dict[str, Any]) -> str:
+    """The result of an action line in a few words, for the console: what it closed, that it was a
+    dry run (nothing sent), or how it failed."""
+    req = line.get("request") or {}
+    call = f"{req.get('method')} {req.get('path')}"
+    if line.get("dry_run"):
+        return f"dry run, nothing sent: would {call} {json.dumps(req.get('json'))}"
+    if not line.get("ok"):
+        return f"{call} failed: {line.get('outcome')} {line.get('status') or ''} {line.get('error') or ''}".rstrip()
+    if closed_positions(line):
+        return closed_summary(line)
+    return f"{call}: ok ({line.get('status')})"
+
+
+def _dollars(value: Any, signed: bool = False) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    sign = "-" if number < 0 else "+" if signed and number > 0 else ""
+    return f"{sign}${abs(number):,.0f}" if number == round(number) else f"{sign}${abs(number):,.2f}"
+
+
+def threshold_text(threshold: Any) -> str:
+    """A fired line's threshold for people: "position P&L below -$500", "$300 below the peak after +$500"
+    (the trail keeps the JSON: {"account_drawdown": {"limit": ["dollars", 300.0], "after": 500.0}})."""
+    if not isinstance(threshold, dict):
+        return json.dumps(threshold)
+    parts: list[str] = []
+    for name, spec in threshold.items():
+        spec = spec if isinstance(spec, dict) else {}
+        side = "below" if "below" in spec else "above"
+        if name in ("position_pnl", "account_pnl") and side in spec:
+            what = "position P&L" if name == "position_pnl" else (
+                "session P&L" if spec.get("basis", "total") == "total" else f"{spec['basis']} P&L")
+            net = " net of commission" if spec.get("net_of_commission") else ""
+            parts.append(f"{what}{net} {side} {_dollars(spec[side])}")
+        elif name == "account_drawdown" and isinstance(spec.get("limit"), list) and len(spec["limit"]) == 2:
+            kind, amount = spec["limit"]
+            given = f"{float(amount) * 100:g}% of the peak given back" if kind == "percent" else f"{_dollars(amount)} below the peak"
+            after = f" after {_dollars(spec['after'], signed=True)}" if spec.get("after") else ""
+            parts.append(f"{given}{after}")
+        elif name == "position_size" and "above" in spec:
+            parts.append(f"size above {spec['above']} contracts")
+        elif name == "position_age" and "above" in spec:
+            parts.append(f"open longer than {format_span(timedelta(seconds=float(spec['above'])))}")
+        elif name in ("between", "outside") and isinstance(threshold[name], list) and len(threshold[name]) == 2:
+            start, end = (str(t)[:5] for t in threshold[name])
+            parts.append(f"{name} {start}-{end}")
+        elif name == "at":
+            parts.append(f"at {threshold[name]}")
+        elif name == "for_s":
+            parts.append(f"held for {format_span(timedelta(seconds=float(threshold[name])))}")
+        else:
+            parts.append(f"{name} {json.dumps(threshold[name])}")
+    return ", ".join(parts)
+
+
 def describe(line: dict[str, Any]) -> str:
     """One readable sentence for a line, per event."""
     event = line.get("event")
@@ -522,14 +595,12 @@ def describe(line: dict[str, Any]) -> str:
         text += f" {line.get('latency_ms')}ms" if line.get("latency_ms") is not None else ""
         closed = closed_positions(line)
         if closed:
-            text += "; closed " + ", ".join(
-                f"{closed_quantity(line, c)} of {c.get('marketPosition')} {c.get('quantity')} {c.get('instrument')} "
-                f"(P&L {_money(c.get('unrealizedProfitLoss'))})" for c in closed)
+            text += "; " + closed_summary(line)
         elif line.get("error"):
             text += f"; {line.get('error')}"
         return text + (" [dry run]" if line.get("dry_run") else "")
     if event == events.FIRED.name:
-        text = f"{line.get('action')}: {_short_inputs(line.get('inputs'))}; threshold {json.dumps(line.get('threshold'))}"
+        text = f"{line.get('action')}: {_short_inputs(line.get('inputs'))}; threshold {threshold_text(line.get('threshold'))}"
         text += f"; local {line.get('local_time')}" if line.get("local_time") else ""
         return text + (" [dry run]" if line.get("dry_run") else "")
     if event == events.SAMPLE.name:
@@ -552,6 +623,13 @@ def describe(line: dict[str, Any]) -> str:
         torn = line.get("torn") or {}
         return (f"{torn.get('bytes', 0)} torn bytes at offset {torn.get('offset')}"
                 + (f"; missing {line['missing']}" if line.get("missing") else ""))
+    if event == events.CONTROL.name:
+        what = "--all" if line.get("all") else (line.get("account") or line.get("rule") or "")
+        what += f" {line['instrument']}" if line.get("instrument") else ""
+        what += f" until {line['until']}" if line.get("until") else ""
+        return f"{line.get('verb')} {what} asked by {line.get('user')}: {line.get('reason')}"
+    if event == events.CONTROL_RESULT.name:
+        return f"{line.get('verb')} {line.get('status')}: {line.get('message')} (asked by {line.get('user')})"
     if event == events.TRAIL_UNWRITABLE.name:
         return f"{line.get('error')}"
     if event == events.TRAIL_WRITABLE.name:
@@ -573,42 +651,62 @@ TABLE_HEADER = f"{'time (UTC)':23} {'seq':>6} {'event':15} {'rule':22} {'target'
 # The command.
 
 
-def build_filter(args: argparse.Namespace, now: datetime | None = None) -> Filter:
-    """Given parsed `riskd audit` arguments, return the Filter; raise ValueError on a bad time."""
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What `riskd audit` was asked: which lines (`keep`), what to do with them, and how to print them."""
+
+    keep: Filter = field(default_factory=Filter)
+    task: Literal["list", "summary", "verify"] = "list"
+    json: bool = False
+    follow: bool = False
+
+
+def parse_filter(rule: str | None = None, account: str | None = None, instrument: str | None = None, events: str | None = None,
+                 since: str | None = None, until: str | None = None, day: str | None = None, show_all: bool = False,
+                 now: datetime | None = None) -> Filter:
+    """Given `riskd audit`'s filter options as the user typed them (events comma-separated, times in the
+    forms parse_when reads), return the Filter; raise FilterError naming the option that is wrong."""
     now = now or datetime.now(timezone.utc)
-    events = frozenset(e.strip() for e in args.event.split(",") if e.strip()) if getattr(args, "event", None) else None
-    return Filter(
-        rule=getattr(args, "rule", None), account=getattr(args, "account", None), instrument=getattr(args, "instrument", None),
-        events=events,
-        since=parse_when(args.since, now) if getattr(args, "since", None) else None,
-        until=parse_when(args.until, now, end=True) if getattr(args, "until", None) else None,
-        day=getattr(args, "date", None), show_all=getattr(args, "all", False),
-    )
+    named = frozenset(e.strip() for e in events.split(",") if e.strip()) if events else None
+    for name in named or ():
+        try:
+            event_of(name)
+        except KeyError as exc:
+            raise FilterError(f"--event: {exc.args[0]}") from None
+    return Filter(rule=rule, account=account, instrument=instrument, events=named or None,
+                  since=_when("--since", since, now), until=_when("--until", until, now, end=True),
+                  day=day, show_all=show_all)
 
 
-def main(files: list[Path], args: argparse.Namespace, out: IO[str] | None = None) -> int:
-    """`riskd audit`: 0 ok, 1 a bad trail (or a missing file), 2 a bad argument."""
+class FilterError(ValueError):
+    """A `riskd audit` filter option cannot be read (its message names the option)."""
+
+
+def _when(option: str, text: str | None, now: datetime, end: bool = False) -> tuple[datetime, bool] | None:
+    try:
+        return parse_when(text, now, end=end) if text else None
+    except ValueError as exc:
+        raise FilterError(f"{option}: bad time: {exc}") from None
+
+
+def main(files: list[Path], query: Query, out: IO[str] | None = None) -> int:
+    """`riskd audit`: 0 ok, 1 a bad trail (or a missing file)."""
     out = out or sys.stdout
-    if args.verify:
+    if query.task == "verify":
         verdict = verify(files)
         for note in verdict.notes:
             print(f"note: {note}", file=out if verdict.ok else sys.stderr)
         print(verdict.message, file=out if verdict.ok else sys.stderr)
         return 0 if verdict.ok else 1
-    try:
-        keep = build_filter(args)
-    except ValueError as exc:
-        print(f"riskd audit: bad time: {exc}", file=sys.stderr)
-        return 2
+    keep = query.keep
     try:
         ordered = chain_order(files)
     except TrailError as exc:
         print(f"riskd audit: {exc}", file=sys.stderr)
         return 1
-    if args.summary:
-        keep.events, keep.show_all = None, True
-        rows = summary(read(ordered), keep)
-        if args.json:
+    if query.task == "summary":
+        rows = summary(read(ordered), replace(keep, events=None, show_all=True))
+        if query.json:
             for row in rows:
                 print(json.dumps(row), file=out)
         else:
@@ -620,7 +718,7 @@ def main(files: list[Path], args: argparse.Namespace, out: IO[str] | None = None
         return 0
     tty = out.isatty()
     width = shutil.get_terminal_size().columns if tty else None
-    if not args.json:
+    if not query.json:
         print(TABLE_HEADER, file=out)
     days = Days()
     hidden = 0
@@ -631,19 +729,19 @@ def main(files: list[Path], args: argparse.Namespace, out: IO[str] | None = None
         if not keep(line, day):
             hidden += line.get("event") in DEFAULT_HIDDEN and keep.events is None and not keep.show_all
             return
-        print(json.dumps(line, ensure_ascii=False) if args.json else table_row(line, width), file=out, flush=args.follow)
+        print(render(line) if query.json else table_row(line, width), file=out, flush=query.follow)  # --json: the line as written
 
     try:
         for line in read(ordered):
             show(line)
-        if args.follow:
+        if query.follow:
             for line in follow(ordered[-1]):
                 show(line)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
         return 0
-    if hidden and tty and not args.json:
+    if hidden and tty and not query.json:
         print(f"({hidden} per-minute sample lines hidden: --event sample or --all to show them)", file=sys.stderr)
     return 0
 

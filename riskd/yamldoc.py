@@ -86,7 +86,8 @@ class Document:
             finally:
                 loader.dispose()
         except yaml.MarkedYAMLError as exc:
-            self.problems.append(Problem(str(path), *_syntax_error(exc)))
+            line, col, field, message = _syntax_error(exc)
+            self.problems.append(Problem(str(path), line, col, field, message + foreign_hint(text)))
             self.node = None
             self.data = None
         except yaml.YAMLError as exc:  # a ReaderError (control characters) has no mark
@@ -239,6 +240,16 @@ def _check_block_depth(text: str) -> None:
             raise _TooBig.at(number, indent + 1, f"nested over {MAX_DEPTH} levels deep (indentation); flatten the structure")
 
 
+_TOML_OR_INI = re.compile(r"^[ \t]*(\[[^\]\n]+\][ \t]*|[A-Za-z_][\w.-]*[ \t]*=[ \t]*\S.*)$", re.MULTILINE)
+
+
+def foreign_hint(text: str) -> str:
+    """A hint for a file written as TOML or INI (`[section]`, `key = value`): riskd reads YAML; else ''."""
+    if _TOML_OR_INI.search(text):
+        return "; this looks like TOML or INI ([section], key = value): riskd reads YAML (key: value, lists as '- item')"
+    return ""
+
+
 def _reader_position(text: str, position: int) -> tuple[int, int]:
     position = max(0, min(position or 0, len(text)))
     return text.count("\n", 0, position) + 1, position - (text.rfind("\n", 0, position) + 1) + 1
@@ -296,10 +307,14 @@ def _message(err: ErrorDetails, model: type[BaseModel], loc: tuple[Any, ...]) ->
         homes = [home for home in _homes(model, str(loc[-1])) if home != (str(loc[-2]) if len(loc) > 1 else "")]
         if homes:
             return f"unknown key '{loc[-1]}' here; it belongs under '{homes[0]}:'"
-        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.5)
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.7)
         if guess:
             return f"unknown key '{loc[-1]}'; did you mean '{guess[0]}'?"
         return f"unknown key '{loc[-1]}'; allowed keys: {', '.join(sorted(allowed))}"
+    if kind == "invalid_key":
+        return (f"a key must be text, got {_describe(err['input'])}; inside {{...}} a comma separates entries, so a number "
+                "written with a thousands separator splits in two ({below: -1,000} reads as below: -1 and a key 000): "
+                "write -1000")
     if kind == "missing":
         found = _model_at(model, loc)
         return "required key is missing" + (f"; add {found.expected}" if hasattr(found, "expected") else "")
@@ -410,6 +425,7 @@ def validate(
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or "[" in p)))
             rule, label, yaml_path = field_of(loc)
             node = doc.locate(yaml_path, key=err["type"] in ("extra_forbidden", "null_value"))
-            doc.problems.append(doc.problem_at(node, label, _message(err, model, loc), rule))
+            hint = foreign_hint(doc.text) if not loc else ""  # the whole file is not a mapping: INI's key = value is one long text
+            doc.problems.append(doc.problem_at(node, label, _message(err, model, loc) + hint, rule))
         doc.problems.sort(key=lambda p: (p.line, p.col))
         return None

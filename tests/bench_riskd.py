@@ -430,7 +430,7 @@ def bench_memory(ticks: int, workdir: Path) -> dict[str, Any]:
 
 def quiet_console() -> None:
     """The in-process sections log like riskd does; keep stdout for the JSON document."""
-    from riskd.audit import configure_console
+    from riskd.console import configure_console
 
     configure_console(json_output=True, level="warning", stream=sys.stderr)
 

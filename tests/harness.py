@@ -100,7 +100,7 @@ class Rig:
         spec = config.ConfigSpec(crosstrade=config.CrossTradeSpec(base_url=self.server.base_url), rules="rules/",
                                  audit_log="audit.jsonl", state_dir="state/")
         base = config.from_spec(spec, None, base=tmp)
-        fields = {"timeout": 0.2, "poll_interval": 1.0, "stale_after": timedelta(seconds=5)}
+        fields = {"timeout": timedelta(seconds=0.2), "poll_interval": timedelta(seconds=1), "stale_after": timedelta(seconds=5)}
         fields.update(settings)
         self.settings = dataclasses.replace(base, **fields)
         self.rules_path = write_rules(tmp / "rules", rules)

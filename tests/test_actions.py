@@ -57,7 +57,7 @@ def test_act_lost_response_on_partial_close_is_settled_as_done_and_never_repeate
 def test_act_answer_later_than_the_timeout_is_not_resent_before_it_could_have_landed(rig_factory):
     """A close the relay holds past riskd's timeout is applied late: the next snapshot still shows
     the old quantity, and sending again would close a second half."""
-    rig = rig_factory(_losing(), HALF, timeout=0.3)
+    rig = rig_factory(_losing(), HALF, timeout=timedelta(seconds=0.3))
     rig.sim.inject(Fault("latency", match="POST */positions/close", ms=600, count=1))
     rig.tick_at(0)  # times out after 0.3 s; the simulator applies it at 0.6 s
     assert rig.events("action")[0]["outcome"] == "unknown"
@@ -138,7 +138,7 @@ def test_act_partial_close_waits_while_another_close_on_its_position_is_in_doubt
     close of that position may change it meanwhile."""
     first = {"name": "trim", "instruments": "MES", "when": {"position_pnl": {"below": -100}}, "then": {"close": "50%"}}
     second = {"name": "size-down", "instruments": "MES", "when": {"account_pnl": {"below": -300}}, "then": {"reduce_to": 1}}
-    rig = rig_factory(_losing(), [first, second], timeout=0.3)
+    rig = rig_factory(_losing(), [first, second], timeout=timedelta(seconds=0.3))
     rig.sim.inject(Fault("latency", match="POST */positions/close", ms=600, count=1))
     rig.tick_at(0)  # P&L -200: trim fires; its answer comes too late
     rig.sim.set_price("MES 12-26", 5980.0)  # P&L -400: size-down holds too
@@ -157,7 +157,7 @@ def test_act_partial_close_waits_while_another_close_on_its_position_is_in_doubt
 def test_act_close_applied_long_after_the_timeout_is_still_one_close(rig_factory):
     """The relay holds the close past riskd's 0.3 s timeout and applies it 12 s after it arrived:
     riskd must not send it again while it may still land (settle_window 20 s)."""
-    rig = rig_factory(_losing(), HALF, timeout=0.3, settle_window=timedelta(seconds=20))
+    rig = rig_factory(_losing(), HALF, timeout=timedelta(seconds=0.3), settle_window=timedelta(seconds=20))
     rig.sim.inject(Fault("late_apply", match="POST */positions/close", ms=400, apply_ms=12000, count=1))
     rig.tick_at(0)
     assert rig.events("action")[0]["outcome"] == "unknown"
@@ -230,7 +230,7 @@ def test_act_two_429s_on_a_close_then_success_closes_exactly_once(rig_factory):
 
 
 def test_act_429_retry_after_is_honoured_before_the_next_attempt(rig_factory):
-    rig = rig_factory(_losing(), HALF, timeout=2.0)
+    rig = rig_factory(_losing(), HALF, timeout=timedelta(seconds=2))
     rig.sim.inject(Fault("status", match="POST */positions/close", status=429, retry_after=1.5, count=1))
     rig.tick_at(0)
     first, second = rig.posts("/positions/close")
@@ -311,7 +311,7 @@ def test_act_a_trickled_close_to_one_account_never_holds_back_another_accounts_c
                              {"name": "A2", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 2, "price": 6000.0}]}],
                 "prices": {"MES 12-26": 5990.0}, "rate_limit": {"per_second": 3, "burst": 20}}
     rules = [{"name": "cap", "instruments": "MES", "when": {"position_pnl": {"below": -50}}, "then": {"close": "all"}}]
-    rig = rig_factory(scenario, rules, timeout=1.5)
+    rig = rig_factory(scenario, rules, timeout=timedelta(seconds=1.5))
     rig.ticker.deadline_s = 0.3  # the tick waits 0.3 s for its closes (the trickled one takes the whole 1.5 s)
     rig.sim.inject(Fault("trickle", match="POST /accounts/A1/positions/close", bytes=1, ms=100, count=1))
     rig.tick_at(0)

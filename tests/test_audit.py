@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from conftest import RISKD, read_audit, wait_until, write_policy
+
 from riskd import audit as audit_mod
-from riskd.audit import GENESIS, AuditTrail, chain_hash
+from riskd.audit import AuditTrail
+from riskd.chain import GENESIS, chain_hash
+from riskd.console import configure_console
 from riskd.errors import ConfigError
 from riskd.trail import verify
 
@@ -254,7 +256,7 @@ def test_audit_scrubs_the_text_of_values_that_are_not_strings(tmp_path, token):
 def test_console_log_scrubs_the_repr_of_objects(tmp_path, token, capsys):
     import structlog
 
-    audit_mod.configure_console(json_output=True, secrets=[token])
+    configure_console(json_output=True, secrets=[token])
     try:
         structlog.get_logger("riskd").error("api_error", error=RuntimeError(f"refused {token}"))
     finally:
@@ -266,7 +268,7 @@ def test_console_log_scrubs_the_repr_of_objects(tmp_path, token, capsys):
 def test_console_log_is_scrubbed_of_the_token(tmp_path, token, capsys):
     import structlog
 
-    audit_mod.configure_console(json_output=True, secrets=[token])
+    configure_console(json_output=True, secrets=[token])
     try:
         structlog.get_logger("riskd").error("api_error", error=f"refused {token}", headers={"Authorization": f"Bearer {token}"})
         try:
@@ -464,7 +466,7 @@ def test_run_full_disk_while_a_rule_fires_still_closes_and_reports_the_failure(t
 
 def test_run_sigusr1_after_logrotate_renamed_the_trail_continues_the_chain_in_a_new_file(tmp_path, sim_factory, riskd_factory, token):
     sim, server = sim_factory({"accounts": [{"name": "Sim101"}], "rate_limit": None})
-    proc = riskd_factory(write_policy(tmp_path, server.base_url, [], poll_interval="200ms"), token)
+    proc = riskd_factory(write_policy(tmp_path, server.base_url, [], poll_interval="200ms", allow_empty_policy=True), token)
     proc.wait_for("rules_loaded")
     proc.audit_path.rename(tmp_path / "audit.jsonl.1")  # logrotate's rename, then its postrotate:
     proc.signal(signal.SIGUSR1)

@@ -279,8 +279,8 @@ def run_schedule(s: Schedule, base: Path, token: str) -> dict[str, Any]:
     disk = mount_small_disk(home / "disk") if s.disk_full else None
     on_disk = {"state_dir": disk / "state", "audit_log": str(disk / "audit.jsonl")} if disk is not None else {}
     rig = Rig(home, token, scenario_for(s), rules_for(s), start=START, clock=SimClock(START), fsync=False,
-              transport=transport, timeout=0.05, settle_window=timedelta(seconds=SETTLE), poll_interval=1.0, stale_after=timedelta(seconds=5),
-              rate_per_second=RATE, rate_burst=BURST, **on_disk)
+              transport=transport, timeout=timedelta(seconds=0.05), settle_window=timedelta(seconds=SETTLE),
+              poll_interval=timedelta(seconds=1), stale_after=timedelta(seconds=5), rate_per_second=RATE, rate_burst=BURST, **on_disk)
     daemon = None
     try:
         rig.ticker.client.token_wait = 3.0  # an action may wait 3 simulated seconds for a rate token

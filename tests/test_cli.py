@@ -92,3 +92,19 @@ def test_check_a_rules_directory_in_a_symlink_loop_is_a_located_config_error(tmp
     result = run_cli("check", "-c", str(tmp_path / "riskd.yaml"))
     assert result.returncode == 78, result.stderr  # a traceback (exit 1) would not stop systemd's restart loop
     assert "riskd.yaml:1:1" in result.stderr and "Symlink loop" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_live_once_beside_a_running_daemon_sends_nothing_and_points_at_dry_run(tmp_path, sim_factory, token, riskd_factory):
+    scenario = {"accounts": [{"name": "Sim101", "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 2, "price": 6000.0}]}],
+                "prices": {"MES 12-26": 6000.0}}
+    sim, server = sim_factory(scenario)
+    config = write_policy(tmp_path, server.base_url, [{"name": "cap", "when": {"position_pnl": {"below": -500}}, "then": {"close": 50}}])
+    daemon = riskd_factory(config, token)
+    daemon.wait_for("sample")
+    started = next(json.loads(x) for x in daemon.stdout_path.read_text().splitlines() if '"event": "started"' in x)
+    assert (started["config"], started["api"]) == (str(config), server.base_url.split("/")[2])  # which policy, against which API
+    assert '"event": "rule_warning"' in daemon.stdout_path.read_text()  # close: 50 is 50 contracts: said at start too
+    result = run_cli("once", "-c", str(config), env={"CROSSTRADE_TOKEN": token})
+    assert result.returncode == 1
+    assert "a riskd daemon is running with state_dir" in result.stderr and "riskd once --dry-run (or riskd status)" in result.stderr
+    assert [r for r in sim.request_log() if r.method == "POST"] == []

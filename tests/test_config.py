@@ -35,8 +35,8 @@ dry_run: true
 """)
     s = config.load(path)
     assert s.base_url == "https://app.crosstrade.io/v1/api"
-    assert (s.token_env, s.timeout, s.rate_per_second, s.rate_burst) == ("MY_TOKEN", 2.5, 2.0, 10)
-    assert s.poll_interval == 0.25 and s.misfire_grace == timedelta(minutes=2)
+    assert (s.token_env, s.timeout, s.rate_per_second, s.rate_burst) == ("MY_TOKEN", timedelta(seconds=2.5), 2.0, 10)
+    assert s.poll_interval == timedelta(milliseconds=250) and s.misfire_grace == timedelta(minutes=2)
     assert str(s.zone) == "America/Chicago" and s.session_start == time(17, 0)
     assert s.rules == (tmp_path / "policy",)
     assert s.audit_log == str(tmp_path / "logs" / "audit.jsonl") and s.state_dir == tmp_path / "var" / "state"
@@ -46,7 +46,7 @@ dry_run: true
 def test_load_empty_file_gives_spec_defaults(tmp_path):
     s = config.load(_write(tmp_path, ""))
     assert s.base_url == "https://app.crosstrade.io/v1/api" and s.token_env == "CROSSTRADE_TOKEN"
-    assert (s.poll_interval, s.timeout, s.rate_per_second, s.rate_burst) == (1.0, 5.0, 3.0, 20)
+    assert (s.poll_interval, s.timeout, s.rate_per_second, s.rate_burst) == (timedelta(seconds=1), timedelta(seconds=5), 3.0, 20)
     assert str(s.zone) == "America/New_York" and s.session_start == time(18, 0)
     assert s.misfire_grace == timedelta(seconds=60) and s.rules == (tmp_path / "rules",) and s.dry_run is False
 

@@ -118,7 +118,8 @@ def test_execute_transport_errors_say_whether_the_request_may_have_acted(token, 
     reply = client.execute(CLOSE)
     assert reply.outcome == outcome and reply.status is None and reply.error.split(" ")[0] == exc.__class__.__name__
     if outcome == UNSENT:
-        assert reply.error == f"{exc.__class__.__name__} (api.test:80)"  # where it could not get to
+        assert reply.error == (f"{exc.__class__.__name__} (http://api.test:80/v1/api/): not reached; "  # where it could not get to
+                               "check crosstrade.base_url in riskd.yaml")
 
 
 # -- 429 -----------------------------------------------------------------------------------------
@@ -393,7 +394,8 @@ def test_connect_errors_name_the_host_and_port_never_the_token(token):
             reply = client.get_snapshot()
         finally:
             client.close()
-    assert reply.outcome == UNSENT and reply.error == f"ConnectError (127.0.0.1:{port})"
+    assert reply.outcome == UNSENT and reply.error == (f"ConnectError (http://127.0.0.1:{port}/v1/api/): not reached; "
+                                                   "check crosstrade.base_url in riskd.yaml")
     assert token not in repr(reply)
 
 

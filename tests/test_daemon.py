@@ -36,6 +36,31 @@ def test_daemon_reload_that_raises_anything_is_rules_rejected_and_keeps_the_old_
         rig.close()
 
 
+def test_daemon_reload_to_a_policy_that_protects_nothing_is_rejected_and_the_old_rules_keep_acting(tmp_path, token):
+    rig = Rig(tmp_path, token, one_position(), CAP)
+    try:
+        daemon = Daemon(rig.settings, rig.ticker, rig.audit, {})
+        rig.rules_path.write_text("rules:\n- name: cap\n  enabled: false\n  when: {position_pnl: {below: -100}}\n  then: {close: all}\n")
+        assert daemon.reload() is False
+        (rejected,) = rig.events("rules_rejected")
+        assert "every rule is disabled (1) in 1 file(s): riskd would watch and protect nothing" in rejected["errors"][0]
+        rig.sim.set_price("MES 12-26", 5990.0)
+        rig.tick_at(1)
+        assert rig.quantities() == {}
+    finally:
+        rig.close()
+
+
+def _catches(pid: int, *signals: int) -> bool:
+    """Whether the process has handlers installed for every one of `signals` (Linux: SigCgt in /proc/PID/status)."""
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except OSError:
+        return False
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return all(caught >> (sig - 1) & 1 for sig in signals)
+
+
 def test_run_survives_sighup_and_sigusr1_sent_while_it_starts_and_reloads_once_up(tmp_path, sim_factory, token):
     sim, server = sim_factory(one_position())
     config = write_policy(tmp_path, server.base_url, CAP, poll_interval="200ms")
@@ -43,9 +68,11 @@ def test_run_survives_sighup_and_sigusr1_sent_while_it_starts_and_reloads_once_u
     proc = subprocess.Popen([str(RISKD), "run", "-c", str(config)], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        spawned = time.monotonic()
-        for sig, at in ((signal.SIGUSR1, 0.2), (signal.SIGHUP, 0.3)):  # logrotate / systemctl reload during start-up
-            time.sleep(max(0.0, spawned + at - time.monotonic()))
+        # logrotate / systemctl reload during start-up: once riskd holds the two signals (its first statement) and
+        # before the daemon installs its own handlers (SIGTERM's among them), however slowly a loaded machine starts it
+        wait_until(lambda: (_catches(proc.pid, signal.SIGUSR1, signal.SIGHUP) and not _catches(proc.pid, signal.SIGTERM))
+                   or proc.poll() is not None, timeout=20, interval=0.005)
+        for sig in (signal.SIGUSR1, signal.SIGHUP):
             proc.send_signal(sig)
         audit = tmp_path / "audit.jsonl"
 

@@ -125,19 +125,49 @@ def test_token_never_appears_in_output_audit_or_state(tmp_path, sim_factory, ris
             assert token not in path.read_bytes().decode("utf-8", "replace"), f"token leaked into {path}"
 
 
-def test_demo_closes_something_within_30_seconds(tmp_path):
+def test_demo_explains_itself_closes_something_within_30_seconds_and_keeps_no_state_for_a_rerun(tmp_path):
     import subprocess
 
     from conftest import RISKD
 
-    proc = subprocess.Popen([str(RISKD), "run", "--sim"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from datetime import datetime, timezone
+
+    from riskd.engine import State
+    from riskd.state import Store
+
+    # what a previous demo run could leave behind: Sim102 locked (its lock would flatten NQ at the first tick)
+    left = Store(tmp_path / "state")
+    left.save(State(account_locks={"sim102": "2099-01-01T00:00:00+00:00"}), datetime.now(timezone.utc))
+    left.close()
+    with (tmp_path / "console.log").open("w") as out:
+        proc = subprocess.Popen([str(RISKD), "run", "--sim"], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
         actions = wait_until(lambda: [e for e in read_audit(tmp_path / "audit.jsonl") if e.get("event") == "action" and e.get("ok")], timeout=30)
-        assert actions[0]["response"]["closedPositions"]
+        assert actions[0]["response"]["closedPositions"] and actions[0]["account"] == "Sim101"  # not the stale lock's flatten
+        wait_until(lambda: "closed 4 of Long 4 MES 12-26 at -520.00" in (tmp_path / "console.log").read_text(), timeout=5)
+        status = run_cli("status", cwd=tmp_path)  # beside the running demo, from its state in ./state
+        assert status.returncode == 0 and "Sim101" in status.stdout and "mes-loss-cap" in status.stdout, status.stdout + status.stderr
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
-    assert (tmp_path / "state").is_dir()
+    console = (tmp_path / "console.log").read_text()
+    for said in ("embedded CrossTrade simulator at http://127.0.0.1:", "Sim101   long 4 MES 12-26", "Sim102   long 3 NQ 12-26",
+                 "rules (the shipped examples): trim-half-before-close, mes-loss-cap, daily-loss-limit",
+                 "~8 s   mes-loss-cap closes Sim101's 4 MES 12-26", "~15 s  daily-loss-limit flattens Sim102",
+                 f"audit trail: {tmp_path / 'audit.jsonl'}", "Ctrl-C stops riskd", "emptied at each start",
+                 '"config": "none (the demo)", "api": "127.0.0.1:'):
+        assert said in console, said
+    # what the README says the demo prints before it starts is what it prints (paths and the port aside)
+    import re
+
+    def intro(text: str) -> str:
+        said = "riskd against" + text.split("riskd against", 1)[1].split("Ctrl-C stops riskd.", 1)[0]
+        return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", said.replace(str(tmp_path), "/home/you/riskd"))
+
+    assert intro(console) == intro((Path(__file__).resolve().parents[1] / "README.md").read_text())
+    # the simulator starts over at every run, and so does the demo's state: a rerun here tells the same story
+    assert not [e for e in read_audit(tmp_path / "audit.jsonl") if e.get("event") == "fired" and e.get("account") == "Sim102"
+                and e["ts"] < actions[0]["ts"]]
     assert run_cli("audit", "--verify", cwd=tmp_path).returncode == 0
     # every line is an event of the catalogue, with every field the catalogue says it carries
     lines = read_audit(tmp_path / "audit.jsonl")

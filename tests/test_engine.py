@@ -103,6 +103,17 @@ def test_condition_clock_windows_hold_in_the_rule_zone_on_the_rule_days(when, no
     assert bool(fires(h.tick(now, acct("Sim101", pos())))) is expected
 
 
+def test_condition_derived_money_is_audited_in_cents_while_the_check_uses_the_exact_sum():
+    # -1000.1 + -99.7 - 0.62 is -1100.4199999999998 in floating point: a person reads -1100.42
+    h = Harness(rule("day", "account_pnl: {below: -1100, net_of_commission: true}", "flatten: true", accounts="Sim101")
+                + rule("giveback", "account_drawdown: {limit: 1000.3}", "flatten: true", accounts="Sim102"))
+    decisions = h.tick(MORNING, acct("Sim101", pos(), realized=-1000.1, unrealized=-99.7, commission=0.62),
+                       acct("Sim102", pos(), realized=-1000.1, unrealized=-99.7))
+    seen = {d.rule: d.inputs for d in decisions if d.kind == "fire"}
+    assert seen["day"]["account_pnl"] == -1100.42
+    assert (seen["giveback"]["account_pnl"], seen["giveback"]["peak"], seen["giveback"]["floor"]) == (-1099.8, 0.0, -1000.3)
+
+
 def test_condition_for_requires_the_conditions_to_hold_continuously():
     h = Harness(rule("held", "position_pnl: {below: -500}, for: 3s"))
     losing, fine = acct("Sim101", pos(pnl=-600)), acct("Sim101", pos(pnl=-100))
@@ -462,7 +473,8 @@ def test_explain_reports_value_threshold_and_distance_per_target():
     by_rule = {r["rule"]: r for r in rows}
     cap = by_rule["cap"]
     assert (cap["target"], cap["status"]) == ("Sim101 MES 12-26", "not met")
-    assert cap["conditions"] == [{"name": "position_pnl", "holds": False, "seen": -420.0, "threshold": "below -500.00", "distance": "$80.00 to go"}]
+    assert cap["conditions"] == [{"name": "position_pnl", "holds": False, "seen": -420.0, "threshold": "below -500.00", "distance": "$80.00 to go",
+                                  "gap": 80.0, "span": 500.0, "unit": "$", "gap_percent": 16.0}]
     assert by_rule["dd"]["conditions"][0]["distance"] == "inactive until the peak reaches 500.00"
     assert by_rule["trim"]["status"] == "timed" and by_rule["trim"]["next"] == "2026-11-27T15:55:00-05:00"
     assert by_rule["trim"]["conditions"][0]["distance"] == "next 2026-11-27T15:55:00-05:00 (in 5h55m)"
@@ -486,7 +498,7 @@ FORBIDDEN_MODULES = {"httpx", "structlog", "apscheduler", "sqlite3", "socket", "
                      "riskd.crosstrade", "riskd.state", "riskd.audit", "riskd.actions"}
 
 
-@pytest.mark.parametrize("module", ["engine", "model", "conditions", "schedule", "keys"])
+@pytest.mark.parametrize("module", ["engine", "model", "conditions", "schedule", "keys", "control", "status"])
 def test_engine_and_model_import_no_io_and_never_read_the_clock(module):
     tree = ast.parse((Path(engine.__file__).parent / f"{module}.py").read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -84,8 +85,8 @@ def closed_port() -> int:
     return port
 
 
-def target(name: str = "t", fmt: str = "json", events=("fired", "failed", "stale", "rules_rejected"), timeout: float = 2.0) -> NotifyTarget:
-    return NotifyTarget(name, fmt, ("url", "unused"), frozenset(events), timeout)
+def target(name: str = "t", fmt: str = "json", events=("fired", "failed", "stale", "rules_rejected"), timeout: float = 2.0) -> NotifyTarget:  # seconds
+    return NotifyTarget(name, fmt, ("url", "unused"), frozenset(events), timedelta(seconds=timeout))
 
 
 FIRED = {"event": "fired", "ts": "2026-03-10T14:00:00.000Z", "rule": "mes-loss-cap", "key": "k1", "account": "Sim101", "instrument": "MES 12-26",
@@ -104,7 +105,8 @@ def test_message_for_maps_audit_events_to_classes():
     assert "mes-loss-cap fired on Sim101 MES 12-26: close all" in message_for(FIRED).text
     assert "position_pnl=-600.00" in message_for(FIRED).text
     assert message_for(FAILED).kind == "failed" and "408" in message_for(FAILED).text
-    assert message_for({**FAILED, "ok": True}) is None
+    assert message_for({**FAILED, "ok": True}).kind == "outcome"  # a close the API acknowledged: what it did
+    assert message_for({**FAILED, "ok": True, "request": {"method": "POST", "path": "accounts/Sim101/orders/cancel"}}) is None
     stale = message_for({"event": "stale", "last_ok": "2026-03-10T14:00:00+00:00", "last_error": "408 ninjatrader_disconnected"})
     assert stale.kind == "stale" and "since 2026-03-10T14:00:00+00:00 (last error: 408 ninjatrader_disconnected)" in stale.text
     recovered = message_for({"event": "recovered", "stale_for_s": 42.4})
@@ -166,7 +168,7 @@ def test_put_never_blocks_on_a_dead_target_and_the_queue_is_bounded(silent_port)
         for _ in range(1500):
             hook.put(message_for(FIRED))
         assert time.perf_counter() - started < 1.0  # 1500 puts while the sender hangs on the first POST
-        assert hook.pending() <= 1000 and hook.dropped >= 480
+        assert hook.pending() <= 1000 and hook.dropped + hook.pending() + hook.in_flight == 1500  # bounded, every message counted
     finally:
         hook.close(0.1)
 
@@ -232,7 +234,7 @@ def test_config_notify_targets_resolve_from_credential_env_or_url(tmp_path):
     )
     settings = config.load(tmp_path / "riskd.yaml")
     slack, phone, plain = settings.notify
-    assert slack.events == frozenset({"fired"}) and phone.events == frozenset({"fired", "failed", "stale", "rules_rejected"})
+    assert slack.events == frozenset({"fired"}) and phone.events == frozenset({"fired", "outcome", "failed", "stale", "rules_rejected", "summary", "control"})
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "slack-webhook").write_text("https://hooks.invalid/T0/B0/x\n")
@@ -250,8 +252,8 @@ def test_config_notify_targets_resolve_from_credential_env_or_url(tmp_path):
     ("notify:\n  - {name: a}\n", "notify.0: give exactly one of 'url_credential', 'url_env' or 'url'"),
     ("notify:\n  - {name: a, url_env: X, url: 'https://h/x'}\n", "(found url, url_env)"),
     ("notify:\n  - {name: a, url: 'ftp://secret-value'}\n", "url must start with http:// or https://"),
-    ("notify:\n  - {name: a, url_env: X, events: [fird]}\n", "notify.0.events.0: invalid value 'fird'; write fired, failed, stale or rules_rejected"),
-    ("notify:\n  - {name: a, url_env: X, format: teams}\n", "notify.0.format: invalid value 'teams'; write json, slack, discord or ntfy"),
+    ("notify:\n  - {name: a, url_env: X, events: [fird]}\n", "notify.0.events.0: invalid value 'fird'; write fired, outcome, failed, stale, rules_rejected, summary or control"),
+    ("notify:\n  - {name: a, url_env: X, format: teams}\n", "notify.0.format: invalid value 'teams'; write json, slack, discord, ntfy or telegram"),
     ("notify:\n  - {name: a, url_env: X}\n  - {name: a, url_env: Y}\n", "duplicate notify target name(s): a"),
 ])
 def test_config_rejects_bad_notify_targets(tmp_path, text, expected):
@@ -293,6 +295,8 @@ def test_run_notifies_fired_and_a_dead_target_does_not_delay_the_close(tmp_path,
     event = bodies[0]["events"][0]
     assert event["class"] == "fired" and event["audit"]["rule"] == "mes-loss-cap" and event["audit"]["account"] == "Sim101"
     assert "mes-loss-cap fired on Sim101 MES 12-26: close all" in event["text"]
+    outcome = wait_until(lambda: [e for b in live.json_bodies() for e in b["events"] if e["class"] == "outcome"], timeout=10)
+    assert [e["text"] for e in outcome] == ["riskd: mes-loss-cap on Sim101 MES 12-26: closed 2 of Long 2 MES 12-26 at -600.00"]
 
     # a broken rule edit + SIGHUP: the old rules keep running and the live target hears about it
     (tmp_path / "rules" / "policy.yaml").write_text("rules:\n  - name: x\n    when: {position_pnl: {belw: 1}}\n    then: {close: all}\n")
@@ -306,3 +310,119 @@ def test_run_notifies_fired_and_a_dead_target_does_not_delay_the_close(tmp_path,
             text = path.read_text(errors="replace")
             assert live.url not in text and str(silent_port) + "/never" not in text, f"a webhook URL leaked into {path}"
             assert token not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# What a trader acts on: outcomes, the session's summary, Telegram, storms.
+
+CLOSED = {**FAILED, "ok": True, "status": 200, "outcome": "ok", "error": None,
+          "request": {"method": "POST", "path": "accounts/Sim101/positions/close", "json": {"instrument": "MES 12-26"}},
+          "response": {"success": True, "closedPositions": [{"account": "Sim101", "instrument": "MES 12-26", "marketPosition": "Long",
+                                                             "quantity": 4, "averagePrice": 6000.0, "marketPrice": 5974.0,
+                                                             "unrealizedProfitLoss": -520.0}]}}
+
+
+def test_an_outcome_says_what_the_close_closed_and_a_failure_why():
+    done = message_for(CLOSED)
+    assert done.kind == "outcome" and done.text == "riskd: mes-loss-cap on Sim101 MES 12-26: closed 4 of Long 4 MES 12-26 at -520.00"
+    half = message_for({**CLOSED, "request": {**CLOSED["request"], "json": {"instrument": "MES 12-26", "quantity": 1}}})
+    assert half.text.endswith("closed 1 of Long 4 MES 12-26 at -130.00")
+    dry = message_for({**CLOSED, "dry_run": True})
+    assert dry.text.endswith("[dry run: nothing was sent]")
+    failed = message_for(FAILED)
+    assert failed.kind == "failed" and "408" in failed.text and "ninjatrader_disconnected" in failed.text
+
+
+def test_telegram_posts_the_chat_and_text_and_needs_a_chat_id(webhook_server, tmp_path):
+    server = webhook_server()
+    hook = Webhook(NotifyTarget("tg", "telegram", ("url", "unused"), frozenset({"outcome"}), timedelta(seconds=2), "-100123"), server.url, "h")
+    try:
+        hook.put(message_for(CLOSED))
+        wait_until(lambda: hook.sent == 1, timeout=10)
+    finally:
+        hook.close(1)
+    body = server.json_bodies()[0]
+    assert body == {"chat_id": "-100123", "text": message_for(CLOSED).text, "disable_web_page_preview": True}
+    path = tmp_path / "riskd.yaml"
+    path.write_text("crosstrade: {base_url: sim}\nnotify:\n  - {name: tg, format: telegram, url_env: TG}\n")
+    with pytest.raises(ConfigError, match="chat_id"):
+        config.load(path)
+    path.write_text("crosstrade: {base_url: sim}\nnotify:\n  - {name: tg, format: telegram, url_env: TG, chat_id: -100123}\n")
+    assert config.load(path).notify[0].chat_id == "-100123"
+
+
+def test_telegrams_retry_after_in_the_body_is_honoured():
+    import httpx
+
+    answers = [httpx.Response(429, json={"ok": False, "error_code": 429, "parameters": {"retry_after": 7}}), httpx.Response(200, json={"ok": True})]
+    hook = Webhook(NotifyTarget("tg", "telegram", ("url", "unused"), frozenset({"outcome"}), timedelta(seconds=2), "1"), "https://api.telegram.invalid/botX/sendMessage",
+                   "h", transport=httpx.MockTransport(lambda request: answers.pop(0)))
+    try:
+        assert hook._post({}, b"{}") == ("retry", 7.0) and hook._post({}, b"{}") == ("sent", None)
+    finally:
+        hook.close(0.1)
+
+
+def test_a_storm_of_closes_reaches_a_phone_as_a_few_messages(webhook_server):
+    server = webhook_server()
+    hook = Webhook(NotifyTarget("phone", "json", ("url", "unused"), frozenset({"outcome"}), timedelta(seconds=2), None, 6.0), server.url, "h")
+    try:
+        for i in range(300):  # 300 accounts flattened at 16:58
+            hook.put(message_for({**CLOSED, "account": f"Sim{i}"}))
+        wait_until(lambda: sum(len(b["events"]) for b in server.json_bodies()) == 300, timeout=10)
+        assert len(server.received) <= 3  # the burst; the next call could go 10 s later (6 a minute)
+    finally:
+        hook.close(0.1)
+    texts = [message_for({**CLOSED, "account": f"Sim{i}"}) for i in range(300)]
+    for fmt, limit in (("slack", 3500), ("discord", 1900), ("telegram", 4000)):
+        text = json.loads(render(fmt, texts, "h", "1")[1]).get("text") or json.loads(render(fmt, texts, "h", "1")[1])["content"]
+        shown = text.count("riskd: mes-loss-cap")
+        assert len(text) <= limit and text.endswith(f"… and {300 - shown} more (riskd audit has them all)") and shown > 10
+
+
+def test_the_session_end_is_summed_up_in_the_trail_and_a_message(tmp_path, token):
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from harness import Rig, one_position
+    from riskd.daemon import Daemon, session_end_trigger
+
+    rules = [{"name": "mes-loss-cap", "instruments": "MES", "when": {"position_pnl": {"below": -500}}, "then": {"close": "all"}},
+             {"name": "daily-loss-limit", "when": {"account_pnl": {"below": -400}}, "then": {"flatten": True, "lock": True}}]
+    extra = [{"name": "Sim102", "positions": []}]
+    rig = Rig(tmp_path, token, one_position(extra=extra), rules, start=datetime(2026, 3, 10, 21, 59, 50, tzinfo=timezone.utc))  # 17:59:50 NY
+    try:
+        daemon = Daemon(rig.settings, rig.ticker, rig.audit, {})
+        rig.tick_at(0.0)
+        rig.sim.set_price("MES 12-26", 5974.0)  # -520: the loss cap and the daily limit fire; the flatten wins
+        rig.tick_at(1.0)
+        rig.settle_server()
+        rig.tick_at(2.0)
+        line = daemon.session_summary(now=datetime(2026, 3, 10, 22, 0, 0, tzinfo=timezone.utc))  # 18:00 New York
+    finally:
+        rig.close()
+    assert line["session"] == "2026-03-10"
+    assert [(a["account"], a["pnl"], a["locked"]) for a in line["accounts"]] == [("Sim101", -520.0, True), ("Sim102", 0.0, False)]
+    rows = {r["rule"]: (r["firings"], r["closes"], r["contracts_closed"], r["pnl_at_close"], r["superseded"]) for r in line["rules"]}
+    assert rows == {"daily-loss-limit": (1, 1, 4, -520.0, 0), "mes-loss-cap": (0, 0, 0, 0.0, 1)}  # the flatten covered the close
+    assert [e for e in rig.events("session_summary")] and rig.events("session_summary")[0]["rules"] == line["rules"]
+    text = message_for(line).text
+    assert message_for(line).kind == "summary"
+    assert text.splitlines() == ["riskd: session 2026-03-10 ended", "Sim101: P&L -520.00 (locked)", "Sim102: P&L 0.00",
+                                 "daily-loss-limit: 1 firing(s), 1 close(s), 4 contract(s) at -520.00"]
+    nxt = session_end_trigger(rig.settings).get_next_fire_time(None, datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc))
+    assert nxt == datetime(2026, 3, 10, 18, 0, tzinfo=ZoneInfo("America/New_York"))
+
+
+def test_an_operator_command_is_notified_with_who_asked_and_its_outcome():
+    from riskd import events
+
+    line = {"event": "control_result", "id": "c1", "verb": "lock", "status": "done", "user": "alice", "account": "Sim101", "rule": None,
+            "reason": "tilt", "message": "Sim101 locked until 2026-03-10T18:00:00-04:00; 1 open position(s) are flattened now"}
+    assert events.CONTROL_RESULT.missing(line) == []  # the fields tick.py writes
+    message = message_for(line)
+    assert message.kind == "control" and message.text == (
+        "riskd: alice asked lock Sim101 (reason: tilt): done, Sim101 locked until 2026-03-10T18:00:00-04:00; "
+        "1 open position(s) are flattened now")
+    refused = message_for({**line, "verb": "unlock", "status": "refused", "reason": None, "message": "rule daily-loss-limit says undo: never"})
+    assert refused.text == "riskd: alice asked unlock Sim101: refused, rule daily-loss-limit says undo: never"

@@ -27,7 +27,8 @@ def scenario_daily_loss_limit() -> None:
     h.tick(t + seconds(2), acct("Sim101", realized=-1001), acct("Sim102", pos(), realized=-500))
     reentry = h.tick(t + seconds(3), acct("Sim101", pos("NQ 12-26", 1), realized=-1001), acct("Sim102", pos(), realized=-500))
     assert bodies(reentry) == [("flatten", {"instrument": "NQ 12-26"})] and reentry[0].account == "Sim101"
-    assert h.tick(ny(2026, 11, 27, 18, 0), acct("Sim101", pos("NQ 12-26", 1)), acct("Sim102", pos())) == []  # next session
+    ended = h.tick(ny(2026, 11, 27, 18, 0), acct("Sim101", pos("NQ 12-26", 1)), acct("Sim102", pos()))  # next session
+    assert [(d.kind, d.account) for d in ended] == [("lock_ended", "sim101")] and not [o for d in ended for o in d.orders]
 
 
 def scenario_eod_flatten() -> None:
@@ -38,7 +39,8 @@ def scenario_eod_flatten() -> None:
     assert sorted((d.account, o.body().get("instrument")) for d in at for o in d.orders) == [("Sim101", None), ("Sim102", None)]
     late = h.tick(ny(2026, 11, 27, 16, 59), acct("Sim101", pos("MES 12-26")), acct("Sim102"))  # re-entry before the break
     assert bodies(late) == [("flatten", {"instrument": "MES 12-26"})]
-    assert h.tick(ny(2026, 11, 27, 18, 1), acct("Sim101", pos("MES 12-26"))) == []  # new session: free to trade
+    ended = h.tick(ny(2026, 11, 27, 18, 1), acct("Sim101", pos("MES 12-26")))  # new session: free to trade
+    assert {d.kind for d in ended} == {"lock_ended"} and not [o for d in ended for o in d.orders]
     assert h.tick(ny(2026, 11, 28, 16, 58), acct("Sim101", pos("MES 12-26"))) == []  # Saturday
 
 

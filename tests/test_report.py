@@ -215,3 +215,50 @@ def test_report_without_a_date_takes_the_latest_day_and_refuses_a_bad_one(tradin
     assert cli_main(["report", str(trading_day), "--date", "10/03/2026"]) == 2
     assert cli_main(["report", str(trading_day), "--date", "2026-03-11"]) == 1
     assert "days with data: 2026-03-10" in capsys.readouterr().err
+
+
+def _hand_trail(path: Path) -> Path:
+    """A short New York morning written line by line: rules loaded the evening before, a reload at
+    09:45 that changes one rule and adds one, realized P&L that moves twice, a drawdown firing."""
+    clock = FakeClock(datetime(2026, 3, 9, 21, 0, tzinfo=timezone.utc))  # Monday 17:00 New York: the day before
+    audit = AuditTrail(str(path), clock=clock, fsync="none")
+    audit.emit("started", version="test", config="riskd.yaml", pid=1, dry_run=False, timezone="America/New_York",
+               session_start="18:00")
+    audit.emit("rules_loaded", source=["rules/"], files={"rules/a.yaml": "a" * 64}, rule_count=1, reason="start")
+    realized = {0: 0.0, 10: 0.0, 20: -150.0, 30: -150.0, 40: 100.0}
+    for minute, value in realized.items():
+        clock.now = OPEN + timedelta(minutes=minute)
+        audit.emit("sample", account="Sim101", session="2026-03-10", reason="minute", pnl=value + 50.0, realized=value,
+                   unrealized=50.0, commission=0.0, net_liquidation=50000.0, positions=[])
+        if minute == 10:
+            clock.now = OPEN + timedelta(minutes=15)
+            audit.emit("rules_loaded", source=["rules/"], files={"rules/a.yaml": "b" * 64, "rules/b.yaml": "c" * 64}, rule_count=2,
+                       reason="reload", unchanged=[], changed=["giveback"], added=["trim"], removed=[])
+    clock.now = OPEN + timedelta(minutes=41)
+    audit.emit("fired", rule="giveback", key="giveback|sim101", account="Sim101", instrument=None, action="flatten",
+               dry_run=False, session="2026-03-10", inputs={"account_pnl": 150.0, "peak": 500.0, "floor": 200.0},
+               threshold={"account_drawdown": {"limit": ["dollars", 300.0], "after": 500.0}}, local_time=None, reason=None,
+               orders=[], covers=[])
+    audit.close()
+    return path
+
+
+def test_report_lists_every_rule_set_of_the_day_draws_realized_as_steps_in_the_rules_zone(tmp_path):
+    trail = _hand_trail(tmp_path / "audit.jsonl")
+    out = tmp_path / "report.html"
+    assert cli_main(["report", str(trail), "--date", "2026-03-10", "-o", str(out)]) == 0
+    page = out.read_text()
+    rule_sets = page.split("<th>rule files (SHA-256)</th></tr>", 1)[1].split("</table>", 1)[0]
+    assert rule_sets.count("<tr>") == 2  # the set carried into the day, and the reload's
+    assert "<td>before the day</td><td>start</td>" in rule_sets and "<td>2026-03-10 13:45:00</td><td>reload</td>" in rule_sets
+    assert "changed: giveback; added: trim" in rule_sets and "rules/b.yaml <code>cccccccccccccccc</code>" in rule_sets
+    # realized P&L holds its value until the next sample: a vertical step, never a slope between fills
+    realized = re.search(r'<polyline points="([^"]+)" class="realized"/>', page).group(1).split()
+    xy = [tuple(map(float, p.split(","))) for p in realized]
+    assert len(xy) == 5 + 2  # 5 samples and one step at each of the 2 changes
+    for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
+        assert x0 == x1 or y0 == y1
+    # the axis reads in New York time (the trail's timezone), UTC in a second row
+    assert "time (America/New_York; UTC below)" in page
+    assert '<text x="' in page and '>09:40</text>' in page and 'class="utc">13:40</text>' in page
+    assert "threshold: $300 below the peak after +$500" in page and "dollars" not in page

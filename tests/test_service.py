@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -239,7 +240,7 @@ def test_watchdog_is_not_pinged_while_a_tick_hangs_in_a_trickled_body(tmp_path, 
     from harness import Rig, one_position
     from trickle import TrickleServer
 
-    rig = Rig(tmp_path, token, one_position(), [], timeout=1.0)
+    rig = Rig(tmp_path, token, one_position(), [], timeout=timedelta(seconds=1))
     listener = NotifySocket(str(tmp_path / "notify.sock"))
     try:
         daemon = Daemon(rig.settings, rig.ticker, rig.audit, {}, systemd=Systemd({"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}))

@@ -342,3 +342,19 @@ def test_scenario_file_takes_the_new_fault_keys(tmp_path, token):
     path.write_text("accounts: [{name: Sim101}]\nfaults:\n  - {kind: trickle, bytes: 8, colour: red}\n")
     with pytest.raises(ScenarioError, match="faults\\[0\\]: unknown key 'colour'"):
         load_scenario(path)
+
+
+@pytest.mark.parametrize("text", ["500ms", "5s", "2m", "1h", "1.5s", " 3s ", "5", ".5s", "5 s", "1d", "-1s", "5S"])
+def test_a_scenario_duration_reads_as_the_same_duration_a_rule_file_would(text):
+    from riskd.fields import parse_duration as rule_duration
+    from riskd.sim import parse_duration as sim_duration
+
+    try:
+        expected: float | None = rule_duration(text).total_seconds()
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ScenarioError):
+            sim_duration(text)
+    else:
+        assert sim_duration(text) == expected

@@ -29,7 +29,7 @@ def store(tmp_path):
 
 
 def test_store_new_state_dir_gets_the_current_schema_in_wal_mode(store):
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.load() == State()
 
@@ -51,7 +51,7 @@ def test_store_migrates_a_version_1_store_and_keeps_its_state_and_intents(tmp_pa
 
     store = Store(state_dir)
     try:
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
         state = store.load()
         assert state.fired == {"cap|sim101": "2026-03-10T13:00:00+00:00"}  # target keys now compare case-insensitively
         assert state.peaks == {"sim101": 812.5} and state.locks == doc["locks"]

@@ -68,10 +68,10 @@ def test_tick_no_successful_poll_for_stale_after_is_audited_once_and_recovery_to
             rig.tick_at(t)
         stale = rig.events("stale")
         assert len(stale) == 1
-        assert stale[0]["stale_after_s"] == 5.0 and stale[0]["last_error"].startswith("ConnectError (127.0.0.1:")
+        assert stale[0]["stale_after_s"] == 5.0 and stale[0]["last_error"].startswith("ConnectError (http://127.0.0.1:")
         assert rig.ticker.health.stale and rig.ticker.health.stale_since is not None
         health = Store.peek_health(tmp_path / "state")
-        assert health["stale"] is True and health["last_error"].startswith("ConnectError (127.0.0.1:")
+        assert health["stale"] is True and health["last_error"].startswith("ConnectError (http://127.0.0.1:")
 
         # `riskd once` shows it (a dry look: it does not need riskd's lock)
         config = tmp_path / "riskd.yaml"
@@ -134,3 +134,24 @@ def test_tick_health_is_written_at_most_every_few_seconds(rig, tmp_path):
     health = Store.peek_health(tmp_path / "state")
     assert 13 - 6 <= health["polls_ok"] <= 13 and health["stale"] is False  # never older than 5 s (+1 tick)
     assert rig.ticker.health.last_ok - rig.clock.start >= timedelta(seconds=12)
+
+
+def test_console_says_what_a_firing_closed_and_marks_a_dry_run(tmp_path, token):
+    from structlog.testing import capture_logs
+
+    rules = [{**CAP[0], "name": "live"}, {**CAP[0], "name": "rehearsal", "instruments": "ES", "dry_run": True}]
+    scenario = one_position(market=5974.0, extra=[{"name": "Sim102", "positions": [
+        {"instrument": "ES 12-26", "side": "long", "quantity": 2, "price": 6000.0}]}])
+    scenario["prices"]["ES 12-26"] = 5990.0
+    rig = Rig(tmp_path, token, scenario, rules)
+    try:
+        with capture_logs() as logs:
+            rig.tick_at(1)
+    finally:
+        rig.close()
+    said = {(e["event"], e["rule"]): e for e in logs if e["event"] in ("fired", "action")}
+    assert said[("action", "live")]["result"] == "closed 4 of Long 4 MES 12-26 at -520.00"
+    assert "dry_run" not in said[("fired", "live")]
+    assert said[("fired", "rehearsal")]["dry_run"] == "decided and audited, nothing will be sent"
+    assert said[("action", "rehearsal")]["result"] == (
+        'dry run, nothing sent: would POST accounts/Sim102/positions/close {"instrument": "ES 12-26"}')

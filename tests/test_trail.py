@@ -212,9 +212,25 @@ def test_audit_filters_by_rule_account_instrument_event_and_time(recorded, capsy
     assert code == 2 and "bad time" in err
 
 
+def test_audit_an_unknown_event_lists_the_events_instead_of_an_empty_table(recorded, capsys):
+    code, out, err = audit(capsys, str(recorded), "--event", "fired,bogus")
+    assert (code, out) == (2, "")
+    assert err.startswith("riskd audit: --event: no event 'bogus'; the events are: started, stopped, ")
+
+
 def test_audit_json_lines_are_the_trail_lines_verbatim(recorded, capsys):
     _, out, _ = audit(capsys, str(recorded), "--json", "--all")
     assert [json.loads(x) for x in out.splitlines()] == read_audit(recorded)
+
+
+def test_audit_json_prints_the_lines_byte_for_byte_so_its_output_verifies(recorded, tmp_path, capsys):
+    _, out, _ = audit(capsys, str(recorded), "--json", "--all")
+    assert out.encode() == recorded.read_bytes()
+    copy = tmp_path / "copy" / "audit.jsonl"
+    copy.parent.mkdir()
+    copy.write_text(out)
+    code, out, _ = audit(capsys, str(copy), "--verify")
+    assert code == 0 and out.startswith("ok: 13 lines")
 
 
 def test_audit_table_shows_one_readable_row_per_line(recorded, capsys):
@@ -222,7 +238,7 @@ def test_audit_table_shows_one_readable_row_per_line(recorded, capsys):
     rows = out.splitlines()
     assert rows[0].startswith("time (UTC)") and len(rows) == 5
     assert "close all: position_pnl=-600.00" in rows[1] and "local 2026-03-10T09:31:00.000-04:00" in rows[1]
-    assert "POST accounts/Sim101/positions/close" in rows[2] and "closed 2 of Long 2 MES 12-26 (P&L -600.00)" in rows[2]
+    assert "POST accounts/Sim101/positions/close" in rows[2] and "closed 2 of Long 2 MES 12-26 at -600.00" in rows[2]
     assert "HTTP 500" in rows[4]
 
 
