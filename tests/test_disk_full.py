@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from riskd.errors import StateError
 from riskd.model import Decision, Order, Severity
 from riskd.state import RESERVE_NAME, Store
 
@@ -132,3 +133,27 @@ def test_disk_full_a_store_opened_on_a_full_disk_says_so_and_reports_recovery(sm
         assert (small_disk / "state" / RESERVE_NAME).stat().st_size == RESERVE
     finally:
         store.close()
+
+
+def test_disk_full_a_store_reopened_after_a_clean_stop_on_a_disk_filled_meanwhile_opens_on_its_reserve(small_disk):
+    first = Store(small_disk / "state", reserve_bytes=RESERVE)
+    first.begin(_decision(0), {"MES 12-26": 4}, NOW)
+    first.close()  # a clean stop removes the -wal and -shm that opening needs again
+    _fill(small_disk / "filler")  # something else fills the disk while riskd is stopped
+    events: list[tuple[str, dict]] = []
+    store = Store(small_disk / "state", on_condition=lambda event, **fields: events.append((event, fields)), reserve_bytes=RESERVE)
+    try:
+        assert [(e, f["op"], f["reserve_freed"]) for e, f in events] == [("disk_full", "open", RESERVE)]
+        assert store.intent_status(_decision(0).key) == "sending"  # the record survived and riskd runs
+    finally:
+        store.close()
+
+
+def test_disk_full_with_no_reserve_left_a_store_that_cannot_open_says_the_disk_is_full(small_disk):
+    first = Store(small_disk / "state", reserve_bytes=RESERVE)
+    first.close()
+    (small_disk / "state" / RESERVE_NAME).unlink()  # spent by the previous run
+    _fill(small_disk / "filler")
+    with pytest.raises(StateError) as exc:
+        Store(small_disk / "state", reserve_bytes=RESERVE)
+    assert "the disk is full" in str(exc.value) and "unreadable" not in str(exc.value)
