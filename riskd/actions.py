@@ -25,8 +25,8 @@ decisions in order in its own thread, at most SEND_CONCURRENCY accounts at once,
 client's one (thread-safe) rate bucket. The sending threads only write the intent, mark it sent and
 audit the answers (the Store and the trail serialize their writes); the outcome (`Sent`) is folded
 into the engine state, the in-doubt list and the back-off on the tick's thread (`fold`, `collect`).
-A send still running at the tick's deadline goes on in its thread, its firing kept in `inflight`
-and its account gated, and is folded by a later tick.
+A send still running at the tick's deadline goes on in its thread (with the account's decisions
+queued behind it), its firing kept in `inflight` and its account gated, and is folded by a later tick.
 """
 
 from __future__ import annotations
@@ -191,7 +191,6 @@ class _Batch:
 
     def __init__(self, stopping: threading.Event):
         self.stopping = stopping
-        self.expired = threading.Event()  # the tick's deadline passed
         self._lock = threading.Lock()
         self._refused: str | None = None
 
@@ -202,8 +201,6 @@ class _Batch:
     def why_not(self) -> str | None:
         if self.stopping.is_set():
             return "riskd is stopping; the rule is evaluated again at start"
-        if self.expired.is_set():
-            return "the tick's deadline passed before this action could start; next tick"
         with self._lock:
             refused = self._refused
         if refused:  # the bridge is down or the budget spent: one probe per account and tick, not a volley
@@ -224,7 +221,7 @@ class Executor:
     def __init__(self, live: crosstrade.CrossTradeClient | Sender, audit: AuditTrail, store: Store, dry_run: bool = False, *,
                  resend_after: timedelta = timedelta(seconds=5), settle_window: timedelta = timedelta(seconds=30),
                  clock: Callable[[], datetime] = _utc_now, concurrency: int = SEND_CONCURRENCY,
-                 stopping: threading.Event | None = None):
+                 stopping: threading.Event | None = None, monotonic: Callable[[], float] = time.monotonic):
         self.live = live
         self.dry = DrySender()
         self.audit = audit
@@ -233,8 +230,10 @@ class Executor:
         self.resend_after = resend_after
         self.settle_window = max(settle_window, resend_after)
         self.clock = clock
+        self.monotonic = monotonic  # back-offs and settle times of this process run on it: a wall-clock step moves neither
+        self._settle_mono: dict[str, float] = {}  # in-doubt key -> monotonic time from which it may be settled "not applied"
         self._in_doubt: list[Intent] = []
-        self._retry_at: dict[str, tuple[datetime, int]] = {}  # key -> (not before, rejected attempts)
+        self._retry_at: dict[str, tuple[float, int]] = {}  # key -> (not before, monotonic; rejected attempts)
         self._no_evidence: set[str] = set()  # intents whose executions could not be read (audited once)
         # why the last action did not get through (408, 429, 5xx, timeout, refused, no budget): no
         # other action starts on that tick, so a sick API gets one probe per account and tick
@@ -260,8 +259,9 @@ class Executor:
             if sends.thread is not None and sends.thread.is_alive() and sends.decisions[0].account.lower() == decision.account.lower():
                 return f"waiting for the actions still in flight to {sends.decisions[0].account}"
         retry = self._retry_at.get(decision.key)
-        if retry is not None and now < retry[0]:
-            return f"rejected {retry[1]} time(s); next attempt at {retry[0].isoformat(timespec='seconds')}"
+        left = retry[0] - self.monotonic() if retry is not None else 0.0
+        if retry is not None and left > 0:
+            return f"rejected {retry[1]} time(s); next attempt at {(now + timedelta(seconds=left)).isoformat(timespec='seconds')}"
         if not is_idempotent(decision):
             mine = _targets(decision)
             for intent in self._in_doubt:
@@ -283,9 +283,9 @@ class Executor:
         Decisions for one account go out one after another, in order (a later one waits for the
         earlier one's outcome); different accounts go out side by side, at most `concurrency` at a
         time, all inside the client's one rate bucket. A send still running after `wait_s` (the
-        tick's deadline) goes on in its thread; its firing stays in `inflight` and its outcome is
-        folded by `collect` on a later tick. A decision that has not started by then is not sent
-        (the next tick evaluates it again). `on_start` runs in the sending thread right before a
+        tick's deadline) goes on in its thread, and so do the account's decisions queued behind it (a
+        close is never put off to the next tick); their firings stay in `inflight`, their account is
+        gated, and their outcomes are folded by `collect` on a later tick. `on_start` runs in the sending thread right before a
         decision's intent is written."""
         batch = _Batch(self.stopping)
         groups: dict[str, list[Decision]] = {}
@@ -302,7 +302,6 @@ class Executor:
         for sends in list(self._sending):
             if sends.thread is not None:
                 sends.thread.join(max(0.0, deadline - time.monotonic()))
-        batch.expired.set()  # what has not started by now waits for the next tick
         state, skipped = self.collect(state)
         return state, skipped
 
@@ -420,9 +419,9 @@ class Executor:
         result = last.outcome if last is not None else None
         self.unavailable = outcome.unavailable
         if last is not None and status in ("failed", "refused") and not last.transient:
-            _, attempts = self._retry_at.get(decision.key, (now, 0))
+            _, attempts = self._retry_at.get(decision.key, (0.0, 0))
             delay = min(REJECTED_BACKOFF * 2 ** attempts, REJECTED_BACKOFF_CAP)
-            self._retry_at[decision.key] = (now + delay, attempts + 1)
+            self._retry_at[decision.key] = (self.monotonic() + delay.total_seconds(), attempts + 1)
         if status == "done":
             self._retry_at.pop(decision.key, None)
             state = acknowledge(state, decision, now)
@@ -430,6 +429,7 @@ class Executor:
         elif status in ("unknown", "refused"):
             settle_at = finished if status == "refused" else self._settle_at(decision, sent[-1] if sent else finished, finished)
             self.store.finish(decision.key, "unknown", finished, settle_at=settle_at, outcome=result)
+            self._settle_mono[decision.key] = self.monotonic() + (settle_at - finished).total_seconds()
             self._in_doubt.append(Intent(decision.key, decision, outcome.seen, "unknown", now, sent[-1] if sent else None,
                                          settle_at, result))
             state = replace(state, inflight=state.inflight | {decision.key, *decision.covers})
@@ -491,8 +491,8 @@ class Executor:
             evidence: dict[str, Any] = {}
             if settled_as_applied(intent.decision, intent.seen, now_seen):
                 verdict = "done: the position changed since the request was sent"
-            elif now < settle_at:
-                in_doubt.append(intent)
+            elif (now < settle_at if intent.key not in self._settle_mono else self.monotonic() < self._settle_mono[intent.key]):
+                in_doubt.append(intent)  # may still land (on the monotonic clock for this process's own intents)
                 continue
             elif intent.sent is None or is_idempotent(intent.decision):
                 verdict = "not applied: the position is unchanged; the rule may act again"
@@ -515,7 +515,10 @@ class Executor:
                             seen_before=intent.seen, seen_now=now_seen, previous_status=intent.status,
                             previous_outcome=intent.outcome, verdict=verdict, **evidence)
         self._in_doubt = in_doubt
-        self._retry_at = {k: v for k, v in self._retry_at.items() if now - v[0] < REJECTED_BACKOFF_CAP}  # targets long gone
+        self._settle_mono = {i.key: self._settle_mono[i.key] for i in in_doubt if i.key in self._settle_mono}
+        mono = self.monotonic()
+        self._retry_at = {k: v for k, v in self._retry_at.items()
+                          if mono - v[0] < REJECTED_BACKOFF_CAP.total_seconds()}  # targets long gone
         inflight = frozenset(k for intent in in_doubt for k in (intent.key, *intent.decision.covers)) | busy
         return replace(state, inflight=inflight)
 

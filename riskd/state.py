@@ -30,7 +30,10 @@ no reserve is left), the Store reports `state_write_failed` and returns WITHOUT 
 and the close still goes out: protecting the account comes first. For that write the exactly-once record is
 then only in memory (this process) and in the audit trail of the action, not on disk; a kill -9 before a
 later write succeeds could lose it. After a later write succeeds and free space allows (2 x RESERVE_BYTES),
-the reserve is rebuilt and `disk_recovered` reported. Conditions reach the daemon through
+the reserve is rebuilt and `disk_recovered` reported. A Store opened where the reserve cannot be written
+(riskd started on a full disk) reports `disk_full` (op `open`) at once and recovers the same way; one
+that cannot even open its database there (SQLite needs room for the -wal and -shm) spends the reserve
+on that, and without a reserve left fails with a StateError that says the disk is full. Conditions reach the daemon through
 `on_condition(event, **fields)` (default: ignored). Other errors still raise as before.
 
 Every file of a state_dir (the database, its -wal and -shm, which SQLite creates with the database's
@@ -191,26 +194,55 @@ class Store:
         except OSError as exc:
             self.close()
             raise StateError(f"cannot create state store {self.path}: {exc.strerror}") from None
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # serialized by the ticker lock
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
-            problems = self._db.execute("PRAGMA quick_check").fetchall()
-            if problems != [("ok",)]:
-                raise sqlite3.DatabaseError("; ".join(str(p[0]) for p in problems[:3]))
-            self.open_intents()
-        except StateError:
-            self.close()
-            raise
-        except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
-            self.close()
-            raise StateError(f"state store {self.path} is unreadable ({exc.__class__.__name__}: {exc}); "
-                             "move it aside to start fresh, keeping it for review") from None
+        freed = 0
+        while True:
+            try:
+                self._open_db()
+                break
+            except StateError:
+                self.close()
+                raise
+            except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
+                self._close_db()
+                if is_out_of_space(exc) and not freed:
+                    freed = self._release_reserve()  # opening needs room for the -wal and -shm: the reserve is for this
+                    if freed:
+                        self._disk_full = True
+                        self._report("disk_full", op="open", error=f"{exc.__class__.__name__}: {exc}", reserve_freed=freed)
+                        continue
+                self.close()
+                if is_out_of_space(exc):
+                    raise StateError(f"cannot open state store {self.path}: the disk is full ({exc}) and no reserve is left; "
+                                     f"free space on {state_dir}") from None
+                raise StateError(f"state store {self.path} is unreadable ({exc.__class__.__name__}: {exc}); "
+                                 "move it aside to start fresh, keeping it for review") from None
         self._saved_doc: str | None = None
         self._ledger_obj: object = None  # the ledger last serialised (kept alive, so `is` is safe) and its JSON
         self._ledger_json = "{}"
-        self._ensure_reserve()
+        if not freed and not self._ensure_reserve():  # started on a (nearly) full disk: say so, recover like after any disk_full
+            self._disk_full = True
+            free = _free_bytes(state_dir)
+            self._report("disk_full", op="open", error=f"no room for the {reserve_bytes} byte reserve ({free} bytes free); "
+                         "a close is still sent, but its exactly-once record may not reach the disk", reserve_freed=0)
+
+    def _open_db(self) -> None:
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # calls serialized by self._lock
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
+        problems = self._db.execute("PRAGMA quick_check").fetchall()
+        if problems != [("ok",)]:
+            raise sqlite3.DatabaseError("; ".join(str(p[0]) for p in problems[:3]))
+        self.open_intents()
+
+    def _close_db(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None  # type: ignore[assignment]
 
     # disk space --------------------------------------------------------------------------------
 
@@ -557,6 +589,13 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StateError(f"state store {path} is unreadable ({exc.__class__.__name__})") from None
         return {**json.loads(row[0]), "updated": row[1]} if row else None
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 class Inbox:

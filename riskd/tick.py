@@ -409,5 +409,5 @@ def build_ticker(settings: Settings, rules: list[Rule], token: str, audit: Audit
                               bucket=TokenBucket(settings.rate_per_second, settings.rate_burst, clock=monotonic, sleep=sleep),
                               transport=transport)
     executor = Executor(client, audit, store, dry_run=dry_run, resend_after=settings.timeout,
-                        settle_window=settings.settle_window, clock=clock)
+                        settle_window=settings.settle_window, clock=clock, monotonic=monotonic)
     return Ticker(settings, rules, client, executor, store, audit, clock=clock, monotonic=monotonic)

@@ -118,7 +118,7 @@ class Rig:
 
     def start_riskd(self) -> Ticker:
         self.audit = AuditTrail(str(self.audit_path), secrets=[self.token], fsync="actions" if self.fsync else "none", clock=self.clock.utc)
-        self.store = Store(self.settings.state_dir)
+        self.store = Store(self.settings.state_dir, on_condition=self.audit.emit)  # disk_full & co. go to the trail, as in `riskd run`
         self.ticker = build_ticker(self.settings, self.rules, self.token, self.audit, dry_run=False, store=self.store,
                                    transport=self.transport, clock=self.clock.utc, monotonic=self.clock.monotonic, sleep=self.clock.sleep)
         return self.ticker

@@ -98,6 +98,31 @@ def test_act_unknown_outcome_not_applied_is_retried_once_it_cannot_land(rig_fact
     assert [e["outcome"] for e in rig.events("action")] == ["unknown", "ok"]
 
 
+@pytest.mark.parametrize("step", [-3600.0, -15.0])
+def test_act_a_close_in_doubt_settles_on_time_when_the_wall_clock_steps_back(rig_factory, step):
+    """A wall-clock step back (NTP) between the send and the settle must not keep the close in doubt
+    for the size of the step: the settle window runs on the monotonic clock."""
+    rig = rig_factory(_losing(), HALF, settle_window=timedelta(seconds=3))
+    rig.sim.inject(Fault("status", match="POST */positions/close", status=500, count=1))
+    rig.tick_at(0)
+    assert rig.events("action")[0]["outcome"] == "unknown"
+    rig.clock.step_wall(step)
+    for t in range(1, 8):
+        rig.tick_at(t)
+    assert rig.events("action_resolved")[0]["verdict"].startswith("not applied")
+    assert len(rig.posts("/positions/close", applied=True)) == 1 and rig.quantities() == {("Sim101", "MES 12-26"): 2}
+
+
+def test_act_rejected_close_backs_off_on_the_monotonic_clock_when_the_wall_clock_steps_back(rig_factory):
+    rig = rig_factory(_losing(), HALF)
+    rig.sim.inject(Fault("status", match="POST */positions/close", status=400, count=1))  # refused: back-off 2 s
+    rig.tick_at(0)
+    rig.clock.step_wall(-3600)
+    for t in range(1, 5):
+        rig.tick_at(t)
+    assert len(rig.posts("/positions/close", applied=True)) == 1 and rig.quantities() == {("Sim101", "MES 12-26"): 2}
+
+
 def test_act_malformed_answer_to_a_close_is_settled_against_the_position(rig_factory):
     rig = rig_factory(_losing(), HALF)
     rig.sim.inject(Fault("malformed", match="POST */positions/close", count=1))

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from riskd.errors import StateError
 from riskd.model import Decision, Order, Severity
 from riskd.state import RESERVE_NAME, Store
 
@@ -107,3 +108,52 @@ def test_file_size_limit_gives_efbig_instead_of_killing_the_daemon(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "EFBIG"
+
+
+def test_disk_full_a_store_opened_on_a_full_disk_says_so_and_reports_recovery(small_disk):
+    # riskd spent its reserve on a full disk and was killed (-9); systemd starts it while the disk is still full
+    code = textwrap.dedent(f"""
+        import os
+        from datetime import datetime, timezone
+        from riskd.state import Store
+        store = Store(__import__("pathlib").Path({str(small_disk / "state")!r}), reserve_bytes={RESERVE})
+        store.save_health({{"pid": os.getpid()}}, datetime.now(timezone.utc))
+        os.unlink({str(small_disk / "state" / RESERVE_NAME)!r})
+        os._exit(9)
+    """)
+    assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 9
+    _fill(small_disk / "filler")
+    events: list[tuple[str, dict]] = []
+    store = Store(small_disk / "state", on_condition=lambda event, **fields: events.append((event, fields)), reserve_bytes=RESERVE)
+    try:
+        assert [(e, f["op"]) for e, f in events] == [("disk_full", "open")]
+        (small_disk / "filler").unlink()
+        store.begin(_decision(1), {"MES 12-26": 4}, NOW)
+        assert [e for e, _ in events] == ["disk_full", "disk_recovered"]
+        assert (small_disk / "state" / RESERVE_NAME).stat().st_size == RESERVE
+    finally:
+        store.close()
+
+
+def test_disk_full_a_store_reopened_after_a_clean_stop_on_a_disk_filled_meanwhile_opens_on_its_reserve(small_disk):
+    first = Store(small_disk / "state", reserve_bytes=RESERVE)
+    first.begin(_decision(0), {"MES 12-26": 4}, NOW)
+    first.close()  # a clean stop removes the -wal and -shm that opening needs again
+    _fill(small_disk / "filler")  # something else fills the disk while riskd is stopped
+    events: list[tuple[str, dict]] = []
+    store = Store(small_disk / "state", on_condition=lambda event, **fields: events.append((event, fields)), reserve_bytes=RESERVE)
+    try:
+        assert [(e, f["op"], f["reserve_freed"]) for e, f in events] == [("disk_full", "open", RESERVE)]
+        assert store.intent_status(_decision(0).key) == "sending"  # the record survived and riskd runs
+    finally:
+        store.close()
+
+
+def test_disk_full_with_no_reserve_left_a_store_that_cannot_open_says_the_disk_is_full(small_disk):
+    first = Store(small_disk / "state", reserve_bytes=RESERVE)
+    first.close()
+    (small_disk / "state" / RESERVE_NAME).unlink()  # spent by the previous run
+    _fill(small_disk / "filler")
+    with pytest.raises(StateError) as exc:
+        Store(small_disk / "state", reserve_bytes=RESERVE)
+    assert "the disk is full" in str(exc.value) and "unreadable" not in str(exc.value)

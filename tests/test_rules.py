@@ -264,6 +264,33 @@ def test_a_hostile_rule_file_is_a_located_config_error(tmp_path, name):
     assert str(exc.value).startswith(f"{path}:")
 
 
+def test_deep_flow_nesting_is_refused_at_the_bracket_over_the_limit_before_the_yaml_parser_runs(tmp_path):
+    # PyYAML's scanner is quadratic in flow nesting: 5,000 brackets (10 KB) took 5.5 s of CPU to refuse,
+    # during which a reload held the interpreter; the bracket count refuses it at once, located
+    path = tmp_path / "deep.yaml"
+    path.write_bytes(HOSTILE["deep-flow.yaml"])
+    with pytest.raises(ConfigError) as exc:
+        rules.load(path, NY)
+    assert str(exc.value).startswith(f"{path}:1:72: nested over 64 levels deep (brackets)")
+
+
+def test_deep_block_nesting_is_refused_at_the_line_over_the_limit_before_the_yaml_parser_runs(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_bytes(HOSTILE["deep-block.yaml"])  # 1,200 levels: 0.8 s of CPU in PyYAML to refuse
+    with pytest.raises(ConfigError) as exc:
+        rules.load(path, NY)
+    assert str(exc.value).startswith(f"{path}:65:65: nested over 64 levels deep (indentation)")
+
+
+def test_brackets_in_quoted_names_and_comments_do_not_count_as_nesting(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("# " + "[" * 100 + "\nrules:\n  - name: '" + "[" * 100 + "'\n    instruments: \"" + "{" * 100 + "\"\n"
+                    "    when: {position_pnl: {below: -500}}\n    then: {close: all}\n")
+    with pytest.raises(ConfigError) as exc:  # the names are not valid names, but the file is read and parsed
+        rules.load(path, NY)
+    assert "invalid rule name" in str(exc.value) and "nested" not in str(exc.value)
+
+
 def test_a_rules_directory_that_loops_or_a_rule_file_that_is_a_directory_is_a_config_error(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     (tmp_path / "d").mkdir()
