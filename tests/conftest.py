@@ -20,6 +20,15 @@ from riskd.sim import SimServer, Simulator
 RISKD = Path(sys.executable).parent / "riskd"
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the figures a test measured (`record_property("figures", text)`) at the end of the run,
+    passed or failed, also when the tests ran in pytest-xdist workers."""
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        for name, value in getattr(report, "user_properties", ()):
+            if name == "figures" and report.when == "call":
+                terminalreporter.write_line(str(value))
+
+
 @pytest.fixture
 def token() -> str:
     """A fresh random API token per test: no secret ever lives in a fixture file."""

@@ -510,7 +510,7 @@ def only_late(result: dict[str, Any]) -> bool:
 
 
 @pytest.mark.parametrize("seeds", [SEEDS], ids=[f"{len(SEEDS)}-schedules"])
-def test_chaos_no_double_close_no_lost_firing_rate_limit_kept(tmp_path, token, seeds, capsys):
+def test_chaos_no_double_close_no_lost_firing_rate_limit_kept(tmp_path, token, seeds, record_property):
     started = time.monotonic()
     schedules = [make_schedule(seed) for seed in seeds]
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -533,6 +533,5 @@ def test_chaos_no_double_close_no_lost_firing_rate_limit_kept(tmp_path, token, s
                f"hostile world: {sum(r['doubles'] for r in results)} doubles, {sum(r['lost'] for r in results)} lost firings, "
                f"{sum(r['leaks'] for r in results)} token leaks, longest gap between polls {max(r['poll_gap'] for r in results):.1f} s, "
                f"slowest breach-to-close {max(r['breach_to_close'] for r in results):.1f} s")
-    with capsys.disabled():
-        print("\n" + summary)
+    record_property("figures", summary)  # printed at the end of the run (conftest.pytest_terminal_summary)
     assert not failed, "\n".join(f"seed {r['seed']} {r['windows']}: {r['problems']}" for r in failed[:10])
