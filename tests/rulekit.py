@@ -88,3 +88,7 @@ def bodies(decisions: list[Decision]) -> list[tuple[str, dict[str, Any]]]:
 
 def seconds(n: float) -> timedelta:
     return timedelta(seconds=n)
+
+
+def minutes(n: float) -> timedelta:
+    return timedelta(minutes=n)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rulekit import NY, Harness, acct, bodies, fires, ny, pos, seconds
+from rulekit import NY, Harness, acct, bodies, fires, minutes, ny, pos, seconds
 
 from riskd import rules
 
@@ -139,6 +139,32 @@ def scenario_evaluation_account() -> None:
         assert fires(decisions) == ([("eval-loss-streak", "EVAL1", None)] if result == -35 else []), (result, entry)
 
 
+def scenario_evaluation_guards() -> None:
+    h = shipped("evaluation-guards.yaml")
+    t = ny(2026, 11, 30, 10, 0)  # Monday
+    # the contract cap counts months and micros together: 4 NQ 12-26 + 10 MNQ (1.0) + 2 NQ 03-27 are 7 NQ
+    book = (pos("NQ 12-26", 4), pos("MNQ 12-26", 10), pos("NQ 03-27", 2))
+    h.tick(t, acct("EVAL1", *book[:2]))
+    capped = h.tick(t + seconds(1), acct("EVAL1", *book))  # the newest (NQ 03-27) confirmed on a second snapshot
+    capped = capped or h.tick(t + seconds(2), acct("EVAL1", *book))
+    assert bodies(capped) == [("close", {"instrument": "NQ 03-27", "quantity": 2})]  # the newest give up the excess: 5 NQ left
+    assert not fires(h.tick(t + seconds(3), acct("EVAL1", *book[:2])))
+    # a stop-out closes the position and locks the account for 30 minutes
+    t = ny(2026, 11, 30, 11, 0)
+    stop = h.tick(t, acct("EVAL1", pos("ES 12-26", 1, pnl=-320)))
+    assert fires(stop) == [("eval-stop-out-cooldown", "EVAL1", "ES 12-26")] and bodies(stop) == [("close", {"instrument": "ES 12-26"})]
+    h.tick(t + seconds(1), acct("EVAL1", realized=-320))
+    reentry = [h.tick(t + minutes(10) + seconds(i), acct("EVAL1", pos("MES 12-26", 1), realized=-320)) for i in range(2)]
+    assert [("flatten", {"instrument": "MES 12-26"})] in [bodies(d) for d in reentry]  # inside the cooldown
+    after = [h.tick(t + minutes(31) + seconds(i), acct("EVAL1", pos("MES 12-26", 1), realized=-320)) for i in range(3)]
+    assert not [b for d in after for b in bodies(d)]  # after it: free to trade
+    # warnings: an alert at -$700 of the day, sends nothing, once
+    t = ny(2026, 12, 1, 10, 0)
+    warned = h.tick(t, acct("EVAL1", realized=-690, commission=20))
+    assert fires(warned) == [("eval-daily-warning", "EVAL1", None)] and bodies(warned) == [] and warned[0].action == "alert"
+    assert not fires(h.tick(t + seconds(1), acct("EVAL1", realized=-750, commission=20)))  # edge-triggered
+
+
 def scenario_eod_trailing_balance() -> None:
     h = shipped("eod-trailing-balance.yaml")
     assert h.tick(ny(2026, 11, 30, 10, 0), acct("EVAL1", pos(pnl=1500), cash=50000)) == []  # open profit does not move an EOD high
@@ -158,6 +184,7 @@ SCENARIOS = {
     "eod-trim.yaml": scenario_eod_trim,
     "eod-trailing-balance.yaml": scenario_eod_trailing_balance,
     "evaluation-account.yaml": scenario_evaluation_account,
+    "evaluation-guards.yaml": scenario_evaluation_guards,
     "loss-cap.yaml": scenario_loss_cap,
     "size-cap.yaml": scenario_size_cap,
     "trading-window.yaml": scenario_trading_window,
