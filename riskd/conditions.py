@@ -68,6 +68,8 @@ class Condition:
     scope: Scope
     check: Callable[[Any, Target], tuple[bool, Seen]]
     explain: Callable[[Any, Target, bool, Seen], dict[str, Any]]  # -> seen, threshold, distance
+    # the threshold as a fired line carries it (its JSON form) for people; None: the JSON is shown
+    words: Callable[[Any], str | None] | None = None
 
     def row(self, spec: Any, target: Target) -> dict[str, Any]:
         """One condition of one target as `riskd once` shows it."""
@@ -480,30 +482,107 @@ def _explain_near_event(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[s
             "distance": f"holds from {starts.isoformat()} (in {format_span(starts - t.now)})"}
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds for people: a fired line's `threshold` (JSON) as the trail and the report write it.
+
+
+def dollars(value: Any, signed: bool = False) -> str:
+    """-500 -> "-$500", 1250.5 -> "$1,250.50" (signed: "+$500")."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    sign = "-" if number < 0 else "+" if signed and number > 0 else ""
+    return f"{sign}${abs(number):,.0f}" if number == round(number) else f"{sign}${abs(number):,.2f}"
+
+
+def _words_pnl(what: str) -> Callable[[Any], str | None]:
+    def words(spec: Any) -> str | None:
+        if not isinstance(spec, dict):
+            return None
+        side = "below" if "below" in spec else "above" if "above" in spec else None
+        if side is None:
+            return None
+        basis = spec.get("basis", "total")
+        label = what if what == "position P&L" or basis == "total" else f"{basis} P&L"
+        period = f" this {spec['period']}" if spec.get("period", "session") != "session" else ""
+        net = " net of commission" if spec.get("net_of_commission") else ""
+        floor = f" once the peak reached {dollars(spec['once_above'], signed=True)}" if spec.get("once_above") is not None else ""
+        return f"{label}{period}{net} {side} {dollars(spec[side])}{floor}"
+
+    return words
+
+
+def _words_drawdown(spec: Any) -> str | None:
+    limit = spec.get("limit") if isinstance(spec, dict) else None
+    if not (isinstance(limit, list) and len(limit) == 2):
+        return None
+    kind, amount = limit
+    base = "the balance high" if spec.get("metric") == "balance" else "the peak"
+    given = f"{float(amount) * 100:g}% of {base} given back" if kind == "percent" else f"{dollars(amount)} below {base}"
+    after = f" after {dollars(spec['after'], signed=True)}" if spec.get("after") else ""
+    return f"{given}{after}"
+
+
+def _words_above(text: str) -> Callable[[Any], str | None]:
+    def words(spec: Any) -> str | None:
+        return text.format(spec["above"]) if isinstance(spec, dict) and "above" in spec else None
+
+    return words
+
+
+def _words_age(spec: Any) -> str | None:
+    if not (isinstance(spec, dict) and "above" in spec):
+        return None
+    return f"open longer than {format_span(timedelta(seconds=float(spec['above'])))}"
+
+
+def _words_near_event(spec: Any) -> str | None:
+    if not isinstance(spec, dict):
+        return None
+    before, after = (format_span(timedelta(seconds=float(spec.get(k) or 0))) for k in ("before", "after"))
+    tags = f" ({', '.join(spec['tags'])})" if spec.get("tags") else ""
+    return f"from {before} before to {after} after a news event{tags}"
+
+
+def _words_window(name: str) -> Callable[[Any], str | None]:
+    def words(spec: Any) -> str | None:
+        if not (isinstance(spec, list) and len(spec) == 2):
+            return None
+        start, end = (str(t)[:5] for t in spec)
+        return f"{name} {start}-{end}"
+
+    return words
+
+
 REGISTRY: dict[str, Condition] = {c.name: c for c in (
     Condition("between", Window, "local time is inside the window [start, end); may wrap midnight",
-              "clock", _between, _explain_window("between")),
+              "clock", _between, _explain_window("between"), _words_window("between")),
     Condition("outside", Window, "local time is outside the window [start, end)",
-              "clock", _outside, _explain_window("outside")),
+              "clock", _outside, _explain_window("outside"), _words_window("outside")),
     Condition("position_pnl", Level, "the position's unrealized P&L (dollars)",
-              "position", _position_pnl, lambda spec, t, holds, seen: _level(seen["position_pnl"], spec, holds)),
+              "position", _position_pnl, lambda spec, t, holds, seen: _level(seen["position_pnl"], spec, holds),
+              _words_pnl("position P&L")),
     Condition("position_size", SizeLevel, "the position's absolute size (contracts)",
-              "position", _position_size, _explain_position_size),
+              "position", _position_size, _explain_position_size, _words_above("size above {} contracts")),
     Condition("position_age", AgeLevel, "how long the position has been open",
-              "position", _position_age, _explain_position_age),
+              "position", _position_age, _explain_position_age, _words_age),
     Condition("account_pnl", AccountPnl, "the account's session P&L (dollars)",
-              "account", _account_pnl, _explain_account_pnl),
+              "account", _account_pnl, _explain_account_pnl, _words_pnl("session P&L")),
     Condition("account_drawdown", Drawdown, "giveback from the session P&L peak, or from the balance high-water mark",
-              "account", _account_drawdown, _explain_account_drawdown),
+              "account", _account_drawdown, _explain_account_drawdown, _words_drawdown),
     Condition("instrument_size", GroupSize, "per root, every contract month together, micros weighed against minis",
-              "group", _instrument_size, _explain_size("instrument_size")),
+              "group", _instrument_size, _explain_size("instrument_size"),
+              _words_above("more than {} full-size contracts of one root")),
     Condition("account_size", GroupSize, "all positions in scope together, micros weighed against minis",
-              "group", _account_size, _explain_size("account_size")),
+              "group", _account_size, _explain_size("account_size"), _words_above("more than {} full-size contracts in all")),
     # per position: each position open (or opened) in the window is a target, so the window stays flat
     Condition("near_event", NearEvent, "within a window around a news event of the event file (riskd.yaml calendar.events)",
-              "position", _near_event, _explain_near_event),
+              "position", _near_event, _explain_near_event, _words_near_event),
     Condition("trades", CountLevel, "round trips closed this session (from the account's executions)",
-              "account", _counter("count", "trades"), _explain_count("trades", "round trip(s)")),
+              "account", _counter("count", "trades"), _explain_count("trades", "round trip(s)"), _words_above("more than {} round trips")),
     Condition("loss_streak", CountLevel, "losing round trips in a row this session (from the account's executions)",
-              "account", _counter("streak", "loss_streak"), _explain_count("loss_streak", "losing round trip(s)")),
+              "account", _counter("streak", "loss_streak"), _explain_count("loss_streak", "losing round trip(s)"),
+              _words_above("more than {} losing round trips in a row")),
 )}

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from riskd import events
 from riskd.chain import GENESIS, HEAD_SUFFIX, chain_hash, parse_head, render
+from riskd.conditions import REGISTRY
 from riskd.errors import TrailError
 from riskd.events import of as event_of
 from riskd.schedule import format_span
@@ -542,47 +543,24 @@ def outcome(line: dict[str, Any]) -> str:
     return f"{call}: ok ({line.get('status')})"
 
 
-def _dollars(value: Any, signed: bool = False) -> str:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    sign = "-" if number < 0 else "+" if signed and number > 0 else ""
-    return f"{sign}${abs(number):,.0f}" if number == round(number) else f"{sign}${abs(number):,.2f}"
-
-
 def threshold_text(threshold: Any) -> str:
     """A fired line's threshold for people: "position P&L below -$500", "$300 below the peak after +$500"
-    (the trail keeps the JSON: {"account_drawdown": {"limit": ["dollars", 300.0], "after": 500.0}})."""
+    (the trail keeps the JSON: {"account_drawdown": {"limit": ["dollars", 300.0], "after": 500.0}}); each
+    condition words its own (riskd.conditions), `at` and `for` are the rule's."""
     if not isinstance(threshold, dict):
         return json.dumps(threshold)
     parts: list[str] = []
     for name, spec in threshold.items():
-        spec = spec if isinstance(spec, dict) else {}
-        side = "below" if "below" in spec else "above"
-        if name in ("position_pnl", "account_pnl") and side in spec:
-            what = "position P&L" if name == "position_pnl" else (
-                "session P&L" if spec.get("basis", "total") == "total" else f"{spec['basis']} P&L")
-            net = " net of commission" if spec.get("net_of_commission") else ""
-            parts.append(f"{what}{net} {side} {_dollars(spec[side])}")
-        elif name == "account_drawdown" and isinstance(spec.get("limit"), list) and len(spec["limit"]) == 2:
-            kind, amount = spec["limit"]
-            given = f"{float(amount) * 100:g}% of the peak given back" if kind == "percent" else f"{_dollars(amount)} below the peak"
-            after = f" after {_dollars(spec['after'], signed=True)}" if spec.get("after") else ""
-            parts.append(f"{given}{after}")
-        elif name == "position_size" and "above" in spec:
-            parts.append(f"size above {spec['above']} contracts")
-        elif name == "position_age" and "above" in spec:
-            parts.append(f"open longer than {format_span(timedelta(seconds=float(spec['above'])))}")
-        elif name in ("between", "outside") and isinstance(threshold[name], list) and len(threshold[name]) == 2:
-            start, end = (str(t)[:5] for t in threshold[name])
-            parts.append(f"{name} {start}-{end}")
+        condition = REGISTRY.get(name)
+        text = condition.words(spec) if condition is not None and condition.words is not None else None
+        if text is not None:
+            parts.append(text)
         elif name == "at":
-            parts.append(f"at {threshold[name]}")
+            parts.append(f"at {spec}")
         elif name == "for_s":
-            parts.append(f"held for {format_span(timedelta(seconds=float(threshold[name])))}")
+            parts.append(f"held for {format_span(timedelta(seconds=float(spec)))}")
         else:
-            parts.append(f"{name} {json.dumps(threshold[name])}")
+            parts.append(f"{name} {json.dumps(spec)}")
     return ", ".join(parts)
 
 

@@ -313,3 +313,23 @@ def test_trading_day_is_the_session_trade_date_not_the_utc_date():
     assert days(evening) == "2026-03-09"  # 23:30 in Berlin, before its 23:45 session start
     assert days({"event": "fired", "key": "k", "session": "2026-03-12", "ts": "2026-03-09T22:30:00.000Z"}) == "2026-03-12"
     assert days({"event": "action", "key": "k", "ts": "2026-03-09T22:30:01.000Z"}) == "2026-03-12"  # its firing's day
+
+
+def test_every_condition_words_its_threshold_for_people_as_a_fired_line_carries_it():
+    from zoneinfo import ZoneInfo
+
+    from riskd import engine, rules as rules_mod
+    from riskd.conditions import REGISTRY
+    from riskd.trail import threshold_text
+
+    ny = ZoneInfo("America/New_York")
+    examples = {"between": "[09:30, '16:00']", "outside": "[09:30, '16:00']", "position_pnl": "{below: -500}",
+                "position_size": "{above: 5}", "position_age": "{above: 10m}", "account_pnl": "{below: -1000, period: week}",
+                "account_drawdown": "{limit: 300, after: 500}", "instrument_size": "{above: 5}", "account_size": "{above: 10}",
+                "near_event": "{before: 2m, after: 1m, tags: [fomc]}", "trades": "{above: 10}", "loss_streak": "{above: 2}"}
+    assert set(examples) == set(REGISTRY), "a new condition: add its example here (and its words in riskd.conditions)"
+    for name, value in examples.items():
+        action = "reduce_to: 5" if name in ("instrument_size", "account_size") else "flatten: true"
+        (rule,) = rules_mod.parse(f"rules:\n  - name: r\n    when: {{{name}: {value}}}\n    then: {{{action}}}\n", ny)
+        text = threshold_text(engine.threshold_of(rule))
+        assert "{" not in text and "[" not in text and "_" not in text, (name, text)  # words, not the JSON
