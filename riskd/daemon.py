@@ -157,13 +157,16 @@ class Daemon:
     def _summary(self) -> None:
         log.info("summary", **self.telemetry.window())
 
-    def session_summary(self, now: datetime | None = None) -> dict[str, Any]:
+    def session_summary(self, now: datetime | None = None) -> dict[str, Any] | None:
         """At a session end: audit `session_summary` (and so notify it): each account's P&L as last
-        seen, whether it is locked, and each rule's day (riskd.trail.summary over the trail)."""
+        seen, whether it is locked, and each rule's day (riskd.trail.summary over the trail). Runs every
+        day at session_start; an evening that opens no new session (a weekend, a holiday) sums up nothing."""
         now = now or self.ticker.clock()
         es = self.ticker.engine_settings
         boundary = next(o for o in wall_occurrences(es.session_start, frozenset(range(7)), es.zone, now, -1) if o <= now)
         ended = engine.session_of(boundary - timedelta(seconds=1), es)
+        if engine.session_of(boundary, es) == ended:
+            return None
         state, snapshot = self.ticker.state, self.ticker.last_snapshot
         locked = {LockKey.parse(k).account for k in state.locks} if state.session == ended else set()
         locked |= set(engine.active(state.account_locks, now))  # an operator's lock outlives the session

@@ -414,6 +414,24 @@ def test_the_session_end_is_summed_up_in_the_trail_and_a_message(tmp_path, token
     assert nxt == datetime(2026, 3, 10, 18, 0, tzinfo=ZoneInfo("America/New_York"))
 
 
+def test_an_evening_that_opens_no_new_session_sums_up_nothing(tmp_path, token):
+    from datetime import datetime, timezone
+
+    from harness import Rig, one_position
+    from riskd.daemon import Daemon
+
+    rig = Rig(tmp_path, token, one_position(), [], start=datetime(2026, 3, 13, 21, 59, 50, tzinfo=timezone.utc))  # Friday 17:59:50 NY
+    try:
+        daemon = Daemon(rig.settings, rig.ticker, rig.audit, {})
+        rig.tick_at(0.0)
+        friday = daemon.session_summary(now=datetime(2026, 3, 13, 22, 0, 0, tzinfo=timezone.utc))  # Friday 18:00: Friday's session ends
+        saturday = daemon.session_summary(now=datetime(2026, 3, 14, 22, 0, 0, tzinfo=timezone.utc))  # Saturday 18:00: still Monday's
+    finally:
+        rig.close()
+    assert friday is not None and friday["session"] == "2026-03-13"
+    assert saturday is None and [e["session"] for e in rig.events("session_summary")] == ["2026-03-13"]
+
+
 def test_an_operator_command_is_notified_with_who_asked_and_its_outcome():
     from riskd import events
 
