@@ -9,6 +9,7 @@ while every request still crosses a socket.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -180,3 +181,19 @@ def one_position(account: str = "Sim101", instrument: str = "MES 12-26", quantit
         "prices": {instrument: market if market is not None else price},
         "rate_limit": {"per_second": 3, "burst": 20},
     }
+
+
+def fill_disk(path: Path) -> None:
+    """Write `path` until its filesystem is full (big blocks, then small ones for the last bytes)."""
+    chunk = b"\1" * 65536
+    with open(path, "ab", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        try:
+            while True:
+                f.write(b"\1" * 512)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC

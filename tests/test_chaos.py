@@ -25,7 +25,6 @@ For every schedule:
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import random
@@ -50,7 +49,7 @@ from riskd.redact import forms
 from riskd.sdnotify import Systemd
 from riskd.sim import Fault
 
-from harness import Rig, SimClock
+from harness import Rig, SimClock, fill_disk
 
 SCHEDULES = int(os.environ.get("CHAOS_SCHEDULES", 200))
 # beside them, seeds from RESOURCE_BASE on: the same faults plus a full disk, hostile reloads and a kill -9
@@ -315,7 +314,7 @@ def run_schedule(s: Schedule, base: Path, token: str) -> dict[str, Any]:
                 rig.server.resume()
             refusing = should_refuse
             if disk is not None and s.disk_full and t == s.disk_full[0]:
-                fill(disk / "filler")
+                fill_disk(disk / "filler")
             if disk is not None and s.disk_full and t == s.disk_full[1]:
                 (disk / "filler").unlink()
             if s.kill == t:  # kill -9: nothing finished or flushed beyond what riskd wrote; then systemd starts it again
@@ -358,22 +357,6 @@ def mount_small_disk(home: Path) -> Path:
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs", str(home)], capture_output=True, text=True)
     assert done.returncode == 0, f"cannot mount a tmpfs for the full-disk schedules: {done.stderr}"
     return home
-
-
-def fill(path: Path) -> None:
-    """Write `path` until the disk is full."""
-    chunk = b"\1" * 65536
-    with open(path, "ab", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-        try:
-            while True:
-                f.write(b"\1" * 512)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
 
 
 def quiesce(rig: Rig, transport: CountingTransport, timeout: float = 3.0) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import errno
 import subprocess
 import sys
 import textwrap
 from datetime import datetime, timezone
 
 import pytest
+
+from harness import fill_disk
 
 from riskd.errors import StateError
 from riskd.model import Decision, Order, Severity
@@ -34,22 +35,12 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def _fill(path) -> None:
-    chunk = b"\1" * 4096
-    with open(path, "ab", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-
-
 @pytest.fixture
 def full_store(small_disk):
     events: list[tuple[str, dict]] = []
     store = Store(small_disk / "state", on_condition=lambda event, **fields: events.append((event, fields)), reserve_bytes=RESERVE)
     assert (small_disk / "state" / RESERVE_NAME).stat().st_size == RESERVE
-    _fill(small_disk / "filler")
+    fill_disk(small_disk / "filler")
     yield store, events, small_disk
     store.close()
 
@@ -79,7 +70,7 @@ def test_disk_full_freeing_space_rebuilds_the_reserve_and_reports_disk_recovered
 def test_disk_full_with_no_reserve_left_writes_return_and_report_state_write_failed(full_store):
     store, events, disk = full_store
     store.begin(_decision(1), BIG, NOW)  # spends the reserve
-    _fill(disk / "filler2")
+    fill_disk(disk / "filler2")
     store.begin(_decision(2), BIG, NOW)
     store.mark_sent(_decision(2).key, NOW)
     store.finish(_decision(1).key, "done", NOW)
@@ -122,7 +113,7 @@ def test_disk_full_a_store_opened_on_a_full_disk_says_so_and_reports_recovery(sm
         os._exit(9)
     """)
     assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 9
-    _fill(small_disk / "filler")
+    fill_disk(small_disk / "filler")
     events: list[tuple[str, dict]] = []
     store = Store(small_disk / "state", on_condition=lambda event, **fields: events.append((event, fields)), reserve_bytes=RESERVE)
     try:
@@ -139,7 +130,7 @@ def test_disk_full_a_store_reopened_after_a_clean_stop_on_a_disk_filled_meanwhil
     first = Store(small_disk / "state", reserve_bytes=RESERVE)
     first.begin(_decision(0), {"MES 12-26": 4}, NOW)
     first.close()  # a clean stop removes the -wal and -shm that opening needs again
-    _fill(small_disk / "filler")  # something else fills the disk while riskd is stopped
+    fill_disk(small_disk / "filler")  # something else fills the disk while riskd is stopped
     events: list[tuple[str, dict]] = []
     store = Store(small_disk / "state", on_condition=lambda event, **fields: events.append((event, fields)), reserve_bytes=RESERVE)
     try:
@@ -153,7 +144,7 @@ def test_disk_full_with_no_reserve_left_a_store_that_cannot_open_says_the_disk_i
     first = Store(small_disk / "state", reserve_bytes=RESERVE)
     first.close()
     (small_disk / "state" / RESERVE_NAME).unlink()  # spent by the previous run
-    _fill(small_disk / "filler")
+    fill_disk(small_disk / "filler")
     with pytest.raises(StateError) as exc:
         Store(small_disk / "state", reserve_bytes=RESERVE)
     assert "the disk is full" in str(exc.value) and "unreadable" not in str(exc.value)
