@@ -150,8 +150,7 @@ def test_day_report_is_one_self_contained_page_with_charts_firings_and_closed_po
 
 def test_day_report_renders_in_headless_chromium(trading_day, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        pytest.skip("no chromium (.ci/run installs it)")
+    assert browser, "no chromium on PATH (apt-get install -y chromium; .ci/run installs it)"
     page = tmp_path / "report.html"
     assert cli_main(["report", str(trading_day), "--date", "2026-03-10", "-o", str(page)]) == 0
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
