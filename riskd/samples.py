@@ -4,11 +4,11 @@ Once a minute (by the tick's clock) one `samples` line names every account of th
 sampled that minute, in snapshot order, with its figures (session P&L, realized, unrealized,
 commission, net liquidation, positions: the fields of a `sample` line) when they differ from the
 ones the same process wrote last for it, or null when they do not. At rest that is a name and a
-null per account instead of a full line each. A process's first line, a new session's, one an hour
-and every line while the trail cannot be written (lines may then be dropped) carry every figure,
+null per account instead of a full line each. A process's first line, a new session's, one an hour,
+every line while the trail cannot be written (lines may then be dropped) and the first after carry every figure,
 so a reader needs at most an hour of trail before the moment it shows.
 
-A firing still gets a `sample` line of its own at once (reason "firing"), before the close.
+A firing still gets a `sample` line of its own in the tick it fires (reason "firing", the P&L the rule saw).
 
 `expand` turns `samples` lines back into one `sample` line per account (reason "minute"), so the
 report, the dashboard's chart seed and `riskd audit` show the same day from either form, and
@@ -47,6 +47,7 @@ class Sampler:
         self._written: dict[str, dict[str, Any]] = {}  # account (lower case) -> figures of its last `samples` entry
         self._full_at: datetime | None = None
         self._session: str | None = None
+        self._failing = False  # the trail could not be written at the last `samples` line
 
     def sample(self, snapshot: Snapshot, now: datetime, session: str, firing: set[str]) -> None:
         """Sample the accounts of `firing` (lower-case names) at once, and every account once a minute."""
@@ -62,8 +63,10 @@ class Sampler:
                 due.append((account.name, figures(account)))
         if not due:
             return
+        failing = self.audit.failing  # lines held in memory may be dropped: none may lean on one of them
         full = (self._full_at is None or session != self._session or minute - self._full_at >= FULL_EVERY
-                or self.audit.failing)
+                or failing or self._failing)
+        self._failing = failing
         if full:
             self._full_at, self._session = minute, session
         accounts: dict[str, dict[str, Any] | None] = {}

@@ -16,7 +16,7 @@ from riskd import config, events, report, rules as rules_mod
 from riskd.audit import AuditTrail
 from riskd.cli import main as cli_main
 from riskd.model import Snapshot
-from riskd.samples import FULL_EVERY
+from riskd.samples import FULL_EVERY, Sampler, expand
 from riskd.sim import SimServer, Simulator
 from riskd.state import Store
 from riskd.tick import build_ticker
@@ -151,3 +151,44 @@ def test_at_rest_a_desk_writes_a_name_and_a_null_per_account_a_minute(tmp_path):
     assert per_account_minute <= 5 * 1024 * 1024 / 1000 / 60  # the desk target: 5 MB an hour at 1000 accounts
     day = report.collect(read_audit(trail), DAY)
     assert [len(a.samples) for a in day.accounts.values()] == [11] * accounts
+
+
+def test_a_null_with_no_earlier_figures_in_the_lines_read_is_left_out_never_read_as_flat():
+    figs = {"pnl": -120.0, "realized": -100.0, "unrealized": -20.0, "commission": 4.0, "net_liquidation": 49880.0,
+            "positions": [{"instrument": "MES 12-26", "side": "long", "quantity": 2, "pnl": -20.0}]}
+    lines = [  # a rotated file read from its middle: Sim101's figures were in the file before; another process's Sim102
+        {"ts": "2026-03-10T14:01:00.000Z", "seq": 7, "event": "samples", "session": DAY, "pid": 1, "full": False,
+         "accounts": {"Sim101": None, "Sim102": figs}},
+        {"ts": "2026-03-10T14:02:00.000Z", "seq": 8, "event": "samples", "session": DAY, "pid": 2, "full": False,
+         "accounts": {"Sim101": None, "Sim102": None}},
+        {"ts": "2026-03-10T14:03:00.000Z", "seq": 9, "event": "samples", "session": DAY, "pid": 1, "full": False,
+         "accounts": {"Sim101": None, "Sim102": None}},
+    ]
+    got = [(x["seq"], x["account"], x["pnl"]) for x in expand(lines)]
+    assert got == [(7, "Sim102", -120.0), (9, "Sim102", -120.0)]
+    day = report.collect(lines, DAY)
+    assert list(day.accounts) == ["sim102"] and [s[1] for s in day.accounts["sim102"].samples] == [-120.0, -120.0]
+
+
+def test_while_the_trail_cannot_be_written_every_samples_line_carries_every_figure(tmp_path):
+    class Failing:
+        failing = True
+
+        def __init__(self) -> None:
+            self.lines: list[dict[str, Any]] = []
+
+        def emit(self, event: Any, **fields: Any) -> None:
+            self.lines.append({"event": str(event), **fields})
+
+    from riskd.model import Account
+
+    audit = Failing()
+    sampler = Sampler(audit)  # type: ignore[arg-type]
+    snapshot = Snapshot(taken_at=OPEN, accounts=(Account("Sim101", 0.0, 10.0, 0.0, 50000.0),))
+    for minute in range(3):  # lines held in memory may be dropped: none may lean on an earlier one
+        sampler.sample(snapshot, OPEN + timedelta(minutes=minute), DAY, set())
+    assert [x["full"] for x in audit.lines] == [True] * 3 and all(x["accounts"]["Sim101"] for x in audit.lines)
+    audit.failing = False  # written again: the first line after is whole too, then the nulls resume
+    sampler.sample(snapshot, OPEN + timedelta(minutes=3), DAY, set())
+    sampler.sample(snapshot, OPEN + timedelta(minutes=4), DAY, set())
+    assert [x["full"] for x in audit.lines[3:]] == [True, False] and audit.lines[-1]["accounts"] == {"Sim101": None}
