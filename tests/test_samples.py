@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
+from conftest import read_audit
+from test_report import DAY_RULES, DAY_SCENARIO, OPEN, FakeClock
 
 from riskd import config, events, report, rules as rules_mod
 from riskd.audit import AuditTrail
@@ -20,9 +22,6 @@ from riskd.samples import FULL_EVERY, Sampler, expand
 from riskd.sim import SimServer, Simulator
 from riskd.state import Store
 from riskd.tick import build_ticker
-
-from conftest import read_audit
-from test_report import DAY_RULES, DAY_SCENARIO, OPEN, FakeClock
 
 DAY = "2026-03-10"
 
