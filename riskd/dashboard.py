@@ -37,7 +37,7 @@ from importlib import resources
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
-from riskd import __version__, engine, events, status
+from riskd import __version__, engine, events, samples, status
 from riskd.redact import Redactor
 from riskd.trail import closed_pnl, closed_positions, closed_quantity, closed_text, line_time
 
@@ -96,11 +96,11 @@ class Dashboard:
             self._changed.notify_all()
 
     def seed(self, lines: Iterable[dict[str, Any]]) -> int:
-        """Start the chart with this session's `sample` lines from the audit trail (riskd restarted
+        """Start the chart with this session's `sample` / `samples` lines from the audit trail (riskd restarted
         mid-session: its in-memory points are gone); return how many points were added."""
         session = engine.session_of(self._clock(), self.ticker.engine_settings)
         early: dict[str, list[list[float]]] = {}
-        for line in lines:
+        for line in samples.expand(lines):  # a `samples` line: one `sample` per account
             if events.SAMPLE.of(line) and line.get("session") == session and isinstance(line.get("pnl"), (int, float)):
                 moment = line_time(line)
                 if moment is not None:

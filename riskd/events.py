@@ -2,7 +2,7 @@
 
 An event has a name (the line's `event`), the fields every line of it carries, whether it is
 fsync'd under `audit_fsync: actions` (`durable`), and whether it may be dropped when the trail's
-in-memory backlog is over its limit (`droppable`: per-minute samples only). Writers build lines
+in-memory backlog is over its limit (`droppable`: samples only). Writers build lines
 with the event (`audit.emit(events.FIRED, ...)`); readers test and read lines through it
 (`events.FIRED.of(line)`, `events.FIRED.get(line, "inputs.account_pnl")`), so renaming a field is
 one edit here that the tests of every reader then catch. The README's event table is checked
@@ -62,6 +62,8 @@ RULES_REJECTED = Event("rules_rejected", "a reload refused (the old rules stay)"
 SAMPLE = Event("sample", "once a minute per account (by the tick's clock) and at every firing",
                ("account", "session", "reason", "pnl", "realized", "unrealized", "commission", "net_liquidation", "positions"),
                droppable=True)
+SAMPLES = Event("samples", "once a minute (by the tick's clock): every account not sampled yet that minute, its figures only "
+                "where they changed (riskd.samples)", ("session", "pid", "full", "accounts"), droppable=True)
 FIRED = Event("fired", "a rule decided to act",
               (*_DECISION, "session", "inputs", "inputs.account_pnl", "threshold", "local_time", "orders", "covers", "dry_run"),
               durable=True)
@@ -110,7 +112,7 @@ CONTROL_RESULT = Event("control_result", "an operator command's outcome (done, r
                        ("id", "verb", "status", "message", "user"), durable=True)
 
 CATALOGUE: dict[str, Event] = {e.name: e for e in (
-    STARTED, STOPPED, RULES_LOADED, RULES_REJECTED, SAMPLE, FIRED, ACTION, ACTION_RESOLVED, SUPERSEDED, SKIPPED, MISSED,
+    STARTED, STOPPED, RULES_LOADED, RULES_REJECTED, SAMPLE, SAMPLES, FIRED, ACTION, ACTION_RESOLVED, SUPERSEDED, SKIPPED, MISSED,
     RULE_FAILED, DEFERRED, API_ERROR, STALE, RECOVERED, CLOCK_STEP, SESSION_SUMMARY, TICK_FAILED, TICK_OVERRUN, ROTATED,
     TRAIL_REPAIRED, TRAIL_UNWRITABLE, TRAIL_WRITABLE,
     DISK_FULL, STATE_WRITE_FAILED, DISK_RECOVERED, CONTROL, CONTROL_RESULT, LOCK_ENDED, CALENDAR_WARNING, PERIOD_GAP,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from riskd import __version__, events
+from riskd import __version__, events, samples
 from riskd.trail import (
     Days,
     TrailError,
@@ -77,7 +77,7 @@ def collect(lines: Iterable[dict[str, Any]], day: str) -> Day:
     days = Days()
     result = Day(day)
     in_force: dict[str, Any] | None = None  # the rules loaded before the day began still apply in it
-    for line in lines:
+    for line in samples.expand(lines):  # a `samples` line: one `sample` per account
         if line.get("event") == events.STARTED.name and line.get("timezone") and (not result.lines or days(line) == day):
             try:
                 result.zone = ZoneInfo(str(line["timezone"]))
@@ -111,7 +111,7 @@ def collect(lines: Iterable[dict[str, Any]], day: str) -> Day:
 def days_in(lines: Iterable[dict[str, Any]]) -> list[str]:
     """The trading days that have samples or firings, in order."""
     days = Days()
-    found = {days(line) for line in lines if line.get("event") in (events.SAMPLE.name, events.FIRED.name)}
+    found = {days(line) for line in samples.expand(lines) if line.get("event") in (events.SAMPLE.name, events.FIRED.name)}
     return sorted(found)
 
 

@@ -27,6 +27,7 @@ from riskd.errors import ApiError
 from riskd.keys import FiringKey
 from riskd.model import Decision, Rule, Snapshot
 from riskd.poll import Event, Health, PollHealth
+from riskd.samples import Sampler
 from riskd.state import Store
 
 log = structlog.get_logger("riskd")
@@ -71,7 +72,7 @@ class Ticker:
         self.state: State = store.load()
         self.polls = PollHealth(settings.poll_interval, settings.stale_after)
         self.last_snapshot: Snapshot | None = None
-        self._sampled: dict[str, datetime] = {}  # account (lower case) -> minute of its last `sample`
+        self.sampler = Sampler(audit)
         self.lock = threading.Lock()
         self.stopping = client.stopping
         self.started_at: datetime | None = None
@@ -357,20 +358,8 @@ class Ticker:
 
     def _sample(self, snapshot: Snapshot, now: datetime, firing: set[str]) -> None:
         """Audit each account's session P&L as this tick's snapshot showed it (before any close),
-        once a minute by the tick's clock and at every firing, so a day can be reconstructed."""
-        minute = now.replace(second=0, microsecond=0)
-        session = engine.session_of(now, self.engine_settings)
-        for account in snapshot.accounts:
-            name = account.name.lower()
-            if self._sampled.get(name) == minute and name not in firing:
-                continue
-            self._sampled[name] = minute
-            # pnl is a sum: in cents; the API's own values verbatim
-            self.audit.emit("sample", account=account.name, session=session, reason="firing" if name in firing else "minute",
-                            pnl=round(account.pnl(), 2), realized=account.realized_pnl, unrealized=account.unrealized_pnl,
-                            commission=account.commission, net_liquidation=account.net_liquidation,
-                            positions=[{"instrument": p.instrument, "side": p.side, "quantity": p.quantity, "pnl": p.unrealized_pnl}
-                                       for p in account.positions])
+        once a minute by the tick's clock and at every firing, so a day can be reconstructed (riskd.samples)."""
+        self.sampler.sample(snapshot, now, engine.session_of(now, self.engine_settings), firing)
 
     def _audit_decision(self, d: Decision, now: datetime) -> None:
         common: dict[str, Any] = {"rule": d.rule, "key": d.key, "account": d.account, "instrument": d.instrument,

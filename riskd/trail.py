@@ -15,6 +15,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import itertools
 import json
 import lzma
 import math
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from riskd import events
+from riskd import events, samples
 from riskd.chain import GENESIS, HEAD_SUFFIX, chain_hash, parse_head, render
 from riskd.conditions import REGISTRY
 from riskd.errors import TrailError
@@ -39,7 +40,7 @@ from riskd.events import of as event_of
 from riskd.schedule import format_span
 
 ROTATED = re.compile(r"^(\.\d+|-\d{8}(\d{2})?)(\.(gz|bz2|xz))?$")
-DEFAULT_HIDDEN = frozenset({events.SAMPLE.name})  # shown only when asked for (--event sample / --all)
+DEFAULT_HIDDEN = frozenset({events.SAMPLE.name, events.SAMPLES.name})  # shown only when asked for (--event sample / --all)
 ORDER_PATHS = ("/positions/close", "/positions/flatten")
 
 
@@ -709,11 +710,11 @@ def main(files: list[Path], query: Query, out: IO[str] | None = None) -> int:
         print(render(line) if query.json else table_row(line, width), file=out, flush=query.follow)  # --json: the line as written
 
     try:
-        for line in read(ordered):
+        # the table shows a `samples` line as one `sample` row per account (--event sample, --account
+        # pick them); --json prints the lines as written
+        lines = itertools.chain(read(ordered), follow(ordered[-1]) if query.follow else ())
+        for line in lines if query.json else samples.expand(lines):
             show(line)
-        if query.follow:
-            for line in follow(ordered[-1]):
-                show(line)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:

@@ -18,6 +18,10 @@ Sections (each with its figures, its target and `ok`):
 - tick: one evaluation (engine.evaluate) and one full tick (HTTP client on a mock transport, JSON
   parse, evaluate, state save) with 50 accounts x 5 positions x 100 rules, then with accounts and
   rules doubled. Target: <= 20 ms.
+- audit_rest: the audit trail's bytes per hour at 1000 accounts (5 positions each) at rest (prices
+  still, nothing fires): the ticker in-process against the simulator over real HTTP (tests/harness.py)
+  for one simulated hour on the harness's clock (a tick every 30 s by default: at rest the bytes are
+  the minute's lines, whatever the poll interval). Target: <= 5 MB per hour.
 - memory: 100,000 ticks on a simulated clock (1 s per tick, ~28 h of sessions, firings, reopened
   positions) in this process; RSS sampled along the way. Target: <= 80 MB and no upward trend.
 """
@@ -426,6 +430,52 @@ def bench_memory(ticks: int, workdir: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Audit volume at rest.
+
+
+def bench_audit_rest(accounts: int, seconds: int, poll_s: float, workdir: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from harness import Rig
+
+    d = workdir / "audit-rest"
+    d.mkdir(parents=True)
+    scenario = {
+        "rate_limit": None,
+        "accounts": [{"name": f"Acct{a:04d}", "positions": [
+            {"instrument": f"{ROOTS[p]} 12-26", "side": "long" if (a + p) % 2 else "short", "quantity": 1 + p, "price": 100.0 + p}
+            for p in range(5)]} for a in range(accounts)],
+        "prices": {f"{ROOTS[p]} 12-26": 100.5 + p for p in range(5)},
+    }
+    rig = Rig(d, TOKEN, scenario, policy(20), fsync=False, poll_interval=timedelta(seconds=poll_s), timeout=timedelta(seconds=5),
+        stale_after=timedelta(seconds=max(5.0, 3 * poll_s)))
+    try:
+        assert rig.ticker is not None
+        rig.ticker.client.bucket.per_second = 1e9
+        began = time.perf_counter()
+        rig.tick_at(0.0)  # the first tick (a process's first sample carries every figure)
+        size0 = rig.audit_path.stat().st_size
+        t, ticks = 0.0, 0
+        while t < seconds:
+            t += poll_s
+            rig.tick_at(t)
+            ticks += 1
+        assert rig.audit is not None
+        rig.audit.flush()
+        grown = rig.audit_path.stat().st_size - size0
+        wall = time.perf_counter() - began
+        fired = rig.ticker.health.firings
+    finally:
+        rig.close()
+    per_hour = grown * 3600 / seconds
+    target = 5 * 1024 * 1024
+    return {"accounts": accounts, "positions": accounts * 5, "simulated_s": seconds, "poll_s": poll_s, "ticks": ticks, "firings": fired,
+            "bytes": grown, "bytes_per_hour": round(per_hour), "mb_per_hour": round(per_hour / 1024 / 1024, 2),
+            "target_bytes_per_hour": target, "ratio_to_target": round(per_hour / target, 3), "wall_s": round(wall, 1),
+            "ok": per_hour <= target and fired == 0,
+            "note": "the trail's growth after the first tick, scaled to an hour; prices still, no firing"}
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def quiet_console() -> None:
@@ -438,10 +488,14 @@ def quiet_console() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the benchmark works, measures little")
-    parser.add_argument("--only", default="reaction,timed,tick,memory", help="comma-separated sections")
+    parser.add_argument("--only", default="reaction,timed,tick,audit_rest,memory", help="comma-separated sections")
     parser.add_argument("--breaches", type=int, default=200)
     parser.add_argument("--timed", type=int, default=120)
     parser.add_argument("--ticks", type=int, default=100_000)
+    parser.add_argument("--audit-accounts", type=int, default=1000)
+    parser.add_argument("--audit-poll", type=float, default=30.0,
+                        help="audit_rest: seconds between ticks on the simulated clock (at rest a tick writes nothing but the "
+                             "minute's samples line, so the bytes do not depend on it; 1 s is 3600 ticks of 1000 accounts)")
     parser.add_argument("--keep", help="keep the working files (configs, audit trails, console logs) in this directory")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
@@ -464,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
                 out["reaction_250ms"] = bench_reaction(250, args.breaches, 10, 2, work / "reaction-250ms")
         if "timed" in only:
             out["timed"] = bench_timed(args.timed, work / "timed")
+        if "audit_rest" in only:
+            out["audit_rest"] = bench_audit_rest(20 if args.quick else args.audit_accounts, 300 if args.quick else 3600,
+                                                 args.audit_poll, work)
         if "memory" in only:
             out["memory"] = bench_memory(args.ticks, work)
     out["ok"] = all(v.get("ok", True) for v in out.values() if isinstance(v, dict))

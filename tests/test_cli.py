@@ -100,7 +100,7 @@ def test_live_once_beside_a_running_daemon_sends_nothing_and_points_at_dry_run(t
     sim, server = sim_factory(scenario)
     config = write_policy(tmp_path, server.base_url, [{"name": "cap", "when": {"position_pnl": {"below": -500}}, "then": {"close": 50}}])
     daemon = riskd_factory(config, token)
-    daemon.wait_for("sample")
+    daemon.wait_for("samples")
     started = next(json.loads(x) for x in daemon.stdout_path.read_text().splitlines() if '"event": "started"' in x)
     assert (started["config"], started["api"]) == (str(config), server.base_url.split("/")[2])  # which policy, against which API
     assert '"event": "rule_warning"' in daemon.stdout_path.read_text()  # close: 50 is 50 contracts: said at start too

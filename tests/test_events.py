@@ -23,7 +23,7 @@ def test_a_line_missing_a_declared_field_is_named():
 
 def test_the_fsync_and_drop_policies_come_from_the_catalogue():
     assert "fired" in events.DURABLE and "action" in events.DURABLE and "sample" not in events.DURABLE
-    assert events.DROPPABLE == {"sample"}
+    assert events.DROPPABLE == {"sample", "samples"}
 
 
 def test_an_unknown_event_name_lists_the_known_ones():

@@ -24,6 +24,7 @@ from conftest import run_cli, write_policy
 from riskd import config, engine, rules as rules_mod
 from riskd.audit import AuditTrail
 from riskd.cli import main as cli_main
+from riskd.samples import expand
 from riskd.tick import build_ticker
 from riskd.state import Store
 
@@ -119,7 +120,7 @@ def test_day_summary_has_the_figures_the_scenario_implies(trading_day, capsys):
 
 def test_day_samples_once_a_minute_per_account_and_at_every_firing(trading_day):
     lines = [json.loads(x) for x in trading_day.read_text().splitlines()]
-    samples = [x for x in lines if x["event"] == "sample"]
+    samples = [x for x in expand(lines) if x["event"] == "sample"]  # a `samples` line: one `sample` per account
     fired = [x for x in lines if x["event"] == "fired"]
     assert len(fired) == 3
     minutes = {(OPEN + timedelta(minutes=m)).strftime("%H:%M") for m in range(int((CLOSE - OPEN).total_seconds() // 60) + 1)}
