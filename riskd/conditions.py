@@ -5,8 +5,11 @@ value is validated as: a model below or a riskd.fields type), its scope (`positi
 matched position; `account`: per account; `group`: per account, over its positions in the rule's
 scope, which the engine passes as the account's positions; `clock`: the same for every target), the pure check
 (spec, target) -> (holds, inputs seen), and the explanation `riskd once` prints (the value seen, the
-threshold, how far it is from holding). riskd.rules builds `when` from this registry, so adding a
-condition is one `Condition(...)` here (with its spec model if it needs a new one) and its tests.
+threshold, how far it is from holding), and optionally `test` (spec, target) -> holds: the verdict
+alone, for the engine's hot path (it must agree with check; tests/test_engine_differential.py
+compares the engine with one that calls check everywhere). riskd.rules builds `when` from this
+registry, so adding a condition is one `Condition(...)` here (with its spec model if it needs a new
+one) and its tests.
 
 Pure: no I/O, no clock; `now` arrives in the Target.
 """
@@ -71,7 +74,8 @@ class Condition:
     # the threshold as a fired line carries it (its JSON form) for people; None: the JSON is shown
     words: Callable[[Any], str | None] | None = None
     # the check's verdict alone, without the inputs seen (the engine's hot path: most targets do not
-    # hold, and their inputs are never looked at); None: check(...)[0]. Must agree with check.
+    # hold, and their inputs are never looked at); None: check(...)[0]. Must agree with check (the
+    # engine checks a target that passes it again with check, so it may never be False where check holds).
     test: Callable[[Any, Target], bool] | None = None
 
     @property
