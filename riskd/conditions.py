@@ -5,8 +5,11 @@ value is validated as: a model below or a riskd.fields type), its scope (`positi
 matched position; `account`: per account; `group`: per account, over its positions in the rule's
 scope, which the engine passes as the account's positions; `clock`: the same for every target), the pure check
 (spec, target) -> (holds, inputs seen), and the explanation `riskd once` prints (the value seen, the
-threshold, how far it is from holding). riskd.rules builds `when` from this registry, so adding a
-condition is one `Condition(...)` here (with its spec model if it needs a new one) and its tests.
+threshold, how far it is from holding), and optionally `test` (spec, target) -> holds: the verdict
+alone, for the engine's hot path (it must agree with check; tests/test_engine_differential.py
+compares the engine with one that calls check everywhere). riskd.rules builds `when` from this
+registry, so adding a condition is one `Condition(...)` here (with its spec model if it needs a new
+one) and its tests.
 
 Pure: no I/O, no clock; `now` arrives in the Target.
 """
@@ -70,6 +73,18 @@ class Condition:
     explain: Callable[[Any, Target, bool, Seen], dict[str, Any]]  # -> seen, threshold, distance
     # the threshold as a fired line carries it (its JSON form) for people; None: the JSON is shown
     words: Callable[[Any], str | None] | None = None
+    # the check's verdict alone, without the inputs seen (the engine's hot path: most targets do not
+    # hold, and their inputs are never looked at); None: check(...)[0]. Must agree with check (the
+    # engine checks a target that passes it again with check, so it may never be False where check holds).
+    test: Callable[[Any, Target], bool] | None = None
+
+    @property
+    def predicate(self) -> Callable[[Any, Target], bool]:
+        """(spec, target) -> holds, as cheaply as the condition allows."""
+        if self.test is not None:
+            return self.test
+        check = self.check
+        return lambda spec, target: check(spec, target)[0]
 
     def row(self, spec: Any, target: Target) -> dict[str, Any]:
         """One condition of one target as `riskd once` shows it."""
@@ -193,9 +208,17 @@ def _position_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
     return spec.holds(value), {"position_pnl": value}
 
 
+def _position_pnl_holds(spec: Any, t: Target) -> bool:
+    return spec.holds(t.position.unrealized_pnl)  # type: ignore[no-any-return,union-attr]
+
+
 def _position_size(spec: Any, t: Target) -> tuple[bool, Seen]:
     size = t.position.quantity  # type: ignore[union-attr]
     return size > spec.above, {"position_size": size}
+
+
+def _position_size_holds(spec: Any, t: Target) -> bool:
+    return t.position.quantity > spec.above  # type: ignore[no-any-return,union-attr]
 
 
 def _explain_position_size(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
@@ -207,6 +230,13 @@ def _explain_position_size(spec: Any, t: Target, holds: bool, seen: Seen) -> dic
 def _position_age(spec: Any, t: Target) -> tuple[bool, Seen]:
     age = (t.now - t.first_seen) if t.first_seen else timedelta(0)
     return age > spec.above, {"position_age_s": round(age.total_seconds(), 3)}
+
+
+def _position_age_holds(spec: Any, t: Target) -> bool:
+    return ((t.now - t.first_seen) if t.first_seen else _NO_AGE) > spec.above  # type: ignore[no-any-return]
+
+
+_NO_AGE = timedelta(0)
 
 
 def _explain_position_age(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
@@ -314,6 +344,14 @@ def _account_pnl(spec: Any, t: Target) -> tuple[bool, Seen]:
         return spec.holds(value), seen
     armed = t.peak >= spec.once_above  # the peak persists for the session: once armed, the floor stays armed
     return armed and spec.holds(value), {**seen, "peak": round(t.peak, 2), "armed": armed}
+
+
+def _account_pnl_holds(spec: Any, t: Target) -> bool:
+    if spec.period != "session" and t.history is not None:
+        return _account_pnl(spec, t)[0]
+    if spec.once_above is not None and t.peak < spec.once_above:
+        return False
+    return spec.holds(t.account.pnl(spec.basis, spec.net_of_commission))  # type: ignore[no-any-return]
 
 
 def _explain_account_pnl(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
@@ -563,13 +601,14 @@ REGISTRY: dict[str, Condition] = {c.name: c for c in (
               "clock", _outside, _explain_window("outside"), _words_window("outside")),
     Condition("position_pnl", Level, "the position's unrealized P&L (dollars)",
               "position", _position_pnl, lambda spec, t, holds, seen: _level(seen["position_pnl"], spec, holds),
-              _words_pnl("position P&L")),
+              _words_pnl("position P&L"), _position_pnl_holds),
     Condition("position_size", SizeLevel, "the position's absolute size (contracts)",
-              "position", _position_size, _explain_position_size, _words_above("size above {} contracts")),
+              "position", _position_size, _explain_position_size, _words_above("size above {} contracts"),
+              _position_size_holds),
     Condition("position_age", AgeLevel, "how long the position has been open",
-              "position", _position_age, _explain_position_age, _words_age),
+              "position", _position_age, _explain_position_age, _words_age, _position_age_holds),
     Condition("account_pnl", AccountPnl, "the account's session P&L (dollars)",
-              "account", _account_pnl, _explain_account_pnl, _words_pnl("session P&L")),
+              "account", _account_pnl, _explain_account_pnl, _words_pnl("session P&L"), _account_pnl_holds),
     Condition("account_drawdown", Drawdown, "giveback from the session P&L peak, or from the balance high-water mark",
               "account", _account_drawdown, _explain_account_drawdown, _words_drawdown),
     Condition("instrument_size", GroupSize, "per root, every contract month together, micros weighed against minis",

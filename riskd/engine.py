@@ -308,6 +308,8 @@ def _confirmed_quantity(previous: int, current: int) -> int:
 # Parsed forms of the stored keys, cached: the same few thousand keys come back every tick.
 _position = lru_cache(maxsize=65536)(PositionKey.parse)
 _firing = lru_cache(maxsize=65536)(FiringKey.parse)
+# First-seen times are stored as ISO text and the same strings come back every tick: parsed once.
+_instant = lru_cache(maxsize=65536)(datetime.fromisoformat)
 
 
 def _builtin_calendar() -> Any:
@@ -400,11 +402,16 @@ class _Tick:
         self._seen_of: dict[int, datetime] = {}
         self._target_of_id: dict[int, TargetKey] = {}
         self._scoped_of: dict[tuple[int, tuple[str, ...]], Account] = {}
+        # the scope index: accounts per account-pattern tuple, positions per account and instrument-pattern
+        # tuple, each matched once per tick whatever the number of rules sharing them
+        self._accounts_in: dict[tuple[str, ...], list[Account]] = {}
+        self._positions_in: dict[tuple[int, tuple[str, ...]], tuple[Position, ...]] = {}
+        self._scope_of: dict[tuple[Any, ...], list[tuple[Account, tuple[Position, ...]]]] = {}
         for account in snapshot.accounts:
             for pos in self._targets_of[id(account)]:
                 key = _position_key(account.name, pos)
                 self._pkey_of[id(pos)] = key
-                self._seen_of[id(pos)] = datetime.fromisoformat(self.first_seen[key])
+                self._seen_of[id(pos)] = _instant(self.first_seen[key])
 
     def target(self, rule: Rule, account: Account, position: Position | None) -> Target:
         local = self._locals.get(rule.zone)
@@ -493,15 +500,45 @@ class _Tick:
             terms["sizes"] = allowed
         return terms
 
+    def accounts_in(self, patterns: tuple[str, ...]) -> list[Account]:
+        """The snapshot's accounts that an account filter matches (matched once per tick)."""
+        found = self._accounts_in.get(patterns)
+        if found is None:
+            found = self._accounts_in[patterns] = [a for a in self.snapshot.accounts if _account_matches(patterns, a.name)]
+        return found
+
+    def positions_in(self, account: Account, instruments: tuple[str, ...]) -> tuple[Position, ...]:
+        """An account's target positions (confirmed across snapshots) that an instrument filter matches (once per tick)."""
+        key = (id(account), instruments)
+        found = self._positions_in.get(key)
+        if found is None:
+            targets = self._targets_of[id(account)]
+            found = targets if instruments == ("*",) else tuple(p for p in targets if _instrument_matches(instruments, p.instrument))
+            self._positions_in[key] = found
+        return found
+
+    def scope(self, rule: Rule) -> list[tuple[Account, tuple[Position, ...]]]:
+        """The accounts a rule sees (a `group` rule: as _scoped shows them) with their target positions in its
+        scope; a per-position rule sees only the accounts that hold one. Built once per tick per filter pair."""
+        key = (rule.accounts, rule.instruments, rule.per_position, rule.grouped)
+        found = self._scope_of.get(key)
+        if found is None:
+            if rule.per_position:
+                pairs = ((a, self.positions_in(a, rule.instruments)) for a in self.accounts_in(rule.accounts))
+                found = [(a, ps) for a, ps in pairs if ps]
+            elif rule.grouped:
+                found = [(self._scoped(a, rule.instruments), ()) for a in self.accounts_in(rule.accounts)]
+            else:
+                found = [(a, ()) for a in self.accounts_in(rule.accounts)]
+            self._scope_of[key] = found
+        return found
+
     def targets(self, rule: Rule) -> Iterable[tuple[Account, Position | None]]:
-        per_position, accounts, instruments = rule.per_position, rule.accounts, rule.instruments
-        for account in self.snapshot.accounts:
-            if not _account_matches(accounts, account.name):
-                continue
+        per_position, instruments = rule.per_position, rule.instruments
+        for account in self.accounts_in(rule.accounts):
             if per_position:
-                for pos in self._targets_of[id(account)]:
-                    if _instrument_matches(instruments, pos.instrument):
-                        yield account, pos
+                for pos in self.positions_in(account, instruments):
+                    yield account, pos
             elif rule.grouped:
                 yield self._scoped(account, instruments), None
             else:
@@ -513,7 +550,7 @@ class _Tick:
         key = (id(account), instruments)
         scoped = self._scoped_of.get(key)
         if scoped is None:
-            positions = tuple(p for p in self._targets_of[id(account)] if _instrument_matches(instruments, p.instrument))
+            positions = self.positions_in(account, instruments)
             scoped = self._scoped_of[key] = replace(account, positions=positions)
             self._targets_of[id(scoped)] = positions
             self._peak_of[id(scoped)] = self._peak_of.get(id(account), self.peaks.get(account.name.lower(), 0.0))
@@ -560,37 +597,63 @@ class _Tick:
             self._skip(rule, rule.name, f"{exc.__class__.__name__}: {exc}"[:500], kind="rule_failed")
 
     def edge(self, rule: Rule) -> None:
-        # the hot path (every rule x every target): Target built inline from the per-tick caches
+        # The hot path (every rule x every target in its scope). A target holds when every condition
+        # does; the conditions are pure, so each is asked where its answer can change: a clock
+        # condition once per rule, an account condition once per account, a position condition per
+        # position, as a bare predicate. Only a target that holds is checked again in full (check())
+        # for the inputs its decision carries.
         local = self._locals.get(rule.zone) or self._locals.setdefault(rule.zone, self.now.astimezone(rule.zone))
         now, days, peak_of, seen_of, history_of = self.now, rule.days, self._peak_of, self._seen_of, self._history_of
-        conditions = [(REGISTRY[name].check, spec) for name, spec in rule.conditions]
         calendar, market, trading_days = self.calendar, self.market(rule), rule.trading_days
-        for account, position in self.targets(rule):
-            target = Target(account, position, now, local, days, peak_of[id(account)],
-                            seen_of[id(position)] if position is not None else None, calendar, market, trading_days,
-                            history_of[id(account)])
-            # fast rejection: stop at the first condition that does not hold; the conditions are
-            # pure, so check() recomputes the same result (and the inputs) for the targets that pass
-            for condition, spec in conditions:
-                if not condition(spec, target)[0]:
-                    holds = False
-                    break
-            else:
-                holds, inputs = check(rule, target)
-            if not holds:
-                continue  # markers and holds not carried over: the rule re-arms for this target
-            key = str(FiringKey(rule.name, self._target(account, position)))
-            if key in self.old.fired:
-                self.fired[key] = self.old.fired[key]
-                continue
-            if rule.hold is not None:
-                since = self.old.pending.get(key) or self.now.isoformat()
-                self.pending[key] = since
-                if self.now - datetime.fromisoformat(since) < rule.hold:
+        stages: dict[str, list[tuple[Any, Any]]] = {"clock": [], "account": [], "position": []}
+        for name, spec in rule.conditions:
+            condition = REGISTRY[name]
+            stages["position" if condition.scope == "position" else "account" if condition.scope == "group" else condition.scope].append(
+                (condition.predicate, spec))
+        clock, account_level, position_level = stages["clock"], stages["account"], stages["position"]
+        reduce_to = rule.action.amount if rule.action.kind == "reduce_to" else None
+        per_position = rule.per_position
+        for account, positions in self.scope(rule):
+            peak, history = peak_of[id(account)], history_of[id(account)]
+            target = None
+            if clock or account_level or not per_position:
+                target = Target(account, None, now, local, days, peak, None, calendar, market, trading_days, history)
+                if clock:  # the same for every target: asked once, at the rule's first target
+                    if not all(test(spec, target) for test, spec in clock):
+                        return  # no target holds: markers and holds not carried over, the rule re-arms
+                    clock = []
+                if not all(test(spec, target) for test, spec in account_level):
                     continue
-                inputs["held_s"] = round((self.now - datetime.fromisoformat(since)).total_seconds(), 3)
-            if key not in self.old.inflight:
-                self.decide("fire", rule, key, account, position, inputs)
+            if not per_position:
+                self._holds(rule, account, None, target)  # type: ignore[arg-type]
+                continue
+            for position in positions:
+                if reduce_to is not None and position.quantity <= reduce_to:
+                    continue
+                target = Target(account, position, now, local, days, peak, seen_of[id(position)], calendar, market, trading_days, history)
+                for test, spec in position_level:
+                    if not test(spec, target):
+                        break
+                else:
+                    self._holds(rule, account, position, target)
+
+    def _holds(self, rule: Rule, account: Account, position: Position | None, target: Target) -> None:
+        """A target whose conditions hold: it fires unless it already fired, is holding (`for`) or in flight."""
+        holds, inputs = check(rule, target)
+        if not holds:
+            return
+        key = str(FiringKey(rule.name, self._target(account, position)))
+        if key in self.old.fired:
+            self.fired[key] = self.old.fired[key]
+            return
+        if rule.hold is not None:
+            since = self.old.pending.get(key) or self.now.isoformat()
+            self.pending[key] = since
+            if self.now - _instant(since) < rule.hold:
+                return
+            inputs["held_s"] = round((self.now - _instant(since)).total_seconds(), 3)
+        if key not in self.old.inflight:
+            self.decide("fire", rule, key, account, position, inputs)
 
     def timed(self, rule: Rule) -> None:
         """An `at` occurrence acts on the targets in scope at that instant. An account in scope that

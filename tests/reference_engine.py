@@ -1,0 +1,869 @@
+"""The reference engine for tests/test_engine_differential.py: riskd/engine.py's evaluation as it was
+before its evaluation was sped up (frozen; never edited). The optimised engine must decide exactly
+what this one decides on the same inputs. State and EngineSettings are the live engine's, so both
+read and write the same state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, time, timedelta, timezone
+from fnmatch import fnmatchcase
+from functools import lru_cache
+from typing import Any, Iterable
+
+from riskd import ledger, sizes
+from riskd.conditions import REGISTRY, Target
+from riskd.engine import EngineSettings, State
+from riskd.fields import SessionTime
+from riskd.keys import FiringKey, LockKey, OccurrenceKey, PositionKey, TargetKey, rule_of
+from riskd.model import Account, Decision, Order, Position, Rule, Severity, Snapshot
+from riskd.schedule import format_span, last_occurrence, next_occurrence, next_session_start, week_bounds
+
+# ---------------------------------------------------------------------------------------------
+# Sessions.
+
+
+def session_of(now: datetime, settings: EngineSettings) -> str:
+    """Given a UTC instant, return the trading date of its session (the day after an 18:00 start). With
+    an exchange calendar, the next date its market trades: a weekend or a full holiday has no session of
+    its own, so the state resets once, at the start of the session that trades next (an early-close
+    day's session still ends at the next session_start, the Globex open)."""
+    local = now.astimezone(settings.zone)
+    day = local.date()
+    if local.time() >= settings.session_start:
+        day += timedelta(days=1)
+    calendar = settings.calendar
+    if calendar is not None:
+        for _ in range(10):  # a long closure (a week of holidays in a correction) still ends
+            if calendar.trading_day(calendar.market, day):
+                break
+            day += timedelta(days=1)
+    return day.isoformat()
+
+
+def session_end(now: datetime, settings: EngineSettings) -> datetime:
+    """Given an instant, return when its session ends: the next `session_start` that opens another
+    session (with an exchange calendar, the evening before a holiday opens none: its session runs on)."""
+    session = session_of(now, settings)
+    end = next_session_start(now, settings.zone, settings.session_start)
+    for _ in range(10):  # a long closure still ends
+        if session_of(end, settings) != session:
+            break
+        end = next_session_start(end, settings.zone, settings.session_start)
+    return end
+
+
+def active(ends: dict[str, str], now: datetime) -> dict[str, str]:
+    """The entries of a {name: ISO end} map (pauses, account locks) that have not ended at `now`."""
+    return {k: v for k, v in ends.items() if datetime.fromisoformat(v) > now}
+
+
+# Pseudo-rule names of operator controls in firing keys (a rule name cannot hold ':').
+OPERATOR_LOCK = "operator:lock"
+
+
+# ---------------------------------------------------------------------------------------------
+# Scope.
+
+
+@lru_cache(maxsize=65536)
+def _account_matches(patterns: tuple[str, ...], account: str) -> bool:
+    name = account.lower()
+    return any(p == "*" or fnmatchcase(name, p) for p in patterns)
+
+
+@lru_cache(maxsize=65536)
+def _instrument_matches(patterns: tuple[str, ...], instrument: str) -> bool:
+    name = instrument.upper()
+    root = name.split(" ", 1)[0]
+    for p in patterns:
+        if p == "*":
+            return True
+        if any(c in p for c in "*?["):
+            if fnmatchcase(name, p):
+                return True
+        elif " " in p:
+            if name == p:
+                return True
+        elif root == p:
+            return True
+    return False
+
+
+def in_scope(rule: Rule, account: str, instrument: str | None = None) -> bool:
+    """Does the rule's account (and, given one, instrument) filter match?"""
+    if not _account_matches(rule.accounts, account):
+        return False
+    return instrument is None or _instrument_matches(rule.instruments, instrument)
+
+
+def _describe(spec: Any) -> Any:
+    """A condition's parameters as plain JSON values, for the audit trail."""
+    if hasattr(type(spec), "model_fields"):
+        return {k: _describe(v) for k, v in vars(spec).items() if v is not None}
+    if isinstance(spec, (tuple, list)):
+        return [_describe(x) for x in spec]
+    if isinstance(spec, (time, SessionTime)):
+        return spec.isoformat()
+    if isinstance(spec, timedelta):
+        return spec.total_seconds()
+    return spec
+
+
+def check(rule: Rule, target: Target) -> tuple[bool, dict[str, Any]]:
+    """Given a rule and a target, return (all conditions hold, the inputs seen)."""
+    holds = True
+    inputs: dict[str, Any] = {}
+    for name, spec in rule.conditions:
+        ok, seen = REGISTRY[name].check(spec, target)
+        inputs.update(seen)
+        holds = holds and ok
+    if rule.action.kind == "reduce_to" and target.position is not None:
+        holds = holds and target.position.quantity > rule.action.amount
+    return holds, inputs
+
+
+def threshold_of(rule: Rule) -> dict[str, Any]:
+    out = {name: _describe(spec) for name, spec in rule.conditions}
+    if rule.at is not None:
+        out["at"] = rule.at.isoformat()
+    if rule.hold is not None:
+        out["for_s"] = rule.hold.total_seconds()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Orders.
+
+
+def orders_for(rule: Rule, account: Account, position: Position | None) -> tuple[Order, ...]:
+    """Given a rule and a target, return the API calls its action needs."""
+    action, name = rule.action, account.name
+    if action.kind == "alert":
+        return ()  # audited and notified: no request
+    if action.kind == "flatten":
+        if position is not None:
+            return (Order("flatten", name, position.instrument),)
+        if rule.instruments == ("*",):
+            return (Order("flatten", name),)
+        return tuple(Order("flatten", name, p.instrument) for p in account.positions if in_scope(rule, name, p.instrument))
+    assert position is not None
+    inst = position.instrument
+    if action.kind == "reduce_to":
+        orders: list[Order] = [Order("close", name, inst, quantity=position.quantity - action.amount)]
+    elif action.amount == "all":
+        orders = [Order("close", name, inst)]
+    elif isinstance(action.amount, float):
+        orders = [Order("close", name, inst, percent=action.amount)]
+    else:
+        orders = [Order("close", name, inst, quantity=min(action.amount, position.quantity))]  # never more than is open
+    if action.cancel_orders:
+        orders.append(Order("cancel_orders", name, inst))
+    return tuple(orders)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def _position_key(account: str, position: Position) -> str:
+    """A position's identity: a long that turns short between two snapshots is a new position."""
+    return str(PositionKey(account, position.instrument, position.side))
+
+
+def _confirmed_quantity(previous: int, current: int) -> int:
+    """Given the quantity the previous snapshot showed and this one's, return the one to act on."""
+    return previous if 0 < previous and current > 2 * previous else current
+
+
+# Parsed forms of the stored keys, cached: the same few thousand keys come back every tick.
+_position = lru_cache(maxsize=65536)(PositionKey.parse)
+_firing = lru_cache(maxsize=65536)(FiringKey.parse)
+
+
+def _builtin_calendar() -> Any:
+    """The built-in exchange calendar, for settings that carry none (it reads its packaged data file once)."""
+    from riskd.calendar import builtin
+
+    return builtin()
+
+
+class _Tick:
+    """The working set of one evaluation: the old state in, the new maps being built."""
+
+    def __init__(self, state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings):
+        self.old = state
+        self.snapshot = snapshot
+        self.now = now
+        self.settings = settings
+        self.calendar = settings.calendar or _builtin_calendar()
+        self.occurrences = dict(state.occurrences)
+        self.decisions: list[Decision] = []
+        self.lock_terms: dict[str, dict[str, Any]] = dict(state.lock_terms)
+        present = {a.name.lower() for a in snapshot.accounts}
+        self.present = present
+        # an account missing from one snapshot (or unreadable in it) keeps its positions' identities and its markers
+        self.first_seen = {k: v for k, v in state.first_seen.items() if _position(k).account not in present}
+        self.tracked = {k: v for k, v in state.tracked.items() if _position(k).account not in present}
+        # Position identity across glitchy snapshots (docs/how-it-works.md, "Bad snapshots"):
+        # - a remembered identity is gone only when absent from two consecutive well-formed snapshots
+        #   (one snapshot without it, or with the other side, does not re-arm its rules);
+        # - a new identity for an instrument whose other side is still remembered (a reversal, or a
+        #   one-tick side flip) is a target only once a second consecutive snapshot confirms it;
+        # - a quantity more than double the previous snapshot's is not trusted until a second
+        #   snapshot agrees (the previous one is used meanwhile), so one implausible jump never sizes a close.
+        kept_targets: set[str] = set()
+        self._targets_of: dict[int, tuple[Position, ...]] = {}
+        tracked_by_account: dict[str, list[str]] = {}  # one pass, not one per account
+        for key in state.tracked:
+            tracked_by_account.setdefault(_position(key).account, []).append(key)
+        for account in snapshot.accounts:
+            lname = account.name.lower()
+            now_ids = {_position_key(account.name, p): p for p in account.positions if p.quantity > 0}
+            for key in tracked_by_account.get(lname, ()):
+                remembered = state.tracked[key]
+                if key not in now_ids and remembered[2] and remembered[1] < 1 and key in state.first_seen:
+                    self.tracked[key] = [remembered[0], remembered[1] + 1, 1]  # absent once: remembered, not a target now
+                    self.first_seen[key] = state.first_seen[key]
+                    kept_targets.add(str(_position(key).target(state.first_seen[key])))
+            targets: list[Position] = []
+            for key, p in now_ids.items():
+                entry = state.tracked.get(key)
+                if entry is not None and entry[2] and key in state.first_seen:
+                    self.first_seen[key] = state.first_seen[key]
+                    self.tracked[key] = [p.quantity, 0, 1]
+                    quantity = _confirmed_quantity(entry[0], p.quantity)
+                    targets.append(p if quantity == p.quantity else replace(p, quantity=quantity))
+                    continue
+                rival = str(_position(key).rival())
+                if entry is None and rival in state.tracked and state.tracked[rival][2]:
+                    self.tracked[key] = [p.quantity, 0, 0]  # a candidate: confirmed by the next snapshot
+                    continue
+                self.first_seen[key] = now.isoformat()
+                self.tracked[key] = [p.quantity, 0, 1]
+                quantity = _confirmed_quantity(entry[0], p.quantity) if entry is not None else p.quantity
+                targets.append(p if quantity == p.quantity else replace(p, quantity=quantity))
+            self._targets_of[id(account)] = tuple(targets)
+
+        def carried(key: str) -> bool:
+            target = _firing(key).target
+            return target.account not in present or str(target) in kept_targets
+
+        self.fired = {k: v for k, v in state.fired.items() if carried(k)}
+        self.pending = {k: v for k, v in state.pending.items() if carried(k)}
+        self.peaks = dict(state.peaks)
+        for account in snapshot.accounts:
+            name = account.name.lower()
+            self.peaks[name] = max(self.peaks.get(name, 0.0), account.pnl())
+        # beyond one session (riskd.ledger): this session's figures, the balance marks, a History per account
+        self.ledger = ledger.record(state.ledger, state.session or "", snapshot.accounts)
+        self.marks = ledger.mark(state.marks, self.ledger, state.session or "", snapshot.accounts)
+        self._history_of: dict[int, ledger.History] = {
+            id(a): ledger.History(a, state.session or "", self.ledger.get(a.name.lower(), {}), self.marks.get(a.name.lower()),
+                                  state.trades.get(a.name.lower()))
+            for a in snapshot.accounts}
+        # Per-tick caches for the hot path (rules x targets): the local time per zone, and per
+        # snapshot object (keyed by id(); the snapshot outlives this tick) its peak, position
+        # key and parsed first-seen time. Pure memoisation: same values as computing them inline.
+        self._locals: dict[Any, datetime] = {}
+        self._peak_of: dict[int, float] = {id(a): self.peaks.get(a.name.lower(), 0.0) for a in snapshot.accounts}
+        self._pkey_of: dict[int, str] = {}
+        self._seen_of: dict[int, datetime] = {}
+        self._target_of_id: dict[int, TargetKey] = {}
+        self._scoped_of: dict[tuple[int, tuple[str, ...]], Account] = {}
+        for account in snapshot.accounts:
+            for pos in self._targets_of[id(account)]:
+                key = _position_key(account.name, pos)
+                self._pkey_of[id(pos)] = key
+                self._seen_of[id(pos)] = datetime.fromisoformat(self.first_seen[key])
+
+    def target(self, rule: Rule, account: Account, position: Position | None) -> Target:
+        local = self._locals.get(rule.zone)
+        if local is None:
+            local = self._locals[rule.zone] = self.now.astimezone(rule.zone)
+        peak = self._peak_of.get(id(account))
+        if peak is None:
+            peak = self.peaks.get(account.name.lower(), 0.0)
+        seen = None
+        if position is not None:
+            seen = self._seen_of.get(id(position)) or datetime.fromisoformat(self.first_seen[_position_key(account.name, position)])
+        history = self._history_of.get(id(account)) or ledger.History(account, self.old.session or "", {}, None)
+        return Target(account, position, self.now, local, rule.days, peak, seen, self.calendar, self.market(rule), rule.trading_days,
+                      history)
+
+    def market(self, rule: Rule) -> str | None:
+        return self.calendar.market if rule.market == "default" else rule.market
+
+    def gaps(self) -> dict[str, dict[str, Any]]:
+        """The gaps of this session: those already known, and those this tick's conditions ran into."""
+        out = dict(self.old.gaps)
+        for history in self._history_of.values():
+            name = history.account.name.lower()
+            for period, gap in history.gaps.items():
+                if period not in out.get(name, {}):
+                    out[name] = {**out.get(name, {}), period: gap}
+        return out
+
+    def target_key(self, rule: Rule, account: Account, position: Position | None) -> str:
+        return str(self._target(account, position))
+
+    def _target(self, account: Account, position: Position | None) -> TargetKey:
+        """A target's identity: account and instrument compared as the API matches them (case-insensitively)."""
+        cache_key = id(position) if position is not None else id(account)
+        target = self._target_of_id.get(cache_key)
+        if target is None:
+            if position is None:
+                target = TargetKey(account.name)
+            else:
+                pkey = self._pkey_of.get(id(position)) or _position_key(account.name, position)
+                target = _position(pkey).target(self.first_seen[pkey])
+            self._target_of_id[cache_key] = target
+        return target
+
+    def decide(self, kind: str, rule: Rule, key: str, account: Account, position: Position | None, inputs: dict[str, Any],
+               **extra: Any) -> None:
+        if position is not None:
+            inputs = {**inputs, "position": position.as_dict()}
+        inputs.setdefault("account_pnl", account.pnl())
+        if rule.action.kind == "alert":
+            extra.setdefault("reason", rule.action.amount)
+        orders = (self.group_orders(rule, account) if rule.grouped else orders_for(rule, account, position)) if kind == "fire" else ()
+        if kind == "fire" and rule.action.lock:
+            terms = self.lock_terms_for(rule, account, orders)
+            extra["lock_terms"] = terms
+            inputs = {**inputs, "lock_until": terms["until"], "reduce_only": terms["reduce_only"]}
+        self.decisions.append(
+            Decision(
+                kind=kind,
+                rule=rule.name,
+                key=key,
+                account=account.name,
+                instrument=position.instrument if position is not None else None,
+                action=rule.action.describe(),
+                severity=rule.action.severity,
+                orders=orders,
+                inputs=inputs,
+                threshold=threshold_of(rule),
+                dry_run=rule.dry_run,
+                lock=rule.action.lock,
+                local_time=self.now.astimezone(rule.zone).isoformat(timespec="milliseconds"),
+                **extra,
+            )
+        )
+
+    def lock_terms_for(self, rule: Rule, account: Account, orders: tuple[Order, ...]) -> dict[str, Any]:
+        """The lock a firing sets: when it ends, and for a reduce-only lock the size each position in
+        scope may keep (0 for one this firing closes entirely, else what is open now)."""
+        terms: dict[str, Any] = {"until": lock_end(rule.action.lock_until, self.now, self.settings).astimezone(timezone.utc).isoformat(),
+                                 "reduce_only": rule.action.reduce_only}
+        if rule.action.reduce_only:
+            allowed = {}
+            for p in self._targets_of.get(id(account), ()):
+                if _instrument_matches(rule.instruments, p.instrument):
+                    allowed[self._pkey_of.get(id(p)) or _position_key(account.name, p)] = _allowed_after(p, orders)
+            terms["sizes"] = allowed
+        return terms
+
+    def targets(self, rule: Rule) -> Iterable[tuple[Account, Position | None]]:
+        per_position, accounts, instruments = rule.per_position, rule.accounts, rule.instruments
+        for account in self.snapshot.accounts:
+            if not _account_matches(accounts, account.name):
+                continue
+            if per_position:
+                for pos in self._targets_of[id(account)]:
+                    if _instrument_matches(instruments, pos.instrument):
+                        yield account, pos
+            elif rule.grouped:
+                yield self._scoped(account, instruments), None
+            else:
+                yield account, None
+
+    def _scoped(self, account: Account, instruments: tuple[str, ...]) -> Account:
+        """The account as a `group` condition sees it: only its positions in the rule's scope, as
+        confirmed across snapshots (kept for the tick, so the per-tick caches keyed by id() hold)."""
+        key = (id(account), instruments)
+        scoped = self._scoped_of.get(key)
+        if scoped is None:
+            positions = tuple(p for p in self._targets_of[id(account)] if _instrument_matches(instruments, p.instrument))
+            scoped = self._scoped_of[key] = replace(account, positions=positions)
+            self._targets_of[id(scoped)] = positions
+            self._peak_of[id(scoped)] = self._peak_of.get(id(account), self.peaks.get(account.name.lower(), 0.0))
+            if id(account) in self._history_of:
+                self._history_of[id(scoped)] = self._history_of[id(account)]
+        return scoped
+
+    def group_orders(self, rule: Rule, account: Account) -> tuple[Order, ...]:
+        """The orders of a rule with a `group` condition: its action on every group over the cap
+        (reduce_to: the excess, newest positions first; close: all and flatten: each position)."""
+        name, spec = next((n, s) for n, s in rule.conditions if REGISTRY[n].scope == "group")
+        weight, action = spec.micro_weight, rule.action
+        if action.kind == "alert":
+            return ()
+        groups = [list(account.positions)] if name == "account_size" else list(sizes.by_root(account.positions, weight).values())
+        over = [g for g in groups if sizes.weighted(g, weight) > spec.above]
+        if action.kind == "flatten" and name == "account_size" and rule.instruments == ("*",):
+            return (Order("flatten", account.name),)
+        orders: list[Order] = []
+        for group in over:
+            if action.kind == "reduce_to":
+                seen = [(p, self._seen_of[id(p)]) for p in group]  # confirmed positions: each has its first-seen time
+                orders += [Order("close", account.name, p.instrument, quantity=n) for p, n in sizes.excess(seen, action.amount, weight)]
+            else:
+                orders += [Order("flatten" if action.kind == "flatten" else "close", account.name, p.instrument) for p in group]
+        if action.cancel_orders:
+            orders += [Order("cancel_orders", account.name, inst) for inst in dict.fromkeys(o.instrument for o in orders if o.instrument)]
+        return tuple(orders)
+
+    def run(self, rule: Rule) -> None:
+        """Evaluate one rule; a rule that raises is reported (`rule_failed`) and keeps its state as it
+        was, and the other rules still act (one broken rule never silences the others)."""
+        decided = len(self.decisions)
+        try:
+            if rule.at is not None:
+                self.timed(rule)
+            else:
+                self.edge(rule)
+        except Exception as exc:  # noqa: BLE001 - isolation is the point
+            del self.decisions[decided:]
+            self.fired.update({k: v for k, v in self.old.fired.items() if rule_of(k) == rule.name})
+            self.pending.update({k: v for k, v in self.old.pending.items() if rule_of(k) == rule.name})
+            self.occurrences.update({k: v for k, v in self.old.occurrences.items() if rule_of(k) == rule.name})
+            self._skip(rule, rule.name, f"{exc.__class__.__name__}: {exc}"[:500], kind="rule_failed")
+
+    def edge(self, rule: Rule) -> None:
+        # the hot path (every rule x every target): Target built inline from the per-tick caches
+        local = self._locals.get(rule.zone) or self._locals.setdefault(rule.zone, self.now.astimezone(rule.zone))
+        now, days, peak_of, seen_of, history_of = self.now, rule.days, self._peak_of, self._seen_of, self._history_of
+        conditions = [(REGISTRY[name].check, spec) for name, spec in rule.conditions]
+        calendar, market, trading_days = self.calendar, self.market(rule), rule.trading_days
+        for account, position in self.targets(rule):
+            target = Target(account, position, now, local, days, peak_of[id(account)],
+                            seen_of[id(position)] if position is not None else None, calendar, market, trading_days,
+                            history_of[id(account)])
+            # fast rejection: stop at the first condition that does not hold; the conditions are
+            # pure, so check() recomputes the same result (and the inputs) for the targets that pass
+            for condition, spec in conditions:
+                if not condition(spec, target)[0]:
+                    holds = False
+                    break
+            else:
+                holds, inputs = check(rule, target)
+            if not holds:
+                continue  # markers and holds not carried over: the rule re-arms for this target
+            key = str(FiringKey(rule.name, self._target(account, position)))
+            if key in self.old.fired:
+                self.fired[key] = self.old.fired[key]
+                continue
+            if rule.hold is not None:
+                since = self.old.pending.get(key) or self.now.isoformat()
+                self.pending[key] = since
+                if self.now - datetime.fromisoformat(since) < rule.hold:
+                    continue
+                inputs["held_s"] = round((self.now - datetime.fromisoformat(since)).total_seconds(), 3)
+            if key not in self.old.inflight:
+                self.decide("fire", rule, key, account, position, inputs)
+
+    def timed(self, rule: Rule) -> None:
+        """An `at` occurrence acts on the targets in scope at that instant. An account in scope that
+        the snapshot at that instant did not show (missing, or unreadable) is `waiting`: its targets
+        join the occurrence when it is seen again within misfire_grace, and it is `missed` (audited,
+        with the reason) when it is not."""
+        occ = last_occurrence(rule, self.now, self.calendar)
+        if occ is None:
+            return
+        okey = str(OccurrenceKey(rule.name, occ.isoformat()))
+        record = self.occurrences.get(okey)
+        late = self.now - occ
+        grace = self.settings.misfire_grace
+        if record is None:
+            known_since = datetime.fromisoformat(self.old.known.get(rule.name, ["", self.now.isoformat()])[1])
+            market = self.market(rule)
+            closed = self.calendar.closed_reason(market, occ) if market is not None else None
+            if closed is not None:  # a fixed time on an early-close day, a session-relative time outside the session
+                record = {}
+                if late <= grace:
+                    self._skip(rule, okey, f"{closed}; nothing sent")
+            elif late <= grace:
+                record = {}
+                for account, position in self.targets(rule):
+                    holds, _ = check(rule, self.target(rule, account, position))
+                    if holds:
+                        record[self.target_key(rule, account, position)] = "pending"
+                # accounts seen this session that this snapshot does not show, and accounts it shows unreadable
+                for name in set(self.old.peaks) | set(self.snapshot.unknown):
+                    if name not in self.present and _account_matches(rule.accounts, name):
+                        record[str(TargetKey(name, waiting=True))] = "waiting"
+                if not record:
+                    self._skip(rule, okey, "no target in scope at the scheduled time")
+            else:
+                record = {}
+                if occ >= known_since - grace:
+                    self._skip(rule, okey,
+                               f"riskd was not running at {occ.isoformat()} "
+                               f"(found {late.total_seconds():.0f}s late, misfire_grace {grace.total_seconds():.0f}s)", kind="missed")
+            self.occurrences[okey] = record
+        if "pending" not in record.values() and "waiting" not in record.values():
+            return
+        record = dict(record)
+        present = {self.target_key(rule, a, p): (a, p) for a, p in self.targets(rule)}
+        for wkey, status in list(record.items()):
+            if status != "waiting":
+                continue
+            name = TargetKey.parse(wkey).account
+            if name in self.present and late <= grace:
+                record[wkey] = "seen"
+                for tkey, (account, position) in present.items():
+                    if account.name.lower() == name and tkey not in record and check(rule, self.target(rule, account, position))[0]:
+                        record[tkey] = "pending"
+            elif late > grace:
+                record[wkey] = "missed"
+                self._skip(rule, str(FiringKey(rule.name, TargetKey(name), occurrence=occ.isoformat())),
+                           f"account {name} was not visible (missing or unreadable in every snapshot) "
+                           f"from {occ.isoformat()} until misfire_grace ({grace.total_seconds():.0f}s) ran out", kind="missed")
+        for tkey, status in record.items():
+            if status != "pending":
+                continue
+            if tkey not in present:
+                if TargetKey.parse(tkey).account in self.present:  # a well-formed snapshot shows it gone
+                    record[tkey] = "gone"
+                continue
+            account, position = present[tkey]
+            _, inputs = check(rule, self.target(rule, account, position))
+            key = str(FiringKey(rule.name, TargetKey.parse(tkey), occurrence=occ.isoformat()))
+            if key not in self.old.inflight:
+                self.decide("fire", rule, key, account, position, {**inputs, "scheduled": occ.isoformat()})
+        self.occurrences[okey] = record
+
+    def _skip(self, rule: Rule, key: str, reason: str, kind: str = "skipped") -> None:
+        self.decisions.append(
+            Decision(kind=kind, rule=rule.name, key=key, account="*", instrument=None, action=rule.action.describe(),
+                     severity=rule.action.severity, threshold=threshold_of(rule), reason=reason, dry_run=rule.dry_run)
+        )
+
+    def enforce_locks(self, rules_by_name: dict[str, Rule]) -> None:
+        """Close what a lock does not allow; return nothing, but leave in `self.lock_terms` the
+        locks still running (a reduce-only lock's allowed sizes follow the positions down)."""
+        self.lock_terms = {}
+        for name, until in self.old.account_locks.items():
+            account = self.snapshot.account(name)
+            if account is None:
+                continue
+            for position in self._targets_of[id(account)]:
+                key = str(FiringKey(OPERATOR_LOCK, self._target(account, position), lock=True))
+                if key in self.old.fired:
+                    self.fired[key] = self.old.fired[key]
+                elif key not in self.old.inflight:
+                    self.decisions.append(
+                        Decision(kind="fire", rule=OPERATOR_LOCK, key=key, account=account.name, instrument=position.instrument,
+                                 action="lock: flatten", severity=Severity.FLATTEN,
+                                 orders=(Order("flatten", account.name, position.instrument),),
+                                 inputs={"position": position.as_dict(), "locked_until": until},
+                                 threshold={"account_lock_until": until}, reason="the operator locked this account")
+                    )
+        for lock_key, since in self.old.locks.items():
+            lock = LockKey.parse(lock_key)
+            rule = rules_by_name.get(lock.rule)
+            terms = self.old.lock_terms.get(lock_key)
+            if terms is not None:
+                self.lock_terms[lock_key] = terms
+            account = self.snapshot.account(lock.account)
+            if rule is None or account is None:
+                continue
+            reduce_only = bool(terms and terms.get("reduce_only"))
+            allowed: dict[str, int] = dict(terms.get("sizes", {})) if terms else {}
+            closing: dict[str, int] = dict(terms.get("closing", {})) if terms else {}  # position -> the size its close-back saw
+            kept: dict[str, int] = {}
+            still_closing: dict[str, int] = {}
+            for position in self._targets_of[id(account)]:
+                if not _instrument_matches(rule.instruments, position.instrument):
+                    continue
+                key = str(FiringKey(rule.name, self._target(account, position), lock=True))
+                pkey = self._pkey_of.get(id(position)) or _position_key(account.name, position)
+                limit = allowed.get(pkey, 0) if reduce_only else 0
+                if position.quantity <= limit:
+                    previous = self.old.tracked.get(pkey)
+                    # a shrink counts once two consecutive snapshots show it (one low reading is not trusted)
+                    low = max(position.quantity, previous[0]) if previous else position.quantity
+                    kept[pkey] = min(limit, low)
+                    continue
+                kept[pkey] = limit
+                if pkey in closing:
+                    still_closing[pkey] = closing[pkey]
+                # an acknowledged close-back counts while the position shows the size it was sized on (the
+                # snapshot lags behind it); a different size over the allowance (the trader added again) is closed back anew
+                if key in self.old.fired:
+                    self.fired[key] = self.old.fired[key]
+                if (key not in self.old.fired or (reduce_only and closing.get(pkey) != position.quantity)) and key not in self.old.inflight:
+                    if limit:
+                        orders: tuple[Order, ...] = (Order("close", account.name, position.instrument, quantity=position.quantity - limit),)
+                        action, severity = f"lock: close back to {limit}", Severity.PARTIAL
+                        reason = f"position grew past the {limit} contract(s) the reduce-only lock allows"
+                    else:
+                        orders = (Order("flatten", account.name, position.instrument),)
+                        action, severity = "lock: flatten", Severity.FLATTEN
+                        reason = "position opened while the account is locked"
+                    inputs: dict[str, Any] = {"position": position.as_dict(), "locked_since": since}
+                    if terms is not None:
+                        inputs.update(locked_until=terms["until"], reduce_only=reduce_only)
+                    if reduce_only:
+                        inputs["allowed"] = limit
+                    self.decisions.append(
+                        Decision(kind="fire", rule=rule.name, key=key, account=account.name, instrument=position.instrument,
+                                 action=action, severity=severity, orders=orders, inputs=inputs,
+                                 threshold=threshold_of(rule), reason=reason, dry_run=rule.dry_run)
+                    )
+            if reduce_only and terms is not None:
+                # a position remembered through a glitchy snapshot keeps its allowance; one gone for good allows nothing
+                unseen = {k for k in self.tracked if k not in kept}
+                kept.update({k: v for k, v in allowed.items() if k in unseen})
+                still_closing.update({k: v for k, v in closing.items() if k in unseen})
+                self.lock_terms[lock_key] = {**terms, "sizes": kept, "closing": still_closing}
+
+
+def _arbitrate(decisions: list[Decision], order: dict[str, int]) -> list[Decision]:
+    """Most severe firing per target wins; the rest become `superseded` and are covered by the winner."""
+    fires = [d for d in decisions if d.kind == "fire"]
+    others = [d for d in decisions if d.kind != "fire"]
+    fires.sort(key=lambda d: (-d.severity, order.get(d.rule, 0)))
+    covered: dict[str, set[str | None]] = {}
+    winners: list[Decision] = []
+    losers: list[tuple[Decision, int]] = []
+    for d in fires:
+        if not d.orders:  # nothing open in scope: counts at once, covers nothing
+            winners.append(d)
+            continue
+        acct = d.account.lower()
+        cover = covered.setdefault(acct, set())
+        instruments = {o.instrument.upper() if o.instrument else None for o in d.orders}
+        if None in cover or (instruments and instruments <= cover):
+            by = next(i for i, w in enumerate(winners) if w.account.lower() == acct and (None in _touches(w) or instruments & _touches(w)))
+            losers.append((d, by))
+            continue
+        if instruments - {None} and cover:
+            d = replace(d, orders=tuple(o for o in d.orders if (o.instrument or "").upper() not in cover))
+        cover |= instruments if instruments else {None}
+        winners.append(d)
+    for loser, by in losers:
+        winner = winners[by]
+        if winner.severity >= Severity.CLOSE_ALL:  # nothing left in scope: the loser's firing is done too
+            winners[by] = replace(winner, covers=winner.covers + (loser.key,))
+            reason = f"rule {winner.rule} ({winner.action}) covers this target"
+        else:  # a partial close leaves a position: the loser looks at it again next tick
+            reason = f"rule {winner.rule} ({winner.action}) acts on this target first; this rule is evaluated again next tick"
+        others.append(replace(loser, kind="superseded", orders=(), reason=reason))
+    return winners + others
+
+
+def _touches(d: Decision) -> set[str | None]:
+    return {o.instrument.upper() if o.instrument else None for o in d.orders}
+
+
+def evaluate(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings) -> tuple[list[Decision], State]:
+    """Given the rules, the remembered state, a fresh snapshot and the current instant, return the
+    decisions of this tick and the state to remember (fired markers only change on `acknowledge`)."""
+    now = now.astimezone(timezone.utc)
+    session = session_of(now, settings)
+    by_name = {r.name: r for r in rules if r.enabled}
+    ended = [k for k, t in state.lock_terms.items() if k in state.locks and datetime.fromisoformat(t["until"]) <= now]
+    lock_ends = [_lock_ended(by_name[LockKey.parse(k).rule], k, state) for k in ended if LockKey.parse(k).rule in by_name]
+    if state.session != session:  # a new session: markers, holds, peaks, locks and first-seen times start over
+        horizon = now - timedelta(days=8)  # occurrences are keyed by their instant, so they stay (for `missed`)
+        occurrences = {k: v for k, v in state.occurrences.items() if datetime.fromisoformat(OccurrenceKey.parse(k).instant) >= horizon}
+        running = {k: t for k, t in state.lock_terms.items() if k in state.locks and datetime.fromisoformat(t["until"]) > now}
+        state = State(session=session, known=state.known, inflight=state.inflight, occurrences=occurrences,
+                      locks={k: state.locks[k] for k in running}, lock_terms=running,  # a timed lock outlives the session
+                      paused=state.paused, account_locks=state.account_locks,
+                      ledger=ledger.prune(state.ledger, session), marks=state.marks,
+                      trades={k: v for k, v in state.trades.items() if v.get("session") == session})
+    state = replace(state, paused=active(state.paused, now), account_locks=active(state.account_locks, now))
+    if ended:
+        state = replace(state, locks={k: v for k, v in state.locks.items() if k not in ended},
+                        lock_terms={k: v for k, v in state.lock_terms.items() if k not in ended})
+    known = {}
+    for rule in rules:
+        entry = state.known.get(rule.name)
+        known[rule.name] = entry if entry and entry[0] == rule.digest else [rule.digest, now.isoformat()]
+    changed = {name for name, entry in state.known.items() if known.get(name) != entry}
+    if changed:  # a rule edited or removed: its markers go, unchanged rules keep theirs
+        state = _forget(state, changed)
+    state = replace(state, known=known)
+
+    tick = _Tick(state, snapshot, now, settings)
+    for rule in rules:
+        if not rule.enabled or rule.name in state.paused:
+            continue
+        tick.run(rule)
+    tick.enforce_locks(by_name)
+    decisions = _arbitrate(tick.decisions, {r.name: r.index for r in rules}) + lock_ends
+    # Under a 3 req/s budget a burst of account flattens (say at 16:58 on 300 accounts) takes a
+    # while: accounts holding positions go first, flat ones (working orders only) after them.
+    holding = {a.name.lower() for a in snapshot.accounts if a.positions}
+    decisions.sort(key=lambda d: d.kind == "fire" and d.account.lower() not in holding)
+    new_state = replace(
+        state,
+        fired=tick.fired,
+        pending=tick.pending,
+        occurrences=tick.occurrences,
+        peaks=tick.peaks,
+        first_seen=tick.first_seen,
+        tracked=tick.tracked,
+        ledger=tick.ledger,
+        marks=tick.marks,
+        gaps=tick.gaps(),
+        locks={k: v for k, v in state.locks.items() if LockKey.parse(k).rule in by_name},
+        lock_terms={k: v for k, v in tick.lock_terms.items() if LockKey.parse(k).rule in by_name},
+    )
+    return decisions, new_state
+
+
+def _forget(state: State, names: set[str]) -> State:
+    def keep(key: str) -> bool:
+        return rule_of(key) not in names
+
+    return replace(
+        state,
+        fired={k: v for k, v in state.fired.items() if keep(k)},
+        pending={k: v for k, v in state.pending.items() if keep(k)},
+        occurrences={k: v for k, v in state.occurrences.items() if keep(k)},
+        locks={k: v for k, v in state.locks.items() if keep(k)},
+        lock_terms={k: v for k, v in state.lock_terms.items() if keep(k)},
+    )
+
+
+def acknowledge(state: State, decision: Decision, now: datetime) -> State:
+    """Given the state and a fire decision the API acknowledged, return the state that counts it
+    (and the firings it covered) as done, and sets its lock."""
+    fired = dict(state.fired)
+    occurrences = dict(state.occurrences)
+    for key in (decision.key, *decision.covers):
+        firing = FiringKey.parse(key)
+        occurrence = firing.occurrence_key()
+        if occurrence is not None:
+            record = dict(occurrences.get(str(occurrence), {}))
+            record[str(firing.target)] = "done"
+            occurrences[str(occurrence)] = record
+        else:
+            fired[key] = now.isoformat()
+    locks, lock_terms = state.locks, state.lock_terms
+    lock_key = str(LockKey(decision.rule, decision.account))
+    if FiringKey.parse(decision.key).lock and decision.inputs.get("reduce_only") and lock_key in lock_terms:
+        seen = decision.inputs["position"]  # a close-back counts while the position shows the size it was sized on
+        pkey = str(PositionKey(decision.account, seen["instrument"], seen["side"]))
+        closing = {**lock_terms[lock_key].get("closing", {}), pkey: seen["quantity"]}
+        lock_terms = {**lock_terms, lock_key: {**lock_terms[lock_key], "closing": closing}}
+    if decision.lock and not FiringKey.parse(decision.key).lock:
+        running = lock_key in locks
+        locks = {**locks, lock_key: locks[lock_key] if running else now.isoformat()}
+        if decision.lock_terms is not None:
+            lock_terms = {**lock_terms, lock_key: _merge_terms(lock_terms.get(lock_key) if running else None, decision.lock_terms)}
+    return replace(state, fired=fired, occurrences=occurrences, locks=locks, lock_terms=lock_terms)
+
+
+def _lock_ended(rule: Rule, lock_key: str, state: State) -> Decision:
+    terms = state.lock_terms[lock_key]
+    return Decision(kind="lock_ended", rule=rule.name, key=lock_key, account=LockKey.parse(lock_key).account, instrument=None,
+                    action=rule.action.describe(), severity=Severity.ALERT, threshold=threshold_of(rule), dry_run=rule.dry_run,
+                    reason=f"the lock set at {state.locks[lock_key]} ended at {terms['until']}"
+                           + (" (reduce only)" if terms.get("reduce_only") else ""))
+
+
+def _merge_terms(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A lock set again while it runs: it ends at the later end, and a reduce-only lock allows each
+    position the smaller of the two sizes (a position the running lock did not allow stays at 0)."""
+    if old is None:
+        return new
+    until = max(old["until"], new["until"], key=datetime.fromisoformat)
+    merged = {**new, "until": until, "reduce_only": old.get("reduce_only", False) and new.get("reduce_only", False)}
+    if "sizes" in new:
+        merged["sizes"] = {k: min(v, old.get("sizes", {}).get(k, 0)) for k, v in new["sizes"].items()}
+    return merged
+
+
+def _lock_row(rule: Rule, state: State, account: str, now: datetime) -> dict[str, Any] | None:
+    """A running lock of `rule` on `account`, as `riskd once` shows it."""
+    key = str(LockKey(rule.name, account))
+    if not rule.action.lock or key not in state.locks:
+        return None
+    terms = state.lock_terms.get(key) or {}
+    until = terms.get("until")
+    kind = "no position may open"
+    if terms.get("reduce_only"):
+        allowed = ", ".join(f"{k.instrument} {k.side.lower()} {n}" for k, n in
+                            ((PositionKey.parse(p), n) for p, n in sorted(terms.get("sizes", {}).items())) if n)
+        kind = f"reduce only: allows {allowed or 'no position'}"
+    return {"name": "lock", "seen": f"locked since {state.locks[key]} ({kind})", "holds": True,
+            "threshold": f"until {until}" if until else "until the session ends",
+            "distance": f"ends in {format_span(datetime.fromisoformat(until) - now)}" if until else "ends with the session"}
+
+
+def lock_end(until: Any, now: datetime, settings: EngineSettings) -> datetime:
+    """Given a lock's `until` ("session_end", "week_end" or a timedelta) and the instant it is set, return when it ends."""
+    if until == "session_end":
+        return session_end(now, settings)
+    if until == "week_end":
+        return week_bounds(now, settings.zone, settings.session_start)[1]
+    return now + until
+
+
+def _allowed_after(position: Position, orders: tuple[Order, ...]) -> int:
+    """The size a reduce-only lock lets `position` keep once `orders` are sent: 0 when they close all
+    of it; otherwise what is open now, until two snapshots show it smaller (a partial close is never
+    sent twice because a snapshot lags behind it)."""
+    for o in orders:
+        if o.kind == "cancel_orders" or (o.instrument is not None and o.instrument.upper() != position.instrument.upper()):
+            continue
+        if o.repeatable:
+            return 0
+    return position.quantity
+
+
+def explain(rules: list[Rule], state: State, snapshot: Snapshot, now: datetime, settings: EngineSettings) -> list[dict[str, Any]]:
+    """Given the same inputs as evaluate, return one row per rule and target: its status (disabled,
+    fired, fires now, holding (a `for` is running), not met, timed, no target in scope), its account and
+    instrument (a target's), and per condition the value seen, the threshold, whether it holds and how far
+    it is from holding; `next` is the next occurrence of a timed rule."""
+    now = now.astimezone(timezone.utc)
+    decisions, state = evaluate(rules, state, snapshot, now, settings)
+    firing = {(d.rule, d.account, d.instrument) for d in decisions if d.kind == "fire"}
+    tick = _Tick(state, snapshot, now, settings)
+    rows: list[dict[str, Any]] = []
+    for rule in rules:
+        nxt = next_occurrence(rule, now, tick.calendar) if rule.at is not None else None
+        base = {"rule": rule.name, "next": nxt.isoformat() if nxt else None, "account": None, "instrument": None}
+        if not rule.enabled:
+            rows.append({**base, "target": "-", "status": "disabled", "conditions": []})
+            continue
+        targets = list(tick.targets(rule))
+        for account, position in targets:
+            target = tick.target(rule, account, position)
+            key = str(FiringKey(rule.name, tick._target(account, position)))
+            holds, _ = check(rule, target)
+            conditions = [REGISTRY[name].row(spec, target) for name, spec in rule.conditions]
+            if rule.at is not None:
+                conditions.insert(0, {"name": "at", "seen": target.local.strftime("%H:%M:%S"), "threshold": rule.at.isoformat(),
+                                      "holds": False,
+                                      "distance": f"next {nxt.isoformat()} (in {format_span(nxt - now)})" if nxt else "never"})
+            if rule.hold is not None:
+                since = state.pending.get(key)
+                held = (now - datetime.fromisoformat(since)) if since else timedelta(0)
+                distance = "holds" if since and held >= rule.hold else (
+                    f"{format_span(rule.hold - held)} to go" if since else "starts when the other conditions hold")
+                conditions.append({"name": "for", "seen": format_span(held), "threshold": format_span(rule.hold),
+                                   "holds": bool(since) and held >= rule.hold, "distance": distance})
+            lock_row = _lock_row(rule, state, account.name, now)
+            if lock_row is not None:
+                conditions.append(lock_row)
+            if (rule.name, account.name, position.instrument if position else None) in firing:
+                status = "fires now"
+            elif rule.at is not None:
+                status = "timed"
+            elif key in state.fired:
+                status = "fired"
+            else:
+                status = "holding" if holds else "not met"
+            rows.append({**base, "target": account.name + (f" {position.instrument}" if position else ""), "status": status,
+                         "conditions": conditions, "account": account.name, "instrument": position.instrument if position else None})
+        if not targets:
+            rows.append({**base, "target": "-", "status": "no target in scope", "conditions": []})
+    return rows
