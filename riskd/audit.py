@@ -232,16 +232,26 @@ class AuditTrail:
                         break
                     self._chain_next()
                 assert self._fd is not None
-                n = os.write(self._fd, self._pending)
-                self._pending = self._pending[n:]
-                if not self._pending:
-                    self._complete()
+                self._write_whole()
+                self._complete()
             self._unlock()
         except Exception as exc:  # OSError above all (disk full, EFBIG, EROFS, lock held): hold and retry
             self._failed(exc)
             return
         if self._failing is not None:
             self._recovered()
+
+    def _write_whole(self) -> None:
+        """Write the pending line, or none of it: when the disk fills (or a file-size limit is met) in
+        the middle of a line, the part written is taken back, and the line is written whole later. A
+        part left behind would read as a torn line, and the line would be lost."""
+        assert self._fd is not None
+        start = os.lseek(self._fd, 0, os.SEEK_END)  # where an O_APPEND write lands (the lock is held)
+        n = os.write(self._fd, self._pending)
+        if n < len(self._pending):
+            os.ftruncate(self._fd, start)
+            raise OSError(errno.ENOSPC, f"short write ({n} of {len(self._pending)} bytes), taken back: the disk is full")
+        self._pending = b""
 
     def _drain_stdout(self) -> None:
         while self._queue:

@@ -148,3 +148,34 @@ def test_disk_full_with_no_reserve_left_a_store_that_cannot_open_says_the_disk_i
     with pytest.raises(StateError) as exc:
         Store(small_disk / "state", reserve_bytes=RESERVE)
     assert "the disk is full" in str(exc.value) and "unreadable" not in str(exc.value)
+
+
+def test_a_trail_line_cut_by_a_full_disk_is_taken_back_and_written_whole_later(tmp_path):
+    # The disk fills in the middle of an audit line (here a file-size limit ends the write there): the
+    # part written must not stay, or the next writer reads it as a torn line and the line is lost.
+    trail = tmp_path / "audit.jsonl"
+    code = textwrap.dedent(f"""
+        import os, resource
+        from riskd.audit import AuditTrail
+        from riskd.state import ignore_sigxfsz
+        ignore_sigxfsz()
+        audit = AuditTrail({str(trail)!r})
+        audit.emit("started", version="t", config=None, pid=1, dry_run=False, base_url="x", poll_interval_s=1.0, timezone="UTC")
+        size = os.path.getsize({str(trail)!r})
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 40, hard))  # the next line ends 40 bytes in
+        audit.emit("rules_rejected", source=["r"], errors=["x" * 200], kept_rules=1)
+        print(os.path.getsize({str(trail)!r}) - size, audit.failing)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again
+        audit.flush()
+        audit.close()
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "True"]  # nothing of the cut line stayed; the trail said it is failing
+    from conftest import read_audit
+    from riskd.trail import verify
+
+    names = [line["event"] for line in read_audit(trail)]
+    assert "rules_rejected" in names and "trail_repaired" not in names, names
+    assert verify([trail]).ok
