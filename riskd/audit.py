@@ -250,7 +250,7 @@ class AuditTrail:
         n = os.write(self._fd, self._pending)
         if n < len(self._pending):
             os.ftruncate(self._fd, start)
-            raise OSError(errno.ENOSPC, f"short write ({n} of {len(self._pending)} bytes), taken back: the disk is full")
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a short write: {n} of {len(self._pending)} bytes, taken back)")
         self._pending = b""
 
     def _drain_stdout(self) -> None:
