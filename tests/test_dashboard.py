@@ -65,7 +65,7 @@ def _account(view: dict[str, Any], name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def rig(tmp_path: Path, token: str):
-    rig = Rig(tmp_path, token, SCENARIO, RULES)
+    rig = Rig(tmp_path, token, SCENARIO, RULES, timeout=timedelta(seconds=2))  # a loaded machine must not time out a poll
     yield rig
     rig.close()
 
