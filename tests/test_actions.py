@@ -292,7 +292,7 @@ def test_act_connection_refused_during_a_close_is_retried_and_closes_once(rig_fa
 
 
 def test_act_rejected_order_is_retried_with_back_off_not_every_tick(rig_factory):
-    rig = rig_factory(_losing(), HALF)
+    rig = rig_factory(_losing(), HALF, timeout=timedelta(seconds=2))  # a loaded machine must not time out a close (a 4th reason to wait)
     rig.sim.inject(Fault("status", match="POST */positions/close", status=400, body={"success": False, "error": "invalid_argument"}, count=3))
     for t in range(20):
         rig.tick_at(t)
