@@ -21,7 +21,6 @@ reads the files; the package's dates of a year are computed on first use.
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
@@ -389,10 +388,7 @@ def build(spec: CalendarSpec | None = None, root: Path | None = None, default_zo
         raise ConfigError(problems)
     built = Calendar(corrections=corrections, events=events, market=spec.market, sources=tuple(sources))
     built.built_from = (spec, root, default_zone)
-    # The package's dates for this year take ~0.25 s (its import, then the year): computed meanwhile, so
-    # that the rest of start-up overlaps it and the first tick does not wait for it.
-    threading.Thread(target=_package_year, args=(date.today().year,), name="riskd-calendar-warm", daemon=True).start()
-    return built
+    return built  # the package's dates are read at their first use (~0.25 s once: its import, then the year)
 
 
 def rebuilt(calendar: Calendar | None) -> Calendar | None:

@@ -24,7 +24,7 @@ def _faketime_env(offset_file: Path) -> dict[str, str]:
     assert LIBFAKETIME, "libfaketime is not installed (apt-get install -y faketime; .ci/run installs it)"
     # the offset file is read again at most once a second (reading it on every call made each GIL hand-over a file read)
     return {"LD_PRELOAD": LIBFAKETIME[0], "FAKETIME_TIMESTAMP_FILE": str(offset_file), "FAKETIME_CACHE_DURATION": "1",
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
 
 
 def test_wall_clock_stepped_back_15_s_then_an_hour_polls_continue_the_breach_is_closed_and_each_step_is_audited(
