@@ -657,7 +657,8 @@ class _Tick:
 
     def timed(self, rule: Rule) -> None:
         """An `at` occurrence acts on the targets in scope at that instant. An account in scope that
-        the snapshot at that instant did not show (missing, or unreadable) is `waiting`: its targets
+        the snapshot at that instant did not show (missing, or unreadable; seen before, or named by the
+        rule) is `waiting`: its targets
         join the occurrence when it is seen again within misfire_grace, and it is `missed` (audited,
         with the reason) when it is not."""
         occ = last_occurrence(rule, self.now, self.calendar)
@@ -681,8 +682,10 @@ class _Tick:
                     holds, _ = check(rule, self.target(rule, account, position))
                     if holds:
                         record[self.target_key(rule, account, position)] = "pending"
-                # accounts seen this session that this snapshot does not show, and accounts it shows unreadable
-                for name in set(self.old.peaks) | set(self.snapshot.unknown):
+                # accounts seen this session that this snapshot does not show, accounts it shows unreadable, and
+                # accounts the rule names (riskd may never have seen them: its polls before the instant failed)
+                named = {p.lower() for p in rule.accounts if not any(c in p for c in "*?[")}
+                for name in set(self.old.peaks) | set(self.snapshot.unknown) | named:
                     if name not in self.present and _account_matches(rule.accounts, name):
                         record[str(TargetKey(name, waiting=True))] = "waiting"
                 if not record:

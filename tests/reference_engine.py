@@ -491,7 +491,8 @@ class _Tick:
                     if holds:
                         record[self.target_key(rule, account, position)] = "pending"
                 # accounts seen this session that this snapshot does not show, and accounts it shows unreadable
-                for name in set(self.old.peaks) | set(self.snapshot.unknown):
+                named = {p.lower() for p in rule.accounts if not any(c in p for c in "*?[")}  # a fix made after the copy
+                for name in set(self.old.peaks) | set(self.snapshot.unknown) | named:
                     if name not in self.present and _account_matches(rule.accounts, name):
                         record[str(TargetKey(name, waiting=True))] = "waiting"
                 if not record:

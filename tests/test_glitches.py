@@ -231,3 +231,12 @@ def test_state_written_by_the_previous_riskd_keeps_its_markers_under_case_insens
     run.state = State.from_json(old)
     run.state = engine.replace(run.state, known={r.name: [r.digest, "2026-11-27T14:00:00+00:00"] for r in run.rules})
     assert run.tick(body(entry("Sim101", position(4, -600.0)))) == []  # the upgrade does not re-arm it
+
+
+def test_timed_an_account_the_rule_names_is_waited_for_even_if_riskd_never_saw_it():
+    """riskd's first readable snapshot comes after the instant (its first polls failed) and lacks the
+    account the rule names: the occurrence waits for it, and closes it when it shows within grace."""
+    run = Run(rule("eod", 'at: "10:00:00"', "close: all", accounts="Sim102"))
+    run.now += timedelta(seconds=2)  # 10:00:02: the polls at 10:00:00 and :01 failed
+    assert run.tick(body(entry("Sim101", position(2, 0.0)))) == []  # Sim102 missing, never seen
+    assert [d.account for d in run.tick(body(entry("Sim101"), entry("Sim102", position(3, 0.0))))] == ["Sim102"]
