@@ -11,9 +11,9 @@ against the simulator over real HTTP on 127.0.0.1, on one simulated clock (tests
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta, timezone
 
+from conftest import wait_until
 from harness import Rig, one_position
 from test_notify import WebhookServer, target
 
@@ -28,13 +28,6 @@ FLOOR_RULES = [
     {"name": "keep-400", "when": {"account_pnl": {"below": 400, "once_above": 800}}, "then": {"flatten": True}},
     {"name": "giving-back", "when": {"account_pnl": {"below": 600, "once_above": 800}}, "then": {"alert": "giving back the day's gain"}},
 ]
-
-
-def _wait(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert predicate()
 
 
 def test_profit_floor_arms_survives_a_restart_alerts_every_channel_then_flattens_once(tmp_path, token):
@@ -58,7 +51,7 @@ def test_profit_floor_arms_survives_a_restart_alerts_every_channel_then_flattens
         assert len(alerts) == 1 and alerts[0]["action"] == "alert" and alerts[0]["reason"] == "giving back the day's gain"
         assert alerts[0]["inputs"]["peak"] == 820.0 and alerts[0]["inputs"]["armed"] is True
         assert alerts[0]["orders"] == [] and rig.posts() == [] and rig.events("action") == []  # no request
-        _wait(lambda: stale_only.json_bodies())
+        wait_until(lambda: stale_only.json_bodies(), timeout=5)
         sent = [e for b in stale_only.json_bodies() for e in b["events"]]
         assert [e["class"] for e in sent] == ["alert"] and "giving back the day's gain" in sent[0]["text"]
 
