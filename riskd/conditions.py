@@ -7,7 +7,10 @@ scope, which the engine passes as the account's positions; `clock`: the same for
 (spec, target) -> (holds, inputs seen), and the explanation `riskd once` prints (the value seen, the
 threshold, how far it is from holding), and optionally `test` (spec, target) -> holds: the verdict
 alone, for the engine's hot path (it must agree with check; tests/test_engine_differential.py
-compares the engine with one that calls check everywhere). riskd.rules builds `when` from this
+compares the engine with one that calls check everywhere), and `bound` (spec) -> Bound: a
+comparison of one figure to a number that holds wherever the condition does, which lets the engine
+sort a scope's targets by that figure once per tick and test only those on the right side of the
+number (a thousand accounts at rest are then a few bisections, not a loop). riskd.rules builds `when` from this
 registry, so adding a condition is one `Condition(...)` here (with its spec model if it needs a new
 one) and its tests.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Callable, ClassVar, Literal, NamedTuple
 
 from pydantic import ConfigDict, Field
@@ -61,6 +65,19 @@ class Target(NamedTuple):
 
 Seen = dict[str, Any]
 Scope = Literal["position", "account", "group", "clock"]
+Figure = Callable[[Target], Any]
+
+
+class Bound(NamedTuple):
+    """A necessary test of a condition: it can hold only for a target whose `figure(target) op threshold`.
+
+    A figure reads only the target's account, position, peak, first_seen and now (never the rule's
+    clock fields: it is computed once per target per tick, for every rule sharing the scope) and is
+    a module-level function (the engine caches the figures by it)."""
+
+    figure: Figure
+    op: Literal["<", ">", ">="]
+    threshold: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +94,8 @@ class Condition:
     # hold, and their inputs are never looked at); None: check(...)[0]. Must agree with check (the
     # engine checks a target that passes it again with check, so it may never be False where check holds).
     test: Callable[[Any, Target], bool] | None = None
+    # a necessary test (spec) -> Bound or None (see Bound): the engine tests only the targets it lets through
+    bound: Callable[[Any], Bound | None] | None = None
 
     @property
     def predicate(self) -> Callable[[Any, Target], bool]:
@@ -212,6 +231,17 @@ def _position_pnl_holds(spec: Any, t: Target) -> bool:
     return spec.holds(t.position.unrealized_pnl)  # type: ignore[no-any-return,union-attr]
 
 
+def _position_pnl_figure(t: Target) -> float:
+    return t.position.unrealized_pnl  # type: ignore[union-attr]
+
+
+def _level_bound(figure: Figure) -> Callable[[Any], Bound]:
+    def bound(spec: Any) -> Bound:
+        return Bound(figure, "<", spec.below) if spec.below is not None else Bound(figure, ">", spec.above)
+
+    return bound
+
+
 def _position_size(spec: Any, t: Target) -> tuple[bool, Seen]:
     size = t.position.quantity  # type: ignore[union-attr]
     return size > spec.above, {"position_size": size}
@@ -219,6 +249,10 @@ def _position_size(spec: Any, t: Target) -> tuple[bool, Seen]:
 
 def _position_size_holds(spec: Any, t: Target) -> bool:
     return t.position.quantity > spec.above  # type: ignore[no-any-return,union-attr]
+
+
+def _position_size_figure(t: Target) -> int:
+    return t.position.quantity  # type: ignore[union-attr]
 
 
 def _explain_position_size(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
@@ -237,6 +271,10 @@ def _position_age_holds(spec: Any, t: Target) -> bool:
 
 
 _NO_AGE = timedelta(0)
+
+
+def _position_age_figure(t: Target) -> timedelta:
+    return (t.now - t.first_seen) if t.first_seen else _NO_AGE
 
 
 def _explain_position_age(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
@@ -354,6 +392,20 @@ def _account_pnl_holds(spec: Any, t: Target) -> bool:
     return spec.holds(t.account.pnl(spec.basis, spec.net_of_commission))  # type: ignore[no-any-return]
 
 
+@lru_cache(maxsize=None)
+def _account_pnl_figure(basis: str, net_of_commission: bool) -> Figure:
+    def figure(t: Target) -> float:
+        return t.account.pnl(basis, net_of_commission)
+
+    return figure
+
+
+def _account_pnl_bound(spec: Any) -> Bound | None:
+    if spec.period != "session":
+        return None
+    return _level_bound(_account_pnl_figure(spec.basis, spec.net_of_commission))(spec)
+
+
 def _explain_account_pnl(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
     row = _level(seen["period_pnl"] if "period_pnl" in seen else seen["account_pnl"], spec, holds)
     if spec.basis != "total" or spec.net_of_commission:
@@ -400,6 +452,20 @@ def _account_drawdown(spec: Any, t: Target) -> tuple[bool, Seen]:
     floor = drawdown_floor(spec, t.peak)
     armed = t.peak >= spec.after and (spec.limit[0] == "dollars" or t.peak > 0)  # N% of a zero peak is no limit yet
     return armed and pnl <= floor, {"account_pnl": round(pnl, 2), "peak": round(t.peak, 2), "floor": round(floor, 2), "armed": armed}
+
+
+def _giveback_figure(t: Target) -> float:
+    """How far the session P&L is below its peak, raised by far more than the rounding of either
+    subtraction (1e-9 relative, against 2**-52) so that `giveback >= limit` holds wherever
+    `pnl <= peak - limit` does."""
+    pnl = t.account.pnl()
+    return t.peak - pnl + 1e-9 * (abs(t.peak) + abs(pnl) + 1.0)
+
+
+def _account_drawdown_bound(spec: Any) -> Bound | None:
+    if spec.metric != "session_pnl" or spec.limit[0] != "dollars":
+        return None
+    return Bound(_giveback_figure, ">=", spec.limit[1] * (1 - 1e-9) - 1e-9)
 
 
 def _explain_account_drawdown(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
@@ -601,16 +667,17 @@ REGISTRY: dict[str, Condition] = {c.name: c for c in (
               "clock", _outside, _explain_window("outside"), _words_window("outside")),
     Condition("position_pnl", Level, "the position's unrealized P&L (dollars)",
               "position", _position_pnl, lambda spec, t, holds, seen: _level(seen["position_pnl"], spec, holds),
-              _words_pnl("position P&L"), _position_pnl_holds),
+              _words_pnl("position P&L"), _position_pnl_holds, _level_bound(_position_pnl_figure)),
     Condition("position_size", SizeLevel, "the position's absolute size (contracts)",
               "position", _position_size, _explain_position_size, _words_above("size above {} contracts"),
-              _position_size_holds),
+              _position_size_holds, lambda spec: Bound(_position_size_figure, ">", spec.above)),
     Condition("position_age", AgeLevel, "how long the position has been open",
-              "position", _position_age, _explain_position_age, _words_age, _position_age_holds),
+              "position", _position_age, _explain_position_age, _words_age, _position_age_holds,
+              lambda spec: Bound(_position_age_figure, ">", spec.above)),
     Condition("account_pnl", AccountPnl, "the account's session P&L (dollars)",
-              "account", _account_pnl, _explain_account_pnl, _words_pnl("session P&L"), _account_pnl_holds),
+              "account", _account_pnl, _explain_account_pnl, _words_pnl("session P&L"), _account_pnl_holds, _account_pnl_bound),
     Condition("account_drawdown", Drawdown, "giveback from the session P&L peak, or from the balance high-water mark",
-              "account", _account_drawdown, _explain_account_drawdown, _words_drawdown),
+              "account", _account_drawdown, _explain_account_drawdown, _words_drawdown, bound=_account_drawdown_bound),
     Condition("instrument_size", GroupSize, "per root, every contract month together, micros weighed against minis",
               "group", _instrument_size, _explain_size("instrument_size"),
               _words_above("more than {} full-size contracts of one root")),

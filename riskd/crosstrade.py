@@ -543,7 +543,7 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
         raise ApiError("snapshot without an 'accounts' list")
     if data.get("success") is False:
         raise ApiError(f"snapshot refused: {data.get('error')}")
-    accounts: list[Account] = []
+    accounts: dict[str, Account] = {}  # by lower-case name
     unknown: set[str] = set()
     problems: list[str] = []
     for entry in data["accounts"]:
@@ -571,22 +571,21 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
             unknown.add(name.lower())
             problems.append(f"{name}: {exc}")
             continue
-        if name.lower() in unknown or any(a.name.lower() == name.lower() for a in accounts):
-            unknown.add(name.lower())  # the same account twice (in any letter case): which one is right is unknown
+        lname = name.lower()
+        if lname in unknown or lname in accounts:
+            unknown.add(lname)  # the same account twice (in any letter case): which one is right is unknown
             problems.append(f"{name}: listed twice")
-            accounts = [a for a in accounts if a.name.lower() != name.lower()]
+            accounts.pop(lname, None)
             continue
-        accounts.append(
-            Account(
-                name=name,
-                realized_pnl=figures["realizedProfitLoss"],
-                unrealized_pnl=unrealized,
-                commission=figures["commission"],
-                net_liquidation=figures["netLiquidation"],
-                positions=positions,
-                weekly_pnl=_shown(item, "weeklyProfitLoss"),
-                cash_value=_shown(item, "cashValue"),
-                balance_known="netLiquidation" in item,
-            )
+        accounts[lname] = Account(
+            name=name,
+            realized_pnl=figures["realizedProfitLoss"],
+            unrealized_pnl=unrealized,
+            commission=figures["commission"],
+            net_liquidation=figures["netLiquidation"],
+            positions=positions,
+            weekly_pnl=_shown(item, "weeklyProfitLoss"),
+            cash_value=_shown(item, "cashValue"),
+            balance_known="netLiquidation" in item,
         )
-    return Snapshot(taken_at=taken_at, accounts=tuple(accounts), unknown=frozenset(unknown), problems=tuple(problems))
+    return Snapshot(taken_at=taken_at, accounts=tuple(accounts.values()), unknown=frozenset(unknown), problems=tuple(problems))

@@ -34,6 +34,7 @@ Firing semantics (docs/how-it-works.md, "How firing works"):
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from fnmatch import fnmatchcase
@@ -297,7 +298,17 @@ def orders_for(rule: Rule, account: Account, position: Position | None) -> tuple
 
 def _position_key(account: str, position: Position) -> str:
     """A position's identity: a long that turns short between two snapshots is a new position."""
-    return str(PositionKey(account, position.instrument, position.side))
+    return _position_text(account, position.instrument, position.side)
+
+
+@lru_cache(maxsize=65536)
+def _position_text(account: str, instrument: str, side: str) -> str:
+    return str(PositionKey(account, instrument, side))
+
+
+@lru_cache(maxsize=65536)
+def _rival(key: str) -> str:
+    return str(_position(key).rival())
 
 
 def _confirmed_quantity(previous: int, current: int) -> int:
@@ -345,9 +356,11 @@ class _Tick:
         #   snapshot agrees (the previous one is used meanwhile), so one implausible jump never sizes a close.
         kept_targets: set[str] = set()
         self._targets_of: dict[int, tuple[Position, ...]] = {}
+        self._pkey_of: dict[int, str] = {}  # a target position's identity (riskd.keys.PositionKey), by id()
         tracked_by_account: dict[str, list[str]] = {}  # one pass, not one per account
         for key in state.tracked:
             tracked_by_account.setdefault(_position(key).account, []).append(key)
+        pkey_of = self._pkey_of
         for account in snapshot.accounts:
             lname = account.name.lower()
             now_ids = {_position_key(account.name, p): p for p in account.positions if p.quantity > 0}
@@ -364,16 +377,17 @@ class _Tick:
                     self.first_seen[key] = state.first_seen[key]
                     self.tracked[key] = [p.quantity, 0, 1]
                     quantity = _confirmed_quantity(entry[0], p.quantity)
-                    targets.append(p if quantity == p.quantity else replace(p, quantity=quantity))
-                    continue
-                rival = str(_position(key).rival())
-                if entry is None and rival in state.tracked and state.tracked[rival][2]:
+                elif entry is None and _rival(key) in state.tracked and state.tracked[_rival(key)][2]:
                     self.tracked[key] = [p.quantity, 0, 0]  # a candidate: confirmed by the next snapshot
                     continue
-                self.first_seen[key] = now.isoformat()
-                self.tracked[key] = [p.quantity, 0, 1]
-                quantity = _confirmed_quantity(entry[0], p.quantity) if entry is not None else p.quantity
-                targets.append(p if quantity == p.quantity else replace(p, quantity=quantity))
+                else:
+                    self.first_seen[key] = now.isoformat()
+                    self.tracked[key] = [p.quantity, 0, 1]
+                    quantity = _confirmed_quantity(entry[0], p.quantity) if entry is not None else p.quantity
+                if quantity != p.quantity:
+                    p = replace(p, quantity=quantity)
+                targets.append(p)
+                pkey_of[id(p)] = key
             self._targets_of[id(account)] = tuple(targets)
 
         def carried(key: str) -> bool:
@@ -398,8 +412,8 @@ class _Tick:
         # key and parsed first-seen time. Pure memoisation: same values as computing them inline.
         self._locals: dict[Any, datetime] = {}
         self._peak_of: dict[int, float] = {id(a): self.peaks.get(a.name.lower(), 0.0) for a in snapshot.accounts}
-        self._pkey_of: dict[int, str] = {}
-        self._seen_of: dict[int, datetime] = {}
+        self._seen_of: dict[int, datetime] = {id(p): _instant(self.first_seen[k]) for p, k in
+                                               ((p, pkey_of[id(p)]) for ts in self._targets_of.values() for p in ts)}
         self._target_of_id: dict[int, TargetKey] = {}
         self._scoped_of: dict[tuple[int, tuple[str, ...]], Account] = {}
         # the scope index: accounts per account-pattern tuple, positions per account and instrument-pattern
@@ -407,11 +421,8 @@ class _Tick:
         self._accounts_in: dict[tuple[str, ...], list[Account]] = {}
         self._positions_in: dict[tuple[int, tuple[str, ...]], tuple[Position, ...]] = {}
         self._scope_of: dict[tuple[Any, ...], list[tuple[Account, tuple[Position, ...]]]] = {}
-        for account in snapshot.accounts:
-            for pos in self._targets_of[id(account)]:
-                key = _position_key(account.name, pos)
-                self._pkey_of[id(pos)] = key
-                self._seen_of[id(pos)] = _instant(self.first_seen[key])
+        self._figures_of: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
+        self._figure_target_of: dict[int, Target] = {}
 
     def target(self, rule: Rule, account: Account, position: Position | None) -> Target:
         local = self._locals.get(rule.zone)
@@ -533,6 +544,69 @@ class _Tick:
             self._scope_of[key] = found
         return found
 
+    def narrowed(self, rule: Rule) -> list[tuple[Account, tuple[Position, ...]]]:
+        """A rule's scope (as scope() gives it, in its order) without the targets that a condition's
+        bound (riskd.conditions.Bound) rules out: each bound's figure is sorted once per tick per scope,
+        so a rule asks a bisection which targets are on the right side of its threshold. With several
+        bounds, the one letting the fewest targets through is used; with none, the whole scope."""
+        scope = self.scope(rule)
+        best: list[Any] | None = None
+        for name, spec in rule.conditions:
+            condition = REGISTRY[name]
+            bound = condition.bound(spec) if condition.bound is not None else None
+            if bound is None:
+                continue
+            per_position = condition.scope == "position"
+            values, entries = self._figures(rule, scope, per_position, bound.figure)
+            if bound.op == "<":
+                picked = entries[:bisect_left(values, bound.threshold)]
+            elif bound.op == ">":
+                picked = entries[bisect_right(values, bound.threshold):]
+            else:
+                picked = entries[bisect_left(values, bound.threshold):]
+            if best is None or len(picked) < len(best):
+                best = picked
+                if not best:
+                    return []
+        if best is None:
+            return scope
+        if best and isinstance(best[0], int):  # accounts: the whole of each one's scope
+            return [scope[i] for i in sorted(best)]
+        out: list[tuple[Account, tuple[Position, ...]]] = []
+        for i, j in sorted(best):
+            if out and out[-1][0] is scope[i][0]:
+                out[-1] = (out[-1][0], (*out[-1][1], scope[i][1][j]))
+            else:
+                out.append((scope[i][0], (scope[i][1][j],)))
+        return out
+
+    def _figures(self, rule: Rule, scope: list[tuple[Account, tuple[Position, ...]]], per_position: bool,
+                 figure: Any) -> tuple[list[Any], list[Any]]:
+        """One figure over a scope's targets (its accounts, or its positions), sorted, with each
+        target's place in the scope (an account's index, or (account index, position index))."""
+        key = (rule.accounts, rule.instruments, rule.per_position, rule.grouped, per_position, figure)
+        found = self._figures_of.get(key)
+        if found is None:
+            rows: list[tuple[Any, Any]] = []
+            for i, (account, positions) in enumerate(scope):
+                if per_position:
+                    rows += [(figure(self._figure_target(account, p)), (i, j)) for j, p in enumerate(positions)]
+                else:
+                    rows.append((figure(self._figure_target(account, None)), i))
+            rows.sort(key=lambda row: row[0])
+            found = self._figures_of[key] = ([v for v, _ in rows], [e for _, e in rows])
+        return found
+
+    def _figure_target(self, account: Account, position: Position | None) -> Target:
+        """A target as a figure reads it (no rule's clock: see Bound), one per account or position per tick."""
+        key = id(position) if position is not None else id(account)
+        target = self._figure_target_of.get(key)
+        if target is None:
+            seen = self._seen_of[id(position)] if position is not None else None
+            target = self._figure_target_of[key] = Target(account, position, self.now, self.now, frozenset(), self._peak_of[id(account)],
+                                                          seen, self.calendar, None, False, self._history_of.get(id(account)))
+        return target
+
     def targets(self, rule: Rule) -> Iterable[tuple[Account, Position | None]]:
         per_position, instruments = rule.per_position, rule.instruments
         for account in self.accounts_in(rule.accounts):
@@ -613,7 +687,7 @@ class _Tick:
         clock, account_level, position_level = stages["clock"], stages["account"], stages["position"]
         reduce_to = rule.action.amount if rule.action.kind == "reduce_to" else None
         per_position = rule.per_position
-        for account, positions in self.scope(rule):
+        for account, positions in self.narrowed(rule):
             peak, history = peak_of[id(account)], history_of[id(account)]
             target = None
             if clock or account_level or not per_position:

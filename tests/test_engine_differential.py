@@ -45,6 +45,11 @@ TEMPLATES = (
     ("at: '17:59:30', days: daily", "flatten: true"),
     ("account_size: {{above: 6}}", "reduce_to: 4"),
     ("instrument_size: {{above: 4}}", "close: all"),
+    # thresholds equal to values the snapshots show (the engine tests only targets a bisection lets through)
+    ("account_drawdown: {{limit: 900}}", "flatten: true"),
+    ("position_pnl: {{above: 250}}", "close: all"),
+    ("position_size: {{above: 8}}", "reduce_to: 8"),
+    ("account_pnl: {{below: -300, net_of_commission: true}}", "flatten: true"),
 )
 SCOPES = ({}, {"instruments": "MES"}, {"instruments": "'[ES 12-26, NQ]'"}, {"accounts": "'sim*'"}, {"accounts": "apex-7"})
 

@@ -213,7 +213,9 @@ def test_isolation_a_rule_that_raises_is_reported_and_the_others_still_act(monke
     rules = policy(rule("broken", "position_pnl: {below: -500}", "close: 50%") + rule("cap", "position_pnl: {below: -500}", "close: all"))
     broken = rules[0]
 
-    class Exploding:
+    class Exploding:  # a threshold of -500 whose test raises
+        below, above = -500.0, None
+
         def holds(self, value: float) -> bool:
             raise ZeroDivisionError("a bug in a condition")
 
