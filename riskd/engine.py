@@ -34,7 +34,6 @@ Firing semantics (docs/how-it-works.md, "How firing works"):
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from fnmatch import fnmatchcase
@@ -421,8 +420,9 @@ class _Tick:
         self._accounts_in: dict[tuple[str, ...], list[Account]] = {}
         self._positions_in: dict[tuple[int, tuple[str, ...]], tuple[Position, ...]] = {}
         self._scope_of: dict[tuple[Any, ...], list[tuple[Account, tuple[Position, ...]]]] = {}
-        self._figures_of: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
-        self._figure_target_of: dict[int, Target] = {}
+        # a bound's figure for every target position (True) or account (False), its places and extremes (narrowed())
+        self._figures_of: dict[tuple[bool, Any], tuple[list[Any], list[Any], Any, Any]] = {}
+        self._figure_rows: dict[bool, tuple[list[Target], list[Any]]] = {}
 
     def target(self, rule: Rule, account: Account, position: Position | None) -> Target:
         local = self._locals.get(rule.zone)
@@ -546,66 +546,81 @@ class _Tick:
 
     def narrowed(self, rule: Rule) -> list[tuple[Account, tuple[Position, ...]]]:
         """A rule's scope (as scope() gives it, in its order) without the targets that a condition's
-        bound (riskd.conditions.Bound) rules out: each bound's figure is sorted once per tick per scope,
-        so a rule asks a bisection which targets are on the right side of its threshold. With several
-        bounds, the one letting the fewest targets through is used; with none, the whole scope."""
-        scope = self.scope(rule)
+        bound (riskd.conditions.Bound) rules out. A bound's figure is computed once per tick for every
+        position (or account) with its extremes, so a threshold beyond them rules the whole rule out at
+        once (at rest, nearly every rule); otherwise only the targets on the threshold's side are kept.
+        With several bounds, the one letting the fewest targets through is used; with none, the whole scope."""
         best: list[Any] | None = None
+        level = False
         for name, spec in rule.conditions:
             condition = REGISTRY[name]
             bound = condition.bound(spec) if condition.bound is not None else None
             if bound is None:
                 continue
             per_position = condition.scope == "position"
-            values, entries = self._figures(rule, scope, per_position, bound.figure)
+            values, places, low, high = self._figures(per_position, bound.figure)
+            x = bound.threshold
             if bound.op == "<":
-                picked = entries[:bisect_left(values, bound.threshold)]
+                picked = [] if low is None or not low < x else [places[i] for i, v in enumerate(values) if v < x]
             elif bound.op == ">":
-                picked = entries[bisect_right(values, bound.threshold):]
+                picked = [] if high is None or not high > x else [places[i] for i, v in enumerate(values) if v > x]
             else:
-                picked = entries[bisect_left(values, bound.threshold):]
+                picked = [] if high is None or not high >= x else [places[i] for i, v in enumerate(values) if v >= x]
+            if not picked:
+                return []
             if best is None or len(picked) < len(best):
-                best = picked
-                if not best:
-                    return []
+                best, level = picked, per_position
         if best is None:
-            return scope
-        if best and isinstance(best[0], int):  # accounts: the whole of each one's scope
-            return [scope[i] for i in sorted(best)]
-        out: list[tuple[Account, tuple[Position, ...]]] = []
-        for i, j in sorted(best):
-            if out and out[-1][0] is scope[i][0]:
-                out[-1] = (out[-1][0], (*out[-1][1], scope[i][1][j]))
-            else:
-                out.append((scope[i][0], (scope[i][1][j],)))
-        return out
-
-    def _figures(self, rule: Rule, scope: list[tuple[Account, tuple[Position, ...]]], per_position: bool,
-                 figure: Any) -> tuple[list[Any], list[Any]]:
-        """One figure over a scope's targets (its accounts, or its positions), sorted, with each
-        target's place in the scope (an account's index, or (account index, position index))."""
-        key = (rule.accounts, rule.instruments, rule.per_position, rule.grouped, per_position, figure)
-        found = self._figures_of.get(key)
-        if found is None:
-            rows: list[tuple[Any, Any]] = []
-            for i, (account, positions) in enumerate(scope):
-                if per_position:
-                    rows += [(figure(self._figure_target(account, p)), (i, j)) for j, p in enumerate(positions)]
+            return self.scope(rule)
+        accounts, out = self.snapshot.accounts, []
+        if not level:  # candidate accounts: each with its scope
+            for i in best:
+                account = accounts[i]
+                if not _account_matches(rule.accounts, account.name):
+                    continue
+                if rule.per_position:
+                    positions = self.positions_in(account, rule.instruments)
+                    if positions:
+                        out.append((account, positions))
                 else:
-                    rows.append((figure(self._figure_target(account, None)), i))
-            rows.sort(key=lambda row: row[0])
-            found = self._figures_of[key] = ([v for v, _ in rows], [e for _, e in rows])
+                    out.append((self._scoped(account, rule.instruments) if rule.grouped else account, ()))
+            return out
+        kept: dict[int, list[Position]] = {}  # candidate positions, by account, in the snapshot's order
+        for i, j in best:
+            account = accounts[i]
+            position = self._targets_of[id(account)][j]
+            if _account_matches(rule.accounts, account.name) and _instrument_matches(rule.instruments, position.instrument):
+                kept.setdefault(i, []).append(position)
+        return [(accounts[i], tuple(kept[i])) for i in kept]
+
+    def _figures(self, per_position: bool, figure: Any) -> tuple[list[Any], list[Any], Any, Any]:
+        """One figure of every target position (or account) of the snapshot, with each one's place
+        (account index, position index; or account index) and the figure's extremes (None: no target)."""
+        found = self._figures_of.get((per_position, figure))
+        if found is None:
+            rows = self._figure_rows.get(per_position)
+            if rows is None:
+                rows = self._figure_rows[per_position] = self._rows(per_position)
+            values = [figure(t) for t in rows[0]]
+            found = self._figures_of[(per_position, figure)] = (
+                values, rows[1], min(values) if values else None, max(values) if values else None)
         return found
 
-    def _figure_target(self, account: Account, position: Position | None) -> Target:
-        """A target as a figure reads it (no rule's clock: see Bound), one per account or position per tick."""
-        key = id(position) if position is not None else id(account)
-        target = self._figure_target_of.get(key)
-        if target is None:
-            seen = self._seen_of[id(position)] if position is not None else None
-            target = self._figure_target_of[key] = Target(account, position, self.now, self.now, frozenset(), self._peak_of[id(account)],
-                                                          seen, self.calendar, None, False, self._history_of.get(id(account)))
-        return target
+    def _rows(self, per_position: bool) -> tuple[list[Target], list[Any]]:
+        """Every target of the snapshot as a figure reads it (no rule's clock: see Bound), and its place."""
+        now, calendar, peak_of, seen_of, history_of = self.now, self.calendar, self._peak_of, self._seen_of, self._history_of
+        none: frozenset[int] = frozenset()
+        accounts = self.snapshot.accounts
+        if not per_position:
+            return ([Target(a, None, now, now, none, peak_of[id(a)], None, calendar, None, False, history_of.get(id(a))) for a in accounts],
+                    list(range(len(accounts))))
+        targets, places = [], []
+        for i, a in enumerate(accounts):
+            peak, history = peak_of[id(a)], history_of.get(id(a))
+            for j, p in enumerate(self._targets_of[id(a)]):
+                targets.append(Target(a, p, now, now, none, peak, seen_of[id(p)], calendar, None, False, history))
+                places.append((i, j))
+        return targets, places
 
     def targets(self, rule: Rule) -> Iterable[tuple[Account, Position | None]]:
         per_position, instruments = rule.per_position, rule.instruments

@@ -23,7 +23,7 @@ DIFFERENTIAL = settings(max_examples=120, deadline=None, suppress_health_check=[
 
 ACCOUNTS = ("Sim101", "Sim102", "Apex-7")
 INSTRUMENTS = ("MES 12-26", "ES 12-26", "NQ 03-27")
-PNLS = (-1500.0, -700.0, -300.0, -50.0, 0.0, 250.0, 900.0)
+PNLS = (-1500.0, -700.0, -600.01, -300.0, -50.0, -0.5, 0.0, 250.0, 900.0)  # some a cent or less beyond a threshold
 
 # (when, then) templates; {x} is drawn per rule
 TEMPLATES = (
