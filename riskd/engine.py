@@ -402,17 +402,15 @@ class _Tick:
         # beyond one session (riskd.ledger): this session's figures, the balance marks, a History per account
         self.ledger = ledger.record(state.ledger, state.session or "", snapshot.accounts)
         self.marks = ledger.mark(state.marks, self.ledger, state.session or "", snapshot.accounts)
-        self._history_of: dict[int, ledger.History] = {
-            id(a): ledger.History(a, state.session or "", self.ledger.get(a.name.lower(), {}), self.marks.get(a.name.lower()),
-                                  state.trades.get(a.name.lower()))
-            for a in snapshot.accounts}
+        self._history_of: dict[int, ledger.History] = {}  # made on first use (history())
+        self._origin_of: dict[int, Account] = {id(a): a for a in snapshot.accounts}  # a scoped account -> the snapshot's
         # Per-tick caches for the hot path (rules x targets): the local time per zone, and per
         # snapshot object (keyed by id(); the snapshot outlives this tick) its peak, position
         # key and parsed first-seen time. Pure memoisation: same values as computing them inline.
         self._locals: dict[Any, datetime] = {}
         self._peak_of: dict[int, float] = {id(a): self.peaks.get(a.name.lower(), 0.0) for a in snapshot.accounts}
-        self._seen_of: dict[int, datetime] = {id(p): _instant(self.first_seen[k]) for p, k in
-                                               ((p, pkey_of[id(p)]) for ts in self._targets_of.values() for p in ts)}
+        first_seen = self.first_seen
+        self._seen_of: dict[int, datetime] = {i: _instant(first_seen[k]) for i, k in pkey_of.items()}
         self._target_of_id: dict[int, TargetKey] = {}
         self._scoped_of: dict[tuple[int, tuple[str, ...]], Account] = {}
         # the scope index: accounts per account-pattern tuple, positions per account and instrument-pattern
@@ -434,9 +432,24 @@ class _Tick:
         seen = None
         if position is not None:
             seen = self._seen_of.get(id(position)) or datetime.fromisoformat(self.first_seen[_position_key(account.name, position)])
-        history = self._history_of.get(id(account)) or ledger.History(account, self.old.session or "", {}, None)
+        history = self.history(account)
         return Target(account, position, self.now, local, rule.days, peak, seen, self.calendar, self.market(rule), rule.trading_days,
                       history)
+
+    def history(self, account: Account) -> ledger.History:
+        """An account's History (riskd.ledger) for this tick, one per snapshot account (a scoped view shares its account's)."""
+        found = self._history_of.get(id(account))
+        if found is None:
+            origin = self._origin_of.get(id(account))
+            if origin is None:  # not an account of this snapshot
+                return ledger.History(account, self.old.session or "", {}, None)
+            found = self._history_of.get(id(origin))
+            if found is None:
+                name = origin.name.lower()
+                found = self._history_of[id(origin)] = ledger.History(
+                    origin, self.old.session or "", self.ledger.get(name, {}), self.marks.get(name), self.old.trades.get(name))
+            self._history_of[id(account)] = found
+        return found
 
     def market(self, rule: Rule) -> str | None:
         return self.calendar.market if rule.market == "default" else rule.market
@@ -608,17 +621,17 @@ class _Tick:
 
     def _rows(self, per_position: bool) -> tuple[list[Target], list[Any]]:
         """Every target of the snapshot as a figure reads it (no rule's clock: see Bound), and its place."""
-        now, calendar, peak_of, seen_of, history_of = self.now, self.calendar, self._peak_of, self._seen_of, self._history_of
+        now, calendar, peak_of, seen_of = self.now, self.calendar, self._peak_of, self._seen_of
         none: frozenset[int] = frozenset()
         accounts = self.snapshot.accounts
         if not per_position:
-            return ([Target(a, None, now, now, none, peak_of[id(a)], None, calendar, None, False, history_of.get(id(a))) for a in accounts],
+            return ([Target(a, None, now, now, none, peak_of[id(a)], None, calendar, None, False, None) for a in accounts],
                     list(range(len(accounts))))
         targets, places = [], []
         for i, a in enumerate(accounts):
-            peak, history = peak_of[id(a)], history_of.get(id(a))
+            peak = peak_of[id(a)]
             for j, p in enumerate(self._targets_of[id(a)]):
-                targets.append(Target(a, p, now, now, none, peak, seen_of[id(p)], calendar, None, False, history))
+                targets.append(Target(a, p, now, now, none, peak, seen_of[id(p)], calendar, None, False, None))
                 places.append((i, j))
         return targets, places
 
@@ -643,8 +656,8 @@ class _Tick:
             scoped = self._scoped_of[key] = replace(account, positions=positions)
             self._targets_of[id(scoped)] = positions
             self._peak_of[id(scoped)] = self._peak_of.get(id(account), self.peaks.get(account.name.lower(), 0.0))
-            if id(account) in self._history_of:
-                self._history_of[id(scoped)] = self._history_of[id(account)]
+            if id(account) in self._origin_of:
+                self._origin_of[id(scoped)] = self._origin_of[id(account)]
         return scoped
 
     def group_orders(self, rule: Rule, account: Account) -> tuple[Order, ...]:
@@ -692,7 +705,7 @@ class _Tick:
         # position, as a bare predicate. Only a target that holds is checked again in full (check())
         # for the inputs its decision carries.
         local = self._locals.get(rule.zone) or self._locals.setdefault(rule.zone, self.now.astimezone(rule.zone))
-        now, days, peak_of, seen_of, history_of = self.now, rule.days, self._peak_of, self._seen_of, self._history_of
+        now, days, peak_of, seen_of, history_of = self.now, rule.days, self._peak_of, self._seen_of, self.history
         calendar, market, trading_days = self.calendar, self.market(rule), rule.trading_days
         stages: dict[str, list[tuple[Any, Any]]] = {"clock": [], "account": [], "position": []}
         for name, spec in rule.conditions:
@@ -703,7 +716,7 @@ class _Tick:
         reduce_to = rule.action.amount if rule.action.kind == "reduce_to" else None
         per_position = rule.per_position
         for account, positions in self.narrowed(rule):
-            peak, history = peak_of[id(account)], history_of[id(account)]
+            peak, history = peak_of[id(account)], history_of(account)
             target = None
             if clock or account_level or not per_position:
                 target = Target(account, None, now, local, days, peak, None, calendar, market, trading_days, history)

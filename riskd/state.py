@@ -55,6 +55,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import orjson
+
 from riskd.engine import State
 from riskd.errors import StateError, StateLocked
 from riskd.model import Decision, Order, Snapshot
@@ -138,6 +140,11 @@ class Intent:
     sent: datetime | None = None
     settle_at: datetime | None = None
     outcome: str | None = None
+
+
+def _dumps(value: Any) -> str:
+    """JSON text with sorted keys (orjson: the engine state of a thousand accounts is written often)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _decision_to_json(d: Decision) -> str:
@@ -392,8 +399,8 @@ class Store:
         body = state.to_json()
         ledger = body.pop("ledger")
         if ledger is not self._ledger_obj:
-            self._ledger_obj, self._ledger_json = ledger, json.dumps(ledger, sort_keys=True)
-        return json.dumps(body, sort_keys=True)[:-1] + ', "ledger": ' + self._ledger_json + "}"
+            self._ledger_obj, self._ledger_json = ledger, _dumps(ledger)
+        return _dumps(body)[:-1] + ',"ledger":' + self._ledger_json + "}"
 
     def load(self) -> State:
         with self._lock:
@@ -497,7 +504,7 @@ class Store:
         ), None)
 
     def save_snapshot(self, snapshot: Snapshot, now: datetime) -> None:
-        doc = self.redactor.text(json.dumps(snapshot.as_json(), sort_keys=True))
+        doc = self.redactor.text(_dumps(snapshot.as_json()))
         self._write("save_snapshot", lambda: self._db.execute(
             "INSERT INTO snapshot (id, doc, updated) VALUES (1, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",

@@ -419,3 +419,16 @@ def socket_closed_port():
         yield port
 
     return closed()
+
+
+@pytest.mark.parametrize("absurd", ["NaN", "Infinity", "1e400", '"\\ud800"'])
+def test_one_accounts_figure_that_is_not_json_a_fast_decoder_reads_leaves_the_other_accounts_read(token, absurd):
+    """The fast decoder refuses NaN, 1e400 and lone surrogates; the standard library reads them, and
+    the snapshot is read as it reads it: that account unknown (never flat), the other evaluated."""
+    text = ('{"accounts": [{"account": {"name": "Bad", "item": {"realizedProfitLoss": ABSURD}}, "positions": []},'
+            ' {"account": {"name": "Good", "item": {"realizedProfitLoss": -10.0}}, "positions": []}]}').replace("ABSURD", absurd)
+    client, _ = client_for(answer(200, text=text), token)
+    reply = client.get_snapshot()
+    assert reply.ok
+    snapshot = crosstrade.parse_snapshot(reply.response, datetime(2026, 3, 10, tzinfo=timezone.utc))
+    assert [a.name for a in snapshot.accounts] == ["Good"] and snapshot.unknown == {"bad"}
