@@ -30,6 +30,9 @@ SECRET_KEYS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api_key", "apikey",
     "token", "access_token", "refresh_token", "password", "secret", "client_secret",
 })
+# Fragments of those keys as they appear quoted in JSON text ('"token"' holds "token"): one scan of a
+# body per fragment, not per key (every key of SECRET_KEYS holds one; tests/test_redact.py checks)
+KEY_FRAGMENTS = ("authoriz", "cookie", 'key"', "token", "password", "secret")
 _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -88,7 +91,7 @@ class Redactor:
         if "\\" in raw or any(f in raw for f in self._forms):
             return False
         low = raw.lower()
-        return "bearer" not in low and "basic" not in low and not any(f'"{k}"' in low for k in SECRET_KEYS)
+        return "bearer" not in low and "basic" not in low and not any(f in low for f in KEY_FRAGMENTS)
 
     def bytes_(self, data: bytes) -> bytes:
         return self.text(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")

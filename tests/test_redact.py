@@ -5,7 +5,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from riskd.redact import REDACTED, SECRET_KEYS, Redactor
+from riskd.redact import KEY_FRAGMENTS, REDACTED, SECRET_KEYS, Redactor
 
 TOKEN = "tok/en+S3cr=t&<x>\"y'z"
 
@@ -61,3 +61,14 @@ def test_a_python_repr_of_the_token_is_hidden():
     for text in (repr(TOKEN), str({"Authorization": f"Bearer {TOKEN}"}), repr(TOKEN + "é"), ascii(TOKEN)):
         out = Redactor([TOKEN]).text(text)
         assert "S3cr" not in out and REDACTED in out
+
+
+@pytest.mark.parametrize("key", sorted(SECRET_KEYS))
+def test_a_body_with_a_secret_key_in_any_letter_case_is_walked_not_passed_as_clean(key):
+    """The cheap scan that lets a clean snapshot through unwalked finds every secret key, in any case."""
+    r = Redactor(["the-token-123456"])
+    for variant in (key, key.upper(), key.title()):
+        raw = json.dumps({"accounts": [], variant: "hunter2-credential"})
+        assert not r.json_is_clean(raw)
+        assert "hunter2" not in json.dumps(r.value(json.loads(raw)))
+    assert any(f in f'"{key}"' for f in KEY_FRAGMENTS)
