@@ -147,6 +147,13 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def snapshot_doc(snapshot: Snapshot) -> str:
+    """Snapshot.as_json() as JSON text, with orjson writing the accounts and positions (dataclasses)
+    field by field, at C speed: a desk's status snapshot is 5,000 positions every few seconds."""
+    return _dumps({"taken_at": snapshot.taken_at.isoformat(), "unknown": sorted(snapshot.unknown), "problems": list(snapshot.problems),
+                   "accounts": snapshot.accounts})
+
+
 def _decision_to_json(d: Decision) -> str:
     return json.dumps({
         "rule": d.rule, "key": d.key, "account": d.account, "instrument": d.instrument, "action": d.action,
@@ -504,7 +511,9 @@ class Store:
         ), None)
 
     def save_snapshot(self, snapshot: Snapshot, now: datetime) -> None:
-        doc = self.redactor.text(_dumps(snapshot.as_json()))
+        doc = snapshot_doc(snapshot)
+        if not self.redactor.json_is_clean(doc):
+            doc = self.redactor.text(doc)
         self._write("save_snapshot", lambda: self._db.execute(
             "INSERT INTO snapshot (id, doc, updated) VALUES (1, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET doc = excluded.doc, updated = excluded.updated",

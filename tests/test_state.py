@@ -190,3 +190,21 @@ def test_store_migrates_a_version_2_store_forward_and_then_keeps_the_ledger_and_
         assert state.ledger == {"sim101": {"2026-12-01": [-400.0, 0.0, 12.5, 49587.5]}} and state.marks == {"sim101": [51000.0, 50200.0]}
     finally:
         again.close()
+
+
+def test_the_status_snapshot_is_stored_as_snapshot_as_json_and_read_back_whole(store, tmp_path):
+    """`riskd status` reads back the accounts and positions the last snapshot showed, figures verbatim."""
+    from datetime import datetime, timezone
+
+    from riskd.model import Account, Position, Snapshot
+
+    snap = Snapshot(datetime(2026, 3, 10, 15, 0, 0, 250000, tzinfo=timezone.utc),
+                    (Account("Sim101", -120.5, 30.25, 4.0, 50_000.0, (Position("Sim101", "MES 12-26", "Long", 2, 6000.25, 6003.0, 27.5),),
+                             weekly_pnl=None, cash_value=49_000.0, balance_known=True),
+                     Account("Apex-7", 0.0, 0.0, 0.0, 0.0, (), balance_known=False)),
+                    unknown=frozenset({"bad"}), problems=("Bad: positions is null",))
+    store.save_snapshot(snap, datetime(2026, 3, 10, tzinfo=timezone.utc))
+    view = Store.peek_view(tmp_path / "state")
+    assert view is not None and view["snapshot"] == snap
+    row = sqlite3.connect(tmp_path / "state" / "riskd.sqlite3").execute("SELECT doc FROM snapshot").fetchone()
+    assert json.loads(row[0]) == snap.as_json()
