@@ -359,7 +359,8 @@ class _Tick:
         tracked_by_account: dict[str, list[str]] = {}  # one pass, not one per account
         for key in state.tracked:
             tracked_by_account.setdefault(_position(key).account, []).append(key)
-        pkey_of = self._pkey_of
+        pkey_of, first_seen, tracked = self._pkey_of, self.first_seen, self.tracked
+        old_first_seen, old_tracked = state.first_seen, state.tracked
         for account in snapshot.accounts:
             lname = account.name.lower()
             now_ids = {_position_key(account.name, p): p for p in account.positions if p.quantity > 0}
@@ -371,11 +372,13 @@ class _Tick:
                     kept_targets.add(str(_position(key).target(state.first_seen[key])))
             targets: list[Position] = []
             for key, p in now_ids.items():
-                entry = state.tracked.get(key)
-                if entry is not None and entry[2] and key in state.first_seen:
-                    self.first_seen[key] = state.first_seen[key]
-                    self.tracked[key] = [p.quantity, 0, 1]
-                    quantity = _confirmed_quantity(entry[0], p.quantity)
+                entry = old_tracked.get(key)
+                if entry is not None and entry[2] and key in old_first_seen:
+                    first_seen[key] = old_first_seen[key]
+                    quantity = p.quantity
+                    tracked[key] = entry if entry[0] == quantity and not entry[1] else [quantity, 0, 1]
+                    if 0 < entry[0] and quantity > 2 * entry[0]:
+                        quantity = entry[0]  # _confirmed_quantity, inline: this is once per position per tick
                 elif entry is None and _rival(key) in state.tracked and state.tracked[_rival(key)][2]:
                     self.tracked[key] = [p.quantity, 0, 0]  # a candidate: confirmed by the next snapshot
                     continue

@@ -47,7 +47,20 @@ def figures(account: Account, unseen: float) -> Figures:
 
 
 def _previous(sessions: dict[str, Figures], session: str) -> str | None:
-    return max((s for s in sessions if s < session), default=None)
+    """The latest recorded session before `session`. Asked twice per account per tick over up to
+    LEDGER_DAYS sessions, of maps that stay the same objects between fills: remembered per map
+    (the entry holds the map, so its id() is not reused while remembered)."""
+    found = _PREVIOUS.get(id(sessions))
+    if found is not None and found[0] is sessions and found[1] == session:
+        return found[2]
+    last = max((s for s in sessions if s < session), default=None)
+    if len(_PREVIOUS) >= 65536:
+        _PREVIOUS.clear()
+    _PREVIOUS[id(sessions)] = (sessions, session, last)
+    return last
+
+
+_PREVIOUS: dict[int, tuple[dict[str, Figures], str, str | None]] = {}
 
 
 def unseen_before(account: Account, sessions: dict[str, Figures], session: str) -> float | None:
