@@ -65,15 +65,14 @@ class Target(NamedTuple):
 
 Seen = dict[str, Any]
 Scope = Literal["position", "account", "group", "clock"]
-Figure = Callable[[Target], Any]
+# (account, position or None, peak, first_seen or None, now) -> the figure: what a Target holds of a
+# target apart from the rule's clock (a figure is computed once per target per tick, for every rule)
+Figure = Callable[[Account, "Position | None", float, "datetime | None", datetime], Any]
 
 
 class Bound(NamedTuple):
-    """A necessary test of a condition: it can hold only for a target whose `figure(target) op threshold`.
-
-    A figure reads only the target's account, position, peak, first_seen and now (never the rule's
-    clock fields: it is computed once per target per tick, for every rule sharing the scope) and is
-    a module-level function (the engine caches the figures by it)."""
+    """A necessary test of a condition: it can hold only for a target whose `figure(...) op threshold`
+    (see Figure). A figure is a module-level function: the engine caches the figures by it."""
 
     figure: Figure
     op: Literal["<", ">", ">="]
@@ -231,8 +230,8 @@ def _position_pnl_holds(spec: Any, t: Target) -> bool:
     return spec.holds(t.position.unrealized_pnl)  # type: ignore[no-any-return,union-attr]
 
 
-def _position_pnl_figure(t: Target) -> float:
-    return t.position.unrealized_pnl  # type: ignore[union-attr]
+def _position_pnl_figure(account: Account, position: Position | None, peak: float, seen: datetime | None, now: datetime) -> float:
+    return position.unrealized_pnl  # type: ignore[union-attr]
 
 
 def _level_bound(figure: Figure) -> Callable[[Any], Bound]:
@@ -251,8 +250,8 @@ def _position_size_holds(spec: Any, t: Target) -> bool:
     return t.position.quantity > spec.above  # type: ignore[no-any-return,union-attr]
 
 
-def _position_size_figure(t: Target) -> int:
-    return t.position.quantity  # type: ignore[union-attr]
+def _position_size_figure(account: Account, position: Position | None, peak: float, seen: datetime | None, now: datetime) -> int:
+    return position.quantity  # type: ignore[union-attr]
 
 
 def _explain_position_size(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
@@ -273,8 +272,8 @@ def _position_age_holds(spec: Any, t: Target) -> bool:
 _NO_AGE = timedelta(0)
 
 
-def _position_age_figure(t: Target) -> timedelta:
-    return (t.now - t.first_seen) if t.first_seen else _NO_AGE
+def _position_age_figure(account: Account, position: Position | None, peak: float, seen: datetime | None, now: datetime) -> timedelta:
+    return (now - seen) if seen else _NO_AGE
 
 
 def _explain_position_age(spec: Any, t: Target, holds: bool, seen: Seen) -> dict[str, Any]:
@@ -394,8 +393,8 @@ def _account_pnl_holds(spec: Any, t: Target) -> bool:
 
 @lru_cache(maxsize=None)
 def _account_pnl_figure(basis: str, net_of_commission: bool) -> Figure:
-    def figure(t: Target) -> float:
-        return t.account.pnl(basis, net_of_commission)
+    def figure(account: Account, position: Position | None, peak: float, seen: datetime | None, now: datetime) -> float:
+        return account.pnl(basis, net_of_commission)
 
     return figure
 
@@ -454,12 +453,12 @@ def _account_drawdown(spec: Any, t: Target) -> tuple[bool, Seen]:
     return armed and pnl <= floor, {"account_pnl": round(pnl, 2), "peak": round(t.peak, 2), "floor": round(floor, 2), "armed": armed}
 
 
-def _giveback_figure(t: Target) -> float:
+def _giveback_figure(account: Account, position: Position | None, peak: float, seen: datetime | None, now: datetime) -> float:
     """How far the session P&L is below its peak, raised by far more than the rounding of either
     subtraction (1e-9 relative, against 2**-52) so that `giveback >= limit` holds wherever
     `pnl <= peak - limit` does."""
-    pnl = t.account.pnl()
-    return t.peak - pnl + 1e-9 * (abs(t.peak) + abs(pnl) + 1.0)
+    pnl = account.pnl()
+    return peak - pnl + 1e-9 * (abs(peak) + abs(pnl) + 1.0)
 
 
 def _account_drawdown_bound(spec: Any) -> Bound | None:

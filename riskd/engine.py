@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from fnmatch import fnmatchcase
 from functools import lru_cache
+from itertools import repeat
 from typing import Any, Iterable
 
 from riskd import ledger, sizes
@@ -422,8 +423,8 @@ class _Tick:
         self._positions_in: dict[tuple[int, tuple[str, ...]], tuple[Position, ...]] = {}
         self._scope_of: dict[tuple[Any, ...], list[tuple[Account, tuple[Position, ...]]]] = {}
         # a bound's figure for every target position (True) or account (False), its places and extremes (narrowed())
-        self._figures_of: dict[tuple[bool, Any], tuple[list[Any], list[Any], Any, Any]] = {}
-        self._figure_rows: dict[bool, tuple[list[Target], list[Any]]] = {}
+        self._figures_of: dict[tuple[bool, Any], tuple[list[Any], Any, Any]] = {}
+        self._figure_rows: dict[bool, tuple[list[Any], ...]] = {}
 
     def target(self, rule: Rule, account: Account, position: Position | None) -> Target:
         local = self._locals.get(rule.zone)
@@ -566,7 +567,7 @@ class _Tick:
         position (or account) with its extremes, so a threshold beyond them rules the whole rule out at
         once (at rest, nearly every rule); otherwise only the targets on the threshold's side are kept.
         With several bounds, the one letting the fewest targets through is used; with none, the whole scope."""
-        best: list[Any] | None = None
+        best: list[int] | None = None
         level = False
         for name, spec in rule.conditions:
             condition = REGISTRY[name]
@@ -574,69 +575,64 @@ class _Tick:
             if bound is None:
                 continue
             per_position = condition.scope == "position"
-            values, places, low, high = self._figures(per_position, bound.figure)
+            values, low, high = self._figures(per_position, bound.figure)
             x = bound.threshold
             if bound.op == "<":
-                picked = [] if low is None or not low < x else [places[i] for i, v in enumerate(values) if v < x]
+                picked = [] if low is None or not low < x else [k for k, v in enumerate(values) if v < x]
             elif bound.op == ">":
-                picked = [] if high is None or not high > x else [places[i] for i, v in enumerate(values) if v > x]
+                picked = [] if high is None or not high > x else [k for k, v in enumerate(values) if v > x]
             else:
-                picked = [] if high is None or not high >= x else [places[i] for i, v in enumerate(values) if v >= x]
+                picked = [] if high is None or not high >= x else [k for k, v in enumerate(values) if v >= x]
             if not picked:
                 return []
             if best is None or len(picked) < len(best):
                 best, level = picked, per_position
         if best is None:
             return self.scope(rule)
-        accounts, out = self.snapshot.accounts, []
+        owners, positions = self._rows(level)[:2]
         if not level:  # candidate accounts: each with its scope
-            for i in best:
-                account = accounts[i]
+            out: list[tuple[Account, tuple[Position, ...]]] = []
+            for k in best:
+                account = owners[k]
                 if not _account_matches(rule.accounts, account.name):
                     continue
                 if rule.per_position:
-                    positions = self.positions_in(account, rule.instruments)
-                    if positions:
-                        out.append((account, positions))
+                    held = self.positions_in(account, rule.instruments)
+                    if held:
+                        out.append((account, held))
                 else:
                     out.append((self._scoped(account, rule.instruments) if rule.grouped else account, ()))
             return out
-        kept: dict[int, list[Position]] = {}  # candidate positions, by account, in the snapshot's order
-        for i, j in best:
-            account = accounts[i]
-            position = self._targets_of[id(account)][j]
+        kept: dict[int, tuple[Account, list[Position]]] = {}  # candidate positions by account, in the snapshot's order
+        for k in best:
+            account, position = owners[k], positions[k]
             if _account_matches(rule.accounts, account.name) and _instrument_matches(rule.instruments, position.instrument):
-                kept.setdefault(i, []).append(position)
-        return [(accounts[i], tuple(kept[i])) for i in kept]
+                kept.setdefault(id(account), (account, []))[1].append(position)
+        return [(account, tuple(held)) for account, held in kept.values()]
 
-    def _figures(self, per_position: bool, figure: Any) -> tuple[list[Any], list[Any], Any, Any]:
-        """One figure of every target position (or account) of the snapshot, with each one's place
-        (account index, position index; or account index) and the figure's extremes (None: no target)."""
+    def _figures(self, per_position: bool, figure: Any) -> tuple[list[Any], Any, Any]:
+        """One figure of every target position (or account) of the snapshot, in the order of _rows(),
+        and its extremes (None: no target)."""
         found = self._figures_of.get((per_position, figure))
         if found is None:
-            rows = self._figure_rows.get(per_position)
-            if rows is None:
-                rows = self._figure_rows[per_position] = self._rows(per_position)
-            values = [figure(t) for t in rows[0]]
-            found = self._figures_of[(per_position, figure)] = (
-                values, rows[1], min(values) if values else None, max(values) if values else None)
+            values = list(map(figure, *self._rows(per_position), repeat(self.now)))
+            found = self._figures_of[(per_position, figure)] = (values, min(values) if values else None, max(values) if values else None)
         return found
 
-    def _rows(self, per_position: bool) -> tuple[list[Target], list[Any]]:
-        """Every target of the snapshot as a figure reads it (no rule's clock: see Bound), and its place."""
-        now, calendar, peak_of, seen_of = self.now, self.calendar, self._peak_of, self._seen_of
-        none: frozenset[int] = frozenset()
-        accounts = self.snapshot.accounts
-        if not per_position:
-            return ([Target(a, None, now, now, none, peak_of[id(a)], None, calendar, None, False, None) for a in accounts],
-                    list(range(len(accounts))))
-        targets, places = [], []
-        for i, a in enumerate(accounts):
-            peak = peak_of[id(a)]
-            for j, p in enumerate(self._targets_of[id(a)]):
-                targets.append(Target(a, p, now, now, none, peak, seen_of[id(p)], calendar, None, False, None))
-                places.append((i, j))
-        return targets, places
+    def _rows(self, per_position: bool) -> tuple[list[Any], ...]:
+        """Every target position (or account) of the snapshot as a figure reads it (riskd.conditions.Figure:
+        account, position, peak, first-seen time), column by column, in the snapshot's order."""
+        rows = self._figure_rows.get(per_position)
+        if rows is None:
+            peak_of, seen_of, accounts = self._peak_of, self._seen_of, self.snapshot.accounts
+            if per_position:
+                positions = [p for a in accounts for p in self._targets_of[id(a)]]
+                owners = [a for a in accounts for _ in self._targets_of[id(a)]]
+                rows = (owners, positions, [peak_of[id(a)] for a in owners], [seen_of[id(p)] for p in positions])
+            else:
+                rows = (list(accounts), [None] * len(accounts), [peak_of[id(a)] for a in accounts], [None] * len(accounts))
+            self._figure_rows[per_position] = rows
+        return rows
 
     def targets(self, rule: Rule) -> Iterable[tuple[Account, Position | None]]:
         per_position, instruments = rule.per_position, rule.instruments
