@@ -98,17 +98,29 @@ class Redactor:
 
     def value(self, value: Any) -> Any:
         """Data with secrets hidden in strings, dict keys and values, nested; the value under a key of
-        SECRET_KEYS is REDACTED whatever it is (None stays None: an absent credential is no secret)."""
+        SECRET_KEYS is REDACTED whatever it is (None stays None: an absent credential is no secret).
+        A dict or list that is plain JSON and whose text the cheap scan finds clean (json_is_clean)
+        comes back as it is: nothing in it would change (an audit line of a thousand accounts is
+        scanned once, not walked string by string)."""
+        if isinstance(value, (dict, list)):
+            try:
+                if self.json_is_clean(json.dumps(value, ensure_ascii=False)):
+                    return value
+            except (TypeError, ValueError, RecursionError):  # not plain JSON (a set, an object): walk it
+                pass
+        return self._walk(value)
+
+    def _walk(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
             return {(self.text(k) if isinstance(k, str) else k):
-                    (REDACTED if isinstance(k, str) and v is not None and k.lower() in SECRET_KEYS else self.value(v))
+                    (REDACTED if isinstance(k, str) and v is not None and k.lower() in SECRET_KEYS else self._walk(v))
                     for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return [self.value(v) for v in value]
+            return [self._walk(v) for v in value]
         if isinstance(value, (set, frozenset)):
-            return type(value)(self.value(v) for v in value)
+            return type(value)(self._walk(v) for v in value)
         return value
 
 

@@ -4,6 +4,7 @@ import json
 from urllib.parse import quote, quote_plus
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from riskd.redact import KEY_FRAGMENTS, REDACTED, SECRET_KEYS, Redactor
 
@@ -72,3 +73,20 @@ def test_a_body_with_a_secret_key_in_any_letter_case_is_walked_not_passed_as_cle
         assert not r.json_is_clean(raw)
         assert "hunter2" not in json.dumps(r.value(json.loads(raw)))
     assert any(f in f'"{key}"' for f in KEY_FRAGMENTS)
+
+
+_TOKEN = "tok-9f8e7d6c5b4a"
+_texts = st.one_of(st.text(max_size=12), st.sampled_from([_TOKEN, f"x{_TOKEN}y", f"Bearer {_TOKEN}", "Basic dXNlcjpwYXNzd29yZA==",
+                                                           "token", "Authorization", "a\\b", 'say "hi"', "MES 12-26"]))
+_plain_json = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), _texts),
+                           lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_texts, inner, max_size=4)),
+                           max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_plain_json)
+def test_a_value_passed_as_clean_is_exactly_what_walking_it_gives(value):
+    """The cheap scan never lets through a value that walking it would have changed."""
+    r = Redactor([_TOKEN])
+    assert json.dumps(r.value(value), sort_keys=True) == json.dumps(r._walk(value), sort_keys=True)
+    assert _TOKEN not in json.dumps(r.value(value), ensure_ascii=False)
