@@ -503,6 +503,9 @@ MAX_PLAUSIBLE_QUANTITY = 100_000
 _SIDES = {"long": "Long", "short": "Short", "flat": "Flat", "Long": "Long", "Short": "Short", "Flat": "Flat"}
 
 
+_FIGURES = ("realizedProfitLoss", "unrealizedProfitLoss", "commission", "netLiquidation")
+
+
 class UnknownEntry(Exception):
     """An account entry riskd cannot read: the account counts as not seen in this snapshot."""
 
@@ -533,8 +536,12 @@ def parse_position(raw: Any, account: str) -> Position | None:
         raise UnknownEntry(f"position {instrument!r}: unrealizedProfitLoss is null")
     if side == "Flat":
         return None
+    owner = raw.get("account") or account
+    average, market, pnl = raw.get("averagePrice"), raw.get("marketPrice"), raw.get("unrealizedProfitLoss")
+    if type(average) is float and type(market) is float and type(pnl) is float and average - average + market - market + pnl - pnl == 0.0:
+        return Position(owner if type(owner) is str else str(owner), instrument, side, quantity, average, market, pnl)  # finite floats
     try:
-        return Position(str(raw.get("account") or account), instrument, side, quantity,
+        return Position(str(owner), instrument, side, quantity,
                         _float(raw, "averagePrice"), _float(raw, "marketPrice"), _float(raw, "unrealizedProfitLoss"))
     except ApiError as exc:
         raise UnknownEntry(f"position {instrument!r}: {exc}") from None
@@ -573,10 +580,8 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
                 raise UnknownEntry(f"positions is {type(positions_raw).__name__ if 'positions' in entry else 'missing'}")
             parsed = [parse_position(r, name) for r in positions_raw]
             positions = tuple(p for p in parsed if p is not None)
-            nulls = [key for key in ("realizedProfitLoss", "unrealizedProfitLoss", "commission", "netLiquidation")
-                     if key in item and item[key] is None]
-            if nulls:  # a null P&L is not a zero P&L
-                raise UnknownEntry(f"account figures {', '.join(nulls)} are null")
+            if None in (item.get(key, 0.0) for key in _FIGURES):  # a null P&L is not a zero P&L
+                raise UnknownEntry(f"account figures {', '.join(k for k in _FIGURES if k in item and item[k] is None)} are null")
             figures = {key: _float(item, key) for key in ("realizedProfitLoss", "commission", "netLiquidation")}
             unrealized = (_float(item, "unrealizedProfitLoss") if "unrealizedProfitLoss" in item
                           else sum(p.unrealized_pnl for p in positions))
