@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """riskd benchmarks against the simulator on loopback; prints one JSON document.
 
-    .venv/bin/python tests/bench_riskd.py                 # everything, the issue's sizes (~8 min)
+    .venv/bin/python tests/bench_riskd.py                 # everything, the issue's sizes (long: see each section's wall_s)
     .venv/bin/python tests/bench_riskd.py --quick         # tiny sizes, seconds (the smoke test runs this)
     .venv/bin/python tests/bench_riskd.py --only tick,memory
 
@@ -28,6 +28,18 @@ Sections (each with its figures, its target and `ok`):
   the minute's lines, whatever the poll interval). Target: <= 5 MB per hour.
 - memory: 100,000 ticks on a simulated clock (1 s per tick, ~28 h of sessions, firings, reopened
   positions) in this process; RSS sampled along the way. Target: <= 80 MB and no upward trend.
+- daemon_cpu: the real `riskd run` subprocess at 1000 accounts x 5 positions x 100 rules, 1 s poll,
+  nothing firing, served by the simulator from this process: after a 10 s warm-up, its own CPU time
+  (utime+stime from /proc/PID/stat) over a window (--cpu-seconds, 60 s), the snapshots it fetched per
+  second, its RSS. Then at 3000 accounts (a precomputed body from a tiny HTTP server: the simulator
+  would be the bottleneck). Targets (issue 15): <= 8 % of one core at 1000; one poll a second held
+  (>= 0.95 snapshots/s) and RSS <= 120 MB at 3000.
+- parse: a snapshot body (bytes, as received; 1000 and 3000 accounts x 5 positions, the API's shape
+  and the lean one) through riskd's path (riskd.crosstrade.decode_json, parse_snapshot) against the
+  floor json.loads + the least walk into tuples, p50 over 50 repeats. Target: <= 1.5x the floor.
+- memory_desk: the in-process ticker (mock transport, P&L changing each tick) at 3000 accounts x 100
+  rules for --desk-ticks ticks (2000) on a simulated clock, in a process of its own; RSS sampled along
+  the way, wall time per tick. Target: <= 120 MB and flat (rise over the second half < 2 MB).
 """
 
 from __future__ import annotations
@@ -556,20 +568,31 @@ def bench_memory(ticks: int, workdir: Path) -> dict[str, Any]:
 # Audit volume at rest.
 
 
-def bench_audit_rest(accounts: int, seconds: int, poll_s: float, workdir: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from harness import Rig
-
-    d = workdir / "audit-rest"
-    d.mkdir(parents=True)
-    scenario = {
+def desk_scenario(accounts: int) -> dict[str, Any]:
+    """A simulator scenario of `accounts` accounts x 5 positions (one per root, prices still, no rule of `policy` fires)."""
+    return {
         "rate_limit": None,
         "accounts": [{"name": f"Acct{a:04d}", "positions": [
             {"instrument": f"{ROOTS[p]} 12-26", "side": "long" if (a + p) % 2 else "short", "quantity": 1 + p, "price": 100.0 + p}
             for p in range(5)]} for a in range(accounts)],
         "prices": {f"{ROOTS[p]} 12-26": 100.5 + p for p in range(5)},
     }
-    rig = Rig(d, TOKEN, scenario, policy(20), fsync=False, poll_interval=timedelta(seconds=poll_s), timeout=timedelta(seconds=5),
+
+
+def simulator_body(sim: Simulator) -> bytes:
+    """The bytes of one GET /accounts/snapshot as the simulator serves them (the API's shape: every account figure)."""
+    resp = sim.handle("GET", "/v1/api/accounts/snapshot", {"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status == 200, resp.body[:200]
+    return resp.body
+
+
+def bench_audit_rest(accounts: int, seconds: int, poll_s: float, workdir: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from harness import Rig
+
+    d = workdir / "audit-rest"
+    d.mkdir(parents=True)
+    rig = Rig(d, TOKEN, desk_scenario(accounts), policy(20), fsync=False, poll_interval=timedelta(seconds=poll_s), timeout=timedelta(seconds=5),
         stale_after=timedelta(seconds=max(5.0, 3 * poll_s)))
     try:
         assert rig.ticker is not None
@@ -599,6 +622,317 @@ def bench_audit_rest(accounts: int, seconds: int, poll_s: float, workdir: Path) 
 
 
 # ---------------------------------------------------------------------------------------------
+# The daemon's own CPU and memory at desk scale.
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after the command name (it may hold spaces)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # fields 14 and 15 of proc(5)
+
+
+def proc_mem_mb(pid: int) -> dict[str, float]:
+    """VmRSS (now) and VmHWM (its peak) of a process, in MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
+class SnapshotBodyServer:
+    """GET /v1/api/accounts/snapshot on 127.0.0.1 answering the same precomputed bytes each time (other paths:
+    404), recording each request's receipt time; for sizes where building the body per request would make the
+    simulator, not riskd, the bottleneck."""
+
+    def __init__(self, body: bytes):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.snapshots: list[float] = []
+        self.others: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                at = time.time()
+                if self.path.split("?", 1)[0] == "/v1/api/accounts/snapshot":
+                    owner.snapshots.append(at)
+                    status, payload = 200, body
+                else:
+                    owner.others.append(self.path)
+                    status, payload = 404, b'{"success": false, "error": "not served by the benchmark"}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_POST = do_GET
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="bench-snapshot-body", daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/api"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def bench_daemon_cpu(accounts: int, seconds: float, warmup_s: float, precomputed: bool, workdir: Path) -> dict[str, Any]:
+    d = workdir / f"daemon-{accounts}"
+    sim = Simulator(desk_scenario(accounts), token=TOKEN, clock=time.time)
+    serve_ms = []
+    for _ in range(3):  # what the simulator costs per snapshot (in this process, not riskd's)
+        t = time.perf_counter()
+        body = simulator_body(sim)
+        serve_ms.append((time.perf_counter() - t) * 1000)
+    sim.clear_requests()
+    server: Any = SnapshotBodyServer(body) if precomputed else SimServer(sim, host="127.0.0.1", port=0).start()
+
+    def snapshots() -> list[float]:
+        if precomputed:
+            return list(server.snapshots)
+        return [r.t for r in sim.request_log() if r.method == "GET" and r.path.endswith("/accounts/snapshot") and r.status == 200]
+
+    def others() -> int:
+        if precomputed:
+            return len(server.others)
+        return len([r for r in sim.request_log() if not (r.method == "GET" and r.path.endswith("/accounts/snapshot"))])
+
+    try:
+        launched = time.time()
+        proc = Riskd(d, server.base_url, policy(100), poll_interval="1s")
+        try:
+            wait(lambda: len(snapshots()) >= 3 or proc.proc.poll() is not None, 180, f"riskd polling {accounts} accounts")
+            assert proc.proc.poll() is None, (d / "console.log").read_text()[-2000:]
+            time.sleep(max(0.0, launched + warmup_s - time.time()))  # warm-up: startup and the first ticks are not the steady state
+            audit0 = (d / "audit.jsonl").stat().st_size
+            t0, cpu0 = time.time(), proc_cpu_s(proc.proc.pid)
+            time.sleep(seconds)
+            t1, cpu1 = time.time(), proc_cpu_s(proc.proc.pid)
+            mem = proc_mem_mb(proc.proc.pid)
+            audit1 = (d / "audit.jsonl").stat().st_size
+        finally:
+            proc.stop()
+    finally:
+        if precomputed:
+            server.close()
+        else:
+            server.stop()
+    served = sorted(snapshots())
+    window = [t for t in served if t0 <= t < t1]
+    gaps = [(b - a) * 1000 for a, b in zip(window, window[1:])]
+    counts: dict[str, int] = {}
+    for line in (d / "audit.jsonl").read_text().splitlines():
+        name = json.loads(line).get("event", "?")
+        counts[name] = counts.get(name, 0) + 1
+    cpu_pct = (cpu1 - cpu0) / (t1 - t0) * 100
+    per_s = round(len(window) / (t1 - t0), 3)  # judged as printed: 57 polls in a 60.0x s window hold
+    return {
+        "accounts": accounts, "positions": accounts * 5, "rules": 100, "poll_interval_s": 1.0, "window_s": round(t1 - t0, 1),
+        "warmup_s": warmup_s, "server": "precomputed body" if precomputed else "simulator",
+        "simulator_serve_ms": summary(serve_ms),
+        "cpu_s": round(cpu1 - cpu0, 2), "cpu_percent_of_one_core": round(cpu_pct, 1),
+        "snapshots": len(window), "snapshots_per_s": per_s, "poll_gap_ms": summary(gaps) if gaps else None,
+        "holds_1s_polling": per_s >= 0.95, "other_requests": others(),
+        "rss_mb_end": mem.get("VmRSS", float("nan")), "rss_mb_peak": mem.get("VmHWM", float("nan")),
+        "audit_bytes_window": audit1 - audit0, "firings": counts.get("fired", 0), "tick_failed": counts.get("tick_failed", 0),
+        "tick_overrun": counts.get("tick_overrun", 0), "api_error": counts.get("api_error", 0),
+    }
+
+
+def daemon_cpu_section(seconds: float, warmup_s: float, sizes: list[tuple[int, bool]], workdir: Path) -> dict[str, Any]:
+    first, second = (bench_daemon_cpu(a, seconds, warmup_s, pre, workdir) for a, pre in sizes)
+    first |= {"target_cpu_percent": 8, "ratio_to_target": round(first["cpu_percent_of_one_core"] / 8, 2),
+              "target_snapshots_per_s": 0.95}
+    first["ok"] = first["cpu_percent_of_one_core"] <= 8 and first["holds_1s_polling"] and first["firings"] == 0
+    second |= {"target_snapshots_per_s": 0.95, "target_rss_mb": 120, "rss_ratio_to_target": round(second["rss_mb_peak"] / 120, 2),
+               "target_cpu_percent": 8, "ratio_to_target": round(second["cpu_percent_of_one_core"] / 8, 2)}
+    second["ok"] = second["holds_1s_polling"] and second["rss_mb_peak"] <= 120 and second["firings"] == 0
+    return {
+        "runs": [first, second], "ok": first["ok"] and second["ok"],
+        "target": (f"{first['accounts']} accounts x 100 rules: <= 8 % of one core (utime+stime over the window), one snapshot "
+                   f"a second; {second['accounts']} accounts: one snapshot a second held (>= 0.95/s) and RSS <= 120 MB (VmHWM)"),
+        "note": ("the real `riskd run` subprocess (its audit trail written to audit.jsonl in its directory), policy(100) "
+                 "(nothing fires), poll_interval 1s, no rate limit on the server; its CPU is read from /proc/PID/stat after a "
+                 "warm-up (its startup and first ticks excluded), its RSS from /proc/PID/status at the end; the server runs in the "
+                 "benchmark process, so its CPU is not riskd's. server=simulator: riskd.sim's SimServer builds each snapshot "
+                 "(simulator_serve_ms per request); server=precomputed body: a tiny http.server answers the simulator's bytes for "
+                 "the same accounts, built once (its timestamp then stays fixed; riskd does not read it), because at that size "
+                 "the simulator's own build time per request (simulator_serve_ms) would take a large share of the poll interval "
+                 "before riskd sees the bytes (--quick uses it for its second run too, so both servers run). "
+                 "snapshots_per_s counts GET /accounts/snapshot received during the window; poll_gap_ms the gaps between them"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing a snapshot.
+
+
+def floor_parse(body: bytes) -> list[tuple[Any, ...]]:
+    """The floor: json.loads and the least walk that reads what riskd reads (each account's name and figures,
+    each position's fields) into plain tuples."""
+    out = []
+    for entry in json.loads(body)["accounts"]:
+        account, item = entry["account"], entry["account"]["item"]
+        positions = tuple((p["account"], p["instrument"], p["marketPosition"], p["quantity"], p["averagePrice"], p["marketPrice"],
+                           p["unrealizedProfitLoss"]) for p in entry["positions"])
+        out.append((account["name"], item["realizedProfitLoss"], item["unrealizedProfitLoss"], item["commission"],
+                    item["netLiquidation"], item.get("weeklyProfitLoss"), item.get("cashValue"), positions))
+    return out
+
+
+def bench_parse(accounts: int, shape: str, repeat: int) -> dict[str, Any]:
+    from riskd.crosstrade import CrossTradeClient, TokenBucket, decode_json, parse_snapshot
+
+    if shape == "api":
+        body = simulator_body(Simulator(desk_scenario(accounts), token=TOKEN))
+    else:
+        body = json.dumps(snapshot_json(accounts, 5)).encode()
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body, headers={"Content-Type": "application/json"}))
+    client = CrossTradeClient("http://sim.invalid/v1/api", TOKEN, bucket=TokenBucket(1e9, 10**9), transport=transport)
+    taken = datetime(2026, 3, 10, 15, 0, tzinfo=timezone.utc)
+    riskd_ms: list[float] = []
+    client_ms: list[float] = []
+    floor_ms: list[float] = []
+    try:
+        for _ in range(repeat):  # interleaved, so the machine's load falls on all three alike
+            t = time.perf_counter()  # what CrossTradeClient._exchange does with the bytes, then the tick:
+            snapshot = parse_snapshot(decode_json(body.decode("utf-8")), taken)
+            riskd_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            walked = floor_parse(body)
+            floor_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            via_client = parse_snapshot(client.get_snapshot().response, taken)
+            client_ms.append((time.perf_counter() - t) * 1000)
+    finally:
+        client.close()
+    assert not snapshot.unknown and len(snapshot.accounts) == len(walked) == len(via_client.accounts) == accounts
+    assert sum(len(a.positions) for a in snapshot.accounts) == sum(len(w[-1]) for w in walked) == accounts * 5
+    mine, floor, via = summary(riskd_ms, 3), summary(floor_ms, 3), summary(client_ms, 3)
+    ratio = round(mine["p50"] / floor["p50"], 2)
+    return {"accounts": accounts, "positions": accounts * 5, "body": shape, "body_bytes": len(body), "repeat": repeat,
+            "riskd_ms": mine, "floor_ms": floor, "client_ms": via, "ratio": ratio,
+            "client_over_floor": round(via["p50"] / floor["p50"], 2), "target_ratio": 1.5, "ok": ratio <= 1.5}
+
+
+def parse_section(sizes: list[int], repeat: int) -> dict[str, Any]:
+    runs = [bench_parse(a, shape, repeat) for a in sizes for shape in ("api", "lean")]
+    return {"runs": runs, "target": "riskd's parse p50 <= 1.5 x the floor's p50 (json.loads + walk), every run",
+            "ok": all(r["ok"] for r in runs),
+            "note": ("riskd_ms = bytes as received -> str -> riskd.crosstrade.decode_json (orjson, the standard library for what "
+                     "orjson refuses) -> riskd.crosstrade.parse_snapshot (what the client and the tick do with a snapshot "
+                     "body); floor_ms = the standard library's json.loads(bytes) + floor_parse (every account's name and figures, "
+                     "every position's fields, into tuples); client_ms (not judged) = CrossTradeClient.get_snapshot on an httpx "
+                     "MockTransport answering the same bytes, then parse_snapshot: all riskd does from the bytes to a Snapshot, "
+                     "its token scan included; body=api is the simulator's (CrossTrade's shape: ~20 figures per account), "
+                     "body=lean the tick section's snapshot_json (the figures riskd reads); ratio = p50 over p50; the three are "
+                     "interleaved in each repeat")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory at desk scale.
+
+
+def desk_bodies(accounts: int, count: int) -> list[bytes]:
+    """`count` snapshot bodies (snapshot_json's layout) whose P&L differ from one to the next (each position's by
+    -1.25..+1.0, each account's the sum), zlib-compressed: kept whole they would weigh ~4 MB each at 3000 accounts,
+    in the very RSS being measured."""
+    import zlib
+
+    bodies = []
+    for k in range(count):
+        doc = snapshot_json(accounts, 5)
+        for a, entry in enumerate(doc["accounts"]):
+            for p, pos in enumerate(entry["positions"]):
+                pos["unrealizedProfitLoss"] = 10.0 + ((a + p + k) % 10) * 0.25 - 1.25
+            entry["account"]["item"]["unrealizedProfitLoss"] = sum(pos["unrealizedProfitLoss"] for pos in entry["positions"])
+        bodies.append(zlib.compress(json.dumps(doc).encode(), 6))
+    return bodies
+
+
+def bench_memory_desk(accounts: int, rules_n: int, ticks: int, workdir: Path) -> dict[str, Any]:
+    import gc
+    import zlib
+
+    from riskd.audit import AuditTrail
+    from riskd.state import Store
+    from riskd.tick import build_ticker
+
+    d = workdir / f"memory-desk-{accounts}"
+    d.mkdir(parents=True)
+    (d / "rules.yaml").write_text(yaml.safe_dump({"rules": policy(rules_n)}))
+    (d / "riskd.yaml").write_text("rules: rules.yaml\ncrosstrade: {base_url: 'http://sim.invalid/v1/api'}\n")
+    settings = config.load(d / "riskd.yaml")
+    loaded, _ = rules_mod.load(settings.rules, settings.zone)
+    bodies = desk_bodies(accounts, 10)
+    served = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        served[0] += 1
+        return httpx.Response(200, content=zlib.decompress(bodies[served[0] % len(bodies)]), headers={"Content-Type": "application/json"})
+
+    gc.collect()
+    rss_before = round(rss_mb(), 1)
+    sim_s = [0.0]
+    start = datetime(2026, 3, 10, 13, 0, tzinfo=timezone.utc)
+    audit = AuditTrail(str(d / "audit.jsonl"))
+    store = Store(d / "state")
+    ticker = build_ticker(settings, loaded, TOKEN, audit, dry_run=True, store=store, transport=httpx.MockTransport(handler),
+                          clock=lambda: start + timedelta(seconds=sim_s[0]), monotonic=lambda: sim_s[0])
+    ticker.client.bucket.per_second = 1e9
+    samples: list[tuple[int, float]] = []
+    every = max(1, ticks // 20)
+    wall: list[float] = []
+    began = time.perf_counter()
+    for i in range(1, ticks + 1):
+        sim_s[0] = float(i)
+        t = time.perf_counter()
+        decisions = ticker.tick()
+        wall.append((time.perf_counter() - t) * 1000)
+        assert decisions is not None and not [x for x in decisions if x.kind == "fire"]
+        if i % every == 0:
+            gc.collect()
+            samples.append((i, round(rss_mb(), 1)))
+    elapsed = time.perf_counter() - began
+    ticker.client.close()
+    store.close()
+    audit.close()
+    half = samples[len(samples) // 2:]
+    xs, ys = [s[0] / 10_000 for s in half], [s[1] for s in half]
+    slope = statistics.linear_regression(xs, ys).slope if len(half) >= 2 else 0.0
+    rise = slope * (half[-1][0] - half[0][0]) / 10_000
+    peak = max(s[1] for s in samples)
+    return {
+        "accounts": accounts, "positions": accounts * 5, "rules": rules_n, "ticks": ticks, "simulated_s": ticks,
+        "wall_s": round(elapsed, 1),
+        "tick_wall_ms": summary(wall), "rss_mb_before_ticker": rss_before,
+        "rss_mb_samples": {str(tick): mb for tick, mb in samples}, "rss_mb_end": samples[-1][1], "rss_mb_peak": peak,
+        "ratio_to_target": round(peak / 120, 2), "slope_mb_per_10k_ticks_second_half": round(slope, 3),
+        "rise_mb_second_half": round(rise, 2), "target_rss_mb": 120, "target_rise_mb": 2.0,
+        "target": "RSS <= 120 MB (peak of the samples) and flat: the least-squares rise over the second half < 2 MB (4 malloc-arena steps)",
+        "ok": peak <= 120 and rise < 2.0,
+        "note": ("RSS of a benchmark process that runs this section alone (a fresh one when other sections run): the "
+                 "in-process ticker (build_ticker on an httpx MockTransport, dry run, audit and state on disk) plus the "
+                 "benchmark's 10 compressed bodies (P&L changing each tick, rotated) and imports (rss_mb_before_ticker); one "
+                 "simulated second per tick. Shorter than `memory`'s 100,000 ticks: a desk-size tick costs hundreds of ms to "
+                 "seconds of wall time here (tick_wall_ms), so 100,000 of them would take hours to days. So the flatness is "
+                 "judged on the rise over the second half, which sees a growth above ~2 MB / (ticks / 2) per tick (2 kB a tick "
+                 "at 2000 ticks); the small-size `memory` section is the one that pins a growth of bytes per tick"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def quiet_console() -> None:
@@ -611,7 +945,8 @@ def quiet_console() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the benchmark works, measures little")
-    parser.add_argument("--only", default="reaction,timed,tick,audit_rest,memory", help="comma-separated sections")
+    parser.add_argument("--only", default="reaction,timed,tick,audit_rest,memory,daemon_cpu,parse,memory_desk",
+                        help="comma-separated sections")
     parser.add_argument("--breaches", type=int, default=200)
     parser.add_argument("--timed", type=int, default=120)
     parser.add_argument("--ticks", type=int, default=100_000)
@@ -619,12 +954,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audit-poll", type=float, default=30.0,
                         help="audit_rest: seconds between ticks on the simulated clock (at rest a tick writes nothing but the "
                              "minute's samples line, so the bytes do not depend on it; 1 s is 3600 ticks of 1000 accounts)")
+    parser.add_argument("--cpu-seconds", type=float, default=60.0, help="daemon_cpu: the measured window, after the warm-up")
+    parser.add_argument("--desk-ticks", type=int, default=2000, help="memory_desk: ticks at 3000 accounts x 100 rules")
     parser.add_argument("--keep", help="keep the working files (configs, audit trails, console logs) in this directory")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     quiet_console()
     if args.quick:
-        args.breaches, args.timed, args.ticks = 4, 2, 300
+        args.breaches, args.timed, args.ticks, args.cpu_seconds, args.desk_ticks = 4, 2, 300, 4.0, 40
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="riskd-bench-") as tmp:
         work = Path(args.keep or tmp)
@@ -647,6 +984,18 @@ def main(argv: list[str] | None = None) -> int:
                                                  args.audit_poll, work)
         if "memory" in only:
             out["memory"] = bench_memory(args.ticks, work)
+        if "daemon_cpu" in only:
+            sizes = [(40, False), (80, True)] if args.quick else [(1000, False), (3000, True)]
+            out["daemon_cpu"] = daemon_cpu_section(args.cpu_seconds, 0.0 if args.quick else 10.0, sizes, work)
+        if "parse" in only:
+            out["parse"] = parse_section([40] if args.quick else [1000, 3000], 5 if args.quick else 50)
+        if "memory_desk" in only and only != {"memory_desk"}:  # its RSS is of a process that ran nothing else
+            child = subprocess.run([sys.executable, __file__, "--only", "memory_desk", "--desk-ticks", str(args.desk_ticks),
+                                    *(["--quick"] if args.quick else []), "--keep", str(work / "memory-desk")],
+                                   stdout=subprocess.PIPE, text=True, check=True)
+            out["memory_desk"] = json.loads(child.stdout)["memory_desk"]
+        elif "memory_desk" in only:
+            out["memory_desk"] = bench_memory_desk(40 if args.quick else 3000, 20 if args.quick else 100, args.desk_ticks, work)
     out["ok"] = all(v.get("ok", True) for v in out.values() if isinstance(v, dict))
     print(json.dumps(out, indent=2))
     return 0

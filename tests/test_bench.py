@@ -28,3 +28,27 @@ def test_bench_quick_prints_the_audit_bytes_per_hour_at_rest_with_target_and_rat
     rest = json.loads(result.stdout)["audit_rest"]
     assert rest["firings"] == 0 and rest["bytes_per_hour"] > 0 and rest["target_bytes_per_hour"] == 5 * 1024 * 1024
     assert rest["ratio_to_target"] == round(rest["bytes_per_hour"] / rest["target_bytes_per_hour"], 3) and rest["ok"]
+
+
+def test_bench_quick_prints_the_desk_daemon_cpu_parse_and_desk_memory_with_targets_and_ratios():
+    result = subprocess.run([sys.executable, str(BENCH), "--quick", "--only", "daemon_cpu,parse,memory_desk"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(result.stdout)
+    assert {"daemon_cpu", "parse", "memory_desk"} <= doc.keys()
+    small, large = doc["daemon_cpu"]["runs"]
+    assert (small["server"], large["server"]) == ("simulator", "precomputed body")
+    for run in (small, large):  # the real riskd polled once a second, nothing fired, its CPU and RSS were read
+        assert run["snapshots"] > 0 and run["poll_gap_ms"]["n"] > 0 and run["firings"] == 0 and run["other_requests"] == 0
+        assert run["cpu_s"] > 0 and run["rss_mb_end"] > 0 and run["rss_mb_peak"] >= run["rss_mb_end"]
+        assert run["ratio_to_target"] == round(run["cpu_percent_of_one_core"] / 8, 2)
+        assert run["holds_1s_polling"] == (run["snapshots_per_s"] >= 0.95)
+    assert large["rss_ratio_to_target"] == round(large["rss_mb_peak"] / 120, 2)
+    assert {(r["accounts"], r["body"]) for r in doc["parse"]["runs"]} == {(40, "api"), (40, "lean")}
+    for run in doc["parse"]["runs"]:
+        assert run["riskd_ms"]["n"] == run["floor_ms"]["n"] == run["client_ms"]["n"] == 5
+        assert run["ratio"] == round(run["riskd_ms"]["p50"] / run["floor_ms"]["p50"], 2)
+        assert run["ok"] == (run["ratio"] <= 1.5)
+    desk = doc["memory_desk"]
+    assert desk["ticks"] == 40 and desk["tick_wall_ms"]["n"] == 40 and desk["rss_mb_peak"] > 0
+    assert desk["ratio_to_target"] == round(desk["rss_mb_peak"] / 120, 2)
