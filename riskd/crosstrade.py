@@ -5,7 +5,8 @@ request and the response body kept verbatim for the audit trail, except for the 
 lives only in the httpx client's default headers and in the client's `redactor`: every Reply leaves
 the client through `_send`, which hides whatever the API (or a proxy in front of it) echoed of the
 token (raw, URL-encoded, JSON- or HTML-escaped, base64'd; in bodies, JSON keys and error text), so
-it is never logged, audited, stored or put in an exception.
+it is never logged, audited, stored or put in an exception. (A credential riskd was never told about,
+found by its shape, is hidden where riskd writes: the audit trail, the store, the console.)
 
 There is deliberately no method for `POST /positions/flatten`: with an empty body it flattens
 every account, so riskd only ever flattens through `accounts/{account}/positions/flatten`, and
@@ -344,7 +345,7 @@ class CrossTradeClient:
         data = decode_json(text) if text else None
         outcome, error = _classify(response.status_code, data, write=action)
         kept = data if data is not None else text
-        if not self.redactor.json_is_clean(text):  # the token (or a credential) may be in it: walk every value
+        if self.redactor.may_hold_secret(text):  # the token may be in it: walk every value
             kept = self.redactor.value(kept)
         return Reply(method, path, body, response.status_code, latency, outcome,
                      response=kept, error=error, retry_after=retry_after)

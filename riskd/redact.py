@@ -33,6 +33,7 @@ SECRET_KEYS = frozenset({
 # Fragments of those keys as they appear quoted in JSON text ('"token"' holds "token"): one scan of a
 # body per fragment, not per key (every key of SECRET_KEYS holds one; tests/test_redact.py checks)
 KEY_FRAGMENTS = ("authoriz", "cookie", 'key"', "token", "password", "secret")
+_CREDENTIAL_WORDS = ("bearer", "basic")  # what _CREDENTIAL needs, in lower case
 _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 
@@ -84,14 +85,27 @@ class Redactor:
             text = _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
         return text
 
+    def may_hold_secret(self, raw: str) -> bool:
+        """Given JSON text, False when no string or key decoded from it holds one of the secrets in any
+        form (one scan per form: 4 for a token, ~0.5 ms for a desk's 1.4 MB snapshot); True, walk it,
+        when one is there or the text has an escape (a backslash: what it decodes to is not in the text)."""
+        return "\\" in raw or any(f in raw for f in self._forms)
+
+    def text_is_clean(self, text: str) -> bool:
+        """True when `text` would come back from `text` unchanged (no secret's form, no Bearer/Basic word)."""
+        return self._clean(text, _CREDENTIAL_WORDS)
+
     def json_is_clean(self, raw: str) -> bool:
         """Given JSON text, True when no string or key decoded from it could be changed by `value`
-        (a cheap scan of the text, so a clean snapshot is not walked value by value). Sound only
+        (a cheap scan of the text, so a clean line is not walked value by value). Sound only
         without escapes: with a backslash in the text, False (walk it)."""
-        if "\\" in raw or any(f in raw for f in self._forms):
+        return "\\" not in raw and self._clean(raw, _CREDENTIAL_WORDS + KEY_FRAGMENTS)
+
+    def _clean(self, text: str, fragments: tuple[str, ...]) -> bool:
+        if any(f in text for f in self._forms):
             return False
-        low = raw.lower()
-        return "bearer" not in low and "basic" not in low and not any(f in low for f in KEY_FRAGMENTS)
+        low = text.lower()
+        return not any(f in low for f in fragments)
 
     def bytes_(self, data: bytes) -> bytes:
         return self.text(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")

@@ -90,3 +90,42 @@ def test_a_value_passed_as_clean_is_exactly_what_walking_it_gives(value):
     r = Redactor([_TOKEN])
     assert json.dumps(r.value(value), sort_keys=True) == json.dumps(r._walk(value), sort_keys=True)
     assert _TOKEN not in json.dumps(r.value(value), ensure_ascii=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_plain_json)
+def test_a_body_the_client_keeps_unwalked_holds_no_form_of_the_token(value):
+    """The client's ingress scan (may_hold_secret) lets a body through unwalked only when no form of the token is in it."""
+    r = Redactor([_TOKEN])
+    for raw in (json.dumps(value), json.dumps(value, ensure_ascii=False)):
+        if not r.may_hold_secret(raw):  # kept as decoded: no key or string of it holds the token
+            assert _TOKEN not in json.dumps(json.loads(raw), ensure_ascii=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_texts, max_size=6).map(" ".join))
+def test_a_text_passed_as_clean_is_exactly_what_redacting_it_gives(text):
+    r = Redactor([_TOKEN])
+    if r.text_is_clean(text):
+        assert r.text(text) == text
+
+
+def test_a_credential_the_client_does_not_know_is_hidden_where_riskd_writes_it(tmp_path):
+    """The client scrubs its own token from every reply; a proxy's cookie in a body (a secret riskd was never
+    told about) stays in the Reply and is hidden by the audit trail that writes it."""
+    import httpx
+
+    from riskd.audit import AuditTrail
+    from riskd.crosstrade import CrossTradeClient, TokenBucket
+
+    body = {"success": False, "error": "upstream", "echo": {"Cookie": "sessionid=hunter2-proxy", "seen": f"Bearer {_TOKEN}"}}
+    transport = httpx.MockTransport(lambda request: httpx.Response(502, json=body))
+    client = CrossTradeClient("http://sim.invalid/v1/api", _TOKEN, bucket=TokenBucket(1e9, 10**9), transport=transport)
+    reply = client.get_snapshot()
+    client.close()
+    assert _TOKEN not in json.dumps(reply.response)
+    trail = AuditTrail(str(tmp_path / "audit.jsonl"), secrets=[_TOKEN])
+    trail.emit("api_error", path=reply.path, status=reply.status, response=reply.response)
+    trail.close()
+    written = (tmp_path / "audit.jsonl").read_text()
+    assert "hunter2" not in written and _TOKEN not in written and REDACTED in written
