@@ -63,7 +63,7 @@ import httpx
 import orjson
 from tenacity import RetryCallState, Retrying, retry_if_result, wait_random_exponential
 
-from riskd import __version__
+from riskd import __version__, wire
 from riskd.errors import ApiError
 from riskd.model import Account, Order, Position, Snapshot
 from riskd.redact import Redactor
@@ -164,11 +164,16 @@ class Reply:
     status: int | None
     latency_ms: float
     outcome: str
-    response: Any = None  # the JSON body verbatim, or the raw text when it was not JSON
+    response: Any = None  # the JSON body verbatim, or the raw text when it was not JSON (a snapshot: a riskd.wire.Snapshot)
     error: str | None = None
     retry_after: float | None = None
     earlier: tuple[dict[str, Any], ...] = field(default=())
     budget: bool = False  # held back by riskd's own rate bucket (nothing was wrong with the API)
+    text: str | None = None  # the body as received, kept when `response` holds only what riskd reads of it (verbatim())
+
+    def verbatim(self) -> Any:
+        """The response body as JSON, every field of it (what the audit trail records)."""
+        return decode_json(self.text) if self.text is not None else self.response
 
     @property
     def ok(self) -> bool:
@@ -201,7 +206,7 @@ def _classify(status: int, data: Any, write: bool) -> tuple[str, str | None]:
     if status in (401, 403):
         return AUTH, error or f"HTTP {status}"
     if 200 <= status < 300:
-        if not isinstance(data, (dict, list)):
+        if not isinstance(data, (dict, list, wire.Snapshot)):
             return UNKNOWN, "unreadable response body"
         if isinstance(data, dict) and data.get("success") is False:
             return REJECTED, error or "success: false"
@@ -283,8 +288,8 @@ class CrossTradeClient:
     # -- transport -----------------------------------------------------------------------------
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool,
-              on_send: Callable[[], None] | None = None) -> Reply:
-        reply = self._scrub(self._exchange(method, path, body, action=action, on_send=on_send))
+              on_send: Callable[[], None] | None = None, decode: Callable[[str], Any] | None = None) -> Reply:
+        reply = self._scrub(self._exchange(method, path, body, action=action, on_send=on_send, decode=decode))
         for observe in self.observers:
             observe(reply)
         return reply
@@ -298,7 +303,7 @@ class CrossTradeClient:
                        earlier=tuple(r.value(e) for e in reply.earlier))
 
     def _exchange(self, method: str, path: str, body: dict[str, Any] | None, *, action: bool,
-                  on_send: Callable[[], None] | None = None) -> Reply:
+                  on_send: Callable[[], None] | None = None, decode: Callable[[str], Any] | None = None) -> Reply:
         request = self._http.build_request(method, path, json=body)
         if request.url.raw_path.decode("ascii") != self._base_path + path:
             # never let URL normalisation turn a path into another one (accounts/../positions/flatten)
@@ -342,13 +347,15 @@ class CrossTradeClient:
         if cut is not None:  # judged on its status alone: a 2xx (or 5xx) may have acted, a 4xx did not
             outcome, _ = _classify(response.status_code, None, write=action)
             return Reply(method, path, body, response.status_code, latency, outcome, error=cut, retry_after=retry_after)
-        data = decode_json(text) if text else None
+        secret = self.redactor.may_hold_secret(text)  # the token may be in it: decoded as plain JSON, every value walked
+        typed = decode(text) if decode is not None and text and not secret and 200 <= response.status_code < 300 else None
+        data = typed if typed is not None else decode_json(text) if text else None
         outcome, error = _classify(response.status_code, data, write=action)
         kept = data if data is not None else text
-        if self.redactor.may_hold_secret(text):  # the token may be in it: walk every value
+        if secret:
             kept = self.redactor.value(kept)
         return Reply(method, path, body, response.status_code, latency, outcome,
-                     response=kept, error=error, retry_after=retry_after)
+                     response=kept, error=error, retry_after=retry_after, text=text if typed is not None else None)
 
     def _read_body(self, response: httpx.Response, deadline: float) -> tuple[str, str | None]:
         """Read a streamed body until it ends, the deadline passes or it grows over MAX_BODY_BYTES;
@@ -383,7 +390,7 @@ class CrossTradeClient:
 
     def get_snapshot(self) -> Reply:
         """One GET /accounts/snapshot (a poll: it never spends the headroom kept for actions)."""
-        return self._send("GET", "accounts/snapshot", None, action=False)
+        return self._send("GET", "accounts/snapshot", None, action=False, decode=decode_snapshot)
 
     def get_executions(self, account: str, lookback_s: int) -> Reply:
         """One GET /accounts/{account}/executions?lookbackTime=N: the evidence for an outcome in doubt
@@ -470,6 +477,15 @@ def decode_json(text: str) -> Any:
         return None
 
 
+def decode_snapshot(text: str) -> wire.Snapshot | None:
+    """A snapshot body read straight into riskd.wire's Structs (the fields riskd reads), or None: then it is
+    decoded as any other body (decode_json), classified and judged as such (NaN, a refusal, not a snapshot)."""
+    doc = wire.decode(text)
+    if doc is None or type(doc.accounts) is not list or doc.success is False:
+        return None
+    return doc
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
@@ -478,22 +494,21 @@ def _ms(started: float) -> float:
 # Parsing.
 
 
-def _float(obj: dict[str, Any], key: str) -> float:
-    value = obj.get(key, 0.0)
+def _float(value: Any, key: str) -> float:
+    """A figure riskd needs (missing or null: 0.0); raise ApiError when it is not a finite number."""
     kind = type(value)
     if kind is float:
         if value - value == 0.0:  # finite (inf - inf and nan - nan are nan)
             return value  # type: ignore[no-any-return]
     elif kind is int:
         return float(value)
-    elif value is None:
+    elif value is None or value is wire.UNSET:
         return 0.0
     raise ApiError(f"field {key!r} is not a finite number: {str(value)[:40]}")
 
 
-def _shown(obj: dict[str, Any], key: str) -> float | None:
+def _shown(value: Any) -> float | None:
     """A figure of the API's that may be missing: None when absent, null or not a finite number (never a zero)."""
-    value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
@@ -504,7 +519,9 @@ MAX_PLAUSIBLE_QUANTITY = 100_000
 _SIDES = {"long": "Long", "short": "Short", "flat": "Flat", "Long": "Long", "Short": "Short", "Flat": "Flat"}
 
 
-_FIGURES = ("realizedProfitLoss", "unrealizedProfitLoss", "commission", "netLiquidation")
+# (the item's field, its JSON key)
+_FIGURES = (("realized_profit_loss", "realizedProfitLoss"), ("unrealized_profit_loss", "unrealizedProfitLoss"),
+            ("commission", "commission"), ("net_liquidation", "netLiquidation"))
 
 
 class UnknownEntry(Exception):
@@ -512,38 +529,41 @@ class UnknownEntry(Exception):
 
 
 def parse_position(raw: Any, account: str) -> Position | None:
-    """Given one raw position, return it (None when it is flat); raise UnknownEntry when a field that
-    says what is held (instrument, quantity, side, P&L) is missing, null, of the wrong type, absurd,
-    or contradicts another (`Flat` with a quantity): unknown is never read as flat."""
-    instrument = raw.get("instrument") if type(raw) is dict else None
+    """Given one raw position (a wire.Position, or whatever JSON value stood in its place), return it
+    (None when it is flat); raise UnknownEntry when a field that says what is held (instrument,
+    quantity, side, P&L) is missing, null, of the wrong type, absurd, or contradicts another (`Flat`
+    with a quantity): unknown is never read as flat."""
+    instrument = raw.instrument if type(raw) is wire.Position else None
     if type(instrument) is not str or not instrument.strip():
         raise UnknownEntry("a position without an instrument")
-    quantity = raw.get("quantity")
+    quantity = raw.quantity
     if type(quantity) is not int:
         if type(quantity) is not float or quantity - quantity != 0.0 or quantity != int(quantity):
-            raise UnknownEntry(f"position {instrument!r}: quantity is not a whole number ({str(quantity)[:40]})")
+            shown = None if quantity is wire.UNSET else quantity
+            raise UnknownEntry(f"position {instrument!r}: quantity is not a whole number ({str(shown)[:40]})")
         quantity = int(quantity)
     if quantity < 0:
         quantity = -quantity
     if quantity > MAX_PLAUSIBLE_QUANTITY:
         raise UnknownEntry(f"position {instrument!r}: quantity {str(quantity)[:40]} is implausible")
-    market_position = raw.get("marketPosition")
+    market_position = raw.market_position
     side = (_SIDES.get(market_position) or _SIDES.get(market_position.lower())) if type(market_position) is str else None
     if side is None:
-        raise UnknownEntry(f"position {instrument!r}: unreadable marketPosition {str(market_position)[:40]}")
+        shown = None if market_position is wire.UNSET else market_position
+        raise UnknownEntry(f"position {instrument!r}: unreadable marketPosition {str(shown)[:40]}")
     if (side == "Flat") != (quantity == 0):
         raise UnknownEntry(f"position {instrument!r}: {side} with quantity {quantity}")
-    if "unrealizedProfitLoss" in raw and raw["unrealizedProfitLoss"] is None:
+    average, market, pnl = raw.average_price, raw.market_price, raw.unrealized_profit_loss
+    if pnl is None:
         raise UnknownEntry(f"position {instrument!r}: unrealizedProfitLoss is null")
     if side == "Flat":
         return None
-    owner = raw.get("account") or account
-    average, market, pnl = raw.get("averagePrice"), raw.get("marketPrice"), raw.get("unrealizedProfitLoss")
+    owner = raw.account or account
     if type(average) is float and type(market) is float and type(pnl) is float and average - average + market - market + pnl - pnl == 0.0:
         return Position(owner if type(owner) is str else str(owner), instrument, side, quantity, average, market, pnl)  # finite floats
     try:
         return Position(str(owner), instrument, side, quantity,
-                        _float(raw, "averagePrice"), _float(raw, "marketPrice"), _float(raw, "unrealizedProfitLoss"))
+                        _float(average, "averagePrice"), _float(market, "marketPrice"), _float(pnl, "unrealizedProfitLoss"))
     except ApiError as exc:
         raise UnknownEntry(f"position {instrument!r}: {exc}") from None
 
@@ -560,31 +580,34 @@ def parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
 
 
 def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
-    if not isinstance(data, dict) or not isinstance(data.get("accounts"), list):
+    doc = data if type(data) is wire.Snapshot else wire.convert(data)
+    if doc is None or type(doc.accounts) is not list:
         raise ApiError("snapshot without an 'accounts' list")
-    if data.get("success") is False:
-        raise ApiError(f"snapshot refused: {data.get('error')}")
+    if doc.success is False:
+        raise ApiError(f"snapshot refused: {None if doc.error is wire.UNSET else doc.error}")
     accounts: dict[str, Account] = {}  # by lower-case name
     unknown: set[str] = set()
     problems: list[str] = []
-    for entry in data["accounts"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("account"), dict):
+    for entry in doc.accounts:
+        if not isinstance(entry, wire.Entry) or not isinstance(entry.account, wire.Account):
             raise ApiError("snapshot entry without an 'account' object")
-        raw = entry["account"]
-        name = raw.get("name") or raw.get("displayName")
+        raw = entry.account
+        name = raw.name or raw.display_name
         if not isinstance(name, str) or not name:
             raise ApiError("snapshot account without a name")
-        item = raw.get("item") if isinstance(raw.get("item"), dict) else {}
+        item = raw.item if type(raw.item) is wire.Item else wire.EMPTY_ITEM
         try:
-            positions_raw = entry.get("positions")
-            if not isinstance(positions_raw, list):  # null or missing: riskd does not know what is open
-                raise UnknownEntry(f"positions is {type(positions_raw).__name__ if 'positions' in entry else 'missing'}")
+            positions_raw = entry.positions
+            if type(positions_raw) is not list:  # null or missing: riskd does not know what is open
+                raise UnknownEntry(f"positions is {'missing' if positions_raw is wire.UNSET else type(positions_raw).__name__}")
             parsed = [parse_position(r, name) for r in positions_raw]
             positions = tuple(p for p in parsed if p is not None)
-            if None in (item.get(key, 0.0) for key in _FIGURES):  # a null P&L is not a zero P&L
-                raise UnknownEntry(f"account figures {', '.join(k for k in _FIGURES if k in item and item[k] is None)} are null")
-            figures = {key: _float(item, key) for key in ("realizedProfitLoss", "commission", "netLiquidation")}
-            unrealized = (_float(item, "unrealizedProfitLoss") if "unrealizedProfitLoss" in item
+            null = [key for attr, key in _FIGURES if getattr(item, attr) is None]
+            if null:  # a null P&L is not a zero P&L
+                raise UnknownEntry(f"account figures {', '.join(null)} are null")
+            realized, commission = _float(item.realized_profit_loss, "realizedProfitLoss"), _float(item.commission, "commission")
+            net_liquidation = _float(item.net_liquidation, "netLiquidation")
+            unrealized = (_float(item.unrealized_profit_loss, "unrealizedProfitLoss") if item.unrealized_profit_loss is not wire.UNSET
                           else sum(p.unrealized_pnl for p in positions))
         except (UnknownEntry, ApiError) as exc:
             unknown.add(name.lower())
@@ -598,13 +621,13 @@ def _parse_snapshot(data: Any, taken_at: datetime) -> Snapshot:
             continue
         accounts[lname] = Account(
             name=name,
-            realized_pnl=figures["realizedProfitLoss"],
+            realized_pnl=realized,
             unrealized_pnl=unrealized,
-            commission=figures["commission"],
-            net_liquidation=figures["netLiquidation"],
+            commission=commission,
+            net_liquidation=net_liquidation,
             positions=positions,
-            weekly_pnl=_shown(item, "weeklyProfitLoss"),
-            cash_value=_shown(item, "cashValue"),
-            balance_known="netLiquidation" in item,
+            weekly_pnl=_shown(item.weekly_profit_loss),
+            cash_value=_shown(item.cash_value),
+            balance_known=item.net_liquidation is not wire.UNSET,
         )
     return Snapshot(taken_at=taken_at, accounts=tuple(accounts.values()), unknown=frozenset(unknown), problems=tuple(problems))

@@ -129,7 +129,7 @@ class PollHealth:
         else:
             retry = f"next poll in {delay:.2f}s"
         fields = {"path": reply.path, "status": reply.status, "error": error, "outcome": reply.outcome,
-                  "response": reply.response if reply.status else None, "consecutive": h.consecutive_failures,
+                  "response": reply.verbatim() if reply.status else None, "consecutive": h.consecutive_failures,
                   "latency_ms": reply.latency_ms, "retry": retry}
         if reply.outcome == AUTH and not self._auth_reported:
             self._auth_reported = True

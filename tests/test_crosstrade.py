@@ -432,3 +432,61 @@ def test_one_accounts_figure_that_is_not_json_a_fast_decoder_reads_leaves_the_ot
     assert reply.ok
     snapshot = crosstrade.parse_snapshot(reply.response, datetime(2026, 3, 10, tzinfo=timezone.utc))
     assert [a.name for a in snapshot.accounts] == ["Good"] and snapshot.unknown == {"bad"}
+
+
+# A snapshot as CrossTrade sends it, and as glitchy bridges do: any field missing, null, of another type,
+# NaN, beyond 64 bits; an object replaced by another value; fields riskd does not read around them.
+_glitch = st.sampled_from([None, "x", True, [], {}, float("nan"), 10**30, -0.0, 1e308])
+_value = lambda good: st.one_of(good, good, good, _glitch)  # noqa: E731
+_position = st.fixed_dictionaries({}, optional={
+    "type": st.just("NinjaTrader.Cbi.Position"), "account": _value(st.sampled_from(["Sim101", "sim101", "Apex-1"])),
+    "instrument": _value(st.sampled_from(["MES 12-26", "MNQ 12-26", " ", ""])),
+    "marketPosition": _value(st.sampled_from(["Long", "Short", "Flat", "long", "SHORT"])),
+    "quantity": _value(st.integers(-3, 3) | st.sampled_from([2.0, 2.5, 100_001])),
+    "averagePrice": _value(st.floats(-1e4, 1e4) | st.integers(0, 10)), "marketPrice": _value(st.floats(-1e4, 1e4)),
+    "unrealizedProfitLoss": _value(st.floats(-1e4, 1e4) | st.integers(-10, 10)), "instrumentType": st.just("Future")})
+_item = st.fixed_dictionaries({}, optional={k: _value(st.floats(-1e5, 1e5) | st.integers(-10, 10)) for k in (
+    "realizedProfitLoss", "unrealizedProfitLoss", "commission", "netLiquidation", "weeklyProfitLoss", "cashValue", "buyingPower")})
+_account = st.fixed_dictionaries({}, optional={"name": _value(st.sampled_from(["Sim101", "SIM101", "Apex-1", ""])),
+                                               "displayName": _value(st.sampled_from(["Apex-2", ""])), "item": _value(_item),
+                                               "status": st.just("Enabled")})
+_entry = st.fixed_dictionaries({}, optional={"account": _value(_account), "positions": _value(st.lists(_value(_position), max_size=3))})
+_body = st.fixed_dictionaries({}, optional={"type": st.just("snapshot"), "accounts": _value(st.lists(_value(_entry), max_size=4)),
+                                            "success": st.sampled_from([True, False, None]), "error": st.just("bridge down")})
+
+
+def _outcome(parse):
+    try:
+        return parse()
+    except ApiError as exc:
+        return str(exc)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_body)
+def test_a_snapshot_read_through_its_typed_decoder_is_judged_as_the_json_tree_is(body):
+    """The client reads a snapshot body straight into riskd.wire's Structs (or, when msgspec refuses the
+    text, as any JSON); either way the Snapshot, its unknown accounts and its problems are exactly what
+    parsing the whole JSON tree gives."""
+    text = json.dumps(body)
+    typed = crosstrade.decode_snapshot(text)
+    via_client = typed if typed is not None else crosstrade.decode_json(text)
+    assert _outcome(lambda: parse_snapshot(via_client, NOW)) == _outcome(lambda: parse_snapshot(json.loads(text), NOW))
+
+
+def test_a_snapshot_the_parser_refuses_is_audited_whole_though_only_its_read_fields_were_decoded(tmp_path):
+    """The audit records the API's answer verbatim: every field, not only those the typed decoder kept."""
+    from riskd.audit import AuditTrail
+    from riskd.poll import PollHealth
+
+    body = {"accounts": [{"account": "Sim101", "positions": []}], "bridge": {"version": "8.1.4", "latencyMs": 12}}
+    client, _ = client_for(lambda request: httpx.Response(200, json=body), "tok-123456789")
+    reply = client.get_snapshot()
+    with pytest.raises(ApiError, match="entry without an 'account' object"):
+        parse_snapshot(reply.response, NOW)
+    trail = AuditTrail(str(tmp_path / "audit.jsonl"))
+    for event in PollHealth(timedelta(seconds=1), timedelta(seconds=10)).on_failure(reply, "unexpected snapshot", NOW, 0.0):
+        trail.emit(event.name, **event.fields)
+    trail.close()
+    line = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[0])
+    assert line["event"] == "api_error" and line["response"] == body
