@@ -319,6 +319,13 @@ def _confirmed_quantity(previous: int, current: int) -> int:
 # Parsed forms of the stored keys, cached: the same few thousand keys come back every tick.
 _position = lru_cache(maxsize=65536)(PositionKey.parse)
 _firing = lru_cache(maxsize=65536)(FiringKey.parse)
+
+
+@lru_cache(maxsize=65536)
+def _account_of(key: str) -> str:
+    return _position(key).account
+
+
 # First-seen times are stored as ISO text and the same strings come back every tick: parsed once.
 _instant = lru_cache(maxsize=65536)(datetime.fromisoformat)
 
@@ -345,8 +352,15 @@ class _Tick:
         present = {a.name.lower() for a in snapshot.accounts}
         self.present = present
         # an account missing from one snapshot (or unreadable in it) keeps its positions' identities and its markers
-        self.first_seen = {k: v for k, v in state.first_seen.items() if _position(k).account not in present}
-        self.tracked = {k: v for k, v in state.tracked.items() if _position(k).account not in present}
+        self.first_seen = {k: v for k, v in state.first_seen.items() if _account_of(k) not in present}
+        self.tracked: dict[str, list[int]] = {}
+        tracked_by_account: dict[str, list[str]] = {}  # the present accounts' identities, in one pass
+        for key, entry in state.tracked.items():
+            account = _account_of(key)
+            if account in present:
+                tracked_by_account.setdefault(account, []).append(key)
+            else:
+                self.tracked[key] = entry
         # Position identity across glitchy snapshots (docs/how-it-works.md, "Bad snapshots"):
         # - a remembered identity is gone only when absent from two consecutive well-formed snapshots
         #   (one snapshot without it, or with the other side, does not re-arm its rules);
@@ -357,9 +371,6 @@ class _Tick:
         kept_targets: set[str] = set()
         self._targets_of: dict[int, tuple[Position, ...]] = {}
         self._pkey_of: dict[int, str] = {}  # a target position's identity (riskd.keys.PositionKey), by id()
-        tracked_by_account: dict[str, list[str]] = {}  # one pass, not one per account
-        for key in state.tracked:
-            tracked_by_account.setdefault(_position(key).account, []).append(key)
         pkey_of, first_seen, tracked = self._pkey_of, self.first_seen, self.tracked
         old_first_seen, old_tracked = state.first_seen, state.tracked
         for account in snapshot.accounts:

@@ -51,11 +51,14 @@ class Account:
 
     def pnl(self, basis: str = "total", net_of_commission: bool = False) -> float:
         """Given a basis (total|realized|unrealized), return the session P&L on it."""
-        value = {
-            "total": self.realized_pnl + self.unrealized_pnl,
-            "realized": self.realized_pnl,
-            "unrealized": self.unrealized_pnl,
-        }[basis]
+        if basis == "total":
+            value = self.realized_pnl + self.unrealized_pnl
+        elif basis == "realized":
+            value = self.realized_pnl
+        elif basis == "unrealized":
+            value = self.unrealized_pnl
+        else:
+            raise KeyError(basis)
         return value - self.commission if net_of_commission else value
 
 
