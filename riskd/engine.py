@@ -355,12 +355,12 @@ class _Tick:
         self.first_seen = {k: v for k, v in state.first_seen.items() if _account_of(k) not in present}
         self.tracked: dict[str, list[int]] = {}
         tracked_by_account: dict[str, list[str]] = {}  # the present accounts' identities, in one pass
-        for key, entry in state.tracked.items():
-            account = _account_of(key)
-            if account in present:
-                tracked_by_account.setdefault(account, []).append(key)
+        for key, remembered in state.tracked.items():
+            holder = _account_of(key)
+            if holder in present:
+                tracked_by_account.setdefault(holder, []).append(key)
             else:
-                self.tracked[key] = entry
+                self.tracked[key] = remembered
         # Position identity across glitchy snapshots (docs/how-it-works.md, "Bad snapshots"):
         # - a remembered identity is gone only when absent from two consecutive well-formed snapshots
         #   (one snapshot without it, or with the other side, does not re-arm its rules);
