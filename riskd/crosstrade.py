@@ -374,6 +374,7 @@ class CrossTradeClient:
             if time.monotonic() > deadline:
                 return "", f"deadline: response body not complete after {self.timeout:.1f} s"
         raw = b"".join(chunks)
+        chunks.clear()  # one copy of a 7 MB body at a time, not three
         encoding = response.encoding or "utf-8"
         try:
             return raw.decode(encoding, errors="replace"), None

@@ -10,7 +10,6 @@ One tick itself is `riskd.tick.Ticker`; the wiring of a ticker is `riskd.tick.bu
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 import os
 import signal
@@ -34,6 +33,7 @@ from riskd.config import Settings
 from riskd.dashboard import Dashboard
 from riskd.errors import ConfigError
 from riskd.keys import LockKey
+from riskd.memory import settle_gc, settle_malloc
 from riskd.metrics import Telemetry
 from riskd.notify import Notifier
 from riskd.redact import Redactor
@@ -62,19 +62,6 @@ class CalendarTrigger(BaseTrigger):
         return schedule.next_occurrence(self.rule, max(after, now - timedelta(microseconds=1)), self.calendar)
 
 
-
-GC_THRESHOLDS = (20_000, 10, 10)
-
-
-def settle_gc() -> None:
-    """After the first tick: the objects of startup live forever, so they leave every later pass of
-    the cycle collector (gc.freeze), and a young collection waits for 20,000 new objects instead of
-    700. A desk's tick makes tens of thousands of short-lived objects (a snapshot's dicts, its
-    positions), nearly all freed by reference counting; with the default threshold the collector
-    ran 50 times a tick at 1000 accounts and took about half the tick (tests/bench_riskd.py)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 class Daemon:
     """Schedules the ticker (the poll loop + one job per `at` rule: cron, or the exchange calendar's
@@ -275,6 +262,7 @@ class Daemon:
 
     def run(self, on_ready: Callable[[], None] = lambda: None) -> int:
         """Run until a stop signal; return the exit code."""
+        settle_malloc()
         self.audit.emit(events.STARTED, version=__version__, config=str(self.settings.path) if self.settings.path else None,
                         pid=os.getpid(), dry_run=self.ticker.executor.dry_run, base_url=self.settings.base_url,
                         poll_interval_s=self.settings.poll_interval.total_seconds(), timezone=str(self.settings.zone),

@@ -398,7 +398,7 @@ def bench_tick(accounts: int, rules_n: int, repeat: int, workdir: Path, referenc
     for _ in range(3):  # warm up, then what Daemon.run does after its first tick
         now[0] += timedelta(seconds=1)
         ticker.tick()
-    from riskd.daemon import settle_gc
+    from riskd.memory import settle_gc
 
     thresholds = gc.get_threshold()
     settle_gc()
@@ -460,7 +460,7 @@ def tick_section(repeat: int, workdir: Path, sizes: list[tuple[int, int]], desk:
         label = "accounts_x2" if run["accounts"] > base["accounts"] else "rules_x2"
         out[f"growth_{label}"] = round(run["evaluate_ms"]["p50"] / base["evaluate_ms"]["p50"], 2)
     out["note"] = ("evaluate = engine.evaluate alone; full_tick = Ticker.tick (mock HTTP, JSON parse, evaluate, state save; no firings); "
-                   "riskd.daemon.settle_gc() after warm-up (gc.freeze, young collections every 20,000 objects), as Daemon.run does after its first tick; floor = floor_evaluate, the simplest loop doing "
+                   "riskd.memory.settle_gc() after warm-up (gc.freeze, young collections every 20,000 objects), as Daemon.run does after its first tick; floor = floor_evaluate, the simplest loop doing "
                    "the same checks over the same snapshot and rules (its firings are asserted equal to the engine's); "
                    "reference_evaluate = tests/reference_engine.py, the evaluation before it was sped up, on the same inputs "
                    "(desk runs; speedup = its p50 over evaluate's); ratios are of p50s; "
@@ -519,7 +519,7 @@ def bench_memory(ticks: int, workdir: Path) -> dict[str, Any]:
     audit.observers.append(telemetry.on_audit)
     samples: list[tuple[int, float]] = []
     every = max(1, ticks // 20)
-    from riskd.daemon import settle_gc
+    from riskd.memory import settle_gc
 
     ticker.tick()  # the first tick, then the collector as the daemon sets it
     settle_gc()
@@ -899,7 +899,7 @@ def bench_memory_desk(accounts: int, rules_n: int, ticks: int, workdir: Path) ->
     samples: list[tuple[int, float]] = []
     every = max(1, ticks // 20)
     wall: list[float] = []
-    from riskd.daemon import settle_gc
+    from riskd.memory import settle_gc
 
     sim_s[0] = 0.5
     ticker.tick()  # the first tick, then the collector as the daemon sets it
@@ -970,6 +970,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     quiet_console()
+    from riskd.memory import settle_malloc
+
+    settle_malloc()  # the in-process sections' allocator as the daemon sets it at start
     if args.quick:
         args.breaches, args.timed, args.ticks, args.cpu_seconds, args.desk_ticks = 4, 2, 300, 4.0, 40
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "quick": args.quick}
