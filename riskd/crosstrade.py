@@ -525,6 +525,10 @@ _FIGURES = (("realized_profit_loss", "realizedProfitLoss"), ("unrealized_profit_
             ("commission", "commission"), ("net_liquidation", "netLiquidation"))
 
 
+# Each instrument's name as one string, whatever the number of positions in it (bounded: the instruments traded).
+_INSTRUMENTS: dict[str, str] = {}
+
+
 class UnknownEntry(Exception):
     """An account entry riskd cannot read: the account counts as not seen in this snapshot."""
 
@@ -560,10 +564,17 @@ def parse_position(raw: Any, account: str) -> Position | None:
     if side == "Flat":
         return None
     owner = raw.account or account
+    if owner == account:
+        owner = account  # one string per account, not one per position (a desk keeps 15,000 positions twice)
+    shared = _INSTRUMENTS.get(instrument)
+    if shared is None:
+        if len(_INSTRUMENTS) >= 4096:  # a bridge sending garbage names: never a growing table
+            _INSTRUMENTS.clear()
+        shared = _INSTRUMENTS[instrument] = instrument
     if type(average) is float and type(market) is float and type(pnl) is float and average - average + market - market + pnl - pnl == 0.0:
-        return Position(owner if type(owner) is str else str(owner), instrument, side, quantity, average, market, pnl)  # finite floats
+        return Position(owner if type(owner) is str else str(owner), shared, side, quantity, average, market, pnl)  # finite floats
     try:
-        return Position(str(owner), instrument, side, quantity,
+        return Position(str(owner), shared, side, quantity,
                         _float(average, "averagePrice"), _float(market, "marketPrice"), _float(pnl, "unrealizedProfitLoss"))
     except ApiError as exc:
         raise UnknownEntry(f"position {instrument!r}: {exc}") from None

@@ -38,13 +38,19 @@ def figures(account: Account) -> dict[str, Any]:
                           for p in account.positions]}
 
 
+def _held(figs: dict[str, Any]) -> tuple[Any, ...]:
+    """A sample's figures as the Sampler keeps them to compare with the next (tuples: a third of the dicts'
+    memory, at 3000 accounts ~3 MB)."""
+    return (*(v for k, v in figs.items() if k != "positions"), *(tuple(p.values()) for p in figs["positions"]))
+
+
 class Sampler:
     """Writes the samples of each tick's snapshot (see the module docstring)."""
 
     def __init__(self, audit: AuditTrail):
         self.audit = audit
         self._sampled: dict[str, datetime] = {}  # account (lower case) -> minute of its last sample
-        self._written: dict[str, dict[str, Any]] = {}  # account (lower case) -> figures of its last `samples` entry
+        self._written: dict[str, tuple[Any, ...]] = {}  # account (lower case) -> figures of its last `samples` entry (_held)
         self._full_at: datetime | None = None
         self._session: str | None = None
         self._failing = False  # the trail could not be written at the last `samples` line
@@ -72,8 +78,9 @@ class Sampler:
         accounts: dict[str, dict[str, Any] | None] = {}
         for name, figs in due:
             key = name.lower()
-            accounts[name] = None if not full and self._written.get(key) == figs else figs
-            self._written[key] = figs
+            held = _held(figs)
+            accounts[name] = None if not full and self._written.get(key) == held else figs
+            self._written[key] = held
         self.audit.emit(events.SAMPLES, session=session, pid=os.getpid(), full=full, accounts=accounts)
 
 

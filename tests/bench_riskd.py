@@ -35,7 +35,7 @@ Sections (each with its figures, its target and `ok`):
   would be the bottleneck). Targets (issue 15): <= 8 % of one core at 1000; one poll a second held
   (>= 0.95 snapshots/s) and RSS <= 120 MB at 3000.
 - parse: a snapshot body (bytes, as received; 1000 and 3000 accounts x 5 positions, the API's shape
-  and the lean one) through riskd's path (riskd.crosstrade.decode_json, parse_snapshot) against the
+  and the lean one) through riskd's path (riskd.crosstrade.decode_snapshot, parse_snapshot) against the
   floor json.loads + the least walk into tuples, p50 over 50 repeats. Target: <= 1.5x the floor.
 - memory_desk: the in-process ticker (mock transport, P&L changing each tick) at 3000 accounts x 100
   rules for --desk-ticks ticks (2000) on a simulated clock, in a process of its own; RSS sampled along
@@ -797,7 +797,7 @@ def floor_parse(body: bytes) -> list[tuple[Any, ...]]:
 
 
 def bench_parse(accounts: int, shape: str, repeat: int) -> dict[str, Any]:
-    from riskd.crosstrade import CrossTradeClient, TokenBucket, decode_json, parse_snapshot
+    from riskd.crosstrade import CrossTradeClient, TokenBucket, decode_json, decode_snapshot, parse_snapshot
 
     if shape == "api":
         body = simulator_body(Simulator(desk_scenario(accounts), token=TOKEN))
@@ -812,7 +812,8 @@ def bench_parse(accounts: int, shape: str, repeat: int) -> dict[str, Any]:
     try:
         for _ in range(repeat):  # interleaved, so the machine's load falls on all three alike
             t = time.perf_counter()  # what CrossTradeClient._exchange does with the bytes, then the tick:
-            snapshot = parse_snapshot(decode_json(body.decode("utf-8")), taken)
+            text = body.decode("utf-8")
+            snapshot = parse_snapshot(decode_snapshot(text) or decode_json(text), taken)
             riskd_ms.append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
             walked = floor_parse(body)
@@ -835,9 +836,9 @@ def parse_section(sizes: list[int], repeat: int) -> dict[str, Any]:
     runs = [bench_parse(a, shape, repeat) for a in sizes for shape in ("api", "lean")]
     return {"runs": runs, "target": "riskd's parse p50 <= 1.5 x the floor's p50 (json.loads + walk), every run",
             "ok": all(r["ok"] for r in runs),
-            "note": ("riskd_ms = bytes as received -> str -> riskd.crosstrade.decode_json (orjson, the standard library for what "
-                     "orjson refuses) -> riskd.crosstrade.parse_snapshot (what the client and the tick do with a snapshot "
-                     "body); floor_ms = the standard library's json.loads(bytes) + floor_parse (every account's name and figures, "
+            "note": ("riskd_ms = bytes as received -> str -> riskd.crosstrade.decode_snapshot (msgspec, into riskd.wire's "
+                     "Structs of the fields riskd reads; decode_json for a body it does not read) -> riskd.crosstrade.parse_snapshot "
+                     "(what the client and the tick do with a snapshot body); floor_ms = the standard library's json.loads(bytes) + floor_parse (every account's name and figures, "
                      "every position's fields, into tuples); client_ms (not judged) = CrossTradeClient.get_snapshot on an httpx "
                      "MockTransport answering the same bytes, then parse_snapshot: all riskd does from the bytes to a Snapshot, "
                      "its token scan included; body=api is the simulator's (CrossTrade's shape: ~20 figures per account), "

@@ -490,3 +490,17 @@ def test_a_snapshot_the_parser_refuses_is_audited_whole_though_only_its_read_fie
     trail.close()
     line = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[0])
     assert line["event"] == "api_error" and line["response"] == body
+
+
+def test_a_bridge_inventing_instrument_names_never_grows_the_parser_s_name_table():
+    """Instrument names are shared between positions; a stream of new names (a garbled bridge) keeps the table bounded."""
+    for k in range(3):
+        body = {"accounts": [{"account": {"name": f"A{a}", "item": {}},
+                              "positions": [{"instrument": f"X{k}-{a}-{p} 12-26", "marketPosition": "Long", "quantity": 1,
+                                             "averagePrice": 1.0, "marketPrice": 1.0, "unrealizedProfitLoss": 0.0} for p in range(5)]}
+                             for a in range(1000)]}
+        snap = parse_snapshot(body, NOW)
+        assert len(snap.accounts) == 1000 and not snap.unknown
+    assert len(crosstrade._INSTRUMENTS) <= 4096
+    a, b = (parse_snapshot(json.loads(json.dumps(_snapshot())), NOW).accounts[0].positions[0] for _ in range(2))
+    assert a.instrument == b.instrument and a.instrument is b.instrument  # one string, from two bodies
