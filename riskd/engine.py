@@ -323,7 +323,8 @@ _firing = lru_cache(maxsize=65536)(FiringKey.parse)
 
 @lru_cache(maxsize=65536)
 def _account_of(key: str) -> str:
-    return _position(key).account
+    """A position identity's account (PositionKey.parse(key).account, without keeping a PositionKey per position)."""
+    return key.rsplit("|", 2)[0].lower()
 
 
 # First-seen times are stored as ISO text and the same strings come back every tick: parsed once.
