@@ -52,3 +52,13 @@ def test_bench_quick_prints_the_desk_daemon_cpu_parse_and_desk_memory_with_targe
     desk = doc["memory_desk"]
     assert desk["ticks"] == 40 and desk["tick_wall_ms"]["n"] == 40 and desk["rss_mb_peak"] > 0
     assert desk["ratio_to_target"] == round(desk["rss_mb_peak"] / 120, 2)
+
+
+def test_the_paired_tick_benchmark_times_the_ticker_of_the_tree_it_is_given():
+    pair = Path(__file__).parent / "bench_tick_pair.py"
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(pair), str(root), "20", "3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["tree"] == str(root) and line["accounts"] == 20 and line["ticks"] == 3
+    assert 0 < line["wall_ms_p50"] <= line["wall_ms_p99"] and line["cpu_ms_mean"] > 0
