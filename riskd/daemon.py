@@ -62,7 +62,6 @@ class CalendarTrigger(BaseTrigger):
         return schedule.next_occurrence(self.rule, max(after, now - timedelta(microseconds=1)), self.calendar)
 
 
-
 class Daemon:
     """Schedules the ticker (the poll loop + one job per `at` rule: cron, or the exchange calendar's
     occurrences for a rule that follows it) and handles signals.

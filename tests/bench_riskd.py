@@ -371,28 +371,34 @@ def floor_evaluate(rules: list[Any], state: engine.State, snapshot: Any, now: da
     return fires
 
 
-def bench_tick(accounts: int, rules_n: int, repeat: int, workdir: Path, reference: bool = False) -> dict[str, Any]:
+def desk_ticker(d: Path, rules_n: int, handler: Any, now: list[datetime]) -> tuple[list[Any], Any]:
+    """(the rules, a dry-run ticker) in directory `d`: policy(rules_n), the snapshots `handler` answers on an
+    httpx MockTransport, audit and state on disk, no rate limit (the tick is measured, not the bucket). One
+    clock for the wall time and the monotonic seconds (`now[0]`, stepped by the caller): at a tick a simulated
+    second, what the daemon does every few seconds (the status snapshot every 5 s, the samples each minute)
+    falls in the ticks as often as it would."""
     from riskd.audit import AuditTrail
-    from riskd.tick import build_ticker
     from riskd.state import Store
+    from riskd.tick import build_ticker
 
-    d = workdir / f"tick-{accounts}-{rules_n}"
     d.mkdir(parents=True)
     (d / "rules.yaml").write_text(yaml.safe_dump({"rules": policy(rules_n)}))
     (d / "riskd.yaml").write_text("rules: rules.yaml\ncrosstrade: {base_url: 'http://sim.invalid/v1/api'}\n")
     settings = config.load(d / "riskd.yaml")
     loaded, _ = rules_mod.load(settings.rules, settings.zone)
+    start = now[0]
+    ticker = build_ticker(settings, loaded, TOKEN, AuditTrail(str(d / "audit.jsonl")), dry_run=True, store=Store(d / "state"),
+                          transport=httpx.MockTransport(handler), clock=lambda: now[0], monotonic=lambda: (now[0] - start).total_seconds())
+    ticker.client.bucket.per_second = 1e9
+    return loaded, ticker
+
+
+def bench_tick(accounts: int, rules_n: int, repeat: int, workdir: Path, reference: bool = False) -> dict[str, Any]:
     body = json.dumps(snapshot_json(accounts, 5)).encode()
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body, headers={"Content-Type": "application/json"}))
-    start = datetime(2026, 3, 10, 15, 0, tzinfo=timezone.utc)
-    now = [start]
-    audit = AuditTrail(str(d / "audit.jsonl"))
-    store = Store(d / "state")
-    # one clock for the wall time and the monotonic seconds: a tick a simulated second, so what the daemon does
-    # every few seconds (the status snapshot every 5 s, the samples each minute) falls in the ticks as often as it would
-    ticker = build_ticker(settings, loaded, TOKEN, audit, dry_run=True, store=store, transport=transport, clock=lambda: now[0],
-                          monotonic=lambda: (now[0] - start).total_seconds())
-    ticker.client.bucket.per_second = 1e9  # measure the tick, not the rate limit
+    now = [datetime(2026, 3, 10, 15, 0, tzinfo=timezone.utc)]
+    loaded, ticker = desk_ticker(workdir / f"tick-{accounts}-{rules_n}", rules_n,
+                                 lambda request: httpx.Response(200, content=body, headers={"Content-Type": "application/json"}), now)
+    store, audit = ticker.store, ticker.audit
     import gc
 
     for _ in range(3):  # warm up, then what Daemon.run does after its first tick

@@ -28,16 +28,11 @@ def main() -> None:
     sys.path.insert(0, root)
     sys.path.insert(1, str(HERE))
     import httpx
-    import yaml
 
     import riskd
 
     assert riskd.__file__.startswith(root), f"riskd imported from {riskd.__file__}, not {root}"
     import bench_riskd as bench
-    from riskd import config, rules as rules_mod
-    from riskd.audit import AuditTrail
-    from riskd.state import Store
-    from riskd.tick import build_ticker
 
     try:
         from riskd.memory import settle_gc, settle_malloc
@@ -50,11 +45,6 @@ def main() -> None:
             def settle_gc() -> None:  # trees before settle_gc: the collector's defaults
                 pass
     bench.quiet_console()
-    d = Path(tempfile.mkdtemp())
-    (d / "rules.yaml").write_text(yaml.safe_dump({"rules": bench.policy(100)}))
-    (d / "riskd.yaml").write_text("rules: rules.yaml\ncrosstrade: {base_url: 'http://sim.invalid/v1/api'}\n")
-    settings = config.load(d / "riskd.yaml")
-    loaded, _ = rules_mod.load(settings.rules, settings.zone)
     bodies = [zlib.decompress(x) for x in bench.desk_bodies(accounts, 10)]
     served = [0]
 
@@ -62,12 +52,8 @@ def main() -> None:
         served[0] += 1
         return httpx.Response(200, content=bodies[served[0] % len(bodies)], headers={"Content-Type": "application/json"})
 
-    start = datetime(2026, 3, 10, 15, 0, 30, tzinfo=timezone.utc)
-    now = [start]
-    audit, store = AuditTrail(str(d / "audit.jsonl")), Store(d / "state")
-    ticker = build_ticker(settings, loaded, bench.TOKEN, audit, dry_run=True, store=store, transport=httpx.MockTransport(handler),
-                          clock=lambda: now[0], monotonic=lambda: (now[0] - start).total_seconds())
-    ticker.client.bucket.per_second = 1e9
+    now = [datetime(2026, 3, 10, 15, 0, 30, tzinfo=timezone.utc)]
+    _, ticker = bench.desk_ticker(Path(tempfile.mkdtemp()) / "pair", 100, handler, now)
     for _ in range(3):
         now[0] += timedelta(seconds=1)
         ticker.tick()
